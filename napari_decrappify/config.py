@@ -1,0 +1,158 @@
+"""Typed configuration objects shared by the CLI, the scripting API and the napari docks.
+
+Every config is a pydantic model with ``extra="forbid"``, so that a typo in a JSON file or a
+keyword argument is an error that names the field, instead of a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCALES = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def check_scale(scale) -> int:
+    """Return ``scale`` as an int, or raise a ValueError that names the problem."""
+    if isinstance(scale, bool) or not float(scale).is_integer():
+        raise ValueError(f"scale must be an integer factor 1..8, got {scale!r}")
+    scale = int(scale)
+    if scale not in SCALES:
+        raise ValueError(f"scale must be an integer factor 1..8, got {scale}")
+    return scale
+
+
+class CrappifyConfig(_Config):
+    """Parameters of a degradation: HR -> simulated LR.
+
+    Intensities are normalised to [0, 1] first (see :func:`napari_decrappify.crappify.to_unit`);
+    noise levels are on that scale. Ranges ``(lo, hi)`` are sampled uniformly per sample.
+    """
+
+    scale: int = 4
+    downsample: Literal["mean", "bilinear", "bicubic"] = "mean"
+    blur_sigma: float | tuple[float, float] = 0.0
+    photons: float | tuple[float, float] | None = 255.0
+    read_noise: float | tuple[float, float] = 0.01
+    salt_pepper: float | tuple[float, float] = 0.0
+    clip: bool = True
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale(cls, v):
+        return check_scale(v)
+
+    @field_validator("blur_sigma", "read_noise", "salt_pepper", "photons")
+    @classmethod
+    def _non_negative(cls, v):
+        if v is None:
+            return v
+        values = v if isinstance(v, tuple) else (v,)
+        for x in values:
+            if not x >= 0:
+                raise ValueError(f"must be >= 0, got {v!r}")
+        if isinstance(v, tuple) and v[0] > v[1]:
+            raise ValueError(f"range (lo, hi) needs lo <= hi, got {v!r}")
+        return v
+
+
+class ArchConfig(_Config):
+    """Network architecture of a restoration or segmentation model."""
+
+    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet18s", "tiny"] = "resnet18s"
+    strategy: Literal["lr_grid", "pre_upsample"] = "lr_grid"
+    scale: int = 4
+    frames: int = 1
+    in_channels: int = 1
+    out_channels: int = 1
+    self_attention: bool = False
+    blur: bool = True
+    spectral_norm: bool = False
+    residual: bool = True
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale(cls, v):
+        return check_scale(v)
+
+    @field_validator("frames")
+    @classmethod
+    def _frames(cls, v):
+        if v < 1 or v % 2 == 0:
+            raise ValueError(f"frames must be an odd number >= 1 (centre frame is the target), got {v}")
+        return v
+
+
+class NormConfig(_Config):
+    """Intensity normalisation stored with a model: ``(x - low) / (high - low)``."""
+
+    low: float = 0.0
+    high: float = 1.0
+    percentiles: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _order(self):
+        if not self.high > self.low:
+            raise ValueError(f"normalisation needs high > low, got low={self.low}, high={self.high}")
+        return self
+
+
+class TrainConfig(_Config):
+    """Training run parameters (restoration)."""
+
+    scale: int = 4
+    arch: ArchConfig = Field(default_factory=ArchConfig)
+    crappify: CrappifyConfig = Field(default_factory=CrappifyConfig)
+    loss: Literal["l1", "msssim_l1", "perceptual"] = "l1"
+    feature_weights: str | None = None
+    patch_size: int = 64  # on the LR grid
+    batch_size: int = 8
+    epochs: int | None = 1
+    minutes: float | None = None
+    iterations_per_epoch: int = 100
+    lr_max: float = 1e-3
+    weight_decay: float = 1e-4
+    pct_start: float = 0.1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+    val_fraction: float = 0.15
+    train_planes: list[int] | None = None  # explicit split by plane (else: val_fraction)
+    valid_planes: list[int] | None = None
+    num_workers: int = 0
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale(cls, v):
+        return check_scale(v)
+
+
+class TileConfig(_Config):
+    """How the tiled engine cuts an image (sizes on the input grid)."""
+
+    tile: int = 256
+    halo: int | None = None  # None: the model's receptive field
+    batch_size: int = 0  # 0: automatic (1 on CPU, fits memory on GPU)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    skip_empty: bool = False
+    output_dtype: Literal["float32", "input"] = "float32"
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v):
+        if v < 32 or v % 32:
+            raise ValueError(f"tile must be a multiple of 32 and >= 32, got {v}")
+        return v
+
+    @field_validator("halo")
+    @classmethod
+    def _halo(cls, v):
+        if v is not None and v < 0:
+            raise ValueError(f"halo must be >= 0, got {v}")
+        return v

@@ -1,0 +1,497 @@
+"""Restoration and segmentation networks, and their safe on-disk format.
+
+A model is a folder with two files:
+
+``model.json``
+    schema-versioned description (:class:`ModelFile`): architecture, scale, channels, frames,
+    intensity normalisation, receptive field (the tiling halo), the crappifier it was trained
+    with, a fingerprint of the training data, held-out metrics and library versions.
+``model.safetensors``
+    the weights. Never a pickle: loading a model file cannot run code.
+
+Networks are fastai :class:`~fastai.vision.models.unet.DynamicUnet` s on a ResNet encoder.
+Two upsampling strategies exist (see :class:`~napari_decrappify.config.ArchConfig`):
+
+``lr_grid`` (default)
+    the U-Net runs on the low-resolution grid and a final pixel-shuffle stage with ICNR init
+    upsamples by ``scale``: at 4x it puts 16x fewer pixels through the encoder.
+``pre_upsample``
+    the input is upsampled bicubically first and the U-Net refines on the HR grid, as the
+    original PSSR did.
+
+With ``residual=True`` the network predicts a correction to the bilinear upsampling of the
+centre frame, so an untrained network already starts near interpolation quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ArchConfig, CrappifyConfig, NormConfig
+
+SCHEMA_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+ZOO_DIR = Path(__file__).parent / "zoo"
+
+
+class ModelFileError(ValueError):
+    """A model folder that is missing, corrupt, of an unknown version, or inconsistent."""
+
+
+class ModelFile(BaseModel):
+    """Schema of ``model.json`` (validated on load; unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["restoration", "segmentation"] = "restoration"
+    name: str = "unnamed"
+    description: str = ""
+    arch: ArchConfig = Field(default_factory=ArchConfig)
+    norm: NormConfig = Field(default_factory=NormConfig)
+    receptive_field: int = 0
+    alignment: int = 32
+    classes: list[str] = Field(default_factory=list)
+    crappifier: CrappifyConfig | None = None
+    pixel_size_nm: list[float] | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    weights_sha256: str = ""
+    weights_dtype: Literal["float32", "float16"] = "float32"
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def _tiny_encoder(n_in: int) -> nn.Sequential:
+    """A 4-level ResNet-style encoder with few channels: fast CPU tests and demos."""
+    from fastai.layers import ConvLayer, ResBlock
+
+    return nn.Sequential(
+        ConvLayer(n_in, 16, ks=3),
+        ResBlock(1, 16, 32, stride=2),
+        ResBlock(1, 32, 64, stride=2),
+        ResBlock(1, 64, 128, stride=2),
+    )
+
+
+def _resnet_encoder(name: str, n_in: int) -> nn.Sequential:
+    """A randomly initialised torchvision ResNet body with ``n_in`` input channels.
+
+    ``resnet18s`` is resnet18 cut after ``layer3`` (stride 16, 256 channels): a quarter of the
+    parameters and a much smaller receptive field, which keeps tiling halos small.
+    """
+    from fastai.vision.learner import create_body
+    from torchvision import models as tvm
+
+    base = name.rstrip("s") if name.endswith("s") else name
+    net = getattr(tvm, base)(weights=None)
+    cut = -3 if name.endswith("s") else -2
+    return create_body(net, n_in=n_in, pretrained=False, cut=cut)
+
+
+def build_encoder(encoder: str, n_in: int) -> nn.Sequential:
+    """Encoder by name: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet18s`` or ``tiny``."""
+    if encoder == "tiny":
+        return _tiny_encoder(n_in)
+    if encoder in ("resnet18", "resnet34", "resnet50", "resnet18s"):
+        return _resnet_encoder(encoder, n_in)
+    raise ModelFileError(f"unknown encoder architecture {encoder!r}")
+
+
+ENCODER_STRIDE = {"tiny": 8, "resnet18s": 16, "resnet18": 32, "resnet34": 32, "resnet50": 32}
+
+
+class RestorationNet(nn.Module):
+    """DynamicUnet (+ pixel-shuffle upsampling) mapping ``frames`` LR planes to HR planes.
+
+    Input ``(N, frames * in_channels, h, w)``; output ``(N, out_channels, h*s, w*s)``, both in
+    normalised intensity units. ``h`` and ``w`` must be multiples of the encoder stride.
+    """
+
+    def __init__(self, arch: ArchConfig, head: Literal["identity", "softmax"] = "identity"):
+        super().__init__()
+        from fastai.layers import NormType, PixelShuffle_ICNR
+        from fastai.vision.models.unet import DynamicUnet
+
+        self.arch = arch
+        self.head = head
+        n_in = arch.frames * arch.in_channels
+        encoder = build_encoder(arch.encoder, n_in)
+        norm_type = NormType.Spectral if arch.spectral_norm else None
+        stride = ENCODER_STRIDE[arch.encoder]
+        img_size = (stride * 4, stride * 4)
+        self.upsample: nn.Module | None = None
+        if arch.strategy == "lr_grid" and arch.scale > 1:
+            features = 32
+            self.unet = DynamicUnet(
+                encoder, features, img_size, blur=arch.blur, self_attention=arch.self_attention,
+                norm_type=norm_type,
+            )
+            # ICNR init: the shuffled output starts as nearest-neighbour upsampling (no checkerboard).
+            self.upsample = PixelShuffle_ICNR(
+                features, arch.out_channels, scale=arch.scale, blur=arch.blur, act_cls=None
+            )
+        else:
+            self.unet = DynamicUnet(
+                encoder, arch.out_channels, img_size, blur=arch.blur,
+                self_attention=arch.self_attention, norm_type=norm_type,
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arch = self.arch
+        if arch.strategy == "pre_upsample" and arch.scale > 1:
+            x = F.interpolate(x, scale_factor=arch.scale, mode="bicubic", align_corners=False)
+        y = self.unet(x)
+        if self.upsample is not None:
+            y = self.upsample(y)
+        if arch.residual and self.head == "identity" and arch.out_channels == arch.in_channels:
+            centre = arch.frames // 2 * arch.in_channels
+            base = x[:, centre : centre + arch.in_channels]
+            if arch.strategy == "lr_grid" and arch.scale > 1:
+                base = F.interpolate(base, scale_factor=arch.scale, mode="bilinear",
+                                     align_corners=False)
+            y = y + base
+        if self.head == "softmax":
+            y = torch.softmax(y, dim=1)
+        return y
+
+
+# --------------------------------------------------------------------------- model object
+
+
+@dataclass
+class RestorationModel:
+    """A network plus everything needed to apply it correctly.
+
+    Attributes
+    ----------
+    net : torch.nn.Module
+        The network, in eval mode, on CPU unless moved.
+    config : ModelFile
+        The metadata written to ``model.json``.
+    path : Path or None
+        Folder the model was loaded from, if any.
+    """
+
+    net: nn.Module
+    config: ModelFile
+    path: Path | None = None
+    _hash: str | None = field(default=None, repr=False)
+
+    # -- conveniences
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def scale(self) -> int:
+        return self.config.arch.scale
+
+    @property
+    def frames(self) -> int:
+        return self.config.arch.frames
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.arch.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.arch.out_channels
+
+    @property
+    def receptive_field(self) -> int:
+        """Radius (input pixels) beyond which the output no longer depends on the input."""
+        return self.config.receptive_field
+
+    @property
+    def alignment(self) -> int:
+        return self.config.alignment
+
+    @property
+    def weights_hash(self) -> str:
+        """sha256 of the weights (first 12 hex digits), to tag results with the exact model."""
+        if self._hash is None:
+            self._hash = state_dict_sha256(self.net.state_dict())[:12]
+        return self._hash
+
+    # -- intensities
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Input units -> network units (float32)."""
+        n = self.config.norm
+        return ((np.asarray(x, dtype=np.float32) - n.low) / (n.high - n.low)).astype(np.float32)
+
+    def denormalize(self, y: np.ndarray) -> np.ndarray:
+        """Network units -> input units (restoration models only)."""
+        if self.kind != "restoration":
+            return y
+        n = self.config.norm
+        return (np.asarray(y, dtype=np.float32) * (n.high - n.low) + n.low).astype(np.float32)
+
+    # -- evaluation
+    @torch.inference_mode()
+    def predict_plane(self, plane: np.ndarray) -> np.ndarray:
+        """Apply the model to one whole normalised ``(C, h, w)`` array (reflect-padded to the
+        encoder stride), returning ``(out_channels, h*s, w*s)``. For small images and tests;
+        the tiled engine in :mod:`napari_decrappify.tiling` is the way to process big data."""
+        x = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None]
+        h, w = x.shape[-2:]
+        a = self.alignment
+        ph, pw = (-h) % a, (-w) % a
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        device = next(self.net.parameters()).device
+        y = self.net(x.to(device)).float().cpu().numpy()[0]
+        s = self.scale
+        return y[:, : h * s, : w * s]
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def measure_receptive_field(net: nn.Module, arch: ArchConfig, size: int | None = None,
+                            mass_tol: float = 2e-6) -> int:
+    """Effective radius, in input pixels, of the region that influences an output pixel.
+
+    Measured, not computed from layer sizes: the gradient ``g`` of a few central output pixels
+    with respect to a random input, in eval mode. The radius is the smallest ``r`` such that the
+    gradient mass outside the ``(2r+1)^2`` square, ``sum |g|``, is below ``mass_tol`` per output
+    pixel. To first order an input change of at most 1 (normalised units) beyond ``r`` then
+    changes an output pixel by less than ``mass_tol``: a tiling halo of ``r`` gives seams far
+    below 1e-4. Self-attention makes this the whole input (returned as ``size // 2``).
+    """
+    stride = ENCODER_STRIDE[arch.encoder]
+    size = size or max(384, stride * 16)
+    was_training = net.training
+    net.eval()
+    x = torch.rand(1, arch.frames * arch.in_channels, size, size, requires_grad=True)
+    y = net(x)
+    c = y.shape[-1] // 2
+    s = arch.scale if arch.strategy == "lr_grid" else 1
+    # a few output pixels around the centre: the stride phase changes the footprint
+    y[0, :, c : c + s * stride : max(1, s * stride // 4), c].sum().backward()
+    g = x.grad.abs().sum(dim=(0, 1)).double().numpy() / max(1, stride * s // max(1, s * stride // 4))
+    net.train(was_training)
+    centre = size // 2
+    total = g.sum()
+    for r in range(1, centre):
+        inside = g[centre - r : centre + r + 1, centre - r : centre + r + 1].sum()
+        if total - inside < mass_tol:
+            return r
+    return centre
+
+
+def library_versions() -> dict[str, str]:
+    import fastai
+
+    from . import __version__
+
+    return {
+        "napari_decrappify": __version__,
+        "torch": torch.__version__,
+        "fastai": fastai.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def build_model(arch: ArchConfig, *, kind: str = "restoration", name: str = "unnamed",
+                norm: NormConfig | None = None, classes: list[str] | None = None,
+                seed: int | None = 0, measure_rf: bool = True) -> RestorationModel:
+    """Create a randomly initialised model (weights seeded) with its metadata.
+
+    Parameters
+    ----------
+    arch : ArchConfig
+        Architecture (encoder, strategy, scale, frames, channels).
+    kind : {"restoration", "segmentation"}
+        Segmentation models end in a softmax over ``out_channels`` classes.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    head = "softmax" if kind == "segmentation" else "identity"
+    if kind == "segmentation":
+        arch = arch.model_copy(update={"residual": False})
+    net = RestorationNet(arch, head=head).eval()
+    rf = measure_receptive_field(net, arch) if measure_rf else 0
+    config = ModelFile(
+        kind=kind, name=name, arch=arch, norm=norm or NormConfig(),
+        receptive_field=rf, alignment=max(32, ENCODER_STRIDE[arch.encoder]),
+        classes=classes or [], versions=library_versions(),
+    )
+    return RestorationModel(net=net, config=config)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_model(model: RestorationModel, path: str | os.PathLike, *, fp16: bool = False,
+               overwrite: bool = True) -> Path:
+    """Write ``model.json`` + ``model.safetensors`` atomically into folder ``path``.
+
+    The files go to a temporary folder beside ``path`` which is then renamed, so a crash never
+    leaves a half-written model where a complete one is expected.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"model folder {path} exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    dtype = "float32"
+    if fp16:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+        dtype = "float16"
+    model.config.weights_sha256 = state_dict_sha256(state)
+    model.config.weights_dtype = dtype
+    model._hash = None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"schema_version": str(SCHEMA_VERSION)})
+        (tmp / CONFIG_FILE).write_text(model.config.model_dump_json(indent=2))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    model.path = path
+    return path
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A model folder, or the name of a bundled (``zoo``) or user model."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    for root in model_search_dirs():
+        cand = root / str(name_or_path)
+        if (cand / CONFIG_FILE).exists():
+            return cand
+    known = ", ".join(sorted(m["name"] for m in list_models())) or "none"
+    raise ModelFileError(
+        f"no model folder or bundled model named {str(name_or_path)!r} (known: {known})"
+    )
+
+
+def model_search_dirs() -> list[Path]:
+    from platformdirs import user_data_dir
+
+    dirs = [ZOO_DIR, Path(user_data_dir("napari-decrappify")) / "models"]
+    extra = os.environ.get("DECRAPPIFY_MODELS")
+    if extra:
+        dirs = [Path(p) for p in extra.split(os.pathsep)] + dirs
+    return dirs
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Bundled and user models: name, kind, scale, path, metrics."""
+    out = []
+    for root in model_search_dirs():
+        if not root.is_dir():
+            continue
+        for cfg in sorted(root.glob(f"*/{CONFIG_FILE}")):
+            try:
+                meta = ModelFile.model_validate_json(cfg.read_text())
+            except (ValidationError, ValueError):
+                continue
+            out.append({
+                "name": cfg.parent.name, "kind": meta.kind, "scale": meta.arch.scale,
+                "frames": meta.arch.frames, "encoder": meta.arch.encoder,
+                "path": str(cfg.parent), "bundled": root == ZOO_DIR, "metrics": meta.metrics,
+            })
+    return out
+
+
+def read_model_config(path: Path) -> ModelFile:
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.exists():
+        raise ModelFileError(f"{path} is not a model folder: {CONFIG_FILE} is missing")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{cfg_path} is not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"{cfg_path} must hold a JSON object")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ModelFileError(
+            f"{cfg_path}: unknown schema_version {version!r} (this version reads {SCHEMA_VERSION})"
+        )
+    try:
+        return ModelFile.model_validate(raw)
+    except ValidationError as e:
+        raise ModelFileError(f"{cfg_path} does not match the model schema:\n{e}") from e
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
+               ) -> RestorationModel:
+    """Load a model folder (or bundled model by name) safely: no pickle, everything checked.
+
+    Raises
+    ------
+    ModelFileError
+        Missing files, corrupt/truncated weights, unknown schema version or architecture,
+        tensors that do not match the architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = resolve_model_path(name_or_path)
+    config = read_model_config(path)
+    wpath = path / WEIGHTS_FILE
+    if not wpath.exists():
+        raise ModelFileError(f"{path}: weights file {WEIGHTS_FILE} is missing")
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{wpath} is corrupt or truncated ({e})") from e
+    if config.weights_sha256 and state_dict_sha256(state) != config.weights_sha256:
+        raise ModelFileError(f"{wpath}: weights do not match the sha256 recorded in {CONFIG_FILE}")
+    head = "softmax" if config.kind == "segmentation" else "identity"
+    net = RestorationNet(config.arch, head=head)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ModelFileError(
+            f"{wpath}: tensors do not match the architecture in {CONFIG_FILE} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape"
+            f"{': e.g. ' + (missing + unexpected + wrong)[0]})"
+        )
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net.eval().to(device)
+    return RestorationModel(net=net, config=config, path=path)

@@ -1,0 +1,424 @@
+"""Training engine: a fastai ``Learner`` over a restoration U-Net, fit with ``fit_one_cycle``.
+
+Progress events, cancellation from another thread (between batches, best weights kept),
+a wall-clock budget, checkpoints and resume are fastai callbacks; the CLI, scripts and the
+napari Train dock consume the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import TrainConfig
+from .crappify import Crappifier
+from .data import (
+    CrappifiedPatches,
+    PairedPatches,
+    fingerprint,
+    make_dataloaders,
+    make_stacks,
+    percentile_norm,
+)
+from .models import RestorationModel, build_model, measure_receptive_field, save_model
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class TrainingCancelled(Exception):
+    """Raised inside fastai to stop between batches (caught by :func:`train`)."""
+
+
+# --------------------------------------------------------------------------- losses
+
+
+class MSSSIML1Loss(nn.Module):
+    """``alpha * (1 - MS-SSIM) + (1 - alpha) * L1`` (Zhao et al. 2017), on [0, 1] images.
+
+    MS-SSIM needs images larger than ``(win - 1) * 2 ** (levels - 1)``; for small patches the
+    number of scales is reduced (weights renormalised) instead of failing.
+    """
+
+    def __init__(self, alpha: float = 0.84, win_size: int = 7):
+        super().__init__()
+        self.alpha = alpha
+        self.win_size = win_size
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from pytorch_msssim import ms_ssim, ssim
+
+        l1 = F.l1_loss(pred, target)
+        side = min(pred.shape[-2:])
+        levels = 5
+        while levels > 1 and side <= (self.win_size - 1) * 2 ** (levels - 1):
+            levels -= 1
+        p, t = pred.float(), target.float()
+        if levels == 1:
+            sim = ssim(p, t, data_range=1.0, win_size=self.win_size, size_average=True)
+        else:
+            w = torch.tensor([0.0448, 0.2856, 0.3001, 0.2363, 0.1333][:levels])
+            sim = ms_ssim(p, t, data_range=1.0, win_size=self.win_size, weights=(w / w.sum()).tolist(),
+                          size_average=True)
+        return self.alpha * (1 - sim) + (1 - self.alpha) * l1
+
+
+def gram_matrix(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    f = x.reshape(n, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)
+
+
+class FeatureLoss(nn.Module):
+    """Perceptual loss of the fast.ai decrappify work: pixel L1 + feature L1 + Gram (style) terms.
+
+    Features come from a frozen encoder whose weights the user supplies as a local
+    safetensors file (no download at run time): either a torchvision ``resnet18/34`` state
+    dict, or the encoder of a segmentation model folder made by this package (the
+    expert-guided loss: restoration is penalised where it changes what the expert labelled).
+    """
+
+    def __init__(self, encoder: nn.Sequential, layer_ids: Sequence[int] | None = None,
+                 feature_weight: float = 1.0, gram_weight: float = 5e2, pixel_weight: float = 1.0,
+                 in_channels: int = 1):
+        super().__init__()
+        from fastai.callback.hook import hook_outputs
+
+        encoder = encoder.eval()
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder = encoder
+        children = list(encoder.children())
+        layer_ids = layer_ids or list(range(1, len(children)))
+        self.layers = [children[i] for i in layer_ids if i < len(children)]
+        self.hooks = hook_outputs(self.layers, detach=False)
+        self.fw, self.gw, self.pw = feature_weight, gram_weight, pixel_weight
+        self.in_channels = in_channels
+
+    def _features(self, x):
+        first = next(self.encoder.parameters())
+        if x.shape[1] != first.shape[1]:
+            x = x.repeat(1, first.shape[1] // x.shape[1], 1, 1)
+        self.encoder(x)
+        return [o.clone() for o in self.hooks.stored]
+
+    def forward(self, pred, target):
+        loss = self.pw * F.l1_loss(pred, target)
+        f_pred = self._features(pred)
+        with torch.no_grad():
+            f_targ = self._features(target)
+        for a, b in zip(f_pred, f_targ, strict=True):
+            loss = loss + self.fw * F.l1_loss(a, b) + self.gw * F.l1_loss(gram_matrix(a), gram_matrix(b))
+        return loss
+
+    def __del__(self):
+        try:
+            self.hooks.remove()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def load_feature_encoder(path: str | Path) -> nn.Sequential:
+    """The frozen encoder of the perceptual loss, from a local file or a model folder.
+
+    ``path`` is a model folder of this package (its encoder is used), or a ``.safetensors``
+    file with a torchvision ResNet state dict (``resnet18`` or ``resnet34`` by its keys).
+    """
+    from safetensors.torch import load_file
+    from torchvision import models as tvm
+
+    from .models import ModelFileError, load_model
+
+    p = Path(path)
+    if p.is_dir():
+        model = load_model(p)
+        return model.net.unet[0]
+    if not p.exists():
+        raise FileNotFoundError(f"feature-loss weights file {p} does not exist")
+    try:
+        state = load_file(str(p))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+        raise ModelFileError(f"{p} is not a readable safetensors file ({e})") from e
+    arch = "resnet34" if "layer3.5.conv1.weight" in state else "resnet18"
+    net = getattr(tvm, arch)(weights=None)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if len(missing) > 2 or unexpected:  # fc may be absent
+        raise ModelFileError(f"{p}: not a torchvision {arch} state dict "
+                             f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
+                         net.layer3)
+
+
+def make_loss(config: TrainConfig) -> nn.Module:
+    if config.loss == "l1":
+        return nn.L1Loss()
+    if config.loss == "msssim_l1":
+        return MSSSIML1Loss()
+    if config.loss == "perceptual":
+        if not config.feature_weights:
+            raise ValueError("loss 'perceptual' needs feature_weights: a local weights file or "
+                             "a segmentation model folder (no download at run time)")
+        return FeatureLoss(load_feature_encoder(config.feature_weights))
+    raise ValueError(f"unknown loss {config.loss!r}")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def batch_psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean PSNR (dB) of a batch on [0, 1] images (prediction clipped)."""
+    mse = ((pred.float().clamp(0, 1) - target.float()) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+
+
+def batch_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from pytorch_msssim import ssim
+
+    return ssim(pred.float().clamp(0, 1), target.float(), data_range=1.0, win_size=7)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def _callbacks():
+    """fastai callbacks, defined lazily so that importing this module stays cheap."""
+    from fastai.callback.core import Callback, CancelFitException
+
+    class EventsCallback(Callback):
+        """Emit progress events and honour cancel / wall-clock budget between batches."""
+
+        order = 60
+
+        def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None,
+                     deadline: float | None, datasets):
+            self.progress, self.cancel, self.deadline, self.datasets = progress, cancel, deadline, datasets
+            self.history: list[dict] = []
+            self.stop_reason = "completed"
+            self.best = (math.inf, None, -1)
+
+        def _emit(self, event):
+            if self.progress is not None:
+                self.progress(event)
+
+        def before_fit(self):
+            self.t0 = time.monotonic()
+            self.total = self.n_epoch * len(self.dls.train)
+
+        def before_epoch(self):
+            for ds in self.datasets:
+                ds.epoch = self.epoch
+
+        def after_batch(self):
+            if not self.training:
+                return
+            done = self.epoch * len(self.dls.train) + self.iter + 1
+            elapsed = time.monotonic() - self.t0
+            self._emit({"event": "batch", "epoch": self.epoch, "batch": self.iter,
+                        "iteration": done, "total": self.total, "loss": float(self.loss),
+                        "elapsed": elapsed, "eta": elapsed / done * (self.total - done)})
+            if self.cancel is not None and self.cancel.is_set():
+                self.stop_reason = "cancelled"
+                raise CancelFitException()
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.stop_reason = "budget"
+                raise CancelFitException()
+
+        def after_epoch(self):
+            rec = self.recorder
+            vals = rec.values[-1] if rec.values else []
+            names = [n for n in rec.metric_names[1:] if n not in ("epoch", "time")]
+            row = dict(zip(names, [float(v) for v in vals], strict=False))
+            row.update({"event": "epoch", "epoch": self.epoch, "elapsed": time.monotonic() - self.t0})
+            self.history.append(row)
+            self._emit(row)
+            vloss = row.get("valid_loss", math.inf)
+            if vloss < self.best[0]:
+                state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+                self.best = (vloss, state, self.epoch)
+
+    return EventsCallback, CancelFitException
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the model (best validation weights) and its history."""
+
+    model: RestorationModel
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = "completed"
+    seconds: float = 0.0
+    iterations: int = 0
+    path: Path | None = None
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
+          out: str | Path | None = None, name: str = "model", axis: int = 0,
+          pairs: tuple[np.ndarray, np.ndarray] | None = None,
+          progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+          init_from: RestorationModel | None = None, command: str = "",
+          fp16: bool = False) -> TrainResult:
+    """Train a restoration model on HR images crappified on the fly.
+
+    Parameters
+    ----------
+    hr_images : sequence of arrays
+        HR stacks (``(..., Y, X)``); planes are taken along ``axis``, blank planes skipped,
+        and each stack is split by plane into training and validation.
+    config : TrainConfig
+        Scale, architecture, crappifier, loss, patch/batch size, budget (``epochs`` and/or
+        ``minutes``), precision, device, seed.
+    out : path, optional
+        Model folder to write (atomically) when training ends, also when cancelled.
+    pairs : (lr, hr), optional
+        A real registered LR/HR pair, mixed into training (a quarter of the samples).
+    progress : callable, optional
+        Receives event dicts: ``{"event": "batch", ...}`` and ``{"event": "epoch", ...}``.
+    cancel : threading.Event, optional
+        Set it from another thread to stop cleanly between batches; best weights are kept.
+    init_from : RestorationModel, optional
+        Resume / fine-tune from these weights (same architecture).
+    fp16 : bool
+        Store the weights as float16 (half the file size).
+
+    Returns
+    -------
+    TrainResult
+    """
+    import fastai.callback.fp16  # noqa: F401 - patches Learner.to_fp16 / to_bf16
+    import fastai.callback.schedule  # noqa: F401 - patches Learner.fit_one_cycle / lr_find
+    from fastai.learner import Learner
+    from fastai.optimizer import Adam
+
+    config = config or TrainConfig()
+    arch = config.arch.model_copy(update={"scale": config.scale})
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    hr_images = [np.asarray(im) for im in hr_images]
+    if not hr_images:
+        raise ValueError("no HR images given")
+    norm = percentile_norm(hr_images)
+    crappifier = Crappifier(config.crappify.model_copy(update={"scale": config.scale}))
+    train_stacks, valid_stacks, split = make_stacks(
+        hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
+    n_train = config.iterations_per_epoch * config.batch_size
+    train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
+                                 length=n_train, seed=config.seed)
+    valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
+                                 length=max(config.batch_size * 4, 32), seed=config.seed + 1,
+                                 fixed=True)
+    if pairs is not None:
+        pair_ds = PairedPatches(pairs[0], pairs[1], config.scale, config.patch_size,
+                                length=n_train // 4, seed=config.seed)
+        train_ds = torch.utils.data.ConcatDataset([train_ds, pair_ds])
+        datasets = [train_ds.datasets[0], pair_ds]
+    else:
+        datasets = [train_ds]
+    dls = make_dataloaders(train_ds, valid_ds, config.batch_size, device=device,
+                           num_workers=config.num_workers)
+    if init_from is not None:
+        model = init_from
+        model.config.norm = norm
+    else:
+        model = build_model(arch, name=name, norm=norm, seed=config.seed, measure_rf=False)
+    net = model.net.to(device).train()
+    EventsCallback, _ = _callbacks()
+    deadline = time.monotonic() + config.minutes * 60 if config.minutes else None
+    events = EventsCallback(progress, cancel, deadline, datasets)
+    learn = Learner(dls, net, loss_func=make_loss(config), opt_func=Adam,
+                    metrics=[batch_psnr, batch_ssim], wd=config.weight_decay, cbs=[events])
+    learn.recorder.train_metrics = False
+    if device.type == "cuda":
+        prec = config.precision if config.precision != "auto" else (
+            "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        if prec == "fp16":
+            learn.to_fp16()
+        elif prec == "bf16":
+            learn.to_bf16()
+    elif config.precision in ("bf16", "fp16"):
+        learn.to_bf16()  # only when asked: ~24x slower on CPUs without native bf16
+    epochs = config.epochs or 1
+    if config.minutes and not config.epochs:
+        epochs = _epochs_for_budget(learn, config, device)
+    t0 = time.monotonic()
+    if hasattr(learn, "progress"):
+        learn.remove_cb(learn.progress)  # our own events replace fastprogress bars
+    with learn.no_logging():
+        learn.fit_one_cycle(epochs, lr_max=config.lr_max, pct_start=config.pct_start)
+    seconds = time.monotonic() - t0
+    if events.best[1] is not None:
+        net.load_state_dict(events.best[1])
+    net.eval().cpu()
+    iterations = int(learn.train_iter) if hasattr(learn, "train_iter") else 0
+    model.config.receptive_field = measure_receptive_field(net, arch)
+    model.config.crappifier = crappifier.config
+    model.config.training.update({
+        "command": command, "config": json.loads(config.model_dump_json()),
+        "data_fingerprint": fingerprint(hr_images), "split": split,
+        "seconds": round(seconds, 1), "iterations": iterations, "epochs_run": len(events.history),
+        "stop_reason": events.stop_reason, "hardware": hardware_description(device),
+        "best_epoch": events.best[2],
+        "history": events.history,
+    })
+    if events.history:
+        last = events.history[events.best[2]] if events.best[2] >= 0 else events.history[-1]
+        model.config.metrics.update({
+            "valid_loss": last.get("valid_loss"), "valid_psnr": last.get("batch_psnr"),
+            "valid_ssim": last.get("batch_ssim"),
+        })
+    path = save_model(model, out, fp16=fp16) if out is not None else None
+    if progress is not None:
+        progress({"event": "done", "stop_reason": events.stop_reason, "seconds": seconds,
+                  "path": str(path) if path else None})
+    return TrainResult(model=model, history=events.history, stop_reason=events.stop_reason,
+                       seconds=seconds, iterations=iterations, path=path)
+
+
+def _epochs_for_budget(learn, config: TrainConfig, device: torch.device) -> int:
+    """Epochs that fit in ``config.minutes``, from the measured time of a few iterations.
+
+    fit_one_cycle needs its length up front; the deadline callback is a safety net on top.
+    """
+    net = learn.model
+    xb, yb = next(iter(learn.dls.train))
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    loss_fn = learn.loss_func
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        loss = loss_fn(net(xb), yb)
+        loss.backward()
+        opt.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    per_iter = min(times[1:]) * 1.15  # + data loading and validation
+    iters = config.minutes * 60 / per_iter
+    return max(1, int(iters // config.iterations_per_epoch))
