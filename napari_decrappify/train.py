@@ -247,7 +247,28 @@ def _callbacks():
                 state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
                 self.best = (vloss, state, self.epoch)
 
-    return EventsCallback, CancelFitException
+    class WallClockScheduleCallback(Callback):
+        """Drive the one-cycle schedule by elapsed wall-clock time instead of iterations.
+
+        With a ``--minutes`` budget the number of iterations is unknown up front (other work on
+        the machine changes the speed); fastai's ParamScheduler reads ``pct_train``, so setting
+        it to the elapsed fraction of the budget makes the learning rate warm up and anneal
+        over exactly the budget, and training always ends at the low-LR end of the cycle.
+        """
+
+        order = 50  # after TrainEvalCallback, before ParamScheduler (60)
+
+        def __init__(self, seconds: float):
+            self.seconds = seconds
+
+        def before_fit(self):
+            self.t0 = time.monotonic()
+
+        def before_batch(self):
+            if self.training:
+                self.learn.pct_train = min((time.monotonic() - self.t0) / self.seconds, 0.999)
+
+    return EventsCallback, CancelFitException, WallClockScheduleCallback
 
 
 # --------------------------------------------------------------------------- train
@@ -349,11 +370,14 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     else:
         model = build_model(arch, name=name, norm=norm, seed=config.seed, measure_rf=False)
     net = model.net.to(device).train()
-    EventsCallback, _ = _callbacks()
+    EventsCallback, _, WallClockScheduleCallback = _callbacks()
     deadline = time.monotonic() + config.minutes * 60 if config.minutes else None
     events = EventsCallback(progress, cancel, deadline, datasets)
+    cbs = [events]
+    if config.minutes and not config.epochs:
+        cbs.append(WallClockScheduleCallback(config.minutes * 60))
     learn = Learner(dls, net, loss_func=make_loss(config), opt_func=Adam,
-                    metrics=[batch_psnr, batch_ssim], wd=config.weight_decay, cbs=[events])
+                    metrics=[batch_psnr, batch_ssim], wd=config.weight_decay, cbs=cbs)
     learn.recorder.train_metrics = False
     if device.type == "cuda":
         prec = config.precision if config.precision != "auto" else (
@@ -366,7 +390,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         learn.to_bf16()  # only when asked: ~24x slower on CPUs without native bf16
     epochs = config.epochs or 1
     if config.minutes and not config.epochs:
-        epochs = _epochs_for_budget(learn, config, device)
+        # an upper bound: the wall-clock schedule and the deadline end the run on time
+        epochs = 10 * _epochs_for_budget(learn, config, device) + 10
     t0 = time.monotonic()
     if hasattr(learn, "progress"):
         learn.remove_cb(learn.progress)  # our own events replace fastprogress bars
