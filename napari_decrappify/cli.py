@@ -113,6 +113,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+
+    # each benchmark module registers itself on import
+    bench.load_all()
+    if args.what not in bench.BENCHMARKS:
+        print(f"decrappify bench {args.what}: not built yet in this version", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    options = dict(kv.split("=", 1) for kv in (args.option or []))
+    result = bench.run(args.what, args.json, **options)
+    summary = result.get("summary", {k: v for k, v in result.items() if k != "machine"})
+    print(json.dumps(summary, indent=2, default=str)[:4000])
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models
 
@@ -210,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="benchmarks that write JSON")
     s.add_argument("what", choices=["quality", "throughput", "memory", "seams", "segmentation"])
-    s.add_argument("--json")
-    s.set_defaults(func=_not_built("bench"))
+    s.add_argument("--json", help="write the results to this JSON file")
+    s.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
+                   help="benchmark-specific option (repeatable)")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("models", help="list bundled and user models")
     s.add_argument("--json", action="store_true")

@@ -1,0 +1,68 @@
+"""Benchmarks that write JSON: ``decrappify bench quality|throughput|memory|seams|segmentation``.
+
+Benchmarks are not tests: they measure speed, memory and quality and write the figures (with
+the machine and library versions) to JSON; nothing here is asserted in the test suite. Figures
+are ratios measured side by side in one run (tiled vs raw forward, ours vs bicubic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+BENCHMARKS: dict[str, Callable[..., dict]] = {}
+
+
+def benchmark(name: str):
+    """Register a benchmark function ``f(**options) -> dict`` under ``name``."""
+
+    def deco(f):
+        BENCHMARKS[name] = f
+        return f
+
+    return deco
+
+
+def machine_info() -> dict:
+    import numpy as np
+    import torch
+
+    from .models import library_versions
+
+    info = {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "numpy": np.__version__,
+    }
+    info.update(library_versions())
+    return info
+
+
+def run(name: str, json_path: str | os.PathLike | None = None, **options) -> dict:
+    """Run benchmark ``name`` and write its JSON (with machine info) to ``json_path``."""
+    if name not in BENCHMARKS:
+        raise NotImplementedError(f"benchmark {name!r} is not built yet")
+    result = {"benchmark": name, "machine": machine_info(), **BENCHMARKS[name](**options)}
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".part")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
+    return result
+
+
+def load_all() -> None:
+    """Import the modules that define benchmarks (each registers itself with @benchmark)."""
+    import importlib
+
+    for mod in ("_bench_engine", "_bench_quality", "_bench_segmentation"):
+        try:
+            importlib.import_module(f"napari_decrappify.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"napari_decrappify.{mod}":
+                raise
