@@ -376,6 +376,10 @@ def save_model(model: RestorationModel, path: str | os.PathLike, *, fp16: bool =
     try:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"schema_version": str(SCHEMA_VERSION)})
         (tmp / CONFIG_FILE).write_text(model.config.model_dump_json(indent=2))
+        # mkdtemp creates private (0700) folders; a model folder is ordinary shared data
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

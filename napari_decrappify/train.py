@@ -47,8 +47,8 @@ class TrainingCancelled(Exception):
 class MSSSIML1Loss(nn.Module):
     """``alpha * (1 - MS-SSIM) + (1 - alpha) * L1`` (Zhao et al. 2017), on [0, 1] images.
 
-    MS-SSIM needs images larger than ``(win - 1) * 2 ** (levels - 1)``; for small patches the
-    number of scales is reduced (weights renormalised) instead of failing.
+    MS-SSIM needs images larger than ``(win - 1) * 16`` (5 scales); smaller patches use
+    single-scale SSIM instead of failing.
     """
 
     def __init__(self, alpha: float = 0.84, win_size: int = 7):
@@ -60,17 +60,12 @@ class MSSSIML1Loss(nn.Module):
         from pytorch_msssim import ms_ssim, ssim
 
         l1 = F.l1_loss(pred, target)
-        side = min(pred.shape[-2:])
-        levels = 5
-        while levels > 1 and side <= (self.win_size - 1) * 2 ** (levels - 1):
-            levels -= 1
         p, t = pred.float(), target.float()
-        if levels == 1:
-            sim = ssim(p, t, data_range=1.0, win_size=self.win_size, size_average=True)
+        # pytorch-msssim needs sides > (win - 1) * 16 for its 5 scales; below that, plain SSIM
+        if min(pred.shape[-2:]) > (self.win_size - 1) * 16:
+            sim = ms_ssim(p, t, data_range=1.0, win_size=self.win_size, size_average=True)
         else:
-            w = torch.tensor([0.0448, 0.2856, 0.3001, 0.2363, 0.1333][:levels])
-            sim = ms_ssim(p, t, data_range=1.0, win_size=self.win_size, weights=(w / w.sum()).tolist(),
-                          size_average=True)
+            sim = ssim(p, t, data_range=1.0, win_size=self.win_size, size_average=True)
         return self.alpha * (1 - sim) + (1 - self.alpha) * l1
 
 
@@ -201,7 +196,9 @@ def _callbacks():
         order = 60
 
         def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None,
-                     deadline: float | None, datasets):
+                     deadline: float | None, datasets, checkpoint: Callable[[], None] | None = None):
+            self.checkpoint = checkpoint
+            self.recording = True
             self.progress, self.cancel, self.deadline, self.datasets = progress, cancel, deadline, datasets
             self.history: list[dict] = []
             self.stop_reason = "completed"
@@ -235,6 +232,8 @@ def _callbacks():
                 raise CancelFitException()
 
         def after_epoch(self):
+            if not self.recording:  # Learner.validate() after the fit also fires after_epoch
+                return
             rec = self.recorder
             vals = rec.values[-1] if rec.values else []
             names = [n for n in rec.metric_names[1:] if n not in ("epoch", "time")]
@@ -246,6 +245,8 @@ def _callbacks():
             if vloss < self.best[0]:
                 state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
                 self.best = (vloss, state, self.epoch)
+            if self.checkpoint is not None:
+                self.checkpoint()
 
     class WallClockScheduleCallback(Callback):
         """Drive the one-cycle schedule by elapsed wall-clock time instead of iterations.
@@ -305,7 +306,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
           pairs: tuple[np.ndarray, np.ndarray] | None = None,
           progress: ProgressFn | None = None, cancel: threading.Event | None = None,
           init_from: RestorationModel | None = None, command: str = "",
-          fp16: bool = False) -> TrainResult:
+          fp16: bool = False, checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train a restoration model on HR images crappified on the fly.
 
     Parameters
@@ -328,6 +329,10 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         Resume / fine-tune from these weights (same architecture).
     fp16 : bool
         Store the weights as float16 (half the file size).
+    checkpoint_dir : path, optional
+        After every epoch the current weights are written (atomically) as a model folder
+        ``checkpoint_dir/last``; resume with ``init_from=load_model(checkpoint_dir / "last")``.
+        (Optimiser state is not kept: a resumed run starts a new one-cycle schedule.)
 
     Returns
     -------
@@ -372,7 +377,12 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     net = model.net.to(device).train()
     EventsCallback, _, WallClockScheduleCallback = _callbacks()
     deadline = time.monotonic() + config.minutes * 60 if config.minutes else None
-    events = EventsCallback(progress, cancel, deadline, datasets)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        def checkpoint():
+            save_model(model, Path(checkpoint_dir) / "last")
+
+    events = EventsCallback(progress, cancel, deadline, datasets, checkpoint)
     cbs = [events]
     if config.minutes and not config.epochs:
         cbs.append(WallClockScheduleCallback(config.minutes * 60))
@@ -398,6 +408,12 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     with learn.no_logging():
         learn.fit_one_cycle(epochs, lr_max=config.lr_max, pct_start=config.pct_start)
     seconds = time.monotonic() - t0
+    if events.stop_reason != "completed" and events.history:
+        # the last, partial epoch (lowest learning rate of the cycle) may be the best: score it
+        events.recording = False
+        vloss = float(learn.validate()[0])
+        if vloss < events.best[0]:
+            events.best = (vloss, None, len(events.history) - 1)
     if events.best[1] is not None:
         net.load_state_dict(events.best[1])
     net.eval().cpu()

@@ -1,0 +1,188 @@
+"""Model files: safetensors + JSON, exact round trips, and clear errors for bad files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_decrappify.config import ArchConfig
+from napari_decrappify.models import (
+    ModelFileError,
+    build_model,
+    list_models,
+    load_model,
+    measure_receptive_field,
+    save_model,
+)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = build_model(ArchConfig(encoder="tiny", scale=2), name="t2", seed=1)
+    # perturb BN statistics so that the round trip covers buffers, not only weights
+    for m in model.net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+    path = save_model(model, tmp_path_factory.mktemp("m") / "t2")
+    return model, path
+
+
+def _plane(seed=0, size=64):
+    return np.random.default_rng(seed).random((1, size, size), dtype=np.float32)
+
+
+def test_round_trip_is_bit_exact(saved):
+    model, path = saved
+    loaded = load_model(path)
+    x = _plane()
+    np.testing.assert_array_equal(model.predict_plane(x), loaded.predict_plane(x))
+    assert loaded.config == model.config
+    assert loaded.weights_hash == model.weights_hash
+
+
+def test_files_are_json_and_safetensors_not_pickle(saved):
+    _, path = saved
+    assert sorted(p.name for p in path.iterdir()) == ["model.json", "model.safetensors"]
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["schema_version"] == 1 and meta["arch"]["scale"] == 2
+    assert meta["receptive_field"] > 0
+    head = (path / "model.safetensors").read_bytes()[:2]
+    assert head != b"\x80\x04"  # not a pickle protocol header
+
+
+def test_fp16_weights_halve_the_file_and_stay_close(tmp_path, saved):
+    model, path32 = saved
+    path16 = save_model(model, tmp_path / "half", fp16=True)
+    size32 = (path32 / "model.safetensors").stat().st_size
+    size16 = (path16 / "model.safetensors").stat().st_size
+    assert size16 < 0.6 * size32
+    x = _plane()
+    assert np.abs(load_model(path16).predict_plane(x) - model.predict_plane(x)).max() < 1e-2
+
+
+def _copy(path, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(path, dst)
+    return dst
+
+
+def test_truncated_weights_are_reported(saved, tmp_path):
+    p = _copy(saved[1], tmp_path)
+    w = p / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_model(p)
+
+
+def test_tampered_weights_fail_the_checksum(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    p = _copy(saved[1], tmp_path)
+    state = load_file(str(p / "model.safetensors"))
+    k = next(iter(state))
+    state[k] = state[k] + 1
+    save_file(state, str(p / "model.safetensors"))
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_model(p)
+
+
+def test_unknown_schema_version(saved, tmp_path):
+    p = _copy(saved[1], tmp_path)
+    meta = json.loads((p / "model.json").read_text())
+    meta["schema_version"] = 99
+    (p / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="schema_version 99"):
+        load_model(p)
+
+
+def test_unknown_architecture_and_extra_keys(saved, tmp_path):
+    p = _copy(saved[1], tmp_path)
+    meta = json.loads((p / "model.json").read_text())
+    meta["arch"]["encoder"] = "vgg99"
+    (p / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="encoder"):
+        load_model(p)
+    meta["arch"]["encoder"] = "tiny"
+    meta["surprise"] = 1
+    (p / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="surprise"):
+        load_model(p)
+
+
+def test_tensors_that_do_not_match_the_config(saved, tmp_path):
+    p = _copy(saved[1], tmp_path)
+    meta = json.loads((p / "model.json").read_text())
+    meta["arch"]["frames"] = 3  # first conv would need 3 input channels
+    meta["weights_sha256"] = ""
+    (p / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="do not match the architecture"):
+        load_model(p)
+
+
+def test_missing_files_and_bad_json(tmp_path):
+    with pytest.raises(ModelFileError, match="no model folder"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        load_model(tmp_path / "m")
+
+
+def test_save_is_atomic_on_failure(saved, tmp_path, monkeypatch):
+    model, _ = saved
+    target = save_model(model, tmp_path / "keep")
+    before = (target / "model.safetensors").read_bytes()
+
+    import safetensors.torch
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(model, target)
+    assert (target / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]  # no temporary folder left behind
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="scale"):
+        ArchConfig(scale=3.5)
+    with pytest.raises(ValueError, match="scale"):
+        ArchConfig(scale=16)
+    with pytest.raises(ValueError, match="frames"):
+        ArchConfig(frames=2)
+    with pytest.raises(ValueError, match="extra"):
+        ArchConfig(encoderr="tiny")
+
+
+@pytest.mark.parametrize("strategy", ["lr_grid", "pre_upsample"])
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_output_shapes_and_residual_start(strategy, scale):
+    model = build_model(ArchConfig(encoder="tiny", scale=scale, strategy=strategy), measure_rf=False)
+    x = _plane(size=32)
+    y = model.predict_plane(x)
+    assert y.shape == (1, 32 * scale, 32 * scale)
+
+
+def test_multiframe_input_uses_centre_frame():
+    model = build_model(ArchConfig(encoder="tiny", scale=2, frames=3), measure_rf=False)
+    y = model.predict_plane(np.random.default_rng(0).random((3, 32, 32), dtype=np.float32))
+    assert y.shape == (1, 64, 64)
+
+
+def test_receptive_field_is_local_for_tiny_encoder():
+    arch = ArchConfig(encoder="tiny", scale=2)
+    model = build_model(arch, measure_rf=False)
+    rf = measure_receptive_field(model.net, arch)
+    assert 8 <= rf < 128
+
+
+def test_list_models_finds_user_models(saved, monkeypatch):
+    _, path = saved
+    monkeypatch.setenv("DECRAPPIFY_MODELS", str(path.parent))
+    names = {m["name"] for m in list_models()}
+    assert "t2" in names

@@ -1,0 +1,121 @@
+"""Training engine: losses on known inputs, progress events, cancel, budget, checkpoints."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_decrappify.config import ArchConfig, TrainConfig
+from napari_decrappify.models import build_model, load_model
+from napari_decrappify.samples import synthetic_em
+from napari_decrappify.train import FeatureLoss, MSSSIML1Loss, batch_psnr, gram_matrix, make_loss, train
+
+
+@pytest.fixture(scope="module")
+def hr():
+    return synthetic_em((6, 128, 128), seed=1)
+
+
+def tiny_config(**kw):
+    base = dict(scale=2, arch=ArchConfig(encoder="tiny"), patch_size=32, batch_size=4, epochs=3,
+                iterations_per_epoch=6)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_l1_and_msssim_losses_on_known_inputs():
+    x = torch.rand(2, 1, 64, 64)
+    assert make_loss(tiny_config())(x, x).item() == 0
+    assert make_loss(tiny_config())(x, x + 0.1).item() == pytest.approx(0.1, abs=1e-6)
+    ms = MSSSIML1Loss()
+    assert ms(x, x).item() == pytest.approx(0.0, abs=1e-5)
+    assert ms(x, torch.rand(2, 1, 64, 64)).item() > 0.3
+    big = torch.rand(1, 1, 200, 200)
+    assert ms(big, big).item() == pytest.approx(0.0, abs=1e-5)  # 5-scale branch
+
+
+def test_batch_psnr_matches_formula():
+    a = torch.zeros(1, 1, 8, 8)
+    b = torch.full((1, 1, 8, 8), 0.1)
+    assert batch_psnr(b, a).item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_gram_matrix_and_feature_loss():
+    f = torch.ones(1, 2, 3, 3)
+    np.testing.assert_allclose(gram_matrix(f).numpy(), np.full((1, 2, 2), 1 / 2), rtol=1e-6)
+    encoder = build_model(ArchConfig(encoder="tiny", scale=1), measure_rf=False).net.unet[0]
+    loss = FeatureLoss(encoder)
+    x = torch.rand(2, 1, 32, 32)
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(x, torch.rand(2, 1, 32, 32)).item() > 0
+
+
+def test_perceptual_loss_needs_local_weights_and_reads_a_file(tmp_path):
+    with pytest.raises(ValueError, match="feature_weights"):
+        make_loss(tiny_config(loss="perceptual"))
+    from safetensors.torch import save_file
+    from torchvision.models import resnet18
+
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in resnet18(weights=None).state_dict().items()}, str(path))
+    loss = make_loss(tiny_config(loss="perceptual", feature_weights=str(path)))
+    x = torch.rand(1, 1, 64, 64)
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(FileNotFoundError):
+        make_loss(tiny_config(loss="perceptual", feature_weights=str(tmp_path / "missing.safetensors")))
+
+
+def test_tiny_training_lowers_validation_loss_and_reports_progress(hr, tmp_path):
+    events = []
+    result = train([hr], tiny_config(epochs=3), progress=events.append, out=tmp_path / "m",
+                   checkpoint_dir=tmp_path / "ckpt")
+    losses = [h["valid_loss"] for h in result.history]
+    assert len(losses) == 3
+    assert min(losses[1:]) < losses[0]
+    kinds = {e["event"] for e in events}
+    assert {"batch", "epoch", "done"} <= kinds
+    batch = next(e for e in events if e["event"] == "batch")
+    assert {"epoch", "batch", "loss", "eta", "total"} <= set(batch)
+    epoch = next(e for e in events if e["event"] == "epoch")
+    assert {"batch_psnr", "batch_ssim", "valid_loss"} <= set(epoch)
+    assert result.stop_reason == "completed" and result.iterations == 18
+    meta = load_model(tmp_path / "m").config
+    assert meta.training["iterations"] == 18 and meta.metrics["valid_psnr"] > 0
+    assert meta.training["split"]["planes_valid"] == [[5]]
+    assert (tmp_path / "ckpt" / "last" / "model.safetensors").exists()
+    # resume from the checkpoint
+    again = train([hr], tiny_config(epochs=1), init_from=load_model(tmp_path / "ckpt" / "last"))
+    assert again.history[0]["valid_loss"] < losses[0]
+
+
+def test_cancel_from_another_thread_stops_between_batches_and_keeps_weights(hr, tmp_path):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(e):
+        seen.append(e)
+        if e["event"] == "batch" and e["iteration"] == 8:  # mid-way through the second epoch
+            threading.Thread(target=cancel.set).start()
+
+    result = train([hr], tiny_config(epochs=50), progress=progress, cancel=cancel, out=tmp_path / "c")
+    assert result.stop_reason == "cancelled"
+    batches = [e for e in seen if e["event"] == "batch"]
+    assert len(batches) <= 10  # stopped within a batch or two of the request
+    assert [e["epoch"] for e in seen if e["event"] == "epoch"] == [0]
+    assert load_model(tmp_path / "c").config.training["stop_reason"] == "cancelled"
+
+
+def test_wall_clock_budget(hr):
+    result = train([hr], tiny_config(epochs=None, minutes=0.05))
+    assert result.stop_reason == "budget"
+    assert result.seconds < 0.05 * 60 + 10
+
+
+def test_bad_training_input(hr):
+    with pytest.raises(ValueError, match="no HR images"):
+        train([], tiny_config())
+    with pytest.raises(ValueError, match="constant"):
+        train([np.zeros((4, 64, 64), np.uint16)], tiny_config())
+    with pytest.raises(ValueError, match="smaller than one HR patch"):
+        train([hr[:, :40, :40]], tiny_config())
