@@ -25,7 +25,7 @@ def unit_range(image: np.ndarray, reference: np.ndarray | None = None,
     if np.issubdtype(ref.dtype, np.floating) and ref.min() >= 0 and ref.max() <= 1:
         return np.clip(a.astype(np.float32), 0, 1)
     lo, hi = np.percentile(ref, percentiles)
-    return np.clip((a.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0, 1)
+    return np.clip((a.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
 
 
 def psnr(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:

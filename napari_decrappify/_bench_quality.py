@@ -1,0 +1,112 @@
+"""``decrappify bench quality``: restoration quality vs bicubic on held-out real EM planes.
+
+Protocol of ../shared/DATA.md: CREMI ssTEM, [0, 1] intensities (uint8 / 255), Y/X cropped to a
+multiple of the scale, LR = block mean by the scale; "noisy" adds ``Poisson(u * 255) / 255 +
+N(0, 0.01)`` with one ``default_rng(seed)`` drawn over the test planes in order, clipped. PSNR and
+SSIM (``data_range=1``) per plane against the clean HR, averaged over the non-blank test planes.
+The bicubic baseline is computed in the same run on the same LR.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .bench import benchmark
+from .crappify import crop_to_multiple, to_unit
+from .metrics import bicubic_upsample, evaluate
+
+# planes 0-17 train, 18-19 validation (the bundled models' split); 20-24 are held out
+TEST_PLANES = (20, 21, 22, 23, 24)
+DEFAULT_MODELS = {1: "em-denoise", 2: "em-2x", 4: "em-4x"}
+
+
+def protocol_pairs(hr_stack: np.ndarray, scale: int, noisy: bool, planes=TEST_PLANES,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, HR) test stacks in [0, 1] by the DATA.md protocol (one rng over the planes in order)."""
+    from .crappify import downsample
+
+    rng = np.random.default_rng(seed)
+    hr = crop_to_multiple(to_unit(hr_stack[list(planes)]), scale)
+    lrs = []
+    for plane in hr:
+        lr = downsample(plane, scale, "mean")
+        if noisy:
+            lr = rng.poisson(lr.astype(np.float64) * 255) / 255.0 + rng.normal(0, 0.01, lr.shape)
+            lr = np.clip(lr, 0, 1).astype(np.float32)
+        lrs.append(lr)
+    return np.stack(lrs), hr
+
+
+def score_model(model, lr: np.ndarray, hr: np.ndarray, tile_options: dict | None = None) -> dict:
+    """Restore ``lr`` (in [0, 1]) with ``model`` through the tiled engine and score vs ``hr``."""
+    from .config import TileConfig
+    from .tiling import restore
+
+    # the model normalises its input; [0, 1] data is put back in the model's input units first
+    n = model.config.norm
+    lr_units = lr * (n.high - n.low) + n.low
+    t0 = time.perf_counter()
+    out = restore(model, lr_units, TileConfig(**(tile_options or {})), axes="ZYX")
+    seconds = time.perf_counter() - t0
+    pred = (np.asarray(out) - n.low) / (n.high - n.low)
+    res = evaluate(pred, hr)
+    res["seconds_per_plane"] = seconds / len(lr)
+    return res
+
+
+@benchmark("quality")
+def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", seed: str = "0",
+                  sample: str = "cremi") -> dict:
+    """Model vs bicubic PSNR/SSIM on held-out planes, per scale, side by side.
+
+    Options (``-o key=value``): ``scales`` ("1,2,4"), ``noisy`` (true/false/both), ``models``
+    ("4=em-4x,2=/path/to/model": which model restores which scale; defaults to the bundled
+    em-denoise / em-2x / em-4x where present), ``seed``.
+    """
+    from .models import ModelFileError, load_model
+    from .samples import load_sample
+
+    hr_stack, meta = load_sample(sample)
+    chosen = dict(DEFAULT_MODELS)
+    for part in filter(None, models.split(",")):
+        k, v = part.split("=", 1)
+        chosen[int(k)] = v
+    noise_modes = {"true": [True], "false": [False], "both": [False, True]}[noisy.lower()]
+    rows = []
+    for scale in [int(s) for s in scales.split(",")]:
+        for is_noisy in noise_modes:
+            if scale == 1 and not is_noisy:
+                continue  # nothing to restore
+            lr, hr = protocol_pairs(hr_stack, scale, is_noisy, seed=int(seed))
+            row = {"scale": scale, "noisy": is_noisy, "planes": list(TEST_PLANES)}
+            bic = evaluate(bicubic_upsample(lr, scale), hr)
+            row["bicubic"] = {"psnr": bic["psnr"], "ssim": bic["ssim"], "n_planes": bic["n_planes"]}
+            name = chosen.get(scale)
+            try:
+                model = load_model(name) if name else None
+            except ModelFileError as e:
+                model = None
+                row["model_error"] = str(e).splitlines()[0]
+            if model is not None:
+                if model.scale != scale:
+                    raise ValueError(f"model {name} is {model.scale}x, asked to restore {scale}x")
+                res = score_model(model, lr, hr)
+                row["model"] = {"name": model.name, "hash": model.weights_hash, "psnr": res["psnr"],
+                                "ssim": res["ssim"], "seconds_per_plane": res["seconds_per_plane"],
+                                "per_plane": res["planes"]}
+                row["gain"] = {"psnr_db": res["psnr"] - bic["psnr"], "ssim": res["ssim"] - bic["ssim"]}
+            rows.append(row)
+    summary = [
+        {k: v for k, v in {
+            "scale": r["scale"], "noisy": r["noisy"],
+            "bicubic": f"{r['bicubic']['psnr']:.2f} dB / {r['bicubic']['ssim']:.3f}",
+            "model": (f"{r['model']['name']}: {r['model']['psnr']:.2f} dB / {r['model']['ssim']:.3f}"
+                      if "model" in r else "no model for this scale"),
+            "gain": (f"{r['gain']['psnr_db']:+.2f} dB / {r['gain']['ssim']:+.3f}" if "gain" in r else None),
+        }.items() if v is not None}
+        for r in rows
+    ]
+    return {"sample": sample, "pixel_size_nm": list(meta.pixel_size_nm), "protocol": __doc__.strip(),
+            "results": rows, "summary": summary}
