@@ -36,7 +36,8 @@ bench: setup
 	$(PY) -m napari_decrappify bench quality --json bench-output/quality.json
 
 docs: setup
-	$(PY) docs/make_screenshots.py
+	@if [ -z "$$DISPLAY" ]; then xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/make_screenshots.py; else $(PY) docs/make_screenshots.py; fi
+	$(PY) docs/make_benchmarks.py
 
 clean:
 	rm -rf demo-output bench-output .pytest_cache

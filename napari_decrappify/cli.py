@@ -105,11 +105,303 @@ def cmd_train(args) -> int:
                       f"SSIM {ev.get('batch_ssim', float('nan')):.3f}")
 
     command = "decrappify " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    init = None
+    if args.resume:
+        from .models import load_model
+
+        init = load_model(args.resume)
     result = train(images, config, out=args.out, name=Path(args.out).name, pairs=pairs,
-                   progress=progress, command=command, fp16=args.fp16)
+                   progress=progress, command=command, fp16=args.fp16, init_from=init,
+                   checkpoint_dir=args.checkpoint_dir)
     bar.close()
     print(f"saved {result.path} ({result.stop_reason}, {result.seconds:.0f} s, "
           f"{result.iterations} iterations)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import importlib
+    import os
+
+    from .demo import metrics_table, run_demo
+
+    t0 = time.monotonic()
+    result = run_demo(args.out, args.model)
+    print(metrics_table(result.metrics))
+    headless = args.headless or not os.environ.get("DISPLAY")
+    # The CLI is the composition root: the napari view is looked up at run time so that the
+    # headless core never imports napari/Qt (import-linter contract), and `--no-view` needs none.
+    if not args.no_view:
+        import fastai.vision.models.unet  # noqa: F401 - before any Qt/GL context (ENVIRONMENT.md trap 2)
+
+        view = importlib.import_module("napari_decrappify._napari.demo_view")
+        shot = view.render(result, headless=headless)
+        print(f"[demo] screenshot: {shot}")
+    wall = time.monotonic() - t0
+    result.metrics["timings_s"]["demo_wall_s"] = round(wall, 1)
+    (result.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    print(f"[demo] wrote {result.out}/ (restored.ome.zarr, lr.tif, metrics.json, screenshot.png) "
+          f"in {wall:.0f} s")
+    return 0
+
+
+def cmd_crappify(args) -> int:
+    from tqdm import tqdm
+
+    from .config import CrappifyConfig, check_scale
+    from .crappify import crappify_file
+
+    config = CrappifyConfig(
+        scale=check_scale(args.scale), photons=args.photons or None, read_noise=args.read_noise,
+        blur_sigma=args.blur, salt_pepper=args.salt_pepper, downsample=args.downsample)
+    source, pixel_size, units, axes = args.hr, args.pixel_size, args.units, args.axes
+    if source.startswith("sample:"):
+        from .samples import SAMPLES
+
+        sample = SAMPLES.get(source[len("sample:"):].split("[")[0])
+        source = read_input(args.hr)
+        if sample is not None:
+            axes = axes or sample.axes
+            pixel_size = pixel_size or sample.scale
+            units = units or sample.units
+    bars = []  # created on the first plane, so that an early error prints no empty bar
+
+    def progress(ev):
+        if not bars:
+            bars.append(tqdm(total=ev["total"], unit=ev.get("event", "chunk"),
+                             disable=args.quiet))
+        bars[0].update(ev["done"] - bars[0].n)
+
+    info = crappify_file(source, args.out, config, seed=args.seed, axes=axes, pixel_size=pixel_size,
+                         units=units, dtype=args.dtype, overwrite=args.overwrite, progress=progress)
+    for bar in bars:
+        bar.close()
+    print(f"wrote {info['out']}: LR {info['shape']} {info['dtype']}, axes {info['axes']}, "
+          f"pixel size {info['scale']}, origin {info['translate']} ({', '.join(info['units'])})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .metrics import evaluate
+
+    pred, gt = read_input(args.pred), read_input(args.gt)
+    res = evaluate(np.asarray(pred), np.asarray(gt), normalised=args.normalised)
+    for row in res["planes"]:
+        print(f"plane {row['plane']:>4}: PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  "
+              f"NRMSE {row['nrmse']:.4f}")
+    print(f"mean over {res['n_planes']} non-blank planes: PSNR {res['psnr']:.2f} dB  "
+          f"SSIM {res['ssim']:.4f}  NRMSE {res['nrmse']:.4f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from tqdm import tqdm
+
+    from .config import TileConfig
+    from .io import open_image, write_ome_zarr, write_tiff
+    from .models import load_model
+    from .tiling import restore_image, use_scheduler
+
+    out = Path(args.output)
+    name = out.name.lower()
+    is_tiff = name.endswith((".tif", ".tiff"))
+    if not is_tiff and not name.endswith(".zarr"):
+        raise ValueError(f"output {out} must end in .zarr (OME-Zarr) or .tif/.tiff")
+    if is_tiff and out.exists() and not args.overwrite:  # zarr: write_ome_zarr decides (resume)
+        raise FileExistsError(f"output {out} exists: pass --overwrite to replace it")
+    options = {"halo": args.halo, "device": args.device, "precision": args.precision,
+               "batch_size": args.batch, "skip_empty": args.skip_empty,
+               "output_dtype": args.output_dtype}
+    if args.tile is not None:  # unset: TileConfig may grow the default tile to fit the halo
+        options["tile"] = args.tile
+    config = TileConfig(**options)
+    if args.input.startswith("sample:"):
+        from .samples import SAMPLES
+
+        sample = SAMPLES.get(args.input[len("sample:"):].split("[")[0])
+        data = read_input(args.input)
+        image = open_image(data, axes=args.axes or (sample.axes if sample else None),
+                           scale=sample.scale if sample else None,
+                           units=sample.units if sample else None, name=sample.key if sample else None)
+    else:
+        image = open_image(args.input, axes=args.axes)
+    model = load_model(args.model)
+    bars = []  # created on the first event: a refused output prints no empty bar
+
+    def progress(ev):
+        if not bars:
+            bars.append(tqdm(total=ev.get("total"), unit="tile", disable=args.quiet,
+                             dynamic_ncols=True))
+        bar = bars[0]
+        if ev.get("total") is not None and bar.total != ev["total"]:
+            bar.total = ev["total"]
+        bar.unit = ev.get("event", "tile").rstrip("s")
+        bar.n = ev["done"]
+        if "mpix_per_s" in ev:
+            bar.set_postfix_str(f"{ev['mpix_per_s']:.2f} MP/s", refresh=False)
+        bar.refresh()
+
+    with use_scheduler(args.scheduler):
+        result = restore_image(model, image, config)
+        if not args.quiet:
+            print(f"restoring {image.name} {tuple(image.data.shape)} {image.axes} -> "
+                  f"{tuple(result.data.shape)} {result.axes} with {model.name} "
+                  f"({model.scale}x, halo {result.metadata['halo']}, tile {result.metadata['tile']})",
+                  file=sys.stderr)
+        try:
+            if is_tiff:
+                write_tiff(out, result.data, axes=result.axes, scale=result.scale,
+                           units=result.units, overwrite=args.overwrite, progress=progress)
+            else:
+                meta = {"model": model.name, "weights_sha256": model.weights_hash,
+                        "input": args.input, "command": "decrappify " + shlex.join(sys.argv[1:])}
+                write_ome_zarr(out, result, overwrite=args.overwrite, progress=progress,
+                               levels=args.levels, metadata=meta)
+        finally:
+            for bar in bars:
+                bar.close()
+    if not args.quiet:
+        print(f"wrote {out}: {tuple(result.data.shape)} {result.axes} {result.data.dtype}, "
+              f"pixel size {result.scale}, origin {result.translate} ({', '.join(result.units)})")
+    return 0
+
+
+def open_input(spec: str, axes: str | None = None):
+    """An image argument as :class:`~napari_decrappify.io.ImageData` (lazy for files), with the
+    sample's axes and pixel size for ``sample:KEY``."""
+    from .io import open_image
+
+    if spec.startswith("sample:"):
+        from .samples import SAMPLES
+
+        sample = SAMPLES.get(spec[len("sample:"):].split("[")[0])
+        data = read_input(spec)
+        return open_image(data, axes=axes or (sample.axes if sample else None),
+                          scale=sample.scale if sample else None,
+                          units=sample.units if sample else None,
+                          name=sample.key if sample else None)
+    return open_image(spec, axes=axes)
+
+
+def cmd_segment(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from .io import write_ome_zarr, write_tiff
+    from .models import load_model
+    from .segment import SegmentConfig, measure, predict, train_segmenter
+    from .segment import instances as split_instances
+
+    out = Path(args.output)
+    images = [out] + [Path(p) for p in (args.semantic, args.probabilities) if p]
+    for path in images:
+        if not path.name.lower().endswith((".tif", ".tiff", ".zarr")):
+            raise ValueError(f"output {path} must end in .zarr (OME-Zarr) or .tif/.tiff")
+    for path in images + ([Path(args.csv)] if args.csv else []):
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"output {path} exists: pass --overwrite to replace it")
+    if args.csv and not args.instances:
+        args.instances = "cc"  # a per-object table needs objects
+    image = open_input(args.input, args.axes)
+    if args.pixel_size:
+        if len(args.pixel_size) != image.data.ndim:
+            raise ValueError(f"--pixel-size needs {image.data.ndim} values (one per axis "
+                             f"{image.axes}), got {len(args.pixel_size)}")
+        image.scale = tuple(args.pixel_size)
+    if args.units:
+        image.units = tuple(args.units) * (image.data.ndim if len(args.units) == 1 else 1)
+    quiet = args.quiet
+    if args.train_labels:
+        if not args.classes:
+            raise ValueError("--train-labels needs --classes NAME,NAME (label k = k-th name)")
+        labels = np.asarray(read_input(args.train_labels))
+        config = SegmentConfig(arch={"encoder": args.encoder, "scale": 1, "residual": False},
+                               loss=args.loss, minutes=args.minutes,
+                               epochs=args.epochs if args.epochs or not args.minutes else None,
+                               patch_size=args.patch, batch_size=args.batch, device=args.device,
+                               iterations_per_epoch=args.iters,
+                               seed=args.seed)
+        bar = tqdm(total=None, unit="it", disable=quiet)
+
+        def train_progress(ev):
+            if ev["event"] == "batch":
+                bar.total = ev["total"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{ev['loss']:.4f}")
+
+        result = train_segmenter(np.asarray(image.data), labels, args.classes, config,
+                                 out=args.model, name=Path(args.model).name, progress=train_progress,
+                                 command="decrappify " + shlex.join(sys.argv[1:]))
+        bar.close()
+        print(f"saved segmentation model {result.path} ({result.stop_reason}, "
+              f"{result.seconds:.0f} s, {result.iterations} iterations)")
+        model = result.model
+    else:
+        model = load_model(args.model)
+    if model.kind != "segmentation":
+        raise ValueError(f"model {model.name!r} is a {model.kind} model, not a segmentation model")
+    options = {"device": args.device}
+    if args.tile is not None:
+        options["tile"] = args.tile
+    tiles = tqdm(total=None, unit="tile", disable=quiet)
+
+    def progress(ev):
+        if ev.get("total") is not None:
+            tiles.total = ev["total"]
+        tiles.n = ev.get("done", tiles.n)
+        tiles.refresh()
+
+    seg = predict(model, image, progress=progress, **options)
+    tiles.close()
+    labels_axes = seg.axes
+    keep = [i for i, a in enumerate(image.axes) if a != "C"]
+    geo = {"scale": [image.scale[i] for i in keep], "units": [image.units[i] for i in keep]}
+    objects = None
+    if args.instances:
+        objects = split_instances(seg.labels, args.instances, classes=seg.classes or None,
+                                  min_size=args.min_size,
+                                  axes=None if labels_axes in ("YX", "ZYX") else labels_axes)
+
+    def write(path, data, axes, scale, units, translate):
+        if path.name.lower().endswith((".tif", ".tiff")):
+            write_tiff(path, data, axes=axes, scale=scale, units=units, overwrite=args.overwrite)
+        else:
+            write_ome_zarr(path, data, axes=axes, scale=scale, translate=translate, units=units,
+                           overwrite=args.overwrite,
+                           metadata={"model": model.name, "weights_sha256": model.weights_hash,
+                                     "classes": seg.classes, "input": args.input})
+
+    translate = [image.translate[i] for i in keep]
+    main = objects if objects is not None else seg.labels
+    write(out, main, labels_axes, geo["scale"], geo["units"], translate)
+    if args.semantic:
+        write(Path(args.semantic), seg.labels, labels_axes, geo["scale"], geo["units"], translate)
+    if args.probabilities:
+        write(Path(args.probabilities), seg.probabilities, "C" + labels_axes, [1.0] + geo["scale"],
+              ["pixel"] + geo["units"], [0.0] + translate)
+    what = f"objects ({args.instances})" if objects is not None else "class labels"
+    print(f"wrote {out}: {what} {tuple(main.shape)} {labels_axes}; classes: "
+          + ", ".join(f"{k}={n}" for k, n in enumerate(seg.classes, start=1)))
+    counts = np.bincount(np.asarray(seg.labels).ravel(), minlength=len(seg.classes) + 1)
+    for k, name in enumerate(seg.classes, start=1):
+        print(f"  {name}: {counts[k] / counts.sum():.1%} of pixels")
+    if objects is not None:
+        unit = geo["units"][-1]
+        table = measure(objects, np.asarray(image.data) if "C" not in image.axes else None,
+                        seg.classes, geo["scale"], semantic=seg.labels, translate=translate,
+                        unit=unit, axes=None if labels_axes in ("YX", "ZYX") else labels_axes)
+        for row in table.summary:
+            print(f"  {row['class']}: {row['count']} objects, density {row['density']:.4g} "
+                  f"{row['density_unit']}, mean area {row['mean_area']:.4g} {unit}^"
+                  f"{len(labels_axes.replace('T', ''))}")
+        if args.csv:
+            table.to_csv(args.csv)
+            print(f"wrote {args.csv}: {len(table.rows)} objects")
     return 0
 
 
@@ -164,13 +456,36 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="restore the real EM sample and write results + screenshot")
     s.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     s.add_argument("--headless", action="store_true", help="render, save and exit")
-    s.set_defaults(func=_not_built("demo"))
+    s.add_argument("--model", default="em-4x", help="bundled model name or model folder")
+    s.add_argument("--no-view", action="store_true", help="skip napari (no screenshot)")
+    s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("crappify", help="degrade HR images into simulated LR (out of core)")
-    s.add_argument("hr")
-    s.add_argument("out")
-    s.add_argument("--scale", type=float, default=4)
-    s.set_defaults(func=_not_built("crappify"))
+    s = sub.add_parser(
+        "crappify", help="degrade HR images into simulated LR (out of core)",
+        description="Degrade an HR image or stack plane by plane (lazily, with dask: stacks larger "
+                    "than memory are fine) and write the LR as OME-Zarr (or TIFF for *.tif).")
+    s.add_argument("hr", help="HR input: TIFF, Zarr/OME-Zarr, or sample:KEY (e.g. sample:cremi)")
+    s.add_argument("out", help="output: *.tif/*.tiff (small stacks) or a Zarr folder (OME-Zarr)")
+    s.add_argument("--scale", type=float, required=True, help="integer downsampling factor 1..8")
+    s.add_argument("--photons", type=float, default=255.0,
+                   help="photon count at intensity 1 (Poisson shot noise; 0 = none; default 255)")
+    s.add_argument("--read-noise", type=float, default=0.01,
+                   help="Gaussian read noise std on the [0, 1] scale (default 0.01)")
+    s.add_argument("--blur", type=float, default=0.0, help="Gaussian PSF sigma in HR pixels")
+    s.add_argument("--salt-pepper", type=float, default=0.0, help="fraction of dead/hot pixels")
+    s.add_argument("--downsample", default="mean", choices=["mean", "bilinear", "bicubic"])
+    s.add_argument("--axes", help="input axes, e.g. ZYX or TYX (default: from the file)")
+    s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
+                   help="input pixel size per axis (default: from the file, else 1)")
+    s.add_argument("--units", nargs="+", metavar="U", help="unit per axis, e.g. nm nm nm")
+    s.add_argument("--dtype", default="float32", choices=["float32", "uint8", "uint16", "input"],
+                   help="output dtype: float32 in [0, 1] (default) or integers over their range")
+    s.add_argument("--seed", type=int, default=0, help="plane i uses plane_rng(seed, i)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it exists (an unfinished OME-Zarr of the same command is "
+                        "resumed without it)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_crappify)
 
     s = sub.add_parser("train", help="train a restoration model")
     s.add_argument("--hr", action="append", required=True, help="HR image(s); repeatable")
@@ -204,26 +519,88 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     s.add_argument("--fp16", action="store_true", help="store weights as float16")
+    s.add_argument("--checkpoint-dir", help="write the weights after every epoch to DIR/last")
+    s.add_argument("--resume", metavar="MODEL_DIR", help="start from these weights (a checkpoint)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("restore", help="restore an image or stack with a model (tiled, lazy)")
-    s.add_argument("model")
-    s.add_argument("input")
-    s.add_argument("output")
-    s.set_defaults(func=_not_built("restore"))
+    s = sub.add_parser(
+        "restore", help="restore an image or stack with a model (tiled, streamed to disk)",
+        description="Restore IN with MODEL tile by tile and stream the result to OUT (OME-Zarr "
+                    "folder *.zarr, resumable: rerun the same command after an interruption; or "
+                    "*.tif/*.tiff). Memory stays bounded whatever the input size.")
+    s.add_argument("model", help="model folder or bundled/user model name (e.g. em-4x)")
+    s.add_argument("input", help="TIFF, Zarr/OME-Zarr, or sample:KEY[a:b]")
+    s.add_argument("output", help="output *.zarr (OME-Zarr) or *.tif/*.tiff")
+    s.add_argument("--axes", help="axes of IN, e.g. ZYX (default: from the file, else by ndim)")
+    s.add_argument("--tile", type=int, help="tile size on the input grid, multiple of 32 "
+                                            "(default 256, or 2 x halo if larger)")
+    s.add_argument("--halo", type=int, help="context pixels per side (default: the model's "
+                                            "receptive field: exact seams)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--batch", type=int, default=0, help="tiles per GPU batch (0: automatic)")
+    s.add_argument("--scheduler", default="threads",
+                   help="threads (default), local (a dask LocalCluster) or a dask.distributed "
+                        "scheduler address")
+    s.add_argument("--skip-empty", action="store_true", help="do not run constant input tiles")
+    s.add_argument("--output-dtype", default="float32", choices=["float32", "input"])
+    s.add_argument("--levels", type=int, default=1, help="OME-Zarr resolution levels (2x each)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_restore)
 
-    s = sub.add_parser("segment", help="segment organelles with a segmentation model")
-    s.add_argument("model")
-    s.add_argument("input")
-    s.add_argument("output")
-    s.set_defaults(func=_not_built("segment"))
+    s = sub.add_parser(
+        "segment", help="segment organelles with a segmentation model (tiled), count objects",
+        description="Segment IN with the segmentation MODEL through the tiled engine and write "
+                    "the class labels (or, with --instances, the objects) to OUT (*.zarr "
+                    "OME-Zarr or *.tif). With --train-labels, first train MODEL (a new model "
+                    "folder) on IN from sparse labels (0 = unlabelled, k = k-th class name).")
+    s.add_argument("model", help="segmentation model folder or name (written with --train-labels)")
+    s.add_argument("input", help="TIFF, Zarr/OME-Zarr, or sample:KEY[a:b]")
+    s.add_argument("output", help="labels output: *.zarr (OME-Zarr) or *.tif/*.tiff")
+    s.add_argument("--axes", help="axes of IN, e.g. YX, ZYX, TYX (default: from the file)")
+    s.add_argument("--instances", choices=["cc", "watershed"],
+                   help="split classes into objects: connected components, or watershed on the "
+                        "distance transform (separates touching objects); OUT gets object ids")
+    s.add_argument("--min-size", type=int, default=0, help="drop objects smaller than N pixels")
+    s.add_argument("--csv", metavar="TABLE", help="write the per-object measurements (class, area, "
+                                                  "centroid, diameter, mean intensity) as CSV")
+    s.add_argument("--semantic", metavar="PATH", help="also write the class labels here")
+    s.add_argument("--probabilities", metavar="PATH",
+                   help="also write the class probabilities (leading C axis) here")
+    s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
+                   help="pixel size per axis (default: from the file, else 1)")
+    s.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
+    s.add_argument("--tile", type=int, help="tile size (multiple of 32)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--quiet", action="store_true")
+    train_group = s.add_argument_group("training first (optional)")
+    train_group.add_argument("--train-labels", metavar="LABELS",
+                             help="sparse labels for IN (0 = unlabelled): train MODEL first")
+    train_group.add_argument("--classes", type=lambda v: [c.strip() for c in v.split(",")],
+                             help="class names for labels 1..K, comma separated")
+    train_group.add_argument("--minutes", type=float, help="training budget (wall clock)")
+    train_group.add_argument("--epochs", type=int, help="training epochs (default 1 without "
+                                                        "--minutes)")
+    train_group.add_argument("--encoder", default="resnet18s",
+                             choices=["tiny", "resnet18s", "resnet18", "resnet34", "resnet50"])
+    train_group.add_argument("--loss", default="dice_ce", choices=["ce", "dice_ce"])
+    train_group.add_argument("--iters", type=int, default=50, help="iterations per epoch")
+    train_group.add_argument("--patch", type=int, default=128, help="patch size (multiple of 32)")
+    train_group.add_argument("--batch", type=int, default=8)
+    train_group.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("evaluate", help="PSNR / SSIM / NRMSE of a prediction against ground truth")
     s.add_argument("pred")
     s.add_argument("gt")
-    s.add_argument("--json")
-    s.set_defaults(func=_not_built("evaluate"))
+    s.add_argument("--json", help="write per-plane and mean metrics to this JSON file")
+    s.add_argument("--normalised", action="store_true",
+                   help="inputs are already in [0, 1] (default: map both by the ground truth's "
+                        "range: uint8 / 255, else its 0.1/99.9 percentiles)")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks that write JSON")
     s.add_argument("what", choices=["quality", "throughput", "memory", "seams", "segmentation"])

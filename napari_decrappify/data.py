@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import NormConfig, check_scale
-from .crappify import Crappifier, RngLike, _rng, check_image
+from .crappify import Crappifier, RngLike, _rng, check_image, infer_scale
 
 BLANK_STD = 1e-3  # a plane or patch whose std (normalised units) is below this is blank
 
@@ -202,16 +202,49 @@ class CrappifiedPatches(torch.utils.data.Dataset):
 
 
 class PairedPatches(torch.utils.data.Dataset):
-    """Patches of registered real LR/HR pairs (``hr.shape == lr.shape * scale`` on Y, X)."""
+    """Patches of registered real LR/HR pairs (``hr.shape == lr.shape * scale`` on Y, X).
+
+    Parameters
+    ----------
+    lr, hr : array
+        The pair, 2-D planes or stacks with the same number of planes (see :func:`check_pair`).
+    scale : int
+    patch : int
+        LR patch size (the HR patch is ``patch * scale``).
+    length, seed, fixed
+        As in :class:`CrappifiedPatches`.
+    norm : NormConfig, optional
+        Normalisation of the HR (the model's). Default: :func:`percentile_norm` of ``hr``.
+    lr_norm : NormConfig, optional
+        Normalisation of the LR. Default: :func:`percentile_norm` of ``lr`` (a real LR comes from
+        another acquisition, often with another detector gain, so it gets its own).
+    frames : int
+        Neighbouring LR planes stacked as channels (odd; reflected at the ends); the target is
+        the centre plane's HR.
+    """
 
     def __init__(self, lr: np.ndarray, hr: np.ndarray, scale: int, patch: int,
-                 length: int = 800, seed: int = 0, fixed: bool = False):
+                 length: int = 800, seed: int = 0, fixed: bool = False,
+                 norm: NormConfig | None = None, lr_norm: NormConfig | None = None,
+                 frames: int = 1):
         self.scale = check_scale(scale)
-        self.lr, self.hr = check_pair(lr, hr, self.scale)
+        lr, hr = check_pair(lr, hr, self.scale)
+        if frames < 1 or frames % 2 == 0:
+            raise ValueError(f"frames must be an odd number >= 1, got {frames}")
+        self.norm = norm or percentile_norm([hr])
+        self.lr_norm = lr_norm or percentile_norm([lr])
+        self.lr = normalize(lr, self.lr_norm)
+        self.hr = normalize(hr, self.norm)
+        self.stack = PlaneStack(self.lr, [i for i in range(len(self.lr))
+                                          if i not in set(blank_planes(self.hr))])
+        if not self.stack.indices:
+            raise ValueError("every plane of the HR of the pair is blank (constant)")
         self.patch, self.length, self.seed, self.fixed = patch, length, seed, fixed
+        self.frames = frames
         self.epoch = 0
         if min(self.lr.shape[-2:]) < patch:
-            raise ValueError(f"LR images of {self.lr.shape[-2:]} are smaller than one patch ({patch})")
+            raise ValueError(f"LR images of {self.lr.shape[-2]} x {self.lr.shape[-1]} pixels are "
+                             f"smaller than one patch ({patch} x {patch}); use a smaller patch size")
 
     def __len__(self) -> int:
         return self.length
@@ -219,30 +252,30 @@ class PairedPatches(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         seed = (self.seed, index) if self.fixed else (self.seed, self.epoch, index)
         rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
-        n, h, w = self.lr.shape
-        i = int(rng.integers(n))
-        y, x = int(rng.integers(h - self.patch + 1)), int(rng.integers(w - self.patch + 1))
-        s = self.scale
-        lr = self.lr[i, y : y + self.patch, x : x + self.patch][None]
-        hr = self.hr[i, y * s : (y + self.patch) * s, x * s : (x + self.patch) * s][None]
+        _, h, w = self.lr.shape
+        s, p = self.scale, self.patch
+        i = self.stack.indices[int(rng.integers(len(self.stack.indices)))]
+        y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+        lr = self.stack.window(i, self.frames)[:, y : y + p, x : x + p]
+        hr = self.hr[i, y * s : (y + p) * s, x * s : (x + p) * s][None]
         if not self.fixed:
             lr, hr = augment([lr, hr], rng)
         return torch.from_numpy(np.ascontiguousarray(lr)), torch.from_numpy(np.ascontiguousarray(hr))
 
 
 def check_pair(lr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """Check that an LR/HR pair is consistent with ``scale`` and return ``(n, y, x)`` stacks."""
-    lr = as_planes(lr)
-    hr = as_planes(hr)
+    """Check that an LR/HR pair is consistent with ``scale`` and return ``(n, y, x)`` stacks.
+
+    HR is cropped to ``scale`` times the LR (HR may be up to ``scale - 1`` pixels larger on each
+    axis); any other mismatch, NaN/inf or a different number of planes is a ValueError naming it.
+    """
+    scale = check_scale(scale)
+    lr = as_planes(check_image(lr, "LR image"))
+    hr = as_planes(check_image(hr, "HR image"))
     if lr.shape[0] != hr.shape[0]:
         raise ValueError(f"LR has {lr.shape[0]} planes but HR has {hr.shape[0]}")
+    infer_scale(lr.shape[-2:], hr.shape[-2:], scale)
     ly, lx = lr.shape[-2:]
-    hy, hx = hr.shape[-2:]
-    if (hy // scale, hx // scale) != (ly, lx):
-        raise ValueError(
-            f"LR/HR shapes do not match scale {scale}: LR {ly} x {lx}, HR {hy} x {hx} "
-            f"(expected HR of {ly * scale} x {lx * scale}); are the images registered?"
-        )
     return lr, hr[..., : ly * scale, : lx * scale]
 
 
@@ -261,9 +294,12 @@ def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
             raise ValueError(f"planes {sorted(overlap)} are in both training and validation")
     train, valid = [], []
     info = {"planes_train": [], "planes_valid": [], "blank": []}
-    for im in images:
+    for k, im in enumerate(images):
         planes = normalize(as_planes(im, axis), norm)
         blank = blank_planes(planes)
+        if len(blank) == len(planes):
+            raise ValueError(f"HR image {k} (shape {np.shape(im)}) is constant: every plane is "
+                             "blank, nothing to learn from")
         if train_planes is not None and valid_planes is not None:
             n = len(planes)
             bad = [i for i in list(train_planes) + list(valid_planes) if not 0 <= i < n]
@@ -297,3 +333,154 @@ def make_dataloaders(train_ds, valid_ds, batch_size: int = 8, device=None, num_w
 
 def seeded_rng(seed: RngLike) -> np.random.Generator:
     return _rng(seed)
+
+
+# --------------------------------------------------------------------------- writing stacks and pairs
+
+
+def save_stack(path, data, axes: str, scale=None, translate=None, units=None, *,
+               overwrite: bool = False, progress=None, cancel=None, name: str | None = None,
+               metadata: dict | None = None):
+    """Write ``data`` (numpy or lazy dask) as a TIFF (``*.tif``/``*.tiff``) or an OME-Zarr
+    (anything else), chunk by chunk with bounded memory.
+
+    A thin dispatch to :func:`napari_decrappify.io.write_tiff` (OME-TIFF, plane by plane; no
+    translation is stored) and :func:`napari_decrappify.io.write_ome_zarr` (resumable: rerunning
+    the same computation finishes an interrupted store). ``progress`` receives their event
+    dicts; setting ``cancel`` (a ``threading.Event``) raises ``io.RestoreCancelled``.
+
+    Returns
+    -------
+    Path
+    """
+    from pathlib import Path
+
+    from . import io
+
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return io.write_tiff(path, data, axes=axes, scale=scale, units=units, overwrite=overwrite,
+                             progress=progress, cancel=cancel)
+    return io.write_ome_zarr(path, data, axes=axes, scale=scale, translate=translate, units=units,
+                             overwrite=overwrite, progress=progress, cancel=cancel, name=name,
+                             metadata=metadata)
+
+
+def _plane_count(shape) -> int:
+    return int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+
+
+def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, scale=None,
+                translate=None, units=None, fmt: str = "tif", name: str = "pair",
+                overwrite: bool = False, progress=None, cancel=None) -> dict:
+    """Crappify every plane of ``hr`` and write the LR/HR training pair to ``out_dir``.
+
+    Writes ``<name>_lr.<ext>`` (float32 in [0, 1], LR geometry from
+    :func:`napari_decrappify.io.downscale_geometry`), ``<name>_hr.<ext>`` (the HR as given,
+    cropped to a multiple of the scale so that the pair is registered exactly) and
+    ``<name>.json`` (degradation, seed, geometry). Plane ``i`` of the LR is
+    ``Crappifier(config)(hr[i], seed=plane_rng(seed, i))``: what the Crappify dock previews.
+
+    Parameters
+    ----------
+    hr : array-like
+        numpy / dask / zarr, Y, X last.
+    out_dir : str or Path
+    config : CrappifyConfig or Crappifier
+    seed : int
+    axes : str, optional
+        Default: guessed from the number of dimensions.
+    scale, translate, units : sequence, optional
+        The HR's geometry per axis.
+    fmt : {"tif", "zarr"}
+    name : str
+        File name stem.
+    overwrite : bool
+        Replace existing files of that name; otherwise they are an error (checked first).
+    progress : callable, optional
+        Receives ``{"event": "pairs", "stage": "lr" | "hr", "done", "total"}`` (planes of both
+        files together).
+    cancel : threading.Event, optional
+        Stops between chunks (raises ``io.RestoreCancelled``); a cancelled or failed call
+        removes what it wrote, so no LR is left without its HR.
+
+    Returns
+    -------
+    dict
+        ``{"lr": path, "hr": path, "json": path, "lr_shape", "hr_shape"}``.
+    """
+    import json
+    import os
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    import dask
+    import dask.array as da
+
+    from . import __version__
+    from .config import CrappifyConfig
+    from .crappify import crappify_lazy
+    from .io import check_axes, downscale_geometry, guess_axes
+
+    if fmt not in ("tif", "zarr"):
+        raise ValueError(f"unknown pair format {fmt!r} (tif or zarr)")
+    config = config if isinstance(config, CrappifyConfig) else config.config
+    hr_d = hr if isinstance(hr, da.Array) else da.asarray(hr)
+    axes = check_axes(axes or guess_axes(hr_d.ndim), hr_d.ndim)
+    n = hr_d.ndim
+    scale = tuple(float(v) for v in (scale if scale is not None else (1.0,) * n))
+    translate = tuple(float(v) for v in (translate if translate is not None else (0.0,) * n))
+    units = tuple(str(u) for u in (units if units is not None else ("pixel",) * n))
+    s = config.scale
+    h, w = hr_d.shape[-2:]
+    hr_d = hr_d[..., : h - h % s, : w - w % s].rechunk((1,) * (n - 2) + (-1, -1))
+    lr_d = crappify_lazy(hr_d, config, seed=seed)
+    lr_scale, lr_translate = downscale_geometry(scale, translate, axes, s)
+    out_dir = Path(out_dir)
+    ext = ".tif" if fmt == "tif" else ".zarr"
+    paths = {"lr": out_dir / f"{name}_lr{ext}", "hr": out_dir / f"{name}_hr{ext}",
+             "json": out_dir / f"{name}.json"}
+    existing = [p.name for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exists in {out_dir}: choose another name or "
+                              "allow overwriting")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    planes = _plane_count(hr_d.shape)
+    total = 2 * planes
+    meta = {"napari_decrappify": __version__, "crappify": config.model_dump(mode="json"),
+            "seed": seed, "plane_seed": "crappify.plane_rng(seed, plane index)", "axes": axes,
+            "units": list(units),
+            "hr": {"file": paths["hr"].name, "shape": list(hr_d.shape), "dtype": str(hr_d.dtype),
+                   "scale": list(scale), "translate": list(translate)},
+            "lr": {"file": paths["lr"].name, "shape": list(lr_d.shape), "dtype": "float32",
+                   "range": [0.0, 1.0], "scale": list(lr_scale), "translate": list(lr_translate)}}
+    complete = False
+    # Our own thread pool (dask's threaded scheduler takes it from the config): when a cancel
+    # stops the computation, chunk writes already running finish in the background; shutting
+    # the pool down waits for them, so the clean-up below is not undone by a late chunk.
+    pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="write-pairs")
+    try:
+        with dask.config.set(pool=pool):
+            for k, (stage, data, geo) in enumerate((("lr", lr_d, (lr_scale, lr_translate)),
+                                                    ("hr", hr_d, (scale, translate)))):
+                def relay(ev, k=k, stage=stage):
+                    if progress is not None and ev.get("total"):
+                        done = k * planes + round(planes * ev["done"] / ev["total"])
+                        progress({"event": "pairs", "stage": stage, "done": done, "total": total})
+
+                save_stack(paths[stage], data, axes, geo[0], geo[1], units, overwrite=overwrite,
+                           progress=relay, cancel=cancel, name=f"{name} {stage.upper()}",
+                           metadata=meta)
+        paths["json"].write_text(json.dumps(meta, indent=2))
+        complete = True
+    finally:
+        pool.shutdown(wait=True)
+        if not complete:  # cancelled or failed: nothing half-written, no LR without its HR
+            for p in paths.values():
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+    return {**{k: str(v) for k, v in paths.items()}, "lr_shape": tuple(lr_d.shape),
+            "hr_shape": tuple(hr_d.shape)}

@@ -85,7 +85,9 @@ def run_demo(out: str | Path = "demo-output", model_name: str = "em-4x", *, over
                    overwrite=overwrite, progress=progress, name=f"restored ({model.name})")
     timings["restore_s"] = time.perf_counter() - t0
     restored_img = open_image(store)
-    restored = (np.asarray(restored_img.data) - n.low) / (n.high - n.low)
+    # [0, 1] like the other layers (lazy: napari reads the store as it displays it)
+    restored_lazy = (restored_img.data - n.low) / (n.high - n.low)
+    restored = np.asarray(restored_lazy)
 
     t0 = time.perf_counter()
     bicubic = bicubic_upsample(lr, scale)
@@ -110,7 +112,7 @@ def run_demo(out: str | Path = "demo-output", model_name: str = "em-4x", *, over
         "restored": {"scale": up_scale, "translate": up_translate},
         "hr": {"scale": hr_scale, "translate": hr_translate},
     }
-    return DemoResult(out=out, lr=lr, bicubic=bicubic, restored=restored_img.data, hr=hr,
+    return DemoResult(out=out, lr=lr, bicubic=bicubic, restored=restored_lazy, hr=hr,
                       geometry=geometry, metrics=metrics, timings=timings, model=model.name)
 
 

@@ -1,18 +1,56 @@
-"""Reading images lazily with their physical metadata, and the geometry of upsampled results.
+"""Reading images lazily with their physical metadata, writing results to OME-Zarr, and the
+geometry of upsampled results.
 
 Physical space: a layer with pixel size ``s`` and origin ``t`` (centre of the first pixel),
 upsampled by ``f`` (LR pixels made of ``f x f`` HR block means) has pixel size ``s / f`` and
 origin ``t + 0.5 * s * (1 / f - 1)`` on Y and X; other axes are unchanged. LR, restored and HR
 layers then overlay exactly.
+
+Writing (:func:`write_ome_zarr`) streams a dask array chunk by chunk into an OME-Zarr store
+(NGFF 0.5 on Zarr 3, metadata written by the ``ome-zarr`` package), so memory stays bounded
+whatever the size. The store is marked ``{"decrappify": {"complete": false}}`` until the last
+chunk is written; every finished chunk leaves a marker file, so rerunning the same write after
+a crash or a cancel computes only the chunks that are missing. :func:`open_image` refuses an
+unfinished store unless asked.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import threading
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 AXES_CHARS = set("TCZYX")
+NGFF_ORDER = "TCZYX"
+WRITE_BATCH = 2048  # chunks per dask computation in write_ome_zarr
+DONE_DIR = ".decrappify-done"  # inside a store being written: one empty file per finished chunk
+
+# short unit names -> NGFF (UDUNITS-2) names; NGFF axes only accept the long names
+_UNIT_ALIASES = {
+    "nm": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer",
+    "micron": "micrometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
+    "a": "angstrom", "å": "angstrom", "ms": "millisecond", "s": "second", "sec": "second",
+    "min": "minute", "h": "hour", "us": "microsecond", "µs": "microsecond",
+}
+
+
+class RestoreCancelled(RuntimeError):
+    """A restore or a write was stopped through its ``cancel`` event.
+
+    Nothing is presented as complete: a cancelled :func:`write_ome_zarr` leaves its store
+    marked unfinished (rerun the same call to resume it).
+    """
+
+
+class OutputError(RuntimeError):
+    """The output cannot be written: read-only location, disk full, permission denied."""
 
 
 @dataclass
@@ -40,6 +78,8 @@ class ImageData:
 
 def check_axes(axes: str, ndim: int) -> str:
     """Validate an axes string such as ``"ZYX"`` for an array of ``ndim`` dimensions."""
+    if not isinstance(axes, str):
+        raise ValueError(f"axes must be a string of letters from TCZYX, got {axes!r}")
     axes = axes.upper()
     bad = set(axes) - AXES_CHARS
     if bad:
@@ -84,16 +124,31 @@ def downscale_geometry(scale, translate, axes: str, factor: int):
     return tuple(scale), tuple(translate)
 
 
+# --------------------------------------------------------------------------- reading
+
+
 def open_image(source, axes: str | None = None, scale=None, translate=None, units=None,
-               name: str | None = None) -> ImageData:
+               name: str | None = None, *, allow_incomplete: bool = False) -> ImageData:
     """Open a numpy / dask / zarr array, a TIFF file or a Zarr / OME-Zarr store lazily.
 
     TIFF files are read through tifffile's zarr store (no full read); OME-Zarr metadata
     (axes, pixel sizes, translations, units) is used when present.
+
+    Parameters
+    ----------
+    allow_incomplete : bool
+        Open a store that :func:`write_ome_zarr` has not finished (cancelled, crashed or still
+        running). By default that is an error: unwritten chunks read as zeros.
     """
     import dask.array as da
 
     meta_scale = meta_translate = meta_units = None
+    metadata: dict = {}
+    if isinstance(source, ImageData):
+        return open_image(source.data, axes or source.axes,
+                          scale if scale is not None else source.scale,
+                          translate if translate is not None else source.translate,
+                          units if units is not None else source.units, name or source.name)
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.exists():
@@ -103,12 +158,18 @@ def open_image(source, axes: str | None = None, scale=None, translate=None, unit
             data, tif_axes = _open_tiff(path)
             axes = axes or tif_axes
         elif path.is_dir():
-            data, zaxes, meta_scale, meta_translate, meta_units = _open_zarr(path)
+            data, zaxes, meta_scale, meta_translate, meta_units, metadata = _open_zarr(
+                path, allow_incomplete)
             axes = axes or zaxes
         else:
             raise ValueError(f"cannot read {path}: expected a .tif/.tiff file or a Zarr folder")
     else:
-        data = source if isinstance(source, da.Array) else da.asarray(source)
+        if isinstance(source, da.Array):
+            data = source
+        elif _is_zarr_array(source):
+            data = da.from_zarr(source)
+        else:
+            data = da.asarray(source)
         name = name or "image"
     if data.size == 0:
         raise ValueError(f"input {name!r} is empty (shape {data.shape})")
@@ -122,7 +183,26 @@ def open_image(source, axes: str | None = None, scale=None, translate=None, unit
         if len(v) != n:
             raise ValueError(f"{label} has {len(v)} values for a {n}-D image")
     return ImageData(data=data, axes=axes, scale=scale, translate=translate, units=units,
-                     name=name)
+                     name=name, metadata=metadata)
+
+
+def _is_zarr_array(obj) -> bool:
+    try:
+        import zarr
+    except ImportError:  # pragma: no cover - zarr is a dependency
+        return False
+    return isinstance(obj, zarr.Array)
+
+
+def _file_token(path: Path, *extra) -> str:
+    """A deterministic dask name for a file-backed array: same file, same name (so a rerun of a
+    write can recognise its own unfinished output), changed file, new name."""
+    from dask.base import tokenize
+
+    p = path.resolve()
+    probe = p / "zarr.json" if p.is_dir() and (p / "zarr.json").exists() else p
+    st = probe.stat()
+    return tokenize(str(p), st.st_mtime_ns, st.st_size, *extra)
 
 
 def _open_tiff(path: Path):
@@ -142,10 +222,48 @@ def _open_tiff(path: Path):
             arr = arr["0"]
     except (tifffile.TiffFileError, ValueError, OSError) as e:
         raise ValueError(f"{path} is not a readable TIFF file ({e})") from e
-    return da.from_zarr(arr), tif_axes
+    name = "tiff-" + _file_token(path, arr.shape, str(arr.dtype))
+    reader = _TiffArray(str(path), tuple(arr.shape), arr.dtype)
+    reader._arr = arr  # this process already has it open
+    return da.from_array(reader, chunks=arr.chunks, name=name, asarray=True,
+                         meta=np.empty((0,) * len(arr.shape), arr.dtype)), tif_axes
 
 
-def _open_zarr(path: Path):
+class _TiffArray:
+    """Lazy, picklable view of a TIFF's first series (level 0) through tifffile's zarr store.
+
+    The open store holds a file handle and a lock, which cannot travel to dask.distributed
+    workers: this object carries only the path and reopens the file in each process.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype):
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+        self.ndim = len(shape)
+        self._arr = None
+        self._lock = threading.Lock()
+
+    def _open(self):
+        if self._arr is None:
+            import tifffile
+            import zarr
+
+            with self._lock:
+                if self._arr is None:
+                    node = zarr.open(tifffile.imread(self.path, aszarr=True), mode="r")
+                    self._arr = node["0"] if not hasattr(node, "shape") else node
+        return self._arr
+
+    def __getitem__(self, key):
+        return np.asarray(self._open()[key])
+
+    def __getstate__(self):
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype.str}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], tuple(state["shape"]), state["dtype"])
+
+
+def _open_zarr(path: Path, allow_incomplete: bool = False):
     import dask.array as da
     import zarr
 
@@ -154,8 +272,14 @@ def _open_zarr(path: Path):
     except Exception as e:  # noqa: BLE001 - zarr raises several types
         raise ValueError(f"{path} is not a readable Zarr store ({e})") from e
     if hasattr(node, "shape"):
-        return da.from_zarr(node), None, None, None, None
+        name = "zarr-" + _file_token(path, node.shape, str(node.dtype))
+        return da.from_zarr(node, name=name), None, None, None, None, {}
     attrs = dict(node.attrs)
+    ours = attrs.get("decrappify") or {}
+    if ours and not ours.get("complete", False) and not allow_incomplete:
+        raise ValueError(
+            f"{path} is an unfinished result (its write was cancelled or interrupted): rerun the "
+            "same command to resume it, or pass allow_incomplete=True to look at it anyway")
     ome = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales")
     if not multiscales:
@@ -165,11 +289,520 @@ def _open_zarr(path: Path):
     axes = "".join(a["name"].upper() if isinstance(a, dict) else a.upper() for a in ms["axes"])
     units = tuple((a.get("unit") or "pixel") if isinstance(a, dict) else "pixel"
                   for a in ms["axes"])
+    if ours.get("units") and len(ours["units"]) == len(units):
+        units = tuple(ours["units"])  # exactly what the writer was given ("nm", not "nanometer")
     scale = translate = None
     for t in ds.get("coordinateTransformations", []):
         if t["type"] == "scale":
             scale = tuple(t["scale"])
         elif t["type"] == "translation":
             translate = tuple(t["translation"])
-    data = da.from_zarr(node[ds["path"]])
-    return data, axes, scale, translate, units
+    arr = node[ds["path"]]
+    name = "ome-zarr-" + _file_token(path, ds["path"], arr.shape, str(arr.dtype))
+    data = da.from_zarr(arr, name=name)
+    return data, axes, scale, translate, units, ours
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def ngff_unit(unit: str | None, axis: str) -> str | None:
+    """The NGFF name of ``unit`` for an axis (``"nm"`` -> ``"nanometer"``); None when the unit
+    is ``pixel``/unknown (NGFF then records no unit for that axis)."""
+    from ome_zarr.axes import KNOWN_SPATIAL_UNITS, KNOWN_TEMPORAL_UNITS
+
+    if unit is None:
+        return None
+    u = str(unit).strip()
+    u = _UNIT_ALIASES.get(u.lower(), _UNIT_ALIASES.get(u, u))
+    known = KNOWN_TEMPORAL_UNITS if axis == "T" else KNOWN_SPATIAL_UNITS if axis in "ZYX" else ()
+    return u if u in known else None
+
+
+def _output_error(e: OSError, path: Path) -> OutputError:
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        msg = (f"the disk is full while writing {path}: free some space, then rerun the same "
+               "command to resume (finished chunks are kept)")
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        msg = f"cannot write {path}: the location is read-only or not writable ({e.strerror})"
+    else:
+        msg = f"cannot write {path}: {e}"
+    return OutputError(msg)
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zattrs", ".zgroup"))
+
+
+def _remove_output(path: Path) -> None:
+    """Delete an existing output (``overwrite=True``), refusing to delete a folder that is not a
+    Zarr store: a mistyped OUT must not wipe a data folder."""
+    if path.is_dir():
+        if not _is_zarr_store(path):
+            raise FileExistsError(f"{path} is a folder that is not a Zarr store: refusing to delete "
+                                  "it even with overwrite; choose another output path")
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _output_error(e, parent) from e
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: the folder {parent} is read-only or not writable")
+
+
+def _canonical(axes: str) -> tuple[str, list[int]]:
+    """NGFF axis order (time, channel, then space) and the permutation to get there."""
+    order = sorted(range(len(axes)), key=lambda i: NGFF_ORDER.index(axes[i]))
+    return "".join(axes[i] for i in order), order
+
+
+@dataclass
+class _WriteRun:
+    progress: object
+    cancel: object
+    total: int
+    done: int = 0
+    pixels: int = 0
+    t0: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tick(self, pixels: int) -> None:
+        with self.lock:
+            self.done += 1
+            self.pixels += pixels
+            done, px = self.done, self.pixels
+        if self.progress is not None:
+            dt = max(time.monotonic() - self.t0, 1e-9)
+            rate = done / dt
+            self.progress({"event": "chunks", "done": done, "total": self.total,
+                           "mpix_per_s": px / dt / 1e6,
+                           "eta": (self.total - done) / rate if rate > 0 else float("inf")})
+
+
+_WRITE_RUNS: dict[str, _WriteRun] = {}
+_ARRAYS: dict[tuple[str, str], object] = {}
+_ARRAYS_LOCK = threading.Lock()
+
+
+def _zarr_array(store: str, level: str):
+    import zarr
+
+    key = (store, level)
+    with _ARRAYS_LOCK:
+        arr = _ARRAYS.get(key)
+        if arr is None:
+            arr = zarr.open_array(os.path.join(store, level), mode="r+")
+            _ARRAYS[key] = arr
+    return arr
+
+
+def _write_chunk(block, store: str, level: str, idx: tuple, chunks: tuple, run_id: str, pid: int):
+    """dask task: write one chunk, then its marker (the marker never precedes the data)."""
+    import numpy as np
+
+    # progress is reported here only in the caller's process (threads); on distributed
+    # workers the caller reports it as futures complete
+    run = _WRITE_RUNS.get(run_id) if pid == os.getpid() and not _in_distributed_worker() else None
+    if run is not None and run.cancel is not None and run.cancel.is_set():
+        raise RestoreCancelled("write cancelled")
+    region = tuple(slice(i * c, i * c + b) for i, c, b in zip(idx, chunks, block.shape, strict=True))
+    marker = os.path.join(store, DONE_DIR, level, ".".join(map(str, idx)))
+    try:
+        _zarr_array(store, level)[region] = block
+        with open(marker, "wb"):
+            pass
+    except OSError as e:
+        raise _output_error(e, Path(store)) from e
+    if run is not None:
+        run.tick(int(np.prod(block.shape)))
+    return np.ones(1, dtype=np.int8)
+
+
+def _distributed_client():
+    """The active dask.distributed Client, if any (without importing distributed otherwise)."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _store_level(data, store: Path, level: str, progress, cancel) -> None:
+    """Compute and write every chunk of ``data`` that has no marker yet."""
+    import uuid
+
+    import dask.array as da
+    import numpy as np
+    from dask.highlevelgraph import HighLevelGraph
+
+    done_dir = store / DONE_DIR / level
+    done_dir.mkdir(parents=True, exist_ok=True)
+    finished = set(os.listdir(done_dir))
+    chunks = tuple(c[0] for c in data.chunks)
+    missing = [idx for idx in np.ndindex(*data.numblocks)
+               if ".".join(map(str, idx)) not in finished]
+    if not missing:
+        return
+    run_id = uuid.uuid4().hex
+    run = _WriteRun(progress, cancel, total=len(missing))
+    _WRITE_RUNS[run_id] = run
+    pid = os.getpid()
+    client = _distributed_client()
+    try:
+        # in batches: the scheduler's bookkeeping (~1.5 KB per task) stays bounded whatever the
+        # size of the image; batches follow the chunk order, so neighbours share input reads
+        for start in range(0, len(missing), WRITE_BATCH):
+            if cancel is not None and cancel.is_set():
+                break
+            batch = missing[start:start + WRITE_BATCH]
+            name = f"write-ome-zarr-{run_id}-{start}"
+            layer = {(name, n): (_write_chunk, (data.name, *idx), str(store), level, idx, chunks,
+                                 run_id, pid) for n, idx in enumerate(batch)}
+            graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+            out = da.Array(graph, name, chunks=((1,) * len(batch),), dtype=np.int8,
+                           meta=np.empty((0,), np.int8))
+            if client is None:
+                out.compute(scheduler="threads")
+            else:
+                _compute_distributed(client, out, run, cancel, int(np.prod(chunks)))
+    except OSError as e:
+        raise _output_error(e, store) from e
+    finally:
+        _WRITE_RUNS.pop(run_id, None)
+    if cancel is not None and cancel.is_set():
+        raise RestoreCancelled("write cancelled")
+
+
+def _in_distributed_worker() -> bool:
+    import sys
+
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+def _compute_distributed(client, out, run, cancel, pixels_per_block: int = 0) -> None:
+    """Run ``out`` on a distributed Client, reporting progress and honouring ``cancel`` here in
+    the caller's process (the tasks run elsewhere and cannot reach the callbacks)."""
+    from distributed import as_completed, futures_of
+
+    futures = futures_of(client.persist(out))
+    seq = as_completed(futures)
+    done = 0
+    try:
+        while done < len(futures):
+            if cancel is not None and cancel.is_set():
+                raise RestoreCancelled("cancelled")
+            if not seq.has_ready():
+                time.sleep(0.02)
+                continue
+            for f in seq.next_batch(block=False):
+                if f.status == "error":
+                    f.result()  # re-raises the task's exception here
+                done += 1
+                if run is not None:
+                    run.tick(pixels_per_block)
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate=None, units=None,
+                   overwrite: bool = False, progress=None, cancel=None, chunks=None,
+                   name: str | None = None, levels: int = 1, fingerprint: str | None = None,
+                   metadata: dict | None = None):
+    """Stream a (lazy) array into an OME-Zarr store, chunk by chunk, resumably.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store to create (a folder, conventionally ``*.ome.zarr``).
+    data : dask.array.Array, numpy array or ImageData
+        What to write; a dask array is computed one chunk at a time (memory stays bounded).
+        With an :class:`ImageData`, its axes and geometry are the defaults.
+    axes : str
+        Axes of ``data`` (``"ZYX"``...). The store uses NGFF order (T, C, Z, Y, X): other
+        orders are transposed (lazily) on the way.
+    scale, translate, units : sequences, one entry per axis
+        Physical pixel size, origin and units (``"nm"`` and ``"nanometer"`` both work; the
+        exact strings are kept and read back by :func:`open_image`).
+    overwrite : bool
+        Replace an existing store. Without it an existing path is refused, except an
+        unfinished store of the same computation, which is resumed.
+    progress : callable, optional
+        Called (from worker threads) with ``{"event": "chunks", "done", "total",
+        "mpix_per_s", "eta"}`` after each chunk.
+    cancel : threading.Event, optional
+        Set it to stop promptly; raises :class:`RestoreCancelled` and leaves the store marked
+        unfinished (rerun to resume).
+    chunks : tuple of int, optional
+        Chunk shape of the store (in ``axes`` order); default: the dask chunks of ``data``.
+    name : str, optional
+        Name recorded in the multiscales metadata.
+    levels : int
+        Resolution levels: 1 (default) writes full resolution only; each further level halves
+        Y and X (2x2 mean), written after level 0 and resumable the same way.
+    fingerprint : str, optional
+        Identifies the computation, to decide whether an unfinished store can be resumed;
+        default: the dask name of ``data`` (deterministic for file-backed inputs).
+    metadata : dict, optional
+        JSON-serialisable provenance stored under the ``decrappify`` attribute.
+
+    Returns
+    -------
+    Path
+        The store, marked complete.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists (complete, not ours, or an unfinished write of something else) and
+        ``overwrite`` is false.
+    OutputError
+        The location is read-only or the disk is full (the message says which).
+    RestoreCancelled
+        ``cancel`` was set.
+    """
+    import dask.array as da
+    import numpy as np
+
+    path = Path(path)
+    if isinstance(data, ImageData):
+        axes = axes or data.axes
+        scale = scale if scale is not None else data.scale
+        translate = translate if translate is not None else data.translate
+        units = units if units is not None else data.units
+        name = name or data.name
+        data = data.data
+    if not isinstance(data, da.Array):
+        data = da.from_zarr(data) if _is_zarr_array(data) else da.asarray(data)
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    axes = check_axes(axes or guess_axes(data.ndim), data.ndim)
+    n = data.ndim
+    scale = tuple(float(s) for s in (scale if scale is not None else (1.0,) * n))
+    translate = tuple(float(t) for t in (translate if translate is not None else (0.0,) * n))
+    units = tuple(str(u) for u in (units if units is not None else ("pixel",) * n))
+    for label, v in (("scale", scale), ("translate", translate), ("units", units)):
+        if len(v) != n:
+            raise ValueError(f"{label} has {len(v)} values for a {n}-D image with axes {axes!r}")
+    if chunks is not None:
+        chunks = tuple(int(c) for c in chunks)
+        if len(chunks) != n or min(chunks) < 1:
+            raise ValueError(f"chunks {chunks} must give one positive size per axis of {axes!r}")
+        data = data.rechunk(chunks)
+    # zarr needs regular chunks (all equal but the last): rechunk irregular dask chunks
+    if any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]) for c in data.chunks):
+        data = data.rechunk(tuple(max(c) for c in data.chunks))
+    fingerprint = fingerprint or data.name
+    # NGFF order
+    ngff_axes, order = _canonical(axes)
+    if order != list(range(n)):
+        data = data.transpose(order)
+        scale, translate, units = ([v[i] for i in order] for v in (scale, translate, units))
+    shape = tuple(int(s) for s in data.shape)
+    if min(_level_shape(shape, ngff_axes, levels - 1)) < 1:
+        raise ValueError(f"levels={levels} is too many for shape {shape}: Y and X halve per level")
+    chunk_shape = tuple(int(c[0]) for c in data.chunks)
+    dtype = np.dtype(data.dtype)
+    ours = {"complete": False, "fingerprint": fingerprint, "shape": list(shape),
+            "dtype": dtype.str, "chunks": list(chunk_shape), "levels": levels,
+            "axes": ngff_axes, "units": list(units), **({"metadata": metadata} if metadata else {})}
+
+    _forget_arrays(path)
+    resume = False
+    if path.exists() or path.is_symlink():
+        if overwrite:
+            _remove_output(path)
+        else:
+            previous = _read_ours(path)
+            if previous is None:
+                raise FileExistsError(f"output {path} exists: pass overwrite=True (--overwrite) to "
+                                      "replace it")
+            if previous.get("complete"):
+                raise FileExistsError(f"output {path} exists and is complete: pass overwrite=True "
+                                      "(--overwrite) to replace it")
+            differs = [k for k in ("fingerprint", "shape", "dtype", "chunks", "levels", "axes")
+                       if previous.get(k) != ours[k]]
+            if differs:
+                raise FileExistsError(
+                    f"output {path} holds an unfinished result of a different computation "
+                    f"({', '.join(differs)} differ): pass overwrite=True (--overwrite) to replace "
+                    "it, or rerun exactly the command that started it to resume")
+            resume = True
+    if not resume:
+        _check_writable(path)
+        try:
+            _create_store(path, shape, chunk_shape, dtype, levels, ngff_axes, scale, translate,
+                          units, name, ours)
+        except OSError as e:
+            raise _output_error(e, path) from e
+
+    level_data = data
+    for level in range(levels):
+        if level:
+            level_data = _downsample(da.from_zarr(str(path / str(level - 1))), ngff_axes, dtype,
+                                     chunk_shape)
+        _store_level(level_data, path, str(level), progress, cancel)
+
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r+")
+        group.attrs["decrappify"] = {**ours, "complete": True}
+        shutil.rmtree(path / DONE_DIR, ignore_errors=True)
+    except OSError as e:
+        raise _output_error(e, path) from e
+    _forget_arrays(path)
+    return path
+
+
+def _forget_arrays(path: Path) -> None:
+    with _ARRAYS_LOCK:
+        for key in [k for k in _ARRAYS if k[0] == str(path)]:
+            del _ARRAYS[key]
+
+
+def _read_ours(path: Path) -> dict | None:
+    """Our ``decrappify`` attribute of an existing store, or None if it is not ours."""
+    import json
+
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+    ours = attrs.get("decrappify")
+    return ours if isinstance(ours, dict) else None
+
+
+def _level_shape(shape, axes, level):
+    return tuple(s // 2**level if a in "YX" else s for s, a in zip(shape, axes, strict=True))
+
+
+def _create_store(path, shape, chunk_shape, dtype, levels, axes, scale, translate, units, name,
+                  ours):
+    import zarr
+    from ome_zarr.writer import write_multiscales_metadata
+
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    # marked unfinished before any chunk exists
+    group.attrs["decrappify"] = ours
+    datasets = []
+    for level in range(levels):
+        lshape = _level_shape(shape, axes, level)
+        group.create_array(str(level), shape=lshape, chunks=chunk_shape, dtype=dtype,
+                           fill_value=0)
+        f = 2**level
+        lscale = [s * f if a in "YX" else s for s, a in zip(scale, axes, strict=True)]
+        ltrans = [t + 0.5 * s * (f - 1) if a in "YX" else t
+                  for s, t, a in zip(scale, translate, axes, strict=True)]
+        datasets.append({"path": str(level), "coordinateTransformations": [
+            {"type": "scale", "scale": lscale}, {"type": "translation", "translation": ltrans}]})
+    ngff_axes = []
+    for a, u in zip(axes, units, strict=True):
+        entry = {"name": a.lower(), "type": {"T": "time", "C": "channel"}.get(a, "space")}
+        unit = ngff_unit(u, a)
+        if unit is not None:
+            entry["unit"] = unit
+        elif u not in ("pixel", "", "None") and a != "C":
+            warnings.warn(f"unit {u!r} of axis {a} is not an NGFF unit: recorded only in the "
+                          "decrappify attributes", stacklevel=3)
+        ngff_axes.append(entry)
+    write_multiscales_metadata(group, datasets, axes=ngff_axes, name=name or path.name.split(".")[0])
+    (path / DONE_DIR).mkdir(exist_ok=True)
+
+
+def _downsample(src, axes: str, dtype, chunk_shape):
+    """2x2 block mean on Y, X (trailing odd rows/columns dropped), in ``dtype``."""
+    import dask.array as da
+    import numpy as np
+
+    factors = {i: 2 for i, a in enumerate(axes) if a in "YX"}
+    out = da.coarsen(np.mean, src.astype(np.float32), factors, trim_excess=True)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        out = da.clip(da.round(out), info.min, info.max)
+    return out.astype(dtype).rechunk(chunk_shape)
+
+
+def write_tiff(path, data, *, axes: str, scale=None, units=None, overwrite: bool = False,
+               progress=None, cancel=None) -> Path:
+    """Write a (lazy) array to an OME-TIFF one plane at a time (bounded memory).
+
+    The file is written as ``path + ".part"`` and renamed when complete, so a cancelled or
+    failed write never leaves a file that looks finished. Not resumable: use OME-Zarr for big
+    results. ``progress`` receives ``{"event": "planes", "done", "total", "eta"}``.
+    """
+    import dask.array as da
+    import numpy as np
+    import tifffile
+
+    path = Path(path)
+    if not isinstance(data, da.Array):
+        data = da.asarray(data)
+    axes = check_axes(axes, data.ndim)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"output {path} exists: pass overwrite=True (--overwrite) to replace it")
+        if path.is_dir():
+            raise FileExistsError(f"output {path} is a folder: refusing to replace it with a TIFF")
+    _check_writable(path)
+    ngff_axes, order = _canonical(axes)
+    data = data.transpose(order)
+    scale = [float(s) for s in (scale if scale is not None else (1.0,) * data.ndim)]
+    scale = [scale[i] for i in order]
+    units = [units[i] for i in order] if units is not None else None
+    lead = data.shape[:-2]
+    total = int(np.prod(lead)) if lead else 1
+    t0 = time.monotonic()
+
+    def planes():
+        for done, idx in enumerate(np.ndindex(*lead) if lead else [()], start=1):
+            if cancel is not None and cancel.is_set():
+                raise RestoreCancelled("write cancelled")
+            yield np.asarray(data[idx].compute(scheduler=None if _distributed_client() else "threads"))
+            if progress is not None:
+                dt = time.monotonic() - t0
+                progress({"event": "planes", "done": done, "total": total,
+                          "eta": dt / done * (total - done)})
+
+    meta = {"axes": ngff_axes}
+    for a, s, u in zip(ngff_axes, scale, units or [None] * len(scale), strict=True):
+        if a in "ZYX":
+            meta[f"PhysicalSize{a}"] = s
+            if u and ngff_unit(u, a):
+                meta[f"PhysicalSize{a}Unit"] = {"nanometer": "nm", "micrometer": "µm"}.get(
+                    ngff_unit(u, a), ngff_unit(u, a))
+    part = path.with_name(path.name + ".part")
+    try:
+        with tifffile.TiffWriter(part, bigtiff=True, ome=True) as tw:
+            tw.write(planes(), shape=data.shape, dtype=data.dtype, metadata=meta)
+        part.replace(path)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise _output_error(e, path) from e
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return path

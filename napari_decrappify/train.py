@@ -362,7 +362,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
                                  fixed=True)
     if pairs is not None:
         pair_ds = PairedPatches(pairs[0], pairs[1], config.scale, config.patch_size,
-                                length=n_train // 4, seed=config.seed)
+                                length=n_train // 4, seed=config.seed, norm=norm,
+                                frames=arch.frames)
         train_ds = torch.utils.data.ConcatDataset([train_ds, pair_ds])
         datasets = [train_ds.datasets[0], pair_ds]
     else:
@@ -389,6 +390,53 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     learn = Learner(dls, net, loss_func=make_loss(config), opt_func=Adam,
                     metrics=[batch_psnr, batch_ssim], wd=config.weight_decay, cbs=cbs)
     learn.recorder.train_metrics = False
+    seconds, iterations = fit_learner(learn, config, device, events)
+    model.config.receptive_field = measure_receptive_field(net, arch)
+    model.config.crappifier = crappifier.config
+    previous = ({"weights_from": str(init_from.path), **init_from.config.training}
+                if init_from is not None else {})
+    model.config.training.update({
+        "command": command, "config": json.loads(config.model_dump_json()),
+        "data_fingerprint": fingerprint(hr_images), "split": split,
+        "seconds": round(seconds, 1), "iterations": iterations, "epochs_run": len(events.history),
+        "stop_reason": events.stop_reason, "hardware": hardware_description(device),
+        "best_epoch": events.best[2],
+        "history": events.history,
+    })
+    if previous:
+        # a resumed run: keep the record of the runs it started from
+        chain = previous.pop("resumed_from", [])
+        previous.pop("history", None)
+        model.config.training["resumed_from"] = chain + [previous]
+    if events.history:
+        last = events.history[events.best[2]] if events.best[2] >= 0 else events.history[-1]
+        model.config.metrics.update({
+            "valid_loss": last.get("valid_loss"), "valid_psnr": last.get("batch_psnr"),
+            "valid_ssim": last.get("batch_ssim"),
+        })
+    path = save_model(model, out, fp16=fp16) if out is not None else None
+    if progress is not None:
+        progress({"event": "done", "stop_reason": events.stop_reason, "seconds": seconds,
+                  "path": str(path) if path else None})
+    return TrainResult(model=model, history=events.history, stop_reason=events.stop_reason,
+                       seconds=seconds, iterations=iterations, path=path)
+
+
+def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int]:
+    """Fit ``learn`` with one-cycle under ``config``'s budget; keep the best weights.
+
+    Shared by restoration and segmentation training (:mod:`napari_decrappify.segment`).
+    ``config`` needs ``precision``, ``epochs``, ``minutes``, ``iterations_per_epoch``,
+    ``lr_max`` and ``pct_start``; ``events`` is the ``EventsCallback`` among the learner's
+    callbacks. Precision: fp16/bf16 on CUDA, fp32 on CPU unless bf16 is asked for. After a
+    stop (cancel or budget) the last, partial epoch is validated too, and the best weights
+    are loaded into ``learn.model``, which ends in eval mode on the CPU.
+
+    Returns
+    -------
+    (seconds, iterations)
+    """
+    net = learn.model
     if device.type == "cuda":
         prec = config.precision if config.precision != "auto" else (
             "bf16" if torch.cuda.is_bf16_supported() else "fp16")
@@ -408,6 +456,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     with learn.no_logging():
         learn.fit_one_cycle(epochs, lr_max=config.lr_max, pct_start=config.pct_start)
     seconds = time.monotonic() - t0
+    # read before validate(): its validation context re-runs before_fit, which resets train_iter
+    iterations = int(learn.train_iter) if hasattr(learn, "train_iter") else 0
     if events.stop_reason != "completed" and events.history:
         # the last, partial epoch (lowest learning rate of the cycle) may be the best: score it
         events.recording = False
@@ -417,29 +467,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     if events.best[1] is not None:
         net.load_state_dict(events.best[1])
     net.eval().cpu()
-    iterations = int(learn.train_iter) if hasattr(learn, "train_iter") else 0
-    model.config.receptive_field = measure_receptive_field(net, arch)
-    model.config.crappifier = crappifier.config
-    model.config.training.update({
-        "command": command, "config": json.loads(config.model_dump_json()),
-        "data_fingerprint": fingerprint(hr_images), "split": split,
-        "seconds": round(seconds, 1), "iterations": iterations, "epochs_run": len(events.history),
-        "stop_reason": events.stop_reason, "hardware": hardware_description(device),
-        "best_epoch": events.best[2],
-        "history": events.history,
-    })
-    if events.history:
-        last = events.history[events.best[2]] if events.best[2] >= 0 else events.history[-1]
-        model.config.metrics.update({
-            "valid_loss": last.get("valid_loss"), "valid_psnr": last.get("batch_psnr"),
-            "valid_ssim": last.get("batch_ssim"),
-        })
-    path = save_model(model, out, fp16=fp16) if out is not None else None
-    if progress is not None:
-        progress({"event": "done", "stop_reason": events.stop_reason, "seconds": seconds,
-                  "path": str(path) if path else None})
-    return TrainResult(model=model, history=events.history, stop_reason=events.stop_reason,
-                       seconds=seconds, iterations=iterations, path=path)
+    return seconds, iterations
 
 
 def _epochs_for_budget(learn, config: TrainConfig, device: torch.device) -> int:

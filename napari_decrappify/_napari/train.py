@@ -1,14 +1,286 @@
-"""Train: fit a restoration model on high-resolution layers."""
+"""Train dock: fit a restoration model on high-resolution layers, with a live loss plot.
+
+The dock collects parameters into a :class:`~napari_decrappify.config.TrainConfig` and calls
+:func:`napari_decrappify.train.train` in a thread worker. Training events drive the progress
+bar and a plot of the training loss (per iteration) and the validation PSNR (per epoch).
+Cancelling stops between batches; the best validation weights are kept and saved. A saved
+model is announced to the Restore dock, whose model list then shows it.
+"""
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, Label
+import math
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    PushButton,
+    Select,
+    SpinBox,
+)
+
+from ._layers import base_data
+from ._ui import DockBody, devices, layer_choices, note, style_axes, themed_figure
+from ._workers import CoreJob, model_events
+
+SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
+ENCODERS = ["tiny", "resnet18s", "resnet18", "resnet34", "resnet50"]
+LOSSES = [("L1", "l1"), ("MS-SSIM + L1", "msssim_l1")]
 
 
-class TrainWidget(Container):
-    """Train: fit a restoration model on high-resolution layers (its full form grows in its own issue)."""
+def default_model_dir() -> Path:
+    """Where new models go: the first user model folder (``DECRAPPIFY_MODELS`` or the user
+    data dir), never the bundled ``zoo``."""
+    from ..models import ZOO_DIR, model_search_dirs
+
+    return next(d for d in model_search_dirs() if d != ZOO_DIR)
+
+
+class LossPlot:
+    """Training loss per iteration and validation PSNR per epoch, on one matplotlib canvas."""
+
+    def __init__(self, viewer):
+        self.figure, self.canvas = themed_figure(viewer)
+        self.ax = self.figure.add_subplot(111)
+        self.ax2 = self.ax.twinx()
+        for a in (self.ax, self.ax2):
+            style_axes(a, self.figure)
+        self.clear()
+
+    def clear(self) -> None:
+        self.iterations: list[int] = []
+        self.losses: list[float] = []
+        self.epoch_iterations: list[int] = []
+        self.valid_psnr: list[float] = []
+        self.valid_loss: list[float] = []
+        self.ax.clear()
+        self.ax2.clear()
+        self.ax.set_xlabel("iteration", fontsize=8)
+        self.ax.set_ylabel("training loss", fontsize=8)
+        self.ax2.set_ylabel("validation PSNR (dB)", fontsize=8)
+        (self._loss_line,) = self.ax.plot([], [], lw=1, color="#4c9be8", label="loss")
+        (self._psnr_line,) = self.ax2.plot([], [], "o-", ms=3, color="#f0a830", label="valid PSNR")
+        self.canvas.draw_idle()
+
+    def add(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "batch":
+            self.iterations.append(int(event["iteration"]))
+            self.losses.append(float(event["loss"]))
+            self._loss_line.set_data(self.iterations, self.losses)
+            self.ax.relim()
+            self.ax.autoscale_view()
+        elif kind == "epoch":
+            it = self.iterations[-1] if self.iterations else len(self.epoch_iterations)
+            self.epoch_iterations.append(it)
+            self.valid_loss.append(float(event.get("valid_loss", math.nan)))
+            self.valid_psnr.append(float(event.get("batch_psnr", math.nan)))
+            self._psnr_line.set_data(self.epoch_iterations, self.valid_psnr)
+            self.ax2.relim()
+            self.ax2.autoscale_view()
+        else:
+            return
+        self.canvas.draw_idle()
+
+
+class TrainWidget(DockBody):
+    """Train: fit a restoration model on high-resolution layers.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=False)
+        super().__init__()
         self.viewer = napari_viewer
-        self.append(Label(value="Train: fit a restoration model on high-resolution layers."))
+        self.job: CoreJob | None = None
+        self.result = None  # TrainResult of the last run
+        v = napari_viewer
+
+        self.hr_layers = Select(label="HR layers", choices=layer_choices(v), allow_multiple=True)
+        self.hr_layers.native.setMaximumHeight(90)
+        self.scale = ComboBox(label="scale", choices=SCALE_CHOICES, value=4)
+        self.encoder = ComboBox(label="architecture", choices=ENCODERS, value="resnet18s",
+                                tooltip="U-Net encoder: 'tiny' for quick tests, resnet18s a good "
+                                        "CPU default, resnet34 for GPU training")
+        self.loss = ComboBox(label="loss", choices=LOSSES, value="msssim_l1")
+        self.budget_unit = ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes")
+        self.budget = FloatSpinBox(label="budget", value=10.0, min=0.01, max=100_000, step=1.0)
+        self.main = Container(widgets=[self.hr_layers, self.scale, self.encoder, self.loss,
+                                       self.budget_unit, self.budget])
+
+        # the degradation applied on the fly to HR patches (preview it in the Crappify dock)
+        self.photons = FloatSpinBox(label="photons at max", value=255.0, min=0.0, max=1e6, step=10,
+                                    tooltip="expected photon count at full intensity (shot noise); "
+                                            "0: no shot noise")
+        self.read_noise = FloatSpinBox(label="read noise", value=0.01, min=0.0, max=1.0, step=0.005)
+        self.blur = FloatSpinBox(label="blur sigma (px)", value=0.0, min=0.0, max=10.0, step=0.1)
+        self.downsample = ComboBox(label="downsampling", choices=["mean", "bilinear", "bicubic"],
+                                   value="mean")
+        self.crappifier = Container(widgets=[self.photons, self.read_noise, self.blur,
+                                             self.downsample])
+
+        self.pair_lr = ComboBox(label="real LR layer", choices=layer_choices(v, optional=True))
+        self.pair_hr = ComboBox(label="real HR layer", choices=layer_choices(v, optional=True))
+        self.pairs = Container(widgets=[note("Optional registered LR/HR pair, mixed into "
+                                             "training (a quarter of the samples)."),
+                                        self.pair_lr, self.pair_hr])
+
+        self.patch_size = SpinBox(label="patch size (LR px)", value=64, min=16, max=1024, step=16)
+        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
+        self.iterations = SpinBox(label="iterations / epoch", value=100, min=1, max=1_000_000)
+        self.lr_max = FloatSpinBox(label="max learning rate", value=1e-3, min=1e-6, max=1.0,
+                                   step=1e-4)
+        self.frames = ComboBox(label="frames (multi-frame)", choices=[1, 3, 5], value=1)
+        self.device = ComboBox(label="device", choices=devices(), value="auto")
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.advanced = Container(widgets=[self.patch_size, self.batch_size, self.iterations,
+                                           self.lr_max, self.frames, self.device, self.seed])
+
+        self.model_name = LineEdit(label="model name", value="my-model")
+        self.folder = FileEdit(label="save in", mode="d", value=default_model_dir())
+        self.overwrite = CheckBox(label="replace an existing model", value=False)
+        self.output = Container(widgets=[self.model_name, self.folder, self.overwrite])
+
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel (keep best weights)", enabled=False)
+        self.status = note()
+        self.buttons = Container(widgets=[self.train_button, self.cancel_button, self.status],
+                                 labels=False)
+
+        self.plot = LossPlot(v)
+
+        self.add(self.main)
+        self.add(self.crappifier, "Crappifier (simulated low-res data)")
+        self.add(self.pairs, "Real LR/HR pair")
+        self.add(self.advanced, "Advanced")
+        self.add(self.output)
+        self.add(self.buttons)
+        self._layout.addWidget(self.plot.canvas)
+        self.finish()
+
+        self.train_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        for ev in ("inserted", "removed", "reordered", "renamed"):
+            getattr(v.layers.events, ev).connect(self.reset_choices)
+
+    # ------------------------------------------------------------------ parameters
+    def config(self):
+        """The :class:`TrainConfig` described by the dock (raises ValueError on bad input)."""
+        from ..config import ArchConfig, CrappifyConfig, TrainConfig
+
+        scale = int(self.scale.value)
+        minutes = epochs = None
+        if self.budget_unit.value == "minutes":
+            minutes = float(self.budget.value)
+        else:
+            epochs = max(1, int(round(self.budget.value)))
+        return TrainConfig(
+            scale=scale,
+            arch=ArchConfig(encoder=self.encoder.value, scale=scale, frames=int(self.frames.value)),
+            crappify=CrappifyConfig(
+                scale=scale, downsample=self.downsample.value, blur_sigma=float(self.blur.value),
+                photons=float(self.photons.value) or None, read_noise=float(self.read_noise.value)),
+            loss=self.loss.value, patch_size=int(self.patch_size.value),
+            batch_size=int(self.batch_size.value), iterations_per_epoch=int(self.iterations.value),
+            epochs=epochs, minutes=minutes, lr_max=float(self.lr_max.value),
+            device=self.device.value, seed=int(self.seed.value),
+        )
+
+    def out_path(self) -> Path:
+        name = self.model_name.value.strip()
+        if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+            raise ValueError(f"model name {name!r} is not a valid folder name")
+        return Path(self.folder.value).expanduser() / name
+
+    # ------------------------------------------------------------------ actions
+    def start(self, *_args) -> CoreJob | None:
+        """Start training in a worker; returns the job (``None`` when the input is invalid)."""
+        if self.job is not None and self.job.running:
+            return self.job
+        try:
+            layers = list(self.hr_layers.value or [])
+            if not layers:
+                raise ValueError("choose at least one HR layer to train on")
+            for layer in layers:
+                if getattr(layer, "rgb", False):
+                    raise ValueError(f"layer {layer.name!r} is RGB: split its channels first")
+            config = self.config()
+            out = self.out_path()
+            if out.exists() and not self.overwrite.value:
+                raise ValueError(f"model folder {out} exists: choose another name or tick "
+                                 "'replace an existing model'")
+            pairs = None
+            if (self.pair_lr.value is None) != (self.pair_hr.value is None):
+                raise ValueError("a real pair needs both an LR and an HR layer")
+            if self.pair_lr.value is not None:
+                pairs = (base_data(self.pair_lr.value), base_data(self.pair_hr.value))
+            hr = [base_data(layer) for layer in layers]  # read in the worker, not the UI thread
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+
+        self.plot.clear()
+        self.result = None
+        name = out.name
+        self._set_status(f"training {name} ({config.arch.encoder}, {config.scale}x) ...")
+        self.job = CoreJob(
+            _train_job, hr, config, out=out, name=name, pairs=pairs,
+            command=f"napari Train dock: {', '.join(layer.name for layer in layers)}",
+            description=f"Training {name}",
+            on_event=self.plot.add, on_result=self._done, on_error=self._failed,
+            on_finished=self._finished,
+        )
+        self.train_button.enabled = False
+        self.cancel_button.enabled = True
+        return self.job
+
+    def cancel(self, *_args) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self._set_status("cancelling: stopping after this batch, keeping the best weights ...")
+
+    # ------------------------------------------------------------------ worker slots
+    def _done(self, result) -> None:
+        self.result = result
+        cfg = result.model.config
+        psnr = cfg.metrics.get("valid_psnr")
+        what = {"completed": "finished", "budget": "time budget reached",
+                "cancelled": "cancelled: best weights kept"}.get(result.stop_reason, result.stop_reason)
+        text = f"{what}; {result.iterations} iterations in {result.seconds:.0f} s"
+        if psnr is not None:
+            text += f"; validation PSNR {psnr:.2f} dB"
+        if result.path is not None:
+            text += f"\nsaved {result.path}"
+            model_events.saved.emit(str(result.path))
+        self._set_status(text)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._set_status(f"⚠ training failed: {exc}")
+        from napari.utils.notifications import show_error
+
+        show_error(f"Training failed: {exc}")
+
+    def _finished(self) -> None:
+        self.train_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+
+
+def _train_job(hr, config, *, pairs=None, **kwargs):
+    """Worker: read the layers' data (lazy layers are computed here, off the UI thread), train."""
+    from .. import train as train_mod
+
+    hr = [np.asarray(h) for h in hr]
+    if pairs is not None:
+        pairs = (np.asarray(pairs[0]), np.asarray(pairs[1]))
+    return train_mod.train(hr, config, pairs=pairs, **kwargs)

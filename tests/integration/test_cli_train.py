@@ -27,3 +27,19 @@ def test_cli_train_writes_a_loadable_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DECRAPPIFY_MODELS", str(tmp_path))
     assert cli.main(["models"]) == 0
     assert "m " in capsys.readouterr().out
+
+
+def test_cli_evaluate_writes_json(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    gt = (rng.random((2, 32, 32)) * 255).astype(np.uint8)
+    pred = np.clip(gt.astype(int) + 5, 0, 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "pred.tif", pred)
+    assert cli.main(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "gt.tif"),
+                     "--json", str(tmp_path / "m.json")]) == 0
+    res = json.loads((tmp_path / "m.json").read_text())
+    from napari_decrappify.metrics import psnr
+
+    expected = np.mean([psnr(p / 255, g / 255) for p, g in zip(pred, gt, strict=True)])
+    assert res["n_planes"] == 2 and abs(res["psnr"] - expected) < 1e-6
+    assert "mean over 2" in capsys.readouterr().out

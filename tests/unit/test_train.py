@@ -87,6 +87,7 @@ def test_tiny_training_lowers_validation_loss_and_reports_progress(hr, tmp_path)
     # resume from the checkpoint
     again = train([hr], tiny_config(epochs=1), init_from=load_model(tmp_path / "ckpt" / "last"))
     assert again.history[0]["valid_loss"] < losses[0]
+    assert again.model.config.training["resumed_from"][0]["weights_from"].endswith("last")
 
 
 def test_cancel_from_another_thread_stops_between_batches_and_keeps_weights(hr, tmp_path):
@@ -119,3 +120,13 @@ def test_bad_training_input(hr):
         train([np.zeros((4, 64, 64), np.uint16)], tiny_config())
     with pytest.raises(ValueError, match="smaller than one HR patch"):
         train([hr[:, :40, :40]], tiny_config())
+
+
+def test_training_with_a_real_pair_mixed_in(hr):
+    from napari_decrappify.crappify import protocol_lr
+
+    lr = np.stack([(protocol_lr(p, 2, noisy=True, seed=i) * 255).astype(np.uint8)
+                   for i, p in enumerate(hr)])
+    result = train([hr], tiny_config(epochs=1), pairs=(lr, hr))
+    assert result.iterations == (6 * 4 + 6 * 4 // 4) // 4  # crappified + a quarter real pairs
+    assert np.isfinite(result.history[0]["valid_loss"])

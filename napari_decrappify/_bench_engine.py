@@ -1,0 +1,417 @@
+"""``decrappify bench throughput|memory|seams``: the tiled engine's speed, memory and exactness.
+
+throughput
+    Engine output megapixels/s (threads scheduler, dask input in memory, result gathered)
+    divided by the raw network rate: the engine's own network copy called in a plain loop on
+    tensors already in memory, one window of the same size per tile, counting the same useful
+    (core) output pixels. So the ratio is the engine's overhead (reading, reflecting,
+    normalising, queueing, trimming, assembling); the price of the halo is reported apart
+    (``halo_efficiency`` = core pixels / window pixels). Also: the engine vs a naive loop
+    without dask (pad the plane, cut windows, run, trim, write into a numpy array). Runs are
+    interleaved and repeated; the best time of each is compared (the machine may be shared).
+memory
+    Peak RSS (psutil, sampled every 20 ms from the parent, the child's whole process tree)
+    while a child process restores a uint8 Zarr stack of each size and streams the result to
+    OME-Zarr. The input is generated chunk by chunk on disk, never in RAM. The default model is
+    ``conv`` (a two-layer CNN): the network's speed is irrelevant to memory and a tiny U-Net
+    would need hours for 4 GB on a 2-core CPU; ``-o model=tiny`` uses the tiny U-Net.
+seams
+    Max abs difference (network units) between tiled and whole-image output (the whole plane
+    reflect-padded by the same halo) for several tile/halo settings, per encoder, random
+    weights; plus a fine halo scan on one interior window to find the smallest halo that
+    gives <= 1e-4, next to the measured receptive field.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bench import benchmark
+from .tiling import reflect_index
+
+
+def _bool(v) -> bool:
+    return str(v).lower() in ("1", "true", "yes", "on")
+
+
+def _set_threads(threads) -> None:
+    import torch
+
+    if threads not in (None, "", "0", 0):
+        torch.set_num_threads(int(threads))
+
+
+def _get_model(spec: str, scale: int, seed: int = 0):
+    """``tiny``/``resnet18s``/... (random weights, receptive field measured), ``conv``, or a
+    model folder / bundled model name."""
+    from .config import ArchConfig
+    from .models import ENCODER_STRIDE, build_model, load_model
+
+    if spec == "conv":
+        return conv_model()
+    if spec in ENCODER_STRIDE:
+        return build_model(ArchConfig(encoder=spec, scale=scale), name=f"{spec}-{scale}x", seed=seed)
+    return load_model(spec)
+
+
+def conv_model(scale: int = 1, norm_high: float = 255.0):
+    """A minimal restoration model (two 3x3 convolutions, receptive field 2): for memory
+    measurements where the network's cost is beside the point."""
+    import torch
+    from torch import nn
+
+    from .config import ArchConfig, NormConfig
+    from .models import ModelFile, RestorationModel
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1)).eval()
+    config = ModelFile(name="conv", arch=ArchConfig(encoder="tiny", scale=scale),
+                       norm=NormConfig(low=0.0, high=norm_high), receptive_field=2, alignment=32)
+    return RestorationModel(net=net, config=config)
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+@benchmark("throughput")
+def bench_throughput(model: str = "tiny", scale: str = "4", tile: str = "", halo: str = "",
+                     size: str = "512", planes: str = "4", repeats: str = "3", device: str = "auto",
+                     precision: str = "auto", threads: str = "") -> dict:
+    """Engine vs raw network vs naive loop (module docstring). Options: ``model`` (an encoder
+    name for random weights, or a model folder/name, e.g. em-4x), ``scale``, ``tile`` (default
+    as the engine: 256 or 2 x halo), ``halo``
+    (default: receptive field), ``size`` (LR plane side), ``planes``, ``repeats``, ``device``,
+    ``precision``, ``threads`` (torch intra-op threads)."""
+    import torch
+
+    from .config import TileConfig
+    from .tiling import DeviceWorker, restore_lazy, tile_axis
+
+    _set_threads(threads)
+    m = _get_model(model, int(scale))
+    size, n_planes, reps = int(size), int(planes), int(repeats)
+    h = m.receptive_field if halo == "" else int(halo)
+    # as the engine's default: 256, or 2 x halo if larger; an explicit tile is taken as is
+    t = int(tile) if tile else max(256, -(-2 * h // 32) * 32)
+    cfg = TileConfig(tile=t, halo=h, device=device, precision=precision)
+    ax = tile_axis(size, t, h)
+    s = m.scale
+    n_tiles = n_planes * ax.n * ax.n
+    out_mp = n_planes * (size * s) ** 2 / 1e6
+    rng = np.random.default_rng(0)
+    n = m.config.norm
+    img = (rng.random((n_planes, size, size), dtype=np.float32) * (n.high - n.low) + n.low)
+
+    worker = DeviceWorker(m, device=device, precision=precision)
+    x = torch.from_numpy(rng.random((1, m.in_channels * m.frames, ax.window, ax.window),
+                                    dtype=np.float32))
+    if worker.cuda:
+        x = x.to(worker.device)
+    else:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def raw() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n_tiles):
+            y = worker._forward(x)
+        if worker.cuda:
+            torch.cuda.synchronize()
+        del y
+        return time.perf_counter() - t0
+
+    def engine() -> float:
+        t0 = time.perf_counter()
+        restore_lazy(m, img, cfg, axes="ZYX").compute(scheduler="threads")
+        return time.perf_counter() - t0
+
+    def naive() -> float:
+        t0 = time.perf_counter()
+        out = np.empty((n_planes, size * s, size * s), np.float32)
+        for p in range(n_planes):
+            padded = np.pad(m.normalize(img[p]), h + ax.window, mode="reflect")
+            for ky in range(ax.n):
+                for kx in range(ax.n):
+                    y0, x0 = ax.window_start(ky) + h + ax.window, ax.window_start(kx) + h + ax.window
+                    win = torch.from_numpy(np.ascontiguousarray(
+                        padded[None, None, y0:y0 + ax.window, x0:x0 + ax.window]))
+                    win = win.to(worker.device) if worker.cuda else \
+                        win.contiguous(memory_format=torch.channels_last)
+                    yy = worker._forward(win)[0, 0].cpu().numpy()
+                    (a, b), (c, d) = ax.core_range(ky), ax.core_range(kx)
+                    out[p, a * s:b * s, c * s:d * s] = m.denormalize(
+                        yy[h * s:h * s + (b - a) * s, h * s:h * s + (d - c) * s])
+        return time.perf_counter() - t0
+
+    # warm-up (device worker creation, allocator, cudnn autotune)
+    restore_lazy(m, img[:1], cfg, axes="ZYX").compute(scheduler="threads")
+    raw()
+    times: dict[str, list[float]] = {"raw": [], "engine": [], "naive": []}
+    for _ in range(reps):
+        for name, fn in (("raw", raw), ("engine", engine), ("naive", naive)):
+            times[name].append(fn())
+    worker.close()
+    best = {k: min(v) for k, v in times.items()}
+    rate = {k: out_mp / v for k, v in best.items()}
+    core_px, win_px = ax.core ** 2, ax.window ** 2
+    summary = {
+        "ratio_engine_vs_raw": rate["engine"] / rate["raw"],
+        "ratio_engine_vs_naive": rate["engine"] / rate["naive"],
+        "engine_mpix_per_s": rate["engine"], "raw_mpix_per_s": rate["raw"],
+        "naive_mpix_per_s": rate["naive"],
+        "raw_network_mpix_per_s_full_windows": rate["raw"] * win_px / core_px,
+        "halo_efficiency": core_px / win_px,
+        "device": worker.device, "precision": worker.precision,
+        "target_ratio": 0.85,
+    }
+    return {"summary": summary, "model": m.name, "scale": s, "receptive_field": m.receptive_field,
+            "tile": t, "halo": h, "window": ax.window, "plane": [size, size], "planes": n_planes,
+            "tiles": n_tiles, "output_mpix": out_mp, "seconds": times,
+            "median_seconds": {k: float(np.median(v)) for k, v in times.items()}}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _make_input(path: Path, planes: int, side: int, chunk: int) -> None:
+    """A uint8 (planes, side, side) Zarr stack written chunk by chunk (never whole in RAM)."""
+    import dask.array as da
+
+    noise = np.random.default_rng(0).integers(0, 40, (chunk, chunk), dtype=np.uint8)
+
+    def block(block_info=None):
+        (z0, z1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        base = (96 + 60 * np.sin(yy / 37.0 + z0) * np.cos(xx / 23.0)).astype(np.uint8)
+        return (base + noise[: y1 - y0, : x1 - x0])[None]
+
+    arr = da.map_blocks(block, dtype=np.uint8, chunks=((1,) * planes, (chunk,) * (side // chunk),
+                                                       (chunk,) * (side // chunk)))
+    arr.to_zarr(str(path), overwrite=True)
+
+
+def _memory_child(args_json: str) -> None:
+    """Child process of the memory benchmark: restore the Zarr input into OME-Zarr."""
+    import psutil
+
+    a = json.loads(args_json)
+    from .config import TileConfig
+    from .io import write_ome_zarr
+    from .tiling import restore_image
+
+    _set_threads(a.get("threads"))
+    m = conv_model() if a["model"] == "conv" else _get_model(a["model"], 1)
+    if a["model"] != "conv":
+        m.config.norm.high = 255.0
+    proc = psutil.Process()
+    baseline = proc.memory_info().rss
+    cfg = TileConfig(tile=a["tile"], output_dtype=a["output_dtype"])
+    t0 = time.perf_counter()
+    img = restore_image(m, a["input"], cfg, axes="ZYX")
+    if a["sink"] == "zarr":
+        write_ome_zarr(a["output"], img, overwrite=True)
+    else:
+        import dask.array as da
+
+        da.map_blocks(lambda b: np.zeros((1,) * b.ndim, np.int8), img.data, dtype=np.int8,
+                      chunks=tuple((1,) * len(c) for c in img.data.chunks)).sum().compute(
+            scheduler="threads")
+    print(json.dumps({"seconds": time.perf_counter() - t0, "baseline_rss": baseline,
+                      "shape": list(img.data.shape), "tiles": int(np.prod(img.data.numblocks))}))
+
+
+class _PeakRSS:
+    """Samples the RSS of a process and its children every 20 ms in a thread; ``.value`` is
+    the peak in bytes."""
+
+    def __init__(self, pid: int):
+        self.pid, self.value = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            p = psutil.Process(self.pid)
+            while not self._stop.is_set():
+                rss = p.memory_info().rss + sum(c.memory_info().rss
+                                                for c in p.children(recursive=True))
+                self.value = max(self.value, rss)
+                time.sleep(0.02)
+        except psutil.NoSuchProcess:
+            pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@benchmark("memory")
+def bench_memory(sizes_gb: str = "1,4", model: str = "conv", tile: str = "256", side: str = "2048",
+                 chunk: str = "512", sink: str = "zarr", output_dtype: str = "input",
+                 dir: str = "", threads: str = "") -> dict:  # noqa: A002 - option name
+    """Peak RSS restoring uint8 Zarr stacks of ``sizes_gb`` GB (module docstring). Options:
+    ``sizes_gb`` ("1,4"; "0.25,1" is quicker), ``model`` (conv, tiny, or a model folder),
+    ``tile``, ``side`` (plane side), ``chunk`` (input Zarr chunk side), ``sink`` (zarr: write
+    OME-Zarr; none: compute and discard), ``output_dtype`` (input: uint8 output; float32),
+    ``dir`` (scratch folder, default a temp folder), ``threads``."""
+    side_i, chunk_i = int(side), int(chunk)
+    scratch = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="decrappify-bench-memory-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    runs = []
+    try:
+        for gb in (float(g) for g in sizes_gb.split(",")):
+            planes = max(1, round(gb * 1e9 / side_i**2))
+            inp, out = scratch / f"in-{gb}.zarr", scratch / f"out-{gb}.ome.zarr"
+            t0 = time.perf_counter()
+            _make_input(inp, planes, side_i, chunk_i)
+            gen_s = time.perf_counter() - t0
+            args = {"input": str(inp), "output": str(out), "model": model, "tile": int(tile),
+                    "sink": sink, "output_dtype": output_dtype, "threads": threads}
+            cmd = [sys.executable, "-c", "import sys; from napari_decrappify._bench_engine import "
+                   "_memory_child; _memory_child(sys.argv[1])", json.dumps(args)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            with _PeakRSS(proc.pid) as peak:
+                stdout, stderr = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory benchmark child failed:\n{stderr[-3000:]}")
+            child = json.loads(stdout.strip().splitlines()[-1])
+            input_bytes = planes * side_i**2
+            runs.append({
+                "input_gb": input_bytes / 1e9, "input_shape": [planes, side_i, side_i],
+                "output_shape": child["shape"], "tiles": child["tiles"],
+                "peak_rss_mb": peak.value / 2**20, "baseline_rss_mb": child["baseline_rss"] / 2**20,
+                "peak_above_baseline_mb": (peak.value - child["baseline_rss"]) / 2**20,
+                "restore_seconds": child["seconds"], "input_generation_seconds": gen_s,
+                "input_mpix_per_s": input_bytes / 1e6 / child["seconds"],
+            })
+            shutil.rmtree(inp, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if not dir:
+            shutil.rmtree(scratch, ignore_errors=True)
+    peaks = [r["peak_rss_mb"] for r in runs]
+    summary = {
+        "peak_rss_mb": {f"{r['input_gb']:.2f}GB": round(r["peak_rss_mb"], 1) for r in runs},
+        "largest_over_smallest": peaks[-1] / peaks[0] if peaks else None,
+        "below_1_5_GB": all(p < 1.5 * 1024 for p in peaks),
+        "flat_within_10_percent": bool(peaks) and max(peaks) / min(peaks) <= 1.10,
+        "model": model, "sink": sink,
+    }
+    return {"summary": summary, "runs": runs}
+
+
+# --------------------------------------------------------------------------- seams
+
+
+def _tiled_vs_whole(m, img, tile: int, halo: int) -> float:
+    import warnings
+
+    from .config import TileConfig
+    from .tiling import restore, restore_whole
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiled = restore(m, img, TileConfig(tile=tile, halo=halo), axes="YX")
+    whole = m.denormalize(restore_whole(m, m.normalize(img)[None], halo))[0]
+    return float(np.abs(tiled - whole).max()), float(np.abs(whole).max())
+
+
+def _window_scan(m, img, halos: list[int], core: int = 64) -> dict[int, float]:
+    """For each halo: one interior window (core + halo, aligned) vs the whole plane: the seam
+    error of an interior tile, at a fraction of the cost of a full tiling. The reference is
+    padded by ``p >= max(halos)`` with ``p = halo (mod 32)``, so the window has the same
+    alignment phase as in the engine (one whole-plane run per phase, not per halo)."""
+    import torch
+
+    from .tiling import ALIGN, restore_whole
+
+    hmax = max(halos)
+    x = m.normalize(img)
+    s = m.scale
+    c0 = (img.shape[0] - core) // 2 // ALIGN * ALIGN
+    refs: dict[int, np.ndarray] = {}
+    out = {}
+    for h in halos:
+        phase = h % ALIGN
+        if phase not in refs:
+            p = phase + ALIGN * -(-(hmax - phase) // ALIGN)
+            refs[phase] = restore_whole(m, x[None], p)[0]
+        w = -(-(core + 2 * h) // ALIGN) * ALIGN
+        idx = np.arange(c0 - h, c0 - h + w)
+        idx = reflect_index(idx, img.shape[0])
+        win = x[np.ix_(idx, idx)]
+        with torch.inference_mode():
+            y = m.net(torch.from_numpy(np.ascontiguousarray(win))[None, None]).float().numpy()[0, 0]
+        core_out = y[h * s:(h + core) * s, h * s:(h + core) * s]
+        ref = refs[phase][c0 * s:(c0 + core) * s, c0 * s:(c0 + core) * s]
+        out[h] = float(np.abs(core_out - ref).max())
+    return out
+
+
+@benchmark("seams")
+def bench_seams(encoders: str = "tiny,resnet18s", scale: str = "4", step: str = "8",
+                threads: str = "") -> dict:
+    """Tiled vs whole-image max abs difference (module docstring). Options: ``encoders``
+    (comma list: tiny, resnet18s, resnet18, resnet34, resnet50, or model folders), ``scale``,
+    ``step`` (halo scan step), ``threads``."""
+    from .models import ENCODER_STRIDE
+    from .tiling import ALIGN
+
+    _set_threads(threads)
+    results = {}
+    for enc in encoders.split(","):
+        t0 = time.perf_counter()
+        m = _get_model(enc, int(scale))
+        rf = int(m.receptive_field)
+        rng = np.random.default_rng(0)
+        settings = []
+        for h in sorted({0, 16, rf // 2, rf, rf + 16}):
+            tile = max(64, -(-h // ALIGN) * ALIGN)
+            side = 2 * tile + 37  # 3 x 3 tiles, the last ones partial
+            img = rng.random((side, side), dtype=np.float32)
+            diff, scale_ = _tiled_vs_whole(m, img, tile, h)
+            settings.append({"tile": tile, "halo": h, "image": [side, side], "max_abs_diff": diff,
+                             "output_abs_max": scale_,
+                             "halo_ge_rf": h >= rf, "meets_1e-4": diff <= 1e-4})
+        halos = list(range(0, rf + 2 * int(step) + 1, int(step)))
+        side = 64 + 2 * (max(halos) + 4 * ALIGN)
+        scan = _window_scan(m, rng.random((side, side), dtype=np.float32), halos)
+        needed = next((h for h in halos if all(scan[g] <= 1e-4 for g in halos if g >= h)), None)
+        saturated = rf >= max(384, ENCODER_STRIDE.get(m.config.arch.encoder, 32) * 16) // 2
+        results[m.name] = {"encoder": m.config.arch.encoder, "receptive_field": rf,
+                           "receptive_field_at_measurement_cap": saturated,
+                           "settings": settings, "halo_scan": {str(k): v for k, v in scan.items()},
+                           "halo_needed_for_1e-4": needed, "seconds": time.perf_counter() - t0}
+    summary = {name: {"receptive_field": r["receptive_field"],
+                      "halo_needed_for_1e-4": r["halo_needed_for_1e-4"],
+                      "max_diff_halo_ge_rf": max(s["max_abs_diff"] for s in r["settings"]
+                                                 if s["halo_ge_rf"]),
+                      "max_diff_halo_0": next(s["max_abs_diff"] for s in r["settings"]
+                                              if s["halo"] == 0)}
+               for name, r in results.items()}
+    summary["target"] = "max abs diff <= 1e-4 whenever halo >= receptive field"
+    summary["all_meet_target"] = all(s["meets_1e-4"] for r in results.values()
+                                     for s in r["settings"] if s["halo_ge_rf"])
+    return {"summary": summary, "encoders": results, "note": "random weights; fp32; CPU" if
+            not _cuda() else "random weights; fp32"}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+

@@ -1,0 +1,174 @@
+"""Restored result against HR ground truth: intensity mapping, scores, error maps, regions.
+
+Scores are those of :mod:`napari_decrappify.metrics` (DATA.md protocol): intensities mapped to
+[0, 1] by the ground truth's convention (uint8 / 255, floats in [0, 1] kept, otherwise the
+ground truth's global 0.1/99.9 percentiles), then PSNR / SSIM per plane with ``data_range=1``,
+averaged over non-blank planes. When the LR input and the ground truth have different dtypes
+(e.g. a float [0, 1] crappified input beside a uint8 HR), predictions are in the *input's*
+units and are mapped by the input's convention instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import metrics
+
+
+class UnitMap:
+    """:func:`metrics.unit_range` with its reference statistics computed once.
+
+    ``UnitMap(ref)(a)`` equals ``metrics.unit_range(a, ref)`` for numpy arrays, and also works
+    lazily on dask arrays (for error maps of lazy results).
+    """
+
+    def __init__(self, reference, percentiles=(0.1, 99.9)):
+        ref = np.asarray(reference)
+        if ref.dtype == np.uint8:
+            self.mode = "uint8"
+        elif np.issubdtype(ref.dtype, np.floating) and ref.min() >= 0 and ref.max() <= 1:
+            self.mode = "unit"
+        else:
+            self.mode = "percentile"
+            self.lo, self.hi = np.percentile(ref, percentiles)
+
+    def __call__(self, a):
+        if self.mode == "uint8":
+            return (a.astype(np.float32) / 255.0).clip(0, 1)
+        if self.mode == "unit":
+            return a.astype(np.float32).clip(0, 1)
+        return ((a.astype(np.float32) - self.lo) / max(self.hi - self.lo, 1e-12)).clip(0, 1)
+
+
+@dataclass
+class GroundTruth:
+    """A ground-truth stack matched to a restored result (cropped to its shape), and the
+    intensity maps for predictions (``pred_map``) and for the ground truth (``gt_map``)."""
+
+    data: object
+    pred_map: UnitMap
+    gt_map: UnitMap
+
+
+def match_ground_truth(hr, restored_shape: tuple[int, ...], scale: int, name: str = "ground truth",
+                       ) -> object:
+    """``hr`` cropped on Y, X to ``restored_shape`` (LR made from HR cropped to a multiple of the
+    scale, see :func:`crappify.crop_to_multiple`); a clear error when the shapes cannot match."""
+    hr_shape = tuple(hr.shape)
+    ok = (len(hr_shape) == len(restored_shape) and hr_shape[:-2] == tuple(restored_shape[:-2])
+          and all(restored_shape[i] <= hr_shape[i] < restored_shape[i] + scale for i in (-2, -1)))
+    if not ok:
+        raise ValueError(
+            f"{name} has shape {hr_shape} but the restored result has shape {tuple(restored_shape)} "
+            f"(the input's shape times the model's scale {scale} on Y, X): choose the HR version of "
+            "the input"
+        )
+    return hr[..., : restored_shape[-2], : restored_shape[-1]]
+
+
+def ground_truth(hr, lr, restored_shape, scale: int, name: str = "ground truth") -> GroundTruth:
+    """Match ``hr`` to a restored result of ``lr`` and build the intensity maps (module doc)."""
+    data = match_ground_truth(hr, restored_shape, scale, name)
+    hr_ref = np.asarray(data)
+    gt_map = UnitMap(hr_ref)
+    pred_map = gt_map if np.dtype(lr.dtype) == hr_ref.dtype else UnitMap(np.asarray(lr))
+    return GroundTruth(data=data, pred_map=pred_map, gt_map=gt_map)
+
+
+def score(pred, gt: GroundTruth, index: tuple[int, ...] | None = None) -> dict | None:
+    """:func:`metrics.evaluate` of ``pred`` against the ground truth (whole stack, or the plane at
+    ``index``); ``None`` when every ground-truth plane there is blank."""
+    g = gt.data if index is None else gt.data[index]
+    p = np.asarray(pred, dtype=np.float32)
+    try:
+        return metrics.evaluate(gt.pred_map(p), gt.gt_map(np.asarray(g)), normalised=True)
+    except ValueError as e:
+        if "blank" in str(e):
+            return None
+        raise
+
+
+def bicubic(lr, scale: int) -> np.ndarray:
+    """The bicubic baseline, plane by plane (:func:`metrics.bicubic_upsample`)."""
+    lr = np.asarray(lr, dtype=np.float32)
+    if lr.ndim == 2:
+        return metrics.bicubic_upsample(lr, scale)
+    planes = lr.reshape(-1, *lr.shape[-2:])
+    out = np.stack([metrics.bicubic_upsample(p, scale) for p in planes])
+    return out.reshape(*lr.shape[:-2], *out.shape[-2:])
+
+
+def error_map(restored, gt: GroundTruth):
+    """``|restored - ground truth|`` in [0, 1] units, lazily when ``restored`` is a dask array."""
+    import dask.array as da
+
+    r = restored if isinstance(restored, da.Array) else np.asarray(restored)
+    g = gt.data
+    if isinstance(r, da.Array) and not isinstance(g, da.Array):
+        g = da.from_array(np.asarray(g), chunks=r.chunks)
+    return abs(gt.pred_map(r) - gt.gt_map(g))
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def bbox_from_world(corners_world: np.ndarray, layer, yx_shape: tuple[int, int],
+                    ) -> tuple[int, int, int, int]:
+    """Pixel box ``(y0, y1, x0, x1)`` of ``layer`` covering world points ``corners_world``
+    (rows of full world coordinates), clipped to the image."""
+    pts = np.array([layer.world_to_data(p) for p in corners_world], dtype=float)[:, -2:]
+    lo = np.floor(pts.min(axis=0) + 0.5).astype(int)
+    hi = np.ceil(pts.max(axis=0) + 0.5).astype(int)
+    y0, x0 = np.clip(lo, 0, yx_shape)
+    y1, x1 = np.clip(hi, 0, yx_shape)
+    if y1 - y0 < 2 or x1 - x0 < 2:
+        raise ValueError("the region does not overlap the image (or is smaller than 2 pixels)")
+    return int(y0), int(y1), int(x0), int(x1)
+
+
+def view_corners_world(viewer) -> np.ndarray:
+    """World coordinates of the corners of what the canvas shows (2-D view)."""
+    h, w = viewer.canvas.size
+    zoom = viewer.camera.zoom
+    cy, cx = viewer.camera.center[-2:]
+    point = np.asarray(viewer.dims.point, dtype=float)
+    rows = []
+    for dy in (-0.5, 0.5):
+        for dx in (-0.5, 0.5):
+            p = point.copy()
+            p[-2], p[-1] = cy + dy * h / zoom, cx + dx * w / zoom
+            rows.append(p)
+    return np.array(rows)
+
+
+def shape_corners_world(shapes_layer, viewer) -> np.ndarray:
+    """World coordinates of the vertices of the selected (else the last) shape."""
+    if len(shapes_layer.data) == 0:
+        raise ValueError(f"shapes layer {shapes_layer.name!r} has no shape: draw a rectangle")
+    selected = sorted(shapes_layer.selected_data)
+    i = selected[-1] if selected else len(shapes_layer.data) - 1
+    verts = np.asarray(shapes_layer.data[i], dtype=float)
+    point = np.asarray(viewer.dims.point, dtype=float)
+    rows = []
+    for v in verts:
+        w = np.asarray(shapes_layer.data_to_world(v), dtype=float)
+        p = point.copy()  # the current plane, whatever plane the shape was drawn on
+        p[-2:] = w[-2:]
+        rows.append(p)
+    return np.array(rows)
+
+
+def halo_box(box: tuple[int, int, int, int], halo: int, yx_shape: tuple[int, int], align: int = 32,
+             ) -> tuple[int, int, int, int]:
+    """``box`` grown by at least ``halo`` pixels on every side, clipped to the image, with its
+    origin on a multiple of ``align``.
+
+    A U-Net is shift-equivariant only for shifts by multiples of its total stride: a crop that
+    starts on the same alignment grid as the tiled engine's windows gives exactly the pixels of
+    the full restore (with ``halo`` >= the receptive field), not a slightly different version.
+    """
+    y0, y1, x0, x1 = box
+    return (max(0, (y0 - halo) // align * align), min(yx_shape[0], y1 + halo),
+            max(0, (x0 - halo) // align * align), min(yx_shape[1], x1 + halo))

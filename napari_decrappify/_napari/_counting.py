@@ -1,0 +1,278 @@
+"""Blinded counting study dock: how PSSR was validated by human experts.
+
+Choose the source layers (e.g. LR, restored, HR; smaller layers are upsampled bicubically to
+the reference's grid) and the reference (HR). "New study" cuts the same crops from every
+source, shuffles them and shows them one at a time with their origin hidden (the source layers
+are hidden meanwhile); click every object (a Points layer in add mode), then "Next crop". The
+study is saved as JSON after every crop: "Resume" continues it later, and a second annotator
+can resume a copy under their own name ("new session"). "Unblind" reports, per source, counts,
+false negatives (missed) and false positives against the reference clicks at the same places,
+and the agreement with another annotator's file when one is given.
+
+The logic is :class:`napari_decrappify.segment.CountingStudy`; this module only shows crops.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    Select,
+    SpinBox,
+)
+from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
+
+from ._layers import base_data, current_plane, layer_axes
+from ._ui import DockBody, layer_choices
+
+CROP_LAYER = "blinded crop"
+CLICKS_LAYER = "clicks"
+
+
+def _image_type():
+    from napari.layers import Image
+
+    return Image
+
+
+class CountingStudyWidget(DockBody):
+    """Blinded counting study: shuffled crops from LR / restored / HR, click objects, unblind."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = v = napari_viewer
+        self.study = None
+        self.images: dict[str, np.ndarray] = {}
+        self.current: int | None = None
+        self.results: dict | None = None
+        self._hidden: list = []
+
+        self.sources = Select(label="sources", choices=layer_choices(v, _image_type()),
+                              allow_multiple=True)
+        self.sources.native.setMaximumHeight(90)
+        self.reference = ComboBox(label="reference (truth)", choices=layer_choices(v, _image_type()))
+        self.locations = SpinBox(label="locations", value=4, min=1, max=1000)
+        self.size = SpinBox(label="crop size (px)", value=128, min=16, max=4096, step=16)
+        self.max_distance = FloatSpinBox(label="match distance (px)", value=6.0, min=0.5, max=500)
+        self.annotator = LineEdit(label="annotator", value="annotator 1")
+        self.path = FileEdit(label="study file", mode="w", filter="*.json",
+                             value="counting-study.json")
+        self.other = FileEdit(label="other annotator", mode="r", filter="*.json", value="",
+                              tooltip="optional: a second annotator's study file, for agreement")
+        self.new_button = PushButton(text="New study")
+        self.resume_button = PushButton(text="Resume study")
+        self.session_button = PushButton(text="New session (same crops, this annotator)")
+        self.next_button = PushButton(text="Next crop", enabled=False)
+        self.unblind_button = PushButton(text="Unblind")
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.form = Container(widgets=[
+            self.sources, self.reference, self.locations, self.size, self.max_distance,
+            self.annotator, self.path, self.other, self.new_button, self.resume_button,
+            self.session_button, self.next_button, self.unblind_button, self.status])
+        self.table = QTableWidget(0, 7)
+        self.table.setHorizontalHeaderLabels(["source", "count", "reference", "TP", "missed (FN)",
+                                              "FP", "F1"])
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setMinimumHeight(120)
+        self.add(self.form)
+        self._layout.addWidget(self.table)
+        self.finish()
+
+        self.new_button.changed.connect(self.new_study)
+        self.resume_button.changed.connect(self.resume)
+        self.session_button.changed.connect(self.new_session)
+        self.next_button.changed.connect(self.next_crop)
+        self.unblind_button.changed.connect(self.unblind)
+        for ev in ("inserted", "removed", "reordered", "renamed"):
+            getattr(v.layers.events, ev).connect(self.reset_choices)
+
+    # ------------------------------------------------------------------ data
+    def _plane(self, layer) -> np.ndarray:
+        data = base_data(layer)
+        axes = layer_axes(layer)
+        if len(axes) > 2:
+            data = data[current_plane(self.viewer, layer, axes)]
+        return np.asarray(data, dtype=np.float32)
+
+    def _collect(self, names=None) -> dict[str, np.ndarray]:
+        """2-D images of the chosen sources (current plane) on the reference's grid."""
+        from ..metrics import bicubic_upsample
+
+        ref = self.reference.value
+        if ref is None:
+            raise ValueError("choose the reference layer (the HR ground truth)")
+        layers = list(self.sources.value or [])
+        if ref not in layers:
+            layers.append(ref)
+        if names is not None:
+            by_name = {layer.name: layer for layer in self.viewer.layers}
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise ValueError(f"the study needs layers named {missing}: open them first")
+            layers = [by_name[n] for n in names]
+        if len(layers) < 2:
+            raise ValueError("choose at least one source besides the reference")
+        grid = self._plane(ref).shape
+        out = {}
+        for layer in layers:
+            img = self._plane(layer)
+            if img.shape != grid:
+                f = grid[1] / img.shape[1]
+                if not float(f).is_integer() or img.shape[0] * f != grid[0]:
+                    raise ValueError(f"layer {layer.name!r} {img.shape} is not on the reference "
+                                     f"grid {grid} nor an integer downscale of it")
+                img = bicubic_upsample(img, int(f))
+            out[layer.name] = img
+        return out
+
+    # ------------------------------------------------------------------ study lifecycle
+    def new_study(self, *_args):
+        from ..segment import CountingStudy
+
+        try:
+            images = self._collect()
+            ref = self.reference.value.name
+            study = CountingStudy.create(next(iter(images.values())).shape, list(images), ref,
+                                         n_locations=int(self.locations.value),
+                                         size=int(self.size.value), annotator=self.annotator.value,
+                                         max_distance=float(self.max_distance.value))
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        self.study, self.images = study, images
+        study.save(self._study_path())
+        self._begin()
+        return study
+
+    def resume(self, *_args):
+        from ..segment import CountingStudy
+
+        try:
+            study = CountingStudy.load(self._study_path())
+            self.images = self._collect(study.sources)
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        self.study = study
+        self._begin()
+        return study
+
+    def new_session(self, *_args):
+        """The loaded study's crops for another annotator, saved under a new file name."""
+        from ..segment import CountingStudy, new_session
+
+        try:
+            base = self.study or CountingStudy.load(self._study_path())
+            self.images = self.images or self._collect(base.sources)
+            name = self.annotator.value.strip() or "annotator 2"
+            if name == base.annotator:
+                raise ValueError("enter the new annotator's name first")
+            study = new_session(base, name)
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        path = self._study_path()
+        safe = "".join(c if c.isalnum() else "-" for c in name)
+        study.save(path.with_name(f"{path.stem}-{safe}.json"))
+        self.path.value = study.path
+        self.study = study
+        self._begin()
+        return study
+
+    def _study_path(self) -> Path:
+        p = Path(self.path.value).expanduser()
+        return p if p.suffix.lower() == ".json" else p.with_suffix(".json")
+
+    def _begin(self) -> None:
+        # hide the named sources so that nothing on screen tells where a crop comes from
+        sources = set(self.study.sources)
+        self._hidden = [layer for layer in self.viewer.layers
+                        if (layer.visible or layer.name in sources)
+                        and layer.name not in (CROP_LAYER, CLICKS_LAYER)]
+        for layer in self._hidden:
+            layer.visible = False
+        self._show(self.study.next_index())
+
+    def _show(self, k: int | None) -> None:
+        self.current = k
+        for name in (CROP_LAYER, CLICKS_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        if k is None:
+            self.next_button.enabled = False
+            for layer in self._hidden:
+                layer.visible = True
+            self._hidden = []
+            self._set_status(f"study complete ({self.study.n_crops} crops): unblind to see the "
+                             "results")
+            return
+        crop = self.study.crop(k, self.images)
+        lo, hi = np.percentile(crop, (0.5, 99.5))
+        limits = (float(lo), float(max(hi, lo + 1e-6)))
+        self.viewer.add_image(crop, name=CROP_LAYER, contrast_limits=limits, colormap="gray")
+        points = self.viewer.add_points(np.zeros((0, 2)), name=CLICKS_LAYER,
+                                        size=max(3, self.study.size // 32), face_color="yellow")
+        points.mode = "add"
+        self.viewer.reset_view()
+        self.next_button.enabled = True
+        self._set_status(f"crop {self.study.n_done + 1} of {self.study.n_crops} (origin hidden): "
+                         "click every object, then 'Next crop'")
+
+    def next_crop(self, *_args):
+        """Record the clicks on the shown crop, save the study, show the next crop."""
+        if self.study is None or self.current is None:
+            return None
+        points = self.viewer.layers[CLICKS_LAYER].data if CLICKS_LAYER in self.viewer.layers else []
+        try:
+            self.study.record(self.current, np.asarray(points)[:, -2:] if len(points) else [])
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        self.study.save()
+        self._show(self.study.next_index())
+        return self.current
+
+    def unblind(self, *_args):
+        from ..segment import CountingStudy, annotator_agreement
+
+        try:
+            study = self.study or CountingStudy.load(self._study_path())
+            res = study.unblind(float(self.max_distance.value))
+            other = str(self.other.value or "")
+            if other not in ("", "."):
+                res["agreement"] = annotator_agreement(study, CountingStudy.load(other),
+                                                       float(self.max_distance.value))
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        self.results = res
+        rows = res["sources"]
+        self.table.setRowCount(len(rows))
+        for r, (name, s) in enumerate(rows.items()):
+            vals = [name, s["count"], s["reference_count"], s["tp"], s["fn"], s["fp"], f"{s['f1']:.3f}"]
+            for c, val in enumerate(vals):
+                self.table.setItem(r, c, QTableWidgetItem(str(val)))
+        self.table.resizeColumnsToContents()
+        out = (study.path or self._study_path())
+        results_path = out.with_name(out.stem + "_results.json")
+        results_path.write_text(json.dumps(res, indent=1))
+        text = (f"unblinded ({'complete' if res['complete'] else 'partial'}); reference "
+                f"{res['reference']}; wrote {results_path.name}")
+        if "agreement" in res:
+            text += "\nagreement with the other annotator (F1): " + ", ".join(
+                f"{n} {s['f1']:.2f}" for n, s in res["agreement"]["sources"].items())
+        self._set_status(text)
+        return res
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text

@@ -1,0 +1,136 @@
+"""Layers in, layers out: axes and physical geometry of napari layers, and the layer-data tuples
+of restored results, so that LR input, restored output and HR ground truth overlay exactly.
+
+Geometry follows :func:`napari_decrappify.io.upscale_geometry`: a result upsampled ``f`` times
+on Y, X has pixel size ``s / f`` and origin ``t + 0.5 * s * (1 / f - 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import io
+
+AXES_CHARS = "TCZYX"
+
+
+def unit_names(units, ndim: int) -> tuple[str, ...]:
+    """Units as plain strings (napari stores pint units; ``None`` -> ``"pixel"``)."""
+    if units is None:
+        return ("pixel",) * ndim
+    return tuple(str(u) if u is not None else "pixel" for u in units)
+
+
+def layer_axes(layer, axes: str | None = None) -> str:
+    """The axes string of an image layer: ``axes`` if given (validated), else the layer's axis
+    labels when they are letters from ``TCZYX``, else ``metadata["axes"]``, else a guess by
+    dimension (``YX``, ``ZYX``, ``TZYX`` ...)."""
+    ndim = layer.ndim
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"layer {layer.name!r} is RGB: restoration models take one channel; "
+                         "split the channels first (right click > Split RGB)")
+    if axes:
+        return io.check_axes(axes.strip(), ndim)
+    labels = "".join(str(a).upper() for a in getattr(layer, "axis_labels", ()) or ())
+    if len(labels) == ndim and set(labels) <= set(AXES_CHARS):
+        try:
+            return io.check_axes(labels, ndim)
+        except ValueError:
+            pass
+    meta_axes = (layer.metadata or {}).get("axes")
+    if isinstance(meta_axes, str):
+        try:
+            return io.check_axes(meta_axes, ndim)
+        except ValueError:
+            pass
+    return io.guess_axes(ndim)
+
+
+def layer_geometry(layer) -> tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
+    """``(scale, translate, units)`` of a layer, as plain floats and strings."""
+    scale = tuple(float(s) for s in layer.scale)
+    translate = tuple(float(t) for t in layer.translate)
+    return scale, translate, unit_names(getattr(layer, "units", None), layer.ndim)
+
+
+def restored_name(source_name: str, model_name: str) -> str:
+    return f"{source_name} restored ({model_name})"
+
+
+def mode_text(scale: int, kind: str = "restoration") -> str:
+    """What a model does, in words: ``denoise``, ``4x super-resolution`` ..."""
+    if kind == "segmentation":
+        return "segmentation"
+    return "denoise (1x)" if scale == 1 else f"{scale}x super-resolution (+ denoise)"
+
+
+def model_metadata(model, axes: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a restored layer records about how it was made."""
+    return {
+        "model": model.name,
+        "model_path": str(model.path) if model.path else None,
+        "weights_sha256": model.weights_hash,
+        "scale": model.scale,
+        "axes": axes,
+        "parameters": dict(params or {}),
+    }
+
+
+def restored_layer_kwargs(source, model, axes: str, params: dict[str, Any] | None = None,
+                          name: str | None = None) -> dict[str, Any]:
+    """napari ``add_image`` keyword arguments for ``source`` restored by ``model``: geometry
+    from :func:`io.upscale_geometry`, the input's units, axis labels and contrast limits
+    (the output is in the input's intensity units), and the model's identity in metadata."""
+    scale, translate, units = layer_geometry(source)
+    new_scale, new_translate = io.upscale_geometry(scale, translate, axes, model.scale)
+    meta = dict(source.metadata or {})
+    meta["axes"] = axes
+    meta["decrappify"] = {**model_metadata(model, axes, params), "source": source.name}
+    kwargs = {
+        "name": name or restored_name(source.name, model.name),
+        "scale": new_scale,
+        "translate": new_translate,
+        "units": units,
+        "axis_labels": tuple(axes.lower()),
+        "metadata": meta,
+        "colormap": source.colormap.name,
+        "blending": "translucent",
+    }
+    if source.contrast_limits is not None:
+        kwargs["contrast_limits"] = tuple(float(c) for c in source.contrast_limits)
+    return kwargs
+
+
+def image_tuple(image: io.ImageData, **extra) -> tuple[Any, dict[str, Any], str]:
+    """A napari ``LayerDataTuple`` for an :class:`io.ImageData` (reader output)."""
+    kwargs = {
+        "name": image.name,
+        "scale": image.scale,
+        "translate": image.translate,
+        "units": image.units,
+        "axis_labels": tuple(image.axes.lower()),
+        "metadata": {**image.metadata, "axes": image.axes},
+    }
+    kwargs.update(extra)
+    return image.data, kwargs, "image"
+
+
+def current_plane(viewer, layer, axes: str) -> tuple[int, ...]:
+    """Data indices of ``layer`` for every axis but Y, X at the viewer's current position."""
+    lead = len(axes) - 2
+    if lead == 0:
+        return ()
+    point = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)
+    shape = layer.level_shapes[0] if getattr(layer, "multiscale", False) else layer.data.shape
+    idx = []
+    for d in range(lead):
+        i = int(np.clip(np.round(point[d]), 0, shape[d] - 1))
+        idx.append(i)
+    return tuple(idx)
+
+
+def base_data(layer):
+    """Full-resolution data of a (possibly multiscale) image layer."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data

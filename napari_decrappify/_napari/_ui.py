@@ -1,0 +1,123 @@
+"""Small Qt / magicgui helpers shared by the docks: scrollable dock body, collapsible sections,
+layer choices, a matplotlib canvas themed like the viewer."""
+
+from __future__ import annotations
+
+from magicgui.widgets import Container
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+
+class DockBody(QWidget):
+    """A dock's widget: a vertical, scrollable stack of magicgui containers and Qt sections.
+
+    ``reset_choices`` (called by napari when layers change) is forwarded to every magicgui
+    container added with :meth:`add`.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self._scroll = QScrollArea()
+        self._scroll.setWidgetResizable(True)
+        self._scroll.setFrameShape(QFrame.NoFrame)
+        # the dock's width is the user's: long model names or messages wrap or elide instead
+        self._scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        inner = QWidget()
+        self._layout = QVBoxLayout(inner)
+        self._layout.setContentsMargins(6, 6, 6, 6)
+        self._scroll.setWidget(inner)
+        outer.addWidget(self._scroll)
+        self._containers: list[Container] = []
+
+    def add(self, container: Container, title: str | None = None, collapsed: bool = True):
+        """Add a magicgui container, optionally inside a collapsible section titled ``title``."""
+        self._containers.append(container)
+        _fit_width(container.native)
+        if title is None:
+            self._layout.addWidget(container.native)
+            return None
+        section = QCollapsible(title)
+        section.addWidget(container.native)
+        if not collapsed:
+            section.expand(animate=False)
+        self._layout.addWidget(section)
+        return section
+
+    def finish(self) -> None:
+        self._layout.addStretch(1)
+
+    def reset_choices(self, *_args) -> None:
+        for c in self._containers:
+            c.reset_choices()
+
+
+def note(text: str = ""):
+    """A magicgui Label that wraps its text (messages, tables, explanations)."""
+    from magicgui.widgets import Label
+
+    label = Label(value=text)
+    label.native.setWordWrap(True)
+    return label
+
+
+def _fit_width(widget: QWidget) -> None:
+    """Let combo boxes shrink (elided) and labels wrap, so a narrow dock shows everything."""
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(8)
+    for label in widget.findChildren(QLabel):
+        if label.wordWrap():
+            label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.MinimumExpanding)
+
+
+def layer_choices(viewer, kind=None, optional: bool = False):
+    """A magicgui ``choices`` callable listing the viewer's layers (of type ``kind``)."""
+
+    def choices(_widget=None):
+        from napari.layers import Image
+
+        k = kind or Image
+        items = [(layer.name, layer) for layer in viewer.layers if isinstance(layer, k)]
+        return ([("(none)", None)] if optional else []) + items
+
+    return choices
+
+
+def themed_figure(viewer, figsize=(4.0, 2.6)):
+    """A matplotlib ``Figure`` and its Qt canvas, coloured like the viewer's theme."""
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme)
+        bg, fg = theme.canvas.as_hex(), theme.text.as_hex()
+    except Exception:  # noqa: BLE001 - a custom theme without these fields
+        bg, fg = "#262930", "#f0f1f2"
+    fig = Figure(figsize=figsize, facecolor=bg, layout="constrained")
+    canvas = FigureCanvasQTAgg(fig)
+    canvas.setMinimumHeight(200)
+    fig._decrappify_colors = (bg, fg)  # noqa: SLF001 - used to style axes created later
+    return fig, canvas
+
+
+def style_axes(ax, fig) -> None:
+    bg, fg = getattr(fig, "_decrappify_colors", ("#262930", "#f0f1f2"))
+    ax.set_facecolor(bg)
+    ax.tick_params(colors=fg, labelsize=8)
+    for spine in ax.spines.values():
+        spine.set_color(fg)
+    ax.xaxis.label.set_color(fg)
+    ax.yaxis.label.set_color(fg)
+    ax.title.set_color(fg)
+
+
+def devices() -> list[str]:
+    """Device choices: auto, cpu and each CUDA device."""
+    import torch
+
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -1,0 +1,262 @@
+"""Run core functions in napari thread workers: progress events to a progress bar, cancellation.
+
+The core reports progress through a callback (``progress(event_dict)``) and stops when a
+``threading.Event`` is set. A napari ``GeneratorWorker`` wants a generator that *yields* its
+progress, so :class:`CoreJob` runs the core call in a helper thread and its generator yields
+the events as they arrive (the stardist-napari pattern: the generator's ``yielded`` signal
+reaches the UI thread through Qt's queued connections). The UI thread never waits on the core.
+
+Cancelling sets the event; the core stops at its next check (between tiles, batches or
+chunks) and raises its ``...Cancelled`` exception (or, for training, returns with
+``stop_reason == "cancelled"``). Either way the job reports it through ``on_cancelled`` and never
+through ``on_result``, so a dock cannot add a half-computed layer by mistake.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker
+from napari.utils import progress as napari_progress
+from psygnal import Signal
+
+_DONE = object()
+# events whose every occurrence matters (plots); other kinds are coalesced to the latest one
+_KEEP_ALL = {"batch", "epoch", "done"}
+
+
+class _ModelEvents:
+    """Process-wide notification that a model folder was written (Train dock -> Restore dock)."""
+
+    saved = Signal(str)
+
+
+model_events = _ModelEvents()
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """True for the core's cancellation exceptions (``RestoreCancelled``, ``TrainingCancelled`` ...)."""
+    return type(exc).__name__.endswith(("Cancelled", "Canceled"))
+
+
+class _Failed:
+    """The core raised: carried as the generator's *return value*, because superqt's worker
+    treats a RuntimeError (the base of ``RestoreCancelled``) raised in a worker as "the worker
+    was deleted" and silently drops it, emitting neither ``returned`` nor ``errored``."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _relay(fn: Callable, args, kwargs, cancel: threading.Event):
+    """Generator: run ``fn(*args, progress=..., cancel=..., **kwargs)`` in a helper thread and
+    yield its progress events; return its result (or its exception wrapped in :class:`_Failed`)."""
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    outcome: dict[str, Any] = {}
+
+    def target():
+        try:
+            outcome["value"] = fn(*args, progress=events.put, cancel=cancel, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the worker thread below
+            outcome["error"] = e
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=target, name=f"decrappify-{getattr(fn, '__name__', 'job')}",
+                              daemon=True)
+    thread.start()
+    finished = False
+    while not finished:
+        batch = [events.get()]
+        while True:  # drain what else is waiting, so a fast core does not flood the UI thread
+            try:
+                batch.append(events.get_nowait())
+            except queue.Empty:
+                break
+        pending = None
+        for ev in batch:
+            if ev is _DONE:
+                finished = True
+                break
+            if isinstance(ev, dict) and ev.get("event") not in _KEEP_ALL:
+                if pending is not None and pending.get("event") != ev.get("event"):
+                    yield pending
+                pending = ev
+                continue
+            if pending is not None:
+                yield pending
+                pending = None
+            yield ev
+        if pending is not None:
+            yield pending
+    thread.join()
+    if "error" in outcome:
+        return _Failed(outcome["error"])
+    return outcome.get("value")
+
+
+def describe(event: dict) -> str:
+    """A one-line status for a progress event (tiles, chunks, batches, epochs)."""
+    kind = event.get("event", "")
+    parts = []
+    if kind == "batch":
+        parts.append(f"iteration {event.get('iteration')}/{event.get('total')}")
+        if event.get("loss") is not None:
+            parts.append(f"loss {event['loss']:.4f}")
+    elif kind == "epoch":
+        parts.append(f"epoch {event.get('epoch', 0) + 1}")
+        if event.get("valid_loss") is not None:
+            parts.append(f"valid loss {event['valid_loss']:.4f}")
+        if event.get("batch_psnr") is not None:
+            parts.append(f"valid PSNR {event['batch_psnr']:.2f} dB")
+    elif "done" in event and "total" in event:
+        parts.append(f"{kind} {event['done']}/{event['total']}")
+        if event.get("mpix_per_s"):
+            parts.append(f"{event['mpix_per_s']:.2f} Mpix/s")
+    if event.get("eta") is not None and kind != "epoch":
+        parts.append(f"ETA {event['eta']:.0f} s")
+    return ", ".join(parts) or kind
+
+
+class CoreJob:
+    """A core call running in a napari ``GeneratorWorker``, with a progress bar and cancel.
+
+    Parameters
+    ----------
+    fn : callable
+        Called as ``fn(*args, progress=callback, cancel=threading.Event, **kwargs)`` in a
+        worker thread.
+    description : str
+        Shown on the napari progress bar.
+    on_event : callable(dict), optional
+        Each progress event, in the UI thread.
+    on_result : callable(value), optional
+        The return value, in the UI thread, unless the job was cancelled.
+    on_cancelled : callable(), optional
+        Called instead of ``on_result``/``on_error`` when the job stopped because it was
+        cancelled. ``cancelled_if`` decides that for a returned value (training returns normally
+        with ``stop_reason == "cancelled"``).
+    on_error : callable(Exception), optional
+        Any other exception; by default shown as a napari error notification.
+    on_finished : callable(), optional
+        Always, last.
+    """
+
+    def __init__(self, fn: Callable, *args, description: str = "decrappify",
+                 on_event: Callable[[dict], None] | None = None,
+                 on_result: Callable[[Any], None] | None = None,
+                 on_cancelled: Callable[[], None] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None,
+                 on_finished: Callable[[], None] | None = None,
+                 cancelled_if: Callable[[Any], bool] | None = None,
+                 start: bool = True, **kwargs):
+        self.cancel_event = threading.Event()
+        self.description = description
+        self._on_event, self._on_result, self._on_cancelled = on_event, on_result, on_cancelled
+        self._on_error, self._on_finished = on_error, on_finished
+        self._cancelled_if = cancelled_if
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.status = "pending"  # pending -> running -> done | cancelled | failed
+        self.events: list[dict] = []
+        self.t0 = time.monotonic()
+        self.pbar: napari_progress | None = None
+        self._updating_bar = False
+        self.worker = GeneratorWorker(_relay, fn, args, kwargs, self.cancel_event)
+        self.worker.yielded.connect(self._event)
+        self.worker.returned.connect(self._returned)
+        self.worker.errored.connect(self._errored)
+        self.worker.finished.connect(self._finished)
+        self.worker.aborted.connect(self._aborted)  # worker.quit(), e.g. napari closing
+        if start:
+            self.start()
+
+    # -- control
+    def start(self) -> None:
+        self.status = "running"
+        self.t0 = time.monotonic()
+        self.pbar = napari_progress(total=0, desc=self.description)  # indeterminate until an event
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Ask the core to stop at its next check; the job then reports ``on_cancelled``."""
+        self.cancel_event.set()
+        if self.pbar is not None:
+            self.pbar.set_description(f"{self.description}: cancelling")
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    # -- slots (UI thread)
+    def _event(self, event) -> None:
+        if not isinstance(event, dict):
+            return
+        # Updating napari's progress bar can process Qt events, which delivers the next queued
+        # event *inside* this call: hand the event on first (so consumers see events in order),
+        # and let only the outermost call update the bar, from the latest event.
+        self.events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
+        if self.pbar is None or self._updating_bar:
+            return
+        self._updating_bar = True
+        try:
+            latest = self.events[-1]
+            done = latest.get("done", latest.get("iteration"))
+            total = latest.get("total")
+            if total and done is not None:
+                if self.pbar.total != total:
+                    self.pbar.total = int(total)
+                self.pbar.n = int(done)
+                self.pbar.refresh()
+            if not self.cancel_event.is_set():
+                self.pbar.set_description(f"{self.description}: {describe(latest)}")
+        finally:
+            self._updating_bar = False
+
+    def _returned(self, value) -> None:
+        if isinstance(value, _Failed):
+            self._errored(value.error)
+            return
+        self.result = value
+        if self.cancel_event.is_set() and self._cancelled_if is not None and self._cancelled_if(value):
+            self.status = "cancelled"
+            if self._on_cancelled is not None:
+                self._on_cancelled()
+            return
+        self.status = "done"
+        if self._on_result is not None:
+            self._on_result(value)
+
+    def _errored(self, exc: BaseException) -> None:
+        self.error = exc
+        if is_cancellation(exc):
+            self.status = "cancelled"
+            if self._on_cancelled is not None:
+                self._on_cancelled()
+            return
+        self.status = "failed"
+        if self._on_error is not None:
+            self._on_error(exc)
+        else:
+            from napari.utils.notifications import show_error
+
+            show_error(f"{self.description} failed: {exc}")
+
+    def _aborted(self) -> None:
+        self.cancel_event.set()  # the helper thread stops at the core's next check
+        self.status = "cancelled"
+        if self._on_cancelled is not None:
+            self._on_cancelled()
+
+    def _finished(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
+        if self._on_finished is not None:
+            self._on_finished()

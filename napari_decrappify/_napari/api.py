@@ -1,0 +1,208 @@
+"""Scripted sessions: restore layers of a running napari viewer from Python.
+
+The same operations as the Restore dock, for the napari console, a notebook or a script::
+
+    import napari
+    from napari_decrappify._napari.api import add_restored, compare
+
+    viewer = napari.Viewer()
+    em = viewer.add_image(lr_stack, name="em", scale=(40, 16, 16), units="nm")
+    restored = add_restored(viewer, em, "em-4x")                  # lazy: computed as viewed
+    hr = viewer.add_image(hr_stack, name="hr", scale=(40, 4, 4), units="nm")
+    restored = add_restored(viewer, "em", "em-4x", lazy=False, ground_truth="hr", tile=256)
+    restored.metadata["decrappify"]["metrics"]                  # PSNR / SSIM vs ground truth
+    compare(viewer, em, restored, hr)                            # grid: LR | restored | HR
+
+Results carry scale, translate and units (:func:`napari_decrappify.io.upscale_geometry`) so that
+they overlay the input and the ground truth exactly, and record the model (name, weights hash)
+and the parameters in ``layer.metadata["decrappify"]``. Without napari, use
+:func:`napari_decrappify.restore`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from . import _compare
+from ._layers import base_data, layer_axes, restored_layer_kwargs
+
+_MODEL_CACHE: dict[tuple, Any] = {}
+_MODEL_LOCK = threading.Lock()
+_GRID_STATE: dict[int, dict] = {}
+
+
+def resolve_model(model):
+    """A loaded model from a model object, a model folder or a bundled / user model name.
+
+    Loaded models are cached (keyed by folder and weights file time), so switching back and
+    forth in the dock does not reload them.
+    """
+    from ..models import WEIGHTS_FILE, load_model, resolve_model_path
+
+    if not isinstance(model, str | os.PathLike):
+        return model
+    path = resolve_model_path(model).resolve()
+    wfile = path / WEIGHTS_FILE
+    key = (str(path), wfile.stat().st_mtime_ns if wfile.exists() else None)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE[key] = load_model(path)
+        return _MODEL_CACHE[key]
+
+
+def _layer(viewer, layer):
+    if isinstance(layer, str):
+        if layer not in viewer.layers:
+            raise ValueError(f"no layer named {layer!r} in the viewer "
+                             f"(layers: {', '.join(x.name for x in viewer.layers) or 'none'})")
+        return viewer.layers[layer]
+    return layer
+
+
+def add_result_layer(viewer, source, model, data, axes: str, params: dict | None = None, *,
+                     lazy: bool = False, multiscale: bool | None = None, name: str | None = None):
+    """Add a restored array as an image layer just above ``source``, with the right geometry.
+
+    A lazy result of an upsampling model is added as a two-level multiscale layer
+    ``[restored, input]`` unless ``multiscale=False``: zoomed out, napari shows the input (no
+    network call); zoomed in, only the restored tiles on screen are computed.
+    """
+    kwargs = restored_layer_kwargs(source, model, axes, params, name=name)
+    kwargs["metadata"]["decrappify"]["lazy"] = bool(lazy)
+    if multiscale is None:
+        multiscale = lazy and model.scale > 1
+    if multiscale and model.scale > 1:
+        data = [data, base_data(source)]
+        kwargs["multiscale"] = True
+    layer = viewer.add_image(data, **kwargs)
+    # keep it next to its input in the layer list
+    src_index = viewer.layers.index(source) if source in viewer.layers else None
+    if src_index is not None:
+        viewer.layers.move(viewer.layers.index(layer), src_index + 1)
+    return layer
+
+
+def add_restored(viewer, layer, model, *, lazy: bool = True, ground_truth=None,
+                 axes: str | None = None, name: str | None = None, multiscale: bool | None = None,
+                 **tile_options):
+    """Restore an image layer with a model and add the result to the viewer.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer : napari.layers.Image or str
+        The input layer (or its name).
+    model : RestorationModel, str or path
+        A loaded model, a model folder, or a bundled / user model name (``"em-4x"``).
+    lazy : bool
+        True (default): a dask-backed layer computed tile by tile as it is viewed; returns at
+        once. False: compute everything now (blocking) and add an in-memory layer.
+    ground_truth : napari.layers.Image or str, optional
+        The HR version of the input. PSNR / SSIM of the restored result and of the bicubic
+        baseline (:mod:`napari_decrappify.metrics`) are stored in
+        ``result.metadata["decrappify"]["metrics"]``; this computes the whole result, also
+        when ``lazy``.
+    axes : str, optional
+        Axes of the input (``"ZYX"``); read from the layer (axis labels, metadata) or guessed.
+    name : str, optional
+        Layer name; default ``"<input> restored (<model>)"``.
+    multiscale : bool, optional
+        See :func:`add_result_layer`.
+    **tile_options
+        :class:`~napari_decrappify.config.TileConfig` fields: ``tile``, ``halo``, ``device`` ...
+
+    Returns
+    -------
+    napari.layers.Image
+        The new layer.
+    """
+    from .. import tiling
+    from ..config import TileConfig
+
+    source = _layer(viewer, layer)
+    axes = layer_axes(source, axes)
+    model = resolve_model(model)
+    config = TileConfig(**tile_options)
+    data = base_data(source)
+    params = {"tile_config": config.model_dump(), "lazy": lazy}
+    if lazy:
+        result = tiling.restore_lazy(model, data, config, axes=axes)
+    else:
+        result = tiling.restore(model, data, config, axes=axes)
+    scores = None
+    if ground_truth is not None:
+        scores = score_result(result, data, _layer(viewer, ground_truth), model.scale)
+    out = add_result_layer(viewer, source, model, result, axes, params, lazy=lazy,
+                           multiscale=multiscale, name=name)
+    if scores is not None:
+        out.metadata["decrappify"]["metrics"] = scores
+    return out
+
+
+def score_result(restored, lr, hr_layer, scale: int) -> dict:
+    """PSNR / SSIM (whole stack) of a restored result and of bicubic against an HR layer."""
+    gt = _compare.ground_truth(base_data(hr_layer), lr, restored.shape, scale, name=hr_layer.name)
+    return {
+        "ground_truth": hr_layer.name,
+        "restored": _compare.score(np.asarray(restored), gt),
+        "bicubic": _compare.score(_compare.bicubic(lr, scale), gt),
+    }
+
+
+def compare(viewer, lr_layer, restored_layer, hr_layer=None, *, enable: bool = True) -> None:
+    """Show ``LR | restored | HR`` side by side in napari's grid mode (or turn it off again).
+
+    Only these layers stay visible while the grid is on, in that order from the left; calling
+    with ``enable=False`` restores the previous visibility, layer order and grid settings.
+    Works the same whatever the layers' pixel sizes: each grid cell shows one layer in its
+    own physical coordinates.
+    """
+    state = _GRID_STATE.get(id(viewer))
+    if not enable:
+        if state is None or state["viewer"]() is not viewer:
+            viewer.grid.enabled = False
+            return
+        del _GRID_STATE[id(viewer)]
+        known = [lyr for lyr, _ in sorted(state["order"], key=lambda x: x[1]) if lyr in viewer.layers]
+        for target, lyr in enumerate(known):
+            current = viewer.layers.index(lyr)
+            if current > target:
+                viewer.layers.move(current, target)
+        for lyr, visible in state["visible"]:
+            if lyr in viewer.layers:
+                lyr.visible = visible
+        viewer.grid.enabled = state["grid"][0]
+        viewer.grid.shape = state["grid"][1]
+        viewer.grid.stride = state["grid"][2]
+        return
+    panels = [_layer(viewer, x) for x in (lr_layer, restored_layer, hr_layer) if x is not None]
+    if state is not None and (state["viewer"]() is not viewer or not viewer.grid.enabled):
+        state = None  # stale: another viewer with a recycled id, or the grid was turned off by hand
+    if state is None:
+        _GRID_STATE[id(viewer)] = {
+            "viewer": weakref.ref(viewer),
+            "order": [(lyr, i) for i, lyr in enumerate(viewer.layers)],
+            "visible": [(lyr, lyr.visible) for lyr in viewer.layers],
+            "grid": (viewer.grid.enabled, viewer.grid.shape, viewer.grid.stride),
+        }
+    # napari fills grid cells in layer-list order: put the panels in LR, restored, HR order
+    for prev, nxt in zip(panels, panels[1:], strict=False):
+        i, j = viewer.layers.index(prev), viewer.layers.index(nxt)
+        if j < i:
+            viewer.layers.move(j, i + 1)  # napari: insert before the item now at i + 1
+    for lyr in viewer.layers:
+        lyr.visible = lyr in panels
+    viewer.grid.stride = 1
+    viewer.grid.shape = (1, len(panels))
+    viewer.grid.enabled = True
+    viewer.reset_view()
+
+
+def grid_active(viewer) -> bool:
+    """Whether :func:`compare` currently shows a grid in ``viewer``."""
+    return id(viewer) in _GRID_STATE and bool(viewer.grid.enabled)

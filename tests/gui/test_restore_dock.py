@@ -1,0 +1,387 @@
+"""Restore dock end to end with a tiny model: layers with the right shape, geometry and metadata,
+cancel leaving nothing behind, the lazy layer computing only what is viewed, render to OME-Zarr,
+metrics equal to metrics.py, error map, grid, and region inspection."""
+
+import numpy as np
+import pytest
+from _tiny import lr_hr, save_tiny
+
+from napari_decrappify import metrics, tiling
+from napari_decrappify.config import TileConfig
+
+pytestmark = pytest.mark.gui
+
+LR_SCALE, LR_TRANSLATE = (40.0, 8.0, 8.0), (0.0, 100.0, 50.0)
+HR_SCALE, HR_TRANSLATE = (40.0, 4.0, 4.0), (0.0, 98.0, 48.0)  # io.upscale_geometry of the LR
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    d = tmp_path / "models"
+    d.mkdir()
+    monkeypatch.setenv("DECRAPPIFY_MODELS", str(d))
+    return d
+
+
+@pytest.fixture
+def tiny2x(model_dir):
+    return save_tiny(model_dir / "tiny-2x", scale=2)
+
+
+@pytest.fixture
+def forward_calls(monkeypatch):
+    """Tiles that went through the network (the engine's only call site is DeviceWorker._forward)."""
+    calls = []
+    original = tiling.DeviceWorker._forward
+
+    def counting(self, x):
+        calls.append(int(x.shape[0]))
+        return original(self, x)
+
+    monkeypatch.setattr(tiling.DeviceWorker, "_forward", counting)
+    return calls
+
+
+def _setup(viewer, seed, *, with_hr=True):
+    from napari_decrappify._napari.restore import RestoreWidget
+
+    lr, hr = lr_hr(seed)
+    lr_layer = viewer.add_image(lr, name="lr", scale=LR_SCALE, translate=LR_TRANSLATE,
+                                units=("nm", "nm", "nm"))
+    hr_layer = (viewer.add_image(hr, name="hr", scale=HR_SCALE, translate=HR_TRANSLATE,
+                                 units=("nm", "nm", "nm")) if with_hr else None)
+    dock = RestoreWidget(viewer)
+    dock.image.value = lr_layer
+    dock.halo.value = 8
+    dock.tile.value = 32
+    return dock, lr_layer, hr_layer
+
+
+def _wait(qtbot, job, timeout=60_000):
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.running, timeout=timeout)
+
+
+def test_dock_lists_models_and_shows_mode(make_napari_viewer, tiny2x, model_dir):
+    dock, lr_layer, _ = _setup(make_napari_viewer(), 1, with_hr=False)
+    assert dock.model.value == str(model_dir / "tiny-2x")
+    assert "2x super-resolution" in dock.mode.value and "tiny" in dock.mode.value
+    assert dock.axes.value == "ZYX"  # guessed from the 3-D layer
+
+
+def test_restore_in_memory_layer_geometry_and_metadata(make_napari_viewer, qtbot, tiny2x):
+    viewer = make_napari_viewer()
+    dock, lr_layer, hr_layer = _setup(viewer, 2)
+    dock.lazy.value = False
+    job = dock.run()
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+
+    name = "lr restored (tiny-2x)"
+    assert name in viewer.layers
+    out = viewer.layers[name]
+    assert out.data.shape == (3, 128, 128)
+    np.testing.assert_allclose(out.scale, HR_SCALE)
+    np.testing.assert_allclose(out.translate, HR_TRANSLATE)
+    assert [str(u) for u in out.units] == ["nanometer"] * 3
+    # restored pixel (0, 0, 0) sits where the HR pixel (0, 0, 0) is: they overlay exactly
+    np.testing.assert_allclose(out.data_to_world((0, 0, 0)), hr_layer.data_to_world((0, 0, 0)))
+    meta = out.metadata["decrappify"]
+    assert meta["model"] == "tiny-2x" and meta["weights_sha256"] == tiny2x.weights_hash
+    assert meta["source"] == "lr" and meta["axes"] == "ZYX"
+    assert meta["parameters"]["tile_config"]["tile"] == 32
+    # the numbers are the engine's
+    expected = tiling.restore(tiny2x, lr_layer.data, TileConfig(tile=32, halo=8), axes="ZYX")
+    np.testing.assert_allclose(out.data, expected, atol=1e-5)
+    assert viewer.layers.index(out) == viewer.layers.index(lr_layer) + 1
+
+
+def test_cancel_stops_worker_and_adds_no_layer(make_napari_viewer, qtbot, tiny2x, monkeypatch):
+    import time
+
+    original = tiling.DeviceWorker._forward
+
+    def slow(self, x):
+        time.sleep(0.3)
+        return original(self, x)
+
+    monkeypatch.setattr(tiling.DeviceWorker, "_forward", slow)
+    viewer = make_napari_viewer()
+    dock, *_ = _setup(viewer, 3, with_hr=False)
+    dock.lazy.value = False
+    n_layers = len(viewer.layers)
+    job = dock.run()  # 3 planes x 4 tiles of 32 px: ~4 s uncancelled
+    qtbot.waitUntil(lambda: len(job.events) >= 1, timeout=30_000)
+    assert dock.cancel_button.enabled
+    dock.cancel()
+    _wait(qtbot, job)
+    assert job.status == "cancelled"
+    assert len(viewer.layers) == n_layers
+    assert "cancelled" in dock.status.value
+    assert job.events[-1]["done"] < job.events[-1]["total"]
+    assert dock.restore_button.enabled and not dock.cancel_button.enabled
+
+
+def test_lazy_layer_computes_only_viewed_planes(make_napari_viewer, qtbot, tiny2x, forward_calls):
+    viewer = make_napari_viewer()
+    dock, lr_layer, _ = _setup(viewer, 4, with_hr=False)
+    dock.lazy.value = True
+    layer = dock.run()
+    qtbot.wait(100)
+    assert layer.name == "lr restored (tiny-2x)"
+    assert layer.multiscale and layer.data[0].shape == (3, 128, 128)
+    assert layer.data[1] is lr_layer.data  # zoomed out, napari may show the input itself
+    np.testing.assert_allclose(layer.scale, HR_SCALE)
+    np.testing.assert_allclose(layer.translate, HR_TRANSLATE)
+    per_plane = 4  # (64 / 32) ** 2 tiles of the LR plane
+    assert sum(forward_calls) == per_plane  # only the plane on screen
+    viewer.dims.set_current_step(0, 0)
+    qtbot.wait(100)
+    assert sum(forward_calls) == 2 * per_plane
+    viewer.dims.set_current_step(0, 1)  # seen before: cached, no new network call
+    qtbot.wait(100)
+    assert sum(forward_calls) == 2 * per_plane
+    # what napari shows is the engine's result for that plane
+    expected = tiling.restore(tiny2x, lr_layer.data[:1], TileConfig(tile=32, halo=8), axes="ZYX")
+    np.testing.assert_allclose(np.asarray(layer.data[0][0]), expected[0], atol=1e-5)
+
+
+def test_lazy_multiscale_shows_input_zoomed_out_and_computes_tiles_in_view(
+        make_napari_viewer, qtbot, tiny2x, forward_calls):
+    from napari_decrappify._napari.restore import RestoreWidget
+
+    viewer = make_napari_viewer()
+    lr = (np.random.default_rng(11).random((2, 640, 640)) * 255).astype(np.uint8)
+    viewer.add_image(lr, name="big")
+    dock = RestoreWidget(viewer)
+    dock.image.value = viewer.layers["big"]
+    dock.lazy.value, dock.tile.value, dock.halo.value = True, 64, 8
+    layer = dock.run()
+    qtbot.wait(100)
+    # the 1280 x 1280 result does not fit the canvas: napari shows the input level, no network call
+    assert layer.data_level == 1 and sum(forward_calls) == 0
+    viewer.camera.zoom *= 8
+    viewer.camera.center = (0, 100, 100)
+    viewer.window._qt_viewer.canvas.on_draw(None)  # what a shown canvas does on the next frame
+    qtbot.wait(100)
+    assert layer.data_level == 0
+    per_plane = (640 // 64) ** 2
+    assert 0 < sum(forward_calls) <= 16 < per_plane  # only the tiles in view (3 x 3 here)
+
+
+def test_render_all_to_ome_zarr_swaps_layer_data(make_napari_viewer, qtbot, tiny2x, tmp_path):
+    from napari_decrappify import io
+
+    viewer = make_napari_viewer()
+    dock, lr_layer, _ = _setup(viewer, 5, with_hr=False)
+    dock.lazy.value = True
+    layer = dock.run()
+    dock.render_path.value = tmp_path / "restored.ome.zarr"
+    job = dock.render_to_zarr()
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    assert job.events and job.events[-1]["event"] == "chunks"
+    store = io.open_image(tmp_path / "restored.ome.zarr")
+    assert store.axes == "ZYX"
+    np.testing.assert_allclose(store.scale, HR_SCALE)
+    np.testing.assert_allclose(store.translate, HR_TRANSLATE)
+    assert layer.metadata["decrappify"]["store"] == str(tmp_path / "restored.ome.zarr")
+    # the layer now reads from the store (same values as the engine)
+    assert layer.data[0].name == store.data.name
+    expected = tiling.restore(tiny2x, lr_layer.data, TileConfig(tile=32, halo=8), axes="ZYX")
+    np.testing.assert_allclose(np.asarray(layer.data[0]), expected, atol=1e-5)
+
+
+def test_render_cancel_keeps_layer_and_resumes(make_napari_viewer, qtbot, tiny2x, tmp_path,
+                                               monkeypatch):
+    import time
+
+    original = tiling.DeviceWorker._forward
+
+    def slow(self, x):
+        time.sleep(0.2)
+        return original(self, x)
+
+    monkeypatch.setattr(tiling.DeviceWorker, "_forward", slow)
+    viewer = make_napari_viewer()
+    dock, *_ = _setup(viewer, 12, with_hr=False)
+    dock.lazy.value = True
+    layer = dock.run()
+    lazy_data = layer.data[0]
+    dock.render_path.value = tmp_path / "partial.ome.zarr"
+    job = dock.render_to_zarr()
+    qtbot.waitUntil(lambda: len(job.events) >= 1, timeout=30_000)
+    dock.cancel()
+    _wait(qtbot, job)
+    assert job.status == "cancelled"
+    assert layer.data[0] is lazy_data and "store" not in layer.metadata["decrappify"]
+    assert "resumes" in dock.status.value
+    job = dock.render_to_zarr()  # same store, no overwrite: resumed, not refused
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    assert layer.metadata["decrappify"]["store"] == str(tmp_path / "partial.ome.zarr")
+
+
+def test_metrics_shown_equal_metrics_py(make_napari_viewer, qtbot, tiny2x):
+    viewer = make_napari_viewer()
+    dock, lr_layer, hr_layer = _setup(viewer, 6)
+    dock.ground_truth.value = hr_layer
+    dock.lazy.value = False
+    job = dock.run()
+    _wait(qtbot, job)
+    restored = viewer.layers["lr restored (tiny-2x)"].data
+    lr, hr = lr_layer.data, hr_layer.data
+    bic = np.stack([metrics.bicubic_upsample(p, 2) for p in lr])
+
+    want_r = metrics.evaluate(restored, hr, normalised=False)
+    want_b = metrics.evaluate(bic, hr, normalised=False)
+    stack = dock.metrics["stack"]
+    assert stack["restored"]["psnr"] == pytest.approx(want_r["psnr"], abs=1e-9)
+    assert stack["restored"]["ssim"] == pytest.approx(want_r["ssim"], abs=1e-9)
+    assert stack["bicubic"]["psnr"] == pytest.approx(want_b["psnr"], abs=1e-9)
+    assert stack["bicubic"]["ssim"] == pytest.approx(want_b["ssim"], abs=1e-9)
+    assert f"{want_r['psnr']:.2f} dB" in dock.metrics_label.value
+    assert viewer.layers["lr restored (tiny-2x)"].metadata["decrappify"]["metrics"]["restored"][
+        "psnr"] == pytest.approx(want_r["psnr"])
+
+    # current plane: follows the viewer, same numbers as metrics.py on that plane
+    viewer.dims.set_current_step(0, 2)
+    plane = dock.metrics["plane"]
+    assert plane["index"] == (2,)
+    one = metrics.evaluate(restored[2], hr[2], normalised=False)
+    assert plane["restored"]["psnr"] == pytest.approx(one["psnr"], abs=1e-9)
+    assert plane["restored"]["ssim"] == pytest.approx(one["ssim"], abs=1e-9)
+    assert plane["bicubic"]["psnr"] == pytest.approx(
+        metrics.evaluate(bic[2], hr[2], normalised=False)["psnr"], abs=1e-9)
+
+    # lazy mode scores the plane on screen on request, with the same numbers
+    dock.lazy.value = True
+    dock.run()
+    qtbot.waitUntil(lambda: dock.job is not None and not dock.job.running, timeout=30_000)
+    assert dock.metrics["plane"]["index"] == (2,)
+    assert dock.metrics["plane"]["restored"]["psnr"] == pytest.approx(one["psnr"], abs=1e-5)
+
+
+def test_error_map_and_grid_toggle(make_napari_viewer, qtbot, tiny2x):
+    viewer = make_napari_viewer()
+    dock, lr_layer, hr_layer = _setup(viewer, 7)
+    dock.ground_truth.value = hr_layer
+    dock.lazy.value = False
+    _wait(qtbot, dock.run())
+    restored = viewer.layers["lr restored (tiny-2x)"]
+    err = dock.add_error_map()
+    want = np.abs(np.clip(restored.data / 255.0, 0, 1) - hr_layer.data / 255.0)
+    np.testing.assert_allclose(np.asarray(err.data), want, atol=1e-6)
+    np.testing.assert_allclose(err.scale, HR_SCALE)
+    np.testing.assert_allclose(err.translate, HR_TRANSLATE)
+
+    order_before = [layer.name for layer in viewer.layers]
+    dock.toggle_grid()
+    assert viewer.grid.enabled
+    assert [layer.name for layer in viewer.layers if layer.visible] == [
+        "lr", "lr restored (tiny-2x)", "hr"]
+    assert [viewer.grid.position(i, viewer.layers) for i, layer in enumerate(viewer.layers)
+            if layer.visible] == [(0, 0), (0, 1), (0, 2)]
+    dock.toggle_grid()
+    assert not viewer.grid.enabled
+    assert [layer.name for layer in viewer.layers] == order_before
+    assert all(layer.visible for layer in viewer.layers)
+
+
+def test_inspect_region_from_shapes(make_napari_viewer, qtbot, model_dir, tmp_path):
+    from napari_decrappify._napari.restore import RestoreWidget
+    from napari_decrappify.config import ArchConfig
+    from napari_decrappify.models import build_model, measure_receptive_field, save_model
+
+    # a model with its *measured* receptive field, so that a haloed crop must equal the full
+    # result (a 192 px probe: plenty for the tiny encoder, and 4x cheaper than the default);
+    # saved outside the listed folders: picked with "Model folder..."
+    model = build_model(ArchConfig(encoder="tiny", scale=2), name="tiny-2x-rf", seed=1, measure_rf=False)
+    model.config.receptive_field = measure_receptive_field(model.net, model.config.arch, size=192)
+    folder = save_model(model, tmp_path / "elsewhere" / "tiny-2x-rf")
+    halo = model.receptive_field + 3
+    viewer = make_napari_viewer()
+    lr, hr = lr_hr(8, shape=(3, 256, 256))
+    units = ("nm", "nm", "nm")
+    lr_layer = viewer.add_image(lr, name="lr", scale=LR_SCALE, translate=LR_TRANSLATE, units=units)
+    hr_layer = viewer.add_image(hr, name="hr", scale=HR_SCALE, translate=HR_TRANSLATE, units=units)
+    dock = RestoreWidget(viewer)
+    assert dock.model.value != str(folder)  # only bundled models are listed before adding it
+    dock.add_model_folder(folder)
+    assert dock.model.value == str(folder)
+    dock.image.value, dock.ground_truth.value = lr_layer, hr_layer
+    dock.halo.value = halo
+    viewer.dims.set_current_step(0, 1)
+    # a rectangle over LR pixels y 48..79, x 50..81, drawn in world (nm) coordinates
+    y0, y1, x0, x1 = 48, 80, 50, 82
+    ty, tx = LR_TRANSLATE[1:]
+    rect = np.array([[ty + (y0 - 0.5) * 8, tx + (x0 - 0.5) * 8],
+                     [ty + (y1 - 0.5) * 8, tx + (x1 - 0.5) * 8]])
+    shapes = viewer.add_shapes([rect], shape_type="rectangle", name="roi", units=units[1:])
+    dock.reset_choices()
+    dock.region.value = shapes
+    job = dock.inspect()
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    ins = dock.inspection
+    assert ins["plane"] == (1,)
+    panels = {k: viewer.layers[f"inspect: {k}"] for k in ("LR", "bicubic", "restored", "HR")}
+    np.testing.assert_array_equal(panels["LR"].data, lr[1, y0:y1, x0:x1])
+    np.testing.assert_array_equal(panels["HR"].data, hr[1, 2 * y0:2 * y1, 2 * x0:2 * x1])
+    assert panels["restored"].data.shape == panels["bicubic"].data.shape == (64, 64)
+    # with a halo >= the receptive field the crop equals the same region of a full restore
+    full = tiling.restore(model, lr[1], TileConfig(tile=64, halo=halo), axes="YX")
+    np.testing.assert_allclose(panels["restored"].data / 255, full[2 * y0:2 * y1, 2 * x0:2 * x1] / 255,
+                               atol=2e-4)
+    # scores are metrics.py's on the crops
+    want = metrics.evaluate(panels["restored"].data, panels["HR"].data, normalised=False)
+    assert ins["scores"]["restored"]["psnr"] == pytest.approx(want["psnr"], abs=1e-9)
+    assert ins["scores"]["restored"]["ssim"] == pytest.approx(want["ssim"], abs=1e-9)
+    want_b = metrics.evaluate(panels["bicubic"].data, panels["HR"].data, normalised=False)
+    assert ins["scores"]["bicubic"]["psnr"] == pytest.approx(want_b["psnr"], abs=1e-9)
+    assert f"{want['psnr']:.2f} dB" in dock.inspect_label.value
+    # side by side, right of the image, each HR-grid panel overlaying the LR panel's footprint
+    lr_right = lr_layer.data_to_world((0, 0, lr.shape[-1] - 0.5))[-1]
+    lefts = [p.data_to_world((-0.5, -0.5))[-1] for p in panels.values()]
+    assert lefts[0] > lr_right and lefts == sorted(lefts)
+    width = (x1 - x0) * 8
+    assert all(b - a > width for a, b in zip(lefts, lefts[1:], strict=False))
+    np.testing.assert_allclose(panels["LR"].data_to_world((-0.5, -0.5))[-2],
+                               panels["restored"].data_to_world((-0.5, -0.5))[-2])
+    np.testing.assert_allclose(panels["LR"].data_to_world((-0.5, -0.5))[-2], ty + (y0 - 0.5) * 8)
+
+
+def test_inspect_current_view(make_napari_viewer, qtbot, tiny2x):
+    viewer = make_napari_viewer()
+    dock, lr_layer, _ = _setup(viewer, 9, with_hr=False)
+    viewer.reset_view()
+    dock.inspect_quick.value = True
+    job = dock.inspect()  # the view shows the whole image: the crop is the whole plane
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    assert viewer.layers["inspect: restored"].data.shape == (128, 128)
+    assert "inspect: HR" not in viewer.layers
+    assert "no ground truth" in dock.inspect_label.value
+    assert "quick" in dock.inspect_label.value
+    viewer.dims.ndisplay = 3
+    assert dock.inspect() is None and "2-D view" in dock.status.value
+
+
+def test_bad_input_is_reported(make_napari_viewer, tiny2x):
+    viewer = make_napari_viewer()
+    dock, lr_layer, hr_layer = _setup(viewer, 10)
+    wrong = viewer.add_image(np.zeros((3, 100, 100), np.uint8), name="wrong")
+    dock.ground_truth.value = wrong
+    assert dock.run() is None
+    assert "shape (3, 100, 100)" in dock.status.value and "(3, 128, 128)" in dock.status.value
+    dock.ground_truth.value = None
+    dock.axes.value = "ZXY"
+    assert dock.run() is None
+    assert "must end with YX" in dock.status.value
+    dock.axes.value = "ZYX"
+    dock.tile.value = 48
+    assert dock.run() is None
+    assert "multiple of 32" in dock.status.value
+    n = len(viewer.layers)
+    assert dock.score("plane") is None and "restore a layer first" in dock.status.value
+    assert len(viewer.layers) == n

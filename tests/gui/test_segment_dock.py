@@ -1,0 +1,212 @@
+"""Segment dock end to end: paint strokes, train a tiny model for seconds in a worker, predict
+into probability + class Labels layers with the image's geometry, split and measure into a table,
+select an object from the table, export CSV, compare counts against ground truth."""
+
+import csv
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
+CENTRES = [(16, 16), (16, 48), (48, 18), (46, 48)]
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    d = tmp_path / "models"
+    d.mkdir()
+    monkeypatch.setenv("DECRAPPIFY_MODELS", str(d))
+    return d
+
+
+def _scene():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    img = rng.normal(0.1, 0.03, (64, 64)).astype(np.float32)
+    gt = np.zeros((64, 64), np.int32)
+    for i, (cy, cx) in enumerate(CENTRES, 1):
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= 64
+        img[d] += 0.8
+        gt[d] = i
+    return img, gt
+
+
+def _paint(layer):
+    layer.brush_size = 3
+    for cy, cx in CENTRES:  # a short stroke across every disc: label 2
+        for x in range(cx - 5, cx + 6):
+            layer.paint((cy, x), 2, refresh=False)
+    for x in range(2, 62):  # background strokes: label 1
+        layer.paint((32, x), 1, refresh=False)
+        layer.paint((2, x), 1, refresh=False)
+    layer.refresh()
+
+
+def _quick(dock):
+    dock.classes.value = "background, disc"
+    dock.encoder.value = "tiny"
+    dock.budget_unit.value = "epochs"
+    dock.budget.value = 1
+    dock.iterations.value = 20
+    dock.patch_size.value = 32
+    dock.batch_size.value = 4
+    dock.device.value = "cpu"
+    dock.model_name.value = "dock-seg"
+
+
+def test_segment_dock_paint_train_predict_measure(make_napari_viewer, qtbot, model_dir, tmp_path):
+    from napari_decrappify._napari.segment import SegmentWidget
+    from napari_decrappify.models import load_model
+
+    viewer = make_napari_viewer()
+    img, gt = _scene()
+    image = viewer.add_image(img, name="cells", scale=SCALE, translate=TRANSLATE, units="um")
+    dock = SegmentWidget(viewer)
+    dock.image.value = image
+    painted = dock.new_labels_layer()
+    assert tuple(painted.scale) == SCALE and tuple(painted.translate) == TRANSLATE
+    assert dock.labels.value is painted
+    _paint(painted)
+    assert set(np.unique(painted.data)) == {0, 1, 2}
+    _quick(dock)
+
+    job = dock.start_training()
+    assert job is not None and not dock.train_button.enabled and dock.cancel_button.enabled
+    qtbot.waitUntil(lambda: not job.running, timeout=300_000)
+    assert job.status == "done", dock.status.value
+    assert dock.result.iterations == 20
+    assert "saved" in dock.status.value
+    model = load_model(model_dir / "dock-seg")
+    assert model.kind == "segmentation" and model.config.classes == ["background", "disc"]
+    assert dock.model_choice.value == str(model_dir / "dock-seg")
+
+    job = dock.start_prediction()
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert job.status == "done", dock.status.value
+    classes = viewer.layers["cells classes (dock-seg)"]
+    probs = viewer.layers["cells probabilities (dock-seg)"]
+    assert classes.data.shape == img.shape
+    assert tuple(classes.scale) == SCALE and tuple(classes.translate) == TRANSLATE
+    assert probs.data.shape == (3, 64, 64)
+    assert tuple(probs.scale)[1:] == SCALE and tuple(probs.translate)[1:] == TRANSLATE
+    np.testing.assert_array_equal(np.asarray(probs.data).argmax(0), classes.data)
+    assert dock.semantic.value is classes
+
+    objects = dock.split_and_measure()
+    assert objects is not None and tuple(objects.translate) == TRANSLATE
+    rows = dock.measurements.rows
+    assert dock.table.rowCount() == len(rows) >= 3, dock.summary.value
+    assert "disc:" in dock.summary.value
+    first = rows[0]
+    assert dock.table.item(0, 0).text() == str(first["label"])
+    # centroids are physical: the disc centres in world coordinates
+    world_centres = [(cy * 0.5 + 10, cx * 0.5 + 20) for cy, cx in CENTRES]
+    assert min(abs(first["centroid_y"] - y) + abs(first["centroid_x"] - x)
+               for y, x in world_centres) < 2.0
+    dock.table.selectRow(0)
+    assert objects.selected_label == first["label"]
+    np.testing.assert_allclose(viewer.camera.center[-2:], (first["centroid_y"], first["centroid_x"]))
+
+    dock.csv_path.value = tmp_path / "objects.csv"
+    path = dock.export_csv()
+    with open(path) as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert (tmp_path / "objects_summary.csv").exists()
+
+    # count comparison: a 2x LR copy (upsampled on the fly) and the HR layer vs the GT labels
+    lr = img.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+    lr_layer = viewer.add_image(lr, name="lr", scale=(1.0, 1.0), translate=(10.25, 20.25), units="um")
+    truth = viewer.add_labels(gt, name="truth", scale=SCALE, translate=TRANSLATE, units="um")
+    dock.compare_sources.value = [lr_layer, image]
+    dock.reference.reset_choices()
+    dock.reference.value = truth
+    job = dock.start_comparison()
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert job.status == "done", dock.status.value
+    assert dock.compare_table.rowCount() == 2
+    res = dock.comparison
+    assert res["reference_count"] == 4
+    assert set(res["sources"]) == {"lr", "cells"}
+    assert res["sources"]["cells"]["count"] == len(rows)
+
+
+def test_segment_dock_refuses_bad_input(make_napari_viewer, model_dir):
+    from napari_decrappify._napari.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    img, _ = _scene()
+    image = viewer.add_image(img, name="cells")
+    dock = SegmentWidget(viewer)
+    dock.image.value = image
+    assert dock.start_training() is None
+    assert "painted strokes" in dock.status.value
+    wrong = viewer.add_labels(np.zeros((10, 10), np.uint8), name="wrong")
+    dock.labels.reset_choices()
+    dock.labels.value = wrong
+    assert dock.start_training() is None
+    assert "same shape" in dock.status.value
+    painted = dock.new_labels_layer()
+    dock.classes.value = "background, disc"
+    assert dock.start_training() is None
+    assert "empty" in dock.status.value
+    painted.data[5:10, 5:10] = 3
+    assert dock.start_training() is None
+    assert "only 2 class names" in dock.status.value
+    dock.classes.value = "a, a"
+    assert dock.start_training() is None
+    assert "unique" in dock.status.value
+    assert dock.start_prediction() is None
+    assert "no segmentation model" in dock.status.value
+    assert dock.export_csv() is None and "split into objects first" in dock.status.value
+
+
+def test_blinded_counting_study_dock(make_napari_viewer, tmp_path):
+    from napari_decrappify._napari._counting import CLICKS_LAYER, CROP_LAYER, CountingStudyWidget
+
+    viewer = make_napari_viewer()
+    img, _ = _scene()
+    hr = viewer.add_image(img, name="HR")
+    restored = viewer.add_image(img + 0.01, name="restored")
+    lr = viewer.add_image(img.reshape(32, 2, 32, 2).mean(axis=(1, 3)), name="LR")
+    dock = CountingStudyWidget(viewer)
+    dock.sources.value = [lr, restored]
+    dock.reference.value = hr
+    dock.locations.value = 2
+    dock.size.value = 32
+    dock.path.value = tmp_path / "study.json"
+    study = dock.new_study()
+    assert study is not None and study.n_crops == 6
+    assert set(study.sources) == {"LR", "restored", "HR"}
+    assert not hr.visible and not lr.visible  # nothing on screen gives the origin away
+    assert viewer.layers[CROP_LAYER].data.shape == (32, 32)
+    assert viewer.layers[CLICKS_LAYER].mode == "add"
+    assert "origin hidden" in dock.status.value and "LR" not in dock.status.value
+
+    def click():
+        name = dock.study.crop_box(dock.current)[0]  # the test peeks; the annotator cannot
+        pts = [[8.0, 8.0], [20.0, 20.0]] if name != "LR" else [[8.0, 8.0]]
+        viewer.layers[CLICKS_LAYER].data = np.asarray(pts)
+        dock.next_crop()
+
+    for _ in range(3):
+        click()
+    assert (tmp_path / "study.json").exists()
+    # pause: a fresh dock resumes where the study stopped
+    dock2 = CountingStudyWidget(viewer)
+    dock2.path.value = tmp_path / "study.json"
+    resumed = dock2.resume()
+    assert resumed is not None and resumed.n_done == 3
+    dock = dock2
+    while dock.current is not None:
+        click()
+    assert "study complete" in dock.status.value
+    assert hr.visible and lr.visible and CROP_LAYER not in viewer.layers
+    res = dock.unblind()
+    assert dock.table.rowCount() == 3
+    assert res["sources"]["HR"]["f1"] == 1.0
+    assert res["sources"]["LR"]["count"] == 2 and res["sources"]["LR"]["fn"] == 2
+    assert (tmp_path / "study_results.json").exists()

@@ -1,0 +1,101 @@
+"""Train dock end to end: a tiny model trains for a few iterations in a worker, the live plot
+fills, the model is saved and shows up in the Restore dock's model list; cancel keeps weights."""
+
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    d = tmp_path / "models"
+    d.mkdir()
+    monkeypatch.setenv("DECRAPPIFY_MODELS", str(d))
+    return d
+
+
+def _quick(widget, name, *, epochs=2, iterations=3):
+    widget.scale.value = 2
+    widget.encoder.value = "tiny"
+    widget.loss.value = "l1"
+    widget.budget_unit.value = "epochs"
+    widget.budget.value = epochs
+    widget.patch_size.value = 32
+    widget.batch_size.value = 2
+    widget.iterations.value = iterations
+    widget.device.value = "cpu"
+    widget.model_name.value = name
+
+
+def test_train_dock_trains_saves_and_restore_dock_lists_it(make_napari_viewer, qtbot, model_dir,
+                                                          em_stack):
+    from napari_decrappify._napari.restore import RestoreWidget
+    from napari_decrappify._napari.train import TrainWidget
+    from napari_decrappify.models import load_model
+
+    viewer = make_napari_viewer()
+    hr = viewer.add_image(em_stack, name="hr")
+    restore = RestoreWidget(viewer)
+    dock = TrainWidget(viewer)
+    assert dock.folder.value == model_dir  # default: the first user model folder
+    assert "dock-model" not in [m["name"] for m in restore.model_entries()]
+
+    dock.hr_layers.value = [hr]
+    _quick(dock, "dock-model")
+    job = dock.start()
+    assert job is not None
+    assert not dock.train_button.enabled and dock.cancel_button.enabled
+    qtbot.waitUntil(lambda: not job.running, timeout=120_000)
+
+    assert job.status == "done", dock.status.value
+    assert dock.result.stop_reason == "completed"
+    assert (model_dir / "dock-model" / "model.json").exists()
+    model = load_model(model_dir / "dock-model")
+    assert model.scale == 2 and model.config.arch.encoder == "tiny"
+    # the live plot got one loss point per iteration and one validation point per epoch
+    assert dock.plot.iterations == list(range(1, 7))
+    assert len(dock.plot.valid_psnr) == 2
+    assert dock.plot.valid_psnr[-1] == pytest.approx(dock.result.history[-1]["batch_psnr"])
+    assert "saved" in dock.status.value
+    # the Restore dock heard about the new model and lists it
+    assert "dock-model" in [m["name"] for m in restore.model_entries()]
+    assert restore.model.value == str(model_dir / "dock-model")
+    # the worker's `finished` signal re-enables the buttons just after `running` turns False
+    qtbot.waitUntil(lambda: dock.train_button.enabled, timeout=10_000)
+    assert not dock.cancel_button.enabled
+
+
+def test_train_dock_cancel_keeps_weights(make_napari_viewer, qtbot, model_dir, em_stack):
+    from napari_decrappify._napari.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    hr = viewer.add_image(em_stack, name="hr")
+    dock = TrainWidget(viewer)
+    dock.hr_layers.value = [hr]
+    _quick(dock, "cancelled-model", epochs=50, iterations=5)
+    job = dock.start()
+    qtbot.waitUntil(lambda: len(dock.plot.iterations) >= 2, timeout=60_000)
+    dock.cancel()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert dock.result.stop_reason == "cancelled"
+    assert len(dock.plot.iterations) < 50 * 5
+    assert (model_dir / "cancelled-model" / "model.safetensors").exists()
+    assert "cancelled" in dock.status.value
+
+
+def test_train_dock_refuses_bad_input(make_napari_viewer, model_dir, em_stack):
+    from napari_decrappify._napari.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    hr = viewer.add_image(em_stack, name="hr")
+    dock = TrainWidget(viewer)
+    assert dock.start() is None
+    assert "at least one HR layer" in dock.status.value
+    dock.hr_layers.value = [hr]
+    dock.model_name.value = "../escape"
+    assert dock.start() is None
+    assert "not a valid folder name" in dock.status.value
+    (model_dir / "taken").mkdir()
+    dock.model_name.value = "taken"
+    assert dock.start() is None
+    assert "exists" in dock.status.value

@@ -1,0 +1,58 @@
+"""The thread-worker glue: events arrive in order, results and cancellation are reported once."""
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+class _Cancelled(RuntimeError):
+    """Like tiling.RestoreCancelled: a RuntimeError, which superqt would otherwise swallow."""
+
+
+def _count(n, *, progress, cancel, fail_at=None):
+    for i in range(n):
+        if cancel.is_set():
+            raise _Cancelled("stopped")
+        if i == fail_at:
+            raise ValueError("bad input at 3")
+        progress({"event": "batch", "iteration": i + 1, "total": n})
+        if i % 5 == 0:
+            progress({"event": "tiles", "done": i, "total": n})
+        time.sleep(0.001 * (i % 3))
+    return n
+
+
+def test_events_in_order_and_result(make_napari_viewer, qtbot):
+    from napari_decrappify._napari._workers import CoreJob
+
+    make_napari_viewer()  # napari's progress bars live in the viewer's activity dock
+    seen, results = [], []
+    job = CoreJob(_count, 200, on_event=lambda e: seen.append(e), on_result=results.append,
+                  description="count")
+    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
+    iterations = [e["iteration"] for e in seen if e["event"] == "batch"]
+    assert iterations == list(range(1, 201))  # every batch event, in order
+    assert job.status == "done" and results == [200]
+    assert job.pbar is None  # closed
+
+
+def test_cancel_and_errors_are_reported_not_swallowed(make_napari_viewer, qtbot):
+    from napari_decrappify._napari._workers import CoreJob
+
+    make_napari_viewer()
+    outcome = []
+    job = CoreJob(_count, 10_000, on_result=lambda r: outcome.append(("result", r)),
+                  on_cancelled=lambda: outcome.append(("cancelled",)),
+                  on_error=lambda e: outcome.append(("error", e)))
+    qtbot.waitUntil(lambda: len(job.events) > 3, timeout=20_000)
+    job.cancel()
+    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
+    assert job.status == "cancelled" and outcome == [("cancelled",)]
+
+    outcome.clear()
+    job = CoreJob(_count, 10, fail_at=3, on_result=lambda r: outcome.append(("result", r)),
+                  on_error=lambda e: outcome.append(("error", str(e))))
+    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
+    assert job.status == "failed" and outcome == [("error", "bad input at 3")]

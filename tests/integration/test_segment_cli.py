@@ -1,0 +1,85 @@
+"""End to end: ``decrappify segment`` trains from sparse labels, segments, splits objects, writes
+labels (TIFF / OME-Zarr with the input's geometry) and the per-object CSV."""
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_decrappify import cli
+
+
+def _data(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (64, 96)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = rng.normal(20, 3, shape)
+    gt = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate([(16, 16), (16, 60), (46, 30), (46, 76)], 1):
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= 64
+        img[d] += 150
+        gt[d] = i
+    lab = np.zeros(shape, np.uint8)
+    lab[gt > 0] = 2  # dense labels: every disc pixel ...
+    lab[30:33, :] = 1  # ... and a stripe of background
+    lab[:3, :] = 1
+    tifffile.imwrite(tmp_path / "img.tif", np.clip(img, 0, 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "lab.tif", lab)
+    return gt
+
+
+def test_cli_segment_trains_segments_counts_and_writes(tmp_path, capsys):
+    from napari_decrappify.io import open_image
+    from napari_decrappify.models import load_model
+    from napari_decrappify.segment import match
+
+    gt = _data(tmp_path)
+    model_dir = tmp_path / "seg"
+    code = cli.main(["segment", str(model_dir), str(tmp_path / "img.tif"), str(tmp_path / "obj.tif"),
+                     "--train-labels", str(tmp_path / "lab.tif"), "--classes", "background,disc",
+                     "--encoder", "tiny", "--epochs", "3", "--iters", "10", "--patch", "32",
+                     "--batch", "4", "--device", "cpu", "--instances", "cc", "--min-size", "10",
+                     "--csv", str(tmp_path / "objects.csv"), "--quiet"])
+    assert code == 0
+    model = load_model(model_dir)
+    assert model.kind == "segmentation" and model.config.classes == ["background", "disc"]
+    objects = tifffile.imread(tmp_path / "obj.tif")
+    assert objects.shape == gt.shape
+    stats = match(objects.astype(np.int32), gt)
+    assert stats["tp"] >= 3, stats  # 30 iterations of a tiny model on four bright discs
+    with open(tmp_path / "objects.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == stats["n_pred"]
+    assert {r["class"] for r in rows} == {"disc"}
+    out = capsys.readouterr().out
+    assert "saved segmentation model" in out and "objects" in out
+
+    # the saved model, OME-Zarr output with physical pixel size, class labels and probabilities
+    code = cli.main(["segment", str(model_dir), str(tmp_path / "img.tif"), str(tmp_path / "lab.zarr"),
+                     "--pixel-size", "0.5", "0.25", "--units", "um", "--probabilities",
+                     str(tmp_path / "prob.zarr"), "--device", "cpu", "--quiet"])
+    assert code == 0
+    labels = open_image(tmp_path / "lab.zarr")
+    assert labels.axes == "YX" and labels.scale == (0.5, 0.25) and labels.units == ("um", "um")
+    sem = np.asarray(labels.data)
+    assert set(np.unique(sem)) <= {0, 1, 2}
+    prob = open_image(tmp_path / "prob.zarr")
+    assert prob.axes == "CYX" and prob.data.shape == (3, *gt.shape)
+    np.testing.assert_array_equal(np.asarray(prob.data).argmax(0), sem)
+
+
+def test_cli_segment_errors(tmp_path, capsys, tiny_model_dir):
+    _data(tmp_path)
+    (tmp_path / "exists.tif").write_bytes(b"")
+    assert cli.main(["segment", str(tiny_model_dir / "tiny-4x"), str(tmp_path / "img.tif"),
+                     str(tmp_path / "exists.tif")]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["segment", str(tiny_model_dir / "tiny-4x"), str(tmp_path / "img.tif"),
+                     str(tmp_path / "o.tif")]) == 1
+    assert "not a segmentation model" in capsys.readouterr().err
+    assert cli.main(["segment", str(tmp_path / "new"), str(tmp_path / "img.tif"),
+                     str(tmp_path / "o.tif"), "--train-labels", str(tmp_path / "lab.tif")]) == 1
+    assert "--classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["segment", "m", "in.tif", "out.tif", "--instances", "flood"])

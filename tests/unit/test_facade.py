@@ -1,0 +1,105 @@
+"""The headless facade: ``import napari_decrappify`` is light, and its functions are the core's."""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import napari_decrappify as nd
+from napari_decrappify import tiling
+from napari_decrappify.config import ArchConfig, TileConfig
+
+
+@pytest.fixture(scope="module")
+def tiny2x():
+    from napari_decrappify.models import build_model
+
+    model = build_model(ArchConfig(encoder="tiny", scale=2), name="tiny-2x", seed=0, measure_rf=False)
+    model.config.receptive_field = 8
+    return model
+
+
+def test_import_is_light():
+    code = ("import sys, napari_decrappify as nd; "
+            "heavy = [m for m in ('torch', 'fastai', 'dask', 'napari', 'qtpy', 'skimage') "
+            "if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names():
+    from napari_decrappify import crappify, metrics, models, train
+
+    assert set(nd.__all__) >= {"restore", "load_model", "train", "crappify", "evaluate"}
+    assert nd.load_model is models.load_model
+    assert nd.evaluate is metrics.evaluate
+    # `train` and `crappify` are submodules *and* facade functions: calling the module calls it
+    assert callable(nd.train) and nd.train is train and nd.train.TrainConfig is not None
+    assert callable(nd.crappify) and nd.crappify is crappify
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nd.nope  # noqa: B018
+
+
+def test_crappify_facade_is_crappify_function():
+    from napari_decrappify.crappify import crappify
+
+    hr = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(nd.crappify(hr, scale=2, seed=3), crappify(hr, scale=2, seed=3))
+
+
+def test_train_facade_calls_train(monkeypatch):
+    from napari_decrappify import train as train_module
+
+    seen = {}
+
+    def fake(hr_images, config=None, **kwargs):
+        seen.update(n=len(hr_images), config=config, **kwargs)
+        return "result"
+
+    monkeypatch.setattr(train_module, "train", fake)
+    assert nd.train([np.zeros((8, 8))], "cfg", out="x") == "result"
+    assert seen == {"n": 1, "config": "cfg", "out": "x"}
+
+
+def test_restore_lazy_and_in_memory_match_engine(tiny2x):
+    image = (np.random.default_rng(1).random((2, 48, 40)) * 255).astype(np.uint8)
+    lazy = nd.restore(image, tiny2x, axes="ZYX", tile=32, halo=8)
+    assert lazy.shape == (2, 96, 80) and lazy.dtype == np.float32
+    assert not isinstance(lazy, np.ndarray)  # dask, nothing computed yet
+    now = nd.restore(image, tiny2x, axes="ZYX", lazy=False, tile=32, halo=8)
+    assert isinstance(now, np.ndarray)
+    want = tiling.restore(tiny2x, image, TileConfig(tile=32, halo=8), axes="ZYX")
+    np.testing.assert_allclose(now, want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(lazy), want, atol=1e-6)
+
+
+def test_restore_progress_cancel_and_paths(tiny2x, tmp_path):
+    import tifffile
+
+    from napari_decrappify.models import save_model
+
+    image = (np.random.default_rng(2).random((64, 64)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    save_model(tiny2x, tmp_path / "model")
+    events = []
+    out = nd.restore(tmp_path / "in.tif", tmp_path / "model", lazy=False, tile=32, halo=8,
+                     progress=events.append)
+    assert out.shape == (128, 128)
+    assert events[-1]["event"] == "tiles" and events[-1]["done"] == events[-1]["total"] == 4
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(tiling.RestoreCancelled):
+        nd.restore(image, tiny2x, lazy=False, tile=32, halo=8, cancel=cancel)
+
+
+def test_restore_rejects_bad_options(tiny2x):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="tile must be a multiple of 32"):
+        nd.restore(np.zeros((32, 32)), tiny2x, tile=40)
+    with pytest.raises(ValidationError, match="tilesize"):
+        nd.restore(np.zeros((32, 32)), tiny2x, tilesize=32)
+    with pytest.raises(ValueError, match="must end with YX"):
+        nd.restore(np.zeros((2, 32, 32)), tiny2x, axes="YXZ")
