@@ -84,6 +84,12 @@ def cmd_train(args) -> int:
         valid_planes=parse_planes(args.valid_planes),
     )
     images = [read_input(p) for p in args.hr]
+    if args.lr_find:
+        from .train import find_lr
+
+        found = find_lr(images, config)
+        print(f"learning-rate finder: valley at {found['valley']:.2e} (use --lr-max near it)")
+        return 0
     pairs = None
     if args.lr:
         if not args.pair_hr:
@@ -519,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     s.add_argument("--fp16", action="store_true", help="store weights as float16")
+    s.add_argument("--lr-find", action="store_true",
+                   help="run fastai's learning-rate finder, print a suggestion and exit")
     s.add_argument("--checkpoint-dir", help="write the weights after every epoch to DIR/last")
     s.add_argument("--resume", metavar="MODEL_DIR", help="start from these weights (a checkpoint)")
     s.add_argument("--quiet", action="store_true")

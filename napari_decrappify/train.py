@@ -491,3 +491,42 @@ def _epochs_for_budget(learn, config: TrainConfig, device: torch.device) -> int:
     per_iter = min(times[1:]) * 1.15  # + data loading and validation
     iters = config.minutes * 60 / per_iter
     return max(1, int(iters // config.iterations_per_epoch))
+
+
+def find_lr(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *, axis: int = 0,
+            start_lr: float = 1e-6, end_lr: float = 1e-1, num_it: int = 60) -> dict:
+    """fastai's learning-rate finder on the same data and model :func:`train` would use.
+
+    Returns ``{"valley": lr, "lrs": [...], "losses": [...]}``; pass ``valley`` (or a value a bit
+    below the loss minimum) as ``TrainConfig.lr_max``. The weights are not kept.
+    """
+    import fastai.callback.schedule  # noqa: F401 - patches Learner.lr_find
+    from fastai.callback.schedule import valley
+    from fastai.learner import Learner
+    from fastai.optimizer import Adam
+
+    config = config or TrainConfig()
+    arch = config.arch.model_copy(update={"scale": config.scale})
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    hr_images = [np.asarray(im) for im in hr_images]
+    norm = percentile_norm(hr_images)
+    crappifier = Crappifier(config.crappify.model_copy(update={"scale": config.scale}))
+    train_stacks, valid_stacks, _ = make_stacks(
+        hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
+    train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
+                                 length=num_it * config.batch_size, seed=config.seed)
+    valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
+                                 length=config.batch_size, seed=config.seed + 1, fixed=True)
+    dls = make_dataloaders(train_ds, valid_ds, config.batch_size, device=device)
+    model = build_model(arch, norm=norm, seed=config.seed, measure_rf=False)
+    learn = Learner(dls, model.net.to(device).train(), loss_func=make_loss(config), opt_func=Adam,
+                    wd=config.weight_decay)
+    if hasattr(learn, "progress"):
+        learn.remove_cb(learn.progress)
+    with learn.no_logging():
+        found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False,
+                              suggest_funcs=(valley,))
+    rec = learn.recorder
+    return {"valley": float(found.valley), "lrs": [float(x) for x in rec.lrs],
+            "losses": [float(x) for x in rec.losses]}

@@ -130,3 +130,12 @@ def test_training_with_a_real_pair_mixed_in(hr):
     result = train([hr], tiny_config(epochs=1), pairs=(lr, hr))
     assert result.iterations == (6 * 4 + 6 * 4 // 4) // 4  # crappified + a quarter real pairs
     assert np.isfinite(result.history[0]["valid_loss"])
+
+
+def test_lr_find_suggests_a_learning_rate(hr):
+    from napari_decrappify.train import find_lr
+
+    found = find_lr([hr], tiny_config(), num_it=12)
+    assert 1e-6 <= found["valley"] <= 1e-1
+    assert len(found["lrs"]) == len(found["losses"]) >= 5
+    assert found["lrs"] == sorted(found["lrs"])  # an increasing sweep
