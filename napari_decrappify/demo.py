@@ -77,9 +77,9 @@ def run_demo(out: str | Path = "demo-output", model_name: str = "em-4x", *, over
 
     def progress(ev):
         now = time.monotonic()
-        if ev.get("event") == "tiles" and (now - last[0] > 5 or ev["done"] == ev["total"]):
+        if ev.get("event") in ("tiles", "chunks") and (now - last[0] > 5 or ev["done"] == ev["total"]):
             last[0] = now
-            log(f"[demo] restored {ev['done']}/{ev['total']} tiles")
+            log(f"[demo] restored {ev['done']}/{ev['total']} {ev['event']}")
 
     write_ome_zarr(store, lazy, axes=AXES, scale=up_scale, translate=up_translate, units=UNITS,
                    overwrite=overwrite, progress=progress, name=f"restored ({model.name})")
