@@ -26,7 +26,7 @@ def test_page_examples_run(page, tmp_path, monkeypatch, tiny_model_dir):
     namespace: dict = {"__name__": "__docs__"}
     for lang, code in FENCE.findall(page.read_text()):
         if "napari.Viewer(" in code or "# docs: skip-run" in code:
-            continue  # GUI snippets are exercised by tests/gui/test_docs_gui.py
+            continue  # GUI snippets run in tests/gui/test_docs_gui.py (needs a screen)
         if lang == "python":
             monkeypatch.setenv("DECRAPPIFY_MODELS", str(tiny_model_dir))
             exec(compile(code, f"{page.name}", "exec"), namespace)  # noqa: S102
