@@ -290,8 +290,16 @@ def measure_receptive_field(net: nn.Module, arch: ArchConfig, size: int | None =
     size = size or max(384, stride * 16)
     was_training = net.training
     net.eval()
+    # softmax outputs sum to 1 over classes: their summed gradient is zero. Measure on logits.
+    head = getattr(net, "head", None)
+    if head == "softmax":
+        net.head = "identity"
     x = torch.rand(1, arch.frames * arch.in_channels, size, size, requires_grad=True)
-    y = net(x)
+    try:
+        y = net(x)
+    finally:
+        if head is not None:
+            net.head = head
     c = y.shape[-1] // 2
     s = arch.scale if arch.strategy == "lr_grid" else 1
     # a few output pixels around the centre: the stride phase changes the footprint

@@ -186,3 +186,10 @@ def test_list_models_finds_user_models(saved, monkeypatch):
     monkeypatch.setenv("DECRAPPIFY_MODELS", str(path.parent))
     names = {m["name"] for m in list_models()}
     assert "t2" in names
+
+
+def test_segmentation_models_get_a_real_receptive_field():
+    model = build_model(ArchConfig(encoder="tiny", scale=1, out_channels=3), kind="segmentation")
+    assert model.receptive_field > 8  # measured on logits, not on softmax outputs that sum to 1
+    y = model.predict_plane(_plane(size=32))
+    np.testing.assert_allclose(y.sum(axis=0), 1.0, atol=1e-5)  # the head is softmax again
