@@ -350,16 +350,9 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     hr_images = [np.asarray(im) for im in hr_images]
     if not hr_images:
         raise ValueError("no HR images given")
-    norm = percentile_norm(hr_images)
-    crappifier = Crappifier(config.crappify.model_copy(update={"scale": config.scale}))
-    train_stacks, valid_stacks, split = make_stacks(
-        hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
     n_train = config.iterations_per_epoch * config.batch_size
-    train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
-                                 length=n_train, seed=config.seed)
-    valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
-                                 length=max(config.batch_size * 4, 32), seed=config.seed + 1,
-                                 fixed=True)
+    norm, crappifier, train_ds, valid_ds, split = _crappified_datasets(
+        hr_images, config, arch, axis, n_train, max(config.batch_size * 4, 32))
     if pairs is not None:
         pair_ds = PairedPatches(pairs[0], pairs[1], config.scale, config.patch_size,
                                 length=n_train // 4, seed=config.seed, norm=norm,
@@ -493,6 +486,21 @@ def _epochs_for_budget(learn, config: TrainConfig, device: torch.device) -> int:
     return max(1, int(iters // config.iterations_per_epoch))
 
 
+def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_train: int,
+                         n_valid: int):
+    """Normalisation, crappifier, split by plane and the train/validation patch datasets that
+    :func:`train` and :func:`find_lr` share."""
+    norm = percentile_norm(hr_images)
+    crappifier = Crappifier(config.crappify.model_copy(update={"scale": config.scale}))
+    train_stacks, valid_stacks, split = make_stacks(
+        hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
+    train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
+                                 length=n_train, seed=config.seed)
+    valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
+                                 length=n_valid, seed=config.seed + 1, fixed=True)
+    return norm, crappifier, train_ds, valid_ds, split
+
+
 def find_lr(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *, axis: int = 0,
             start_lr: float = 1e-6, end_lr: float = 1e-1, num_it: int = 60) -> dict:
     """fastai's learning-rate finder on the same data and model :func:`train` would use.
@@ -510,14 +518,8 @@ def find_lr(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, 
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     hr_images = [np.asarray(im) for im in hr_images]
-    norm = percentile_norm(hr_images)
-    crappifier = Crappifier(config.crappify.model_copy(update={"scale": config.scale}))
-    train_stacks, valid_stacks, _ = make_stacks(
-        hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
-    train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
-                                 length=num_it * config.batch_size, seed=config.seed)
-    valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
-                                 length=config.batch_size, seed=config.seed + 1, fixed=True)
+    norm, _, train_ds, valid_ds, _ = _crappified_datasets(
+        hr_images, config, arch, axis, num_it * config.batch_size, config.batch_size)
     dls = make_dataloaders(train_ds, valid_ds, config.batch_size, device=device)
     model = build_model(arch, norm=norm, seed=config.seed, measure_rf=False)
     learn = Learner(dls, model.net.to(device).train(), loss_func=make_loss(config), opt_func=Adam,
