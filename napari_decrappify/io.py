@@ -27,18 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .tiff_metadata import axis_sizes, geometry_for_axes, unit_name
+
 AXES_CHARS = set("TCZYX")
 NGFF_ORDER = "TCZYX"
 WRITE_BATCH = 2048  # chunks per dask computation in write_ome_zarr
 DONE_DIR = ".decrappify-done"  # inside a store being written: one empty file per finished chunk
-
-# short unit names -> NGFF (UDUNITS-2) names; NGFF axes only accept the long names
-_UNIT_ALIASES = {
-    "nm": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer",
-    "micron": "micrometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
-    "a": "angstrom", "å": "angstrom", "ms": "millisecond", "s": "second", "sec": "second",
-    "min": "minute", "h": "hour", "us": "microsecond", "µs": "microsecond",
-}
 
 
 class RestoreCancelled(RuntimeError):
@@ -131,8 +125,11 @@ def open_image(source, axes: str | None = None, scale=None, translate=None, unit
                name: str | None = None, *, allow_incomplete: bool = False) -> ImageData:
     """Open a numpy / dask / zarr array, a TIFF file or a Zarr / OME-Zarr store lazily.
 
-    TIFF files are read through tifffile's zarr store (no full read); OME-Zarr metadata
-    (axes, pixel sizes, translations, units) is used when present.
+    TIFF files are read through tifffile's zarr store (no full read), with the pixel sizes and
+    units their OME-XML, ImageJ or resolution tags record
+    (:mod:`napari_decrappify.tiff_metadata`); OME-Zarr metadata (axes, pixel sizes,
+    translations, units) is used when present. ``scale``/``translate``/``units`` given here
+    override what the file says.
 
     Parameters
     ----------
@@ -155,8 +152,10 @@ def open_image(source, axes: str | None = None, scale=None, translate=None, unit
             raise FileNotFoundError(f"input {path} does not exist")
         name = name or path.name.split(".")[0]
         if path.suffix.lower() in (".tif", ".tiff"):
-            data, tif_axes = _open_tiff(path)
+            data, tif_axes, tif_sizes = _open_tiff(path)
             axes = axes or tif_axes
+            meta_scale, meta_units = geometry_for_axes(
+                tif_sizes, check_axes(axes or guess_axes(data.ndim), data.ndim))
         elif path.is_dir():
             data, zaxes, meta_scale, meta_translate, meta_units, metadata = _open_zarr(
                 path, allow_incomplete)
@@ -216,6 +215,7 @@ def _open_tiff(path: Path):
             tif_axes = "".join(c for c in series.axes.upper() if c in AXES_CHARS)
             if len(tif_axes) != len(series.shape):
                 tif_axes = None
+            sizes = axis_sizes(tif)
         store = tifffile.imread(path, aszarr=True)
         arr = zarr.open(store, mode="r")
         if hasattr(arr, "keys") and not hasattr(arr, "shape"):  # multiscale group: level 0
@@ -226,7 +226,7 @@ def _open_tiff(path: Path):
     reader = _TiffArray(str(path), tuple(arr.shape), arr.dtype)
     reader._arr = arr  # this process already has it open
     return da.from_array(reader, chunks=arr.chunks, name=name, asarray=True,
-                         meta=np.empty((0,) * len(arr.shape), arr.dtype)), tif_axes
+                         meta=np.empty((0,) * len(arr.shape), arr.dtype)), tif_axes, sizes
 
 
 class _TiffArray:
@@ -313,8 +313,7 @@ def ngff_unit(unit: str | None, axis: str) -> str | None:
 
     if unit is None:
         return None
-    u = str(unit).strip()
-    u = _UNIT_ALIASES.get(u.lower(), _UNIT_ALIASES.get(u, u))
+    u = unit_name(unit)
     known = KNOWN_TEMPORAL_UNITS if axis == "T" else KNOWN_SPATIAL_UNITS if axis in "ZYX" else ()
     return u if u in known else None
 

@@ -6,8 +6,9 @@ import pytest
 import tifffile
 
 from napari_decrappify import io
-from napari_decrappify._napari._reader import get_reader, read, tiff_geometry, unit_name
+from napari_decrappify._napari._reader import get_reader, read
 from napari_decrappify._napari._writer import write_ome_zarr
+from napari_decrappify.tiff_metadata import tiff_geometry, unit_name
 
 pytestmark = pytest.mark.gui
 

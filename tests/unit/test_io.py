@@ -187,6 +187,7 @@ def test_tiff_output_is_atomic_and_refuses_overwrite(tmp_path):
                       scale=(40.0, 4.0, 4.0), units=("nm",) * 3)
     img = open_image(path)
     assert img.axes == "ZYX"
+    assert img.scale == (40.0, 4.0, 4.0) and img.units == ("nanometer",) * 3
     np.testing.assert_array_equal(img.data.compute(), data)
     with pytest.raises(FileExistsError):
         write_tiff(path, data, axes="ZYX")
@@ -213,3 +214,34 @@ def test_large_writes_run_in_batches(tmp_path, monkeypatch):
     write_ome_zarr(tmp_path / "b.zarr", arr, axes="ZYX", progress=events.append)
     assert len(calls) == 18 and sorted(e["done"] for e in events) == list(range(1, 19))
     np.testing.assert_array_equal(open_image(tmp_path / "b.zarr").data.compute(), expected)
+
+
+@pytest.mark.parametrize("kind", ["imagej", "ome", "resolution", "plain"])
+def test_open_image_reads_tiff_pixel_sizes(tmp_path, kind):
+    """The core (CLI, scripts) sees the same pixel sizes as the napari reader."""
+    import tifffile
+
+    stack = np.arange(2 * 8 * 12, dtype=np.uint8).reshape(2, 8, 12)
+    path = tmp_path / f"{kind}.tif"
+    if kind == "imagej":
+        tifffile.imwrite(path, stack, imagej=True, resolution=(1 / 0.004, 1 / 0.005),
+                         metadata={"spacing": 0.04, "unit": "um", "axes": "ZYX"})
+        want = (0.04, 0.005, 0.004), ("micrometer",) * 3
+    elif kind == "ome":
+        tifffile.imwrite(path, stack, ome=True, metadata={
+            "axes": "ZYX", "PhysicalSizeX": 4.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 5.0,
+            "PhysicalSizeYUnit": "nm"})
+        # Z has no size in the file: one pixel, not a made-up micrometre
+        want = (1.0, 5.0, 4.0), ("pixel", "nanometer", "nanometer")
+    elif kind == "resolution":
+        tifffile.imwrite(path, stack, resolution=(10_000 / 0.5, 10_000 / 0.25),
+                         resolutionunit="CENTIMETER")
+        want = (1.0, 0.25, 0.5), ("pixel", "micrometer", "micrometer")
+    else:
+        tifffile.imwrite(path, stack)
+        want = (1.0, 1.0, 1.0), ("pixel",) * 3
+    img = open_image(path, axes="ZYX")
+    np.testing.assert_allclose(img.scale, want[0], rtol=1e-6)
+    assert img.units == want[1]
+    override = open_image(path, axes="ZYX", scale=(2.0, 3.0, 3.0))
+    assert override.scale == (2.0, 3.0, 3.0)
