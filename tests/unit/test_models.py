@@ -181,6 +181,17 @@ def test_receptive_field_is_local_for_tiny_encoder():
     assert 8 <= rf < 128
 
 
+def test_receptive_field_probe_grows_until_it_holds_the_field():
+    """A probe smaller than the field would cut it (the old resnet34 bug): it doubles instead."""
+    arch = ArchConfig(encoder="tiny", scale=2)
+    model = build_model(arch, measure_rf=False)
+    full = measure_receptive_field(model.net, arch, size=256)
+    assert 16 < full < 128
+    assert measure_receptive_field(model.net, arch, size=32, max_size=256) == full
+    with pytest.warns(RuntimeWarning, match="at least 16 px"):
+        assert measure_receptive_field(model.net, arch, size=32, max_size=32) == 16
+
+
 def test_list_models_finds_user_models(saved, monkeypatch):
     _, path = saved
     monkeypatch.setenv("DECRAPPIFY_MODELS", str(path.parent))
