@@ -880,6 +880,9 @@ def _build(model, image, config: TileConfig | None, axes, progress, cancel) -> _
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
     total = int(np.prod([len(c) for c in chunks]))
     _RUNS[run_id] = _Run(progress=progress, cancel=cancel, total=total)
+    # the progress record lives as long as some graph holds the plan (the array, or anything
+    # derived from it), then goes: lazy arrays dropped by napari or a script leave nothing behind
+    weakref.finalize(plan, _RUNS.pop, run_id, None)
     out = da.Array(graph, name, chunks=tuple(chunks), dtype=np.dtype(out_dtype),
                    meta=np.empty((0,) * len(out_ax), dtype=np.dtype(out_dtype)))
     return _Built(data=out, image=img, out_axes=out_ax, plan=plan)

@@ -244,6 +244,28 @@ def test_progress_events_and_cancel(model1x):
     assert 2 <= len(seen) < 8
 
 
+def test_lazy_progress_record_lives_as_long_as_its_graph(model1x):
+    """A lazy result keeps reporting while anything derived from it exists, then leaves no
+    record behind (napari and scripts drop lazy arrays without telling us)."""
+    import gc
+
+    from napari_decrappify import tiling
+
+    before = set(tiling._RUNS)
+    events = []
+    lazy = restore_lazy(model1x, np.zeros((2, 64, 64), np.float32), TileConfig(tile=64, halo=48),
+                        axes="ZYX", progress=events.append)
+    plane = lazy[1]  # derived array: the original can go
+    del lazy
+    gc.collect()
+    assert len(set(tiling._RUNS) - before) == 1
+    plane.compute()
+    assert [e["done"] for e in events] == [1]
+    del plane
+    gc.collect()
+    assert set(tiling._RUNS) - before == set()
+
+
 def test_out_of_memory_halves_batch_then_splits_tiles_exactly(model1x, monkeypatch):
     m = model1x
     halo, s = 48, model1x.scale
