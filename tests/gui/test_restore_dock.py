@@ -4,7 +4,7 @@ metrics equal to metrics.py, error map, grid, and region inspection."""
 
 import numpy as np
 import pytest
-from _tiny import lr_hr, save_tiny
+from _tiny import lr_hr
 
 from napari_decrappify import metrics, tiling
 from napari_decrappify.config import TileConfig
@@ -13,19 +13,6 @@ pytestmark = pytest.mark.gui
 
 LR_SCALE, LR_TRANSLATE = (40.0, 8.0, 8.0), (0.0, 100.0, 50.0)
 HR_SCALE, HR_TRANSLATE = (40.0, 4.0, 4.0), (0.0, 98.0, 48.0)  # io.upscale_geometry of the LR
-
-
-@pytest.fixture
-def model_dir(tmp_path, monkeypatch):
-    d = tmp_path / "models"
-    d.mkdir()
-    monkeypatch.setenv("DECRAPPIFY_MODELS", str(d))
-    return d
-
-
-@pytest.fixture
-def tiny2x(model_dir):
-    return save_tiny(model_dir / "tiny-2x", scale=2)
 
 
 @pytest.fixture

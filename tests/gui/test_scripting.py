@@ -2,25 +2,12 @@
 
 import numpy as np
 import pytest
-from _tiny import lr_hr, save_tiny
+from _tiny import lr_hr
 
 from napari_decrappify import metrics, tiling
 from napari_decrappify.config import TileConfig
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def model_dir(tmp_path, monkeypatch):
-    d = tmp_path / "models"
-    d.mkdir()
-    monkeypatch.setenv("DECRAPPIFY_MODELS", str(d))
-    return d
-
-
-@pytest.fixture
-def tiny2x(model_dir):
-    return save_tiny(model_dir / "tiny-2x", scale=2)
 
 
 def test_add_restored_by_layer_and_model_object(make_napari_viewer, tiny2x):

@@ -13,14 +13,6 @@ SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
 CENTRES = [(16, 16), (16, 48), (48, 18), (46, 48)]
 
 
-@pytest.fixture
-def model_dir(tmp_path, monkeypatch):
-    d = tmp_path / "models"
-    d.mkdir()
-    monkeypatch.setenv("DECRAPPIFY_MODELS", str(d))
-    return d
-
-
 def _scene():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]

@@ -6,14 +6,6 @@ import pytest
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def model_dir(tmp_path, monkeypatch):
-    d = tmp_path / "models"
-    d.mkdir()
-    monkeypatch.setenv("DECRAPPIFY_MODELS", str(d))
-    return d
-
-
 def _quick(widget, name, *, epochs=2, iterations=3):
     widget.scale.value = 2
     widget.encoder.value = "tiny"
