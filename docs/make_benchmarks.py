@@ -83,9 +83,12 @@ def main() -> int:
             continue
         found += 1
         out += [f"Machine: {_machine(d)}.", ""]
+        if d.get("command"):
+            out += [f"Command: `{d['command']}`", ""]
         out += _generic(d)
-        if d.get("notes"):
-            out += ["", str(d["notes"])]
+        for key in ("notes", "note"):
+            if d.get(key):
+                out += ["", str(d[key])]
         out.append("")
     (HERE / "benchmarks.md").write_text("\n".join(out))
     print(f"wrote docs/benchmarks.md from {found} benchmark files")

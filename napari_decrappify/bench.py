@@ -46,7 +46,10 @@ def run(name: str, json_path: str | os.PathLike | None = None, **options) -> dic
     """Run benchmark ``name`` and write its JSON (with machine info) to ``json_path``."""
     if name not in BENCHMARKS:
         raise NotImplementedError(f"benchmark {name!r} is not built yet")
-    result = {"benchmark": name, "machine": machine_info(), **BENCHMARKS[name](**options)}
+    # the options and the command line go into the JSON: a figure must say how it was made
+    command = "decrappify bench " + " ".join([name] + [f"-o {k}={v}" for k, v in options.items()])
+    result = {"benchmark": name, "command": command, "options": dict(options),
+              "machine": machine_info(), **BENCHMARKS[name](**options)}
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,45 @@
+"""The benchmark commands run end to end on tiny inputs and write honest JSON.
+
+These check that the benchmarks work and that their correctness figures hold (seams within
+1e-4 at halo >= receptive field, memory runs complete); no timing is asserted.
+"""
+
+import json
+
+import pytest
+
+from napari_decrappify import bench
+
+bench.load_all()
+
+
+def test_seams_json_records_command_and_meets_target(tmp_path):
+    path = tmp_path / "seams.json"
+    result = bench.run("seams", path, encoders="tiny", scale="2", step="16", threads="1")
+    saved = json.loads(path.read_text())
+    assert saved["command"] == "decrappify bench seams -o encoders=tiny -o scale=2 -o step=16 " \
+                               "-o threads=1"
+    assert saved["options"]["encoders"] == "tiny" and saved["machine"]["cpu_count"] >= 1
+    tiny = result["summary"][next(k for k in result["summary"] if k.startswith("tiny"))]
+    assert tiny["max_diff_halo_ge_rf"] <= 1e-4
+    assert tiny["max_diff_halo_0"] > 1e-3  # no halo: seams the benchmark must see
+    assert result["summary"]["all_meet_target"] is True
+
+
+def test_throughput_reports_side_by_side_rates():
+    result = bench.run("throughput", model="tiny", scale="2", size="64", planes="1",
+                       repeats="1", threads="1")
+    s = result["summary"]
+    for key in ("engine_mpix_per_s", "raw_mpix_per_s", "naive_mpix_per_s"):
+        assert s[key] > 0
+    assert s["ratio_engine_vs_raw"] == pytest.approx(s["engine_mpix_per_s"] / s["raw_mpix_per_s"])
+
+
+def test_memory_runs_each_size_in_a_child_process(tmp_path):
+    result = bench.run("memory", sizes_gb="0.0005,0.001", side="256", chunk="128", tile="128",
+                       dir=str(tmp_path))
+    runs = result["runs"]
+    assert [r["input_shape"][0] for r in runs] == [8, 15]
+    assert all(r["peak_rss_mb"] > r["baseline_rss_mb"] > 0 for r in runs)
+    assert result["summary"]["largest_over_smallest"] == pytest.approx(
+        runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"])
