@@ -92,7 +92,8 @@ def restore(image, model, axes=None, lazy=True, *, progress=None, cancel=None, *
         computation (raising :class:`~napari_decrappify.io.RestoreCancelled`).
     **tile_options
         Fields of :class:`~napari_decrappify.config.TileConfig`: ``tile``, ``halo``,
-        ``batch_size``, ``device``, ``precision``, ``skip_empty``, ``output_dtype``.
+        ``batch_size``, ``device``, ``precision``, ``skip_empty``, ``output_dtype``,
+        ``tta``.
 
     Returns
     -------

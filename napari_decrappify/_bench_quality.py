@@ -58,12 +58,13 @@ def score_model(model, lr: np.ndarray, hr: np.ndarray, tile_options: dict | None
 
 @benchmark("quality")
 def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", seed: str = "0",
-                  sample: str = "cremi") -> dict:
+                  sample: str = "cremi", tta: str = "false") -> dict:
     """Model vs bicubic PSNR/SSIM on held-out planes, per scale, side by side.
 
     Options (``-o key=value``): ``scales`` ("1,2,4"), ``noisy`` (true/false/both), ``models``
     ("4=em-4x,2=/path/to/model": which model restores which scale; defaults to the bundled
-    em-denoise / em-2x / em-4x where present), ``seed``.
+    em-denoise / em-2x / em-4x where present), ``seed``, ``tta`` (true: the model with
+    test-time augmentation as well; both are reported).
     """
     from .models import ModelFileError, load_model
     from .samples import load_sample
@@ -97,6 +98,10 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
                                 "ssim": res["ssim"], "seconds_per_plane": res["seconds_per_plane"],
                                 "per_plane": res["planes"]}
                 row["gain"] = {"psnr_db": res["psnr"] - bic["psnr"], "ssim": res["ssim"] - bic["ssim"]}
+                if tta.lower() in ("1", "true", "yes"):
+                    res = score_model(model, lr, hr, {"tta": True})
+                    row["model_tta"] = {"psnr": res["psnr"], "ssim": res["ssim"],
+                                        "seconds_per_plane": res["seconds_per_plane"]}
             rows.append(row)
     summary = [
         {k: v for k, v in {
@@ -105,6 +110,9 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
             "model": (f"{r['model']['name']}: {r['model']['psnr']:.2f} dB / {r['model']['ssim']:.3f}"
                       if "model" in r else "no model for this scale"),
             "gain": (f"{r['gain']['psnr_db']:+.2f} dB / {r['gain']['ssim']:+.3f}" if "gain" in r else None),
+            "model + TTA": (f"{r['model_tta']['psnr']:.2f} dB / {r['model_tta']['ssim']:.3f} "
+                            f"({r['model_tta']['psnr'] - r['bicubic']['psnr']:+.2f} dB)"
+                            if "model_tta" in r else None),
         }.items() if v is not None}
         for r in rows
     ]

@@ -222,7 +222,7 @@ def cmd_restore(args) -> int:
         raise FileExistsError(f"output {out} exists: pass --overwrite to replace it")
     options = {"halo": args.halo, "device": args.device, "precision": args.precision,
                "batch_size": args.batch, "skip_empty": args.skip_empty,
-               "output_dtype": args.output_dtype}
+               "output_dtype": args.output_dtype, "tta": args.tta}
     if args.tile is not None:  # unset: TileConfig may grow the default tile to fit the halo
         options["tile"] = args.tile
     config = TileConfig(**options)
@@ -552,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads (default), local (a dask LocalCluster) or a dask.distributed "
                         "scheduler address")
     s.add_argument("--skip-empty", action="store_true", help="do not run constant input tiles")
+    s.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the 8 rotations/flips of each tile "
+                        "(8x slower, usually a little better)")
     s.add_argument("--output-dtype", default="float32", choices=["float32", "input"])
     s.add_argument("--levels", type=int, default=1, help="OME-Zarr resolution levels (2x each)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing OUT")

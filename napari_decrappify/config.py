@@ -142,6 +142,8 @@ class TileConfig(_Config):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     skip_empty: bool = False
     output_dtype: Literal["float32", "input"] = "float32"
+    # test-time augmentation: mean of the 8 rotations/flips of each tile (8x the compute)
+    tta: bool = False
 
     @field_validator("tile")
     @classmethod

@@ -162,6 +162,9 @@ class CoreJob:
         self.result: Any = None
         self.error: BaseException | None = None
         self.status = "pending"  # pending -> running -> done | cancelled | failed
+        # Qt delivers ``returned`` (status) before ``finished`` (buttons, progress bar): wait on
+        # ``finished`` to see the dock in its final state.
+        self.finished = False
         self.events: list[dict] = []
         self.t0 = time.monotonic()
         self.pbar: napari_progress | None = None
@@ -260,3 +263,4 @@ class CoreJob:
             self.pbar = None
         if self._on_finished is not None:
             self._on_finished()
+        self.finished = True

@@ -89,8 +89,10 @@ class RestoreWidget(DockBody):
         self.device = ComboBox(label="device", choices=devices(), value="auto")
         self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16", "fp16"],
                                   value="auto")
+        self.tta = CheckBox(label="test-time augmentation (8 rotations/flips, 8x slower)",
+                            value=False)
         self.advanced = Container(widgets=[self.tile, self.halo, self.batch, self.device,
-                                           self.precision])
+                                           self.precision, self.tta])
 
         # -- actions
         self.restore_button = PushButton(text="Restore")
@@ -271,7 +273,7 @@ class RestoreWidget(DockBody):
 
         options = {"halo": None if self.halo.value < 0 else int(self.halo.value),
                    "batch_size": int(self.batch.value), "device": self.device.value,
-                   "precision": self.precision.value}
+                   "precision": self.precision.value, "tta": bool(self.tta.value)}
         if self.tile.value:  # else the engine's default, grown to the model's halo if needed
             options["tile"] = int(self.tile.value)
         return TileConfig(**options)

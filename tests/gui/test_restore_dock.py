@@ -46,7 +46,7 @@ def _setup(viewer, seed, *, with_hr=True):
 
 def _wait(qtbot, job, timeout=60_000):
     assert job is not None
-    qtbot.waitUntil(lambda: not job.running, timeout=timeout)
+    qtbot.waitUntil(lambda: job.finished, timeout=timeout)
 
 
 def test_dock_lists_models_and_shows_mode(make_napari_viewer, tiny2x, model_dir):
@@ -244,7 +244,7 @@ def test_metrics_shown_equal_metrics_py(make_napari_viewer, qtbot, tiny2x):
     # lazy mode scores the plane on screen on request, with the same numbers
     dock.lazy.value = True
     dock.run()
-    qtbot.waitUntil(lambda: dock.job is not None and not dock.job.running, timeout=30_000)
+    qtbot.waitUntil(lambda: dock.job is not None and dock.job.finished, timeout=30_000)
     assert dock.metrics["plane"]["index"] == (2,)
     assert dock.metrics["plane"]["restored"]["psnr"] == pytest.approx(one["psnr"], abs=1e-5)
 

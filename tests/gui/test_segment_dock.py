@@ -66,7 +66,7 @@ def test_segment_dock_paint_train_predict_measure(make_napari_viewer, qtbot, mod
 
     job = dock.start_training()
     assert job is not None and not dock.train_button.enabled and dock.cancel_button.enabled
-    qtbot.waitUntil(lambda: not job.running, timeout=300_000)
+    qtbot.waitUntil(lambda: job.finished, timeout=300_000)
     assert job.status == "done", dock.status.value
     assert dock.result.iterations == 20
     assert "saved" in dock.status.value
@@ -76,7 +76,7 @@ def test_segment_dock_paint_train_predict_measure(make_napari_viewer, qtbot, mod
 
     job = dock.start_prediction()
     assert job is not None
-    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
     assert job.status == "done", dock.status.value
     classes = viewer.layers["cells classes (dock-seg)"]
     probs = viewer.layers["cells probabilities (dock-seg)"]
@@ -117,7 +117,7 @@ def test_segment_dock_paint_train_predict_measure(make_napari_viewer, qtbot, mod
     dock.reference.value = truth
     job = dock.start_comparison()
     assert job is not None
-    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
     assert job.status == "done", dock.status.value
     assert dock.compare_table.rowCount() == 2
     res = dock.comparison

@@ -37,7 +37,7 @@ def test_train_dock_trains_saves_and_restore_dock_lists_it(make_napari_viewer, q
     job = dock.start()
     assert job is not None
     assert not dock.train_button.enabled and dock.cancel_button.enabled
-    qtbot.waitUntil(lambda: not job.running, timeout=120_000)
+    qtbot.waitUntil(lambda: job.finished, timeout=120_000)
 
     assert job.status == "done", dock.status.value
     assert dock.result.stop_reason == "completed"
@@ -68,7 +68,7 @@ def test_train_dock_cancel_keeps_weights(make_napari_viewer, qtbot, model_dir, e
     job = dock.start()
     qtbot.waitUntil(lambda: len(dock.plot.iterations) >= 2, timeout=60_000)
     dock.cancel()
-    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
     assert dock.result.stop_reason == "cancelled"
     assert len(dock.plot.iterations) < 50 * 5
     assert (model_dir / "cancelled-model" / "model.safetensors").exists()

@@ -31,7 +31,7 @@ def test_events_in_order_and_result(make_napari_viewer, qtbot):
     seen, results = [], []
     job = CoreJob(_count, 200, on_event=lambda e: seen.append(e), on_result=results.append,
                   description="count")
-    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
+    qtbot.waitUntil(lambda: job.finished, timeout=20_000)
     iterations = [e["iteration"] for e in seen if e["event"] == "batch"]
     assert iterations == list(range(1, 201))  # every batch event, in order
     assert job.status == "done" and results == [200]
@@ -48,11 +48,11 @@ def test_cancel_and_errors_are_reported_not_swallowed(make_napari_viewer, qtbot)
                   on_error=lambda e: outcome.append(("error", e)))
     qtbot.waitUntil(lambda: len(job.events) > 3, timeout=20_000)
     job.cancel()
-    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
+    qtbot.waitUntil(lambda: job.finished, timeout=20_000)
     assert job.status == "cancelled" and outcome == [("cancelled",)]
 
     outcome.clear()
     job = CoreJob(_count, 10, fail_at=3, on_result=lambda r: outcome.append(("result", r)),
                   on_error=lambda e: outcome.append(("error", str(e))))
-    qtbot.waitUntil(lambda: not job.running, timeout=20_000)
+    qtbot.waitUntil(lambda: job.finished, timeout=20_000)
     assert job.status == "failed" and outcome == [("error", "bad input at 3")]

@@ -101,6 +101,33 @@ def test_tiled_equals_whole_image_when_halo_covers_receptive_field(tiny_model_4x
     assert np.abs(bad - _whole(m, img, 0)).max() > 1e-2
 
 
+def _dihedral(a, k, flip):
+    a = np.rot90(a, k, axes=(-2, -1))
+    return a[..., ::-1] if flip else a
+
+
+def test_test_time_augmentation_is_the_mean_of_the_8_symmetries_and_tiles_exactly(
+        tiny_model_4x, monkeypatch):
+    m = tiny_model_4x
+    # sizes where every window (and the padded whole image) is a multiple of the alignment, so
+    # that rotating a window keeps the encoder's pooling grid on the same pixels
+    rf = -(-m.receptive_field // 16) * 16
+    img = np.random.default_rng(2).random((64, 128), dtype=np.float32)
+    calls = []
+    original = DeviceWorker._net_call
+    monkeypatch.setattr(DeviceWorker, "_net_call", lambda self, x: calls.append(1) or original(self, x))
+    out = restore(m, img, TileConfig(tile=64, halo=rf, tta=True), axes="YX")  # 1 x 2 tiles
+    assert len(calls) == 2 * 8
+    # reference: each symmetry of the whole image restored, mapped back, averaged
+    ref = np.mean([_dihedral(_dihedral(_whole(m, np.ascontiguousarray(_dihedral(img, k, f)), rf),
+                                       0, f), -k, False)
+                   for f in (False, True) for k in range(4)], axis=0)
+    assert out.shape == (256, 512)
+    assert np.abs(out - ref).max() <= 1e-4
+    plain = restore(m, img, TileConfig(tile=64, halo=rf), axes="YX")
+    assert np.abs(out - plain).max() > 1e-3  # a random network is not symmetric: TTA changed it
+
+
 def test_reflect_borders_for_an_image_smaller_than_the_halo(model1x):
     img = np.random.default_rng(2).random((20, 13), dtype=np.float32)
     out = restore(model1x, img, TileConfig(tile=64, halo=48), axes="YX")
