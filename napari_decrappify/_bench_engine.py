@@ -88,20 +88,19 @@ def bench_throughput(model: str = "tiny", scale: str = "4", tile: str = "", halo
                      precision: str = "auto", threads: str = "") -> dict:
     """Engine vs raw network vs naive loop (module docstring). Options: ``model`` (an encoder
     name for random weights, or a model folder/name, e.g. em-4x), ``scale``, ``tile`` (default
-    as the engine: 256 or 2 x halo), ``halo``
+    as the engine: 512 or 2 x halo), ``halo``
     (default: receptive field), ``size`` (LR plane side), ``planes``, ``repeats``, ``device``,
     ``precision``, ``threads`` (torch intra-op threads)."""
     import torch
 
     from .config import TileConfig
-    from .tiling import DeviceWorker, restore_lazy, tile_axis
+    from .tiling import DeviceWorker, default_tile, restore_lazy, tile_axis
 
     _set_threads(threads)
     m = _get_model(model, int(scale))
     size, n_planes, reps = int(size), int(planes), int(repeats)
     h = m.receptive_field if halo == "" else int(halo)
-    # as the engine's default: 256, or 2 x halo if larger; an explicit tile is taken as is
-    t = int(tile) if tile else max(256, -(-2 * h // 32) * 32)
+    t = int(tile) if tile else default_tile(h)  # the engine's default; an explicit tile as is
     cfg = TileConfig(tile=t, halo=h, device=device, precision=precision)
     ax = tile_axis(size, t, h)
     s = m.scale

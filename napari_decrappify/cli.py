@@ -79,9 +79,10 @@ def cmd_train(args) -> int:
                                 blur_sigma=args.blur),
         loss=args.loss, feature_weights=args.feature_loss, patch_size=args.patch,
         batch_size=args.batch, epochs=args.epochs, minutes=args.minutes,
-        iterations_per_epoch=args.iters, lr_max=args.lr_max, seed=args.seed, device=args.device,
+        iterations_per_epoch=args.iters, seed=args.seed, device=args.device,
         precision=args.precision, train_planes=parse_planes(args.train_planes),
         valid_planes=parse_planes(args.valid_planes),
+        **({} if args.lr_max is None else {"lr_max": args.lr_max}),
     )
     images = [read_input(p) for p in args.hr]
     if args.lr_find:
@@ -514,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "perceptual loss; implies --loss perceptual")
     s.add_argument("--patch", type=int, default=64, help="LR patch size")
     s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--lr-max", dest="lr_max", type=float, default=1e-3)
+    s.add_argument("--lr-max", dest="lr_max", type=float,
+                   help="peak learning rate of the one-cycle schedule (default 1e-3)")
     s.add_argument("--photons", type=float, nargs="+", default=[255.0],
                    help="photon count at intensity 1 (one value or a range LO HI; 0 = no shot noise)")
     s.add_argument("--read-noise", type=float, nargs="+", default=[0.01])
@@ -542,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", help="output *.zarr (OME-Zarr) or *.tif/*.tiff")
     s.add_argument("--axes", help="axes of IN, e.g. ZYX (default: from the file, else by ndim)")
     s.add_argument("--tile", type=int, help="tile size on the input grid, multiple of 32 "
-                                            "(default 256, or 2 x halo if larger)")
+                                            "(default 512, or 2 x halo if larger)")
     s.add_argument("--halo", type=int, help="context pixels per side (default: the model's "
                                             "receptive field: exact seams)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

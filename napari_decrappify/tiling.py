@@ -90,6 +90,19 @@ def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
+def default_tile(halo: int, align: int = ALIGN) -> int:
+    """The tile (input px) used when none is given: ``TileConfig().tile`` or 2 x halo if larger.
+
+    Every window computes its tile plus a halo on each side, so small tiles waste most of the
+    work: with a core of >= 2 halos at least 25% of a window is kept. Measured on CPU for em-4x
+    (halo 178) on a 1024^2 plane: tile 512 ran 1.6x faster than 384 (the former 2 x halo) for
+    9% more peak memory.
+    """
+    from .config import TileConfig
+
+    return max(TileConfig().tile, _round_up(2 * int(halo), align))
+
+
 @dataclass(frozen=True)
 class AxisTiling:
     """How one image axis of ``size`` pixels is cut (all on the input grid).
@@ -855,9 +868,7 @@ def _build(model, image, config: TileConfig | None, axes, progress, cancel) -> _
     if tile % align:
         raise ValueError(f"tile {tile} must be a multiple of {align} (model alignment)")
     if "tile" not in config.model_fields_set:
-        # the default grows with the halo: a core of >= 2 halos keeps >= 25% of each window's
-        # work (em-4x, halo 175: tile 352, not 256 where 82% of the work was halo)
-        tile = max(tile, _round_up(2 * halo, align))
+        tile = default_tile(halo, align)  # grows with the halo
     elif tile < halo:
         raise ValueError(f"tile {tile} is smaller than the halo {halo}: most of each tile's work "
                          f"would be thrown away; use a tile >= {_round_up(halo, align)} or a "

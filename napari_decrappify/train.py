@@ -12,6 +12,7 @@ import math
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,13 @@ from .data import (
     make_stacks,
     percentile_norm,
 )
-from .models import RestorationModel, build_model, measure_receptive_field, save_model
+from .models import (
+    RestorationModel,
+    build_model,
+    dead_encoder_warning,
+    measure_receptive_field,
+    save_model,
+)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -385,6 +392,10 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     learn.recorder.train_metrics = False
     seconds, iterations = fit_learner(learn, config, device, events)
     model.config.receptive_field = measure_receptive_field(net, arch)
+    dead = dead_encoder_warning(model.config.receptive_field, arch)
+    if dead is not None:
+        warnings.warn(dead, RuntimeWarning, stacklevel=2)
+        model.config.training["warnings"] = [dead]
     model.config.crappifier = crappifier.config
     previous = ({"weights_from": str(init_from.path), **init_from.config.training}
                 if init_from is not None else {})

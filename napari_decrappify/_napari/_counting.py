@@ -93,8 +93,7 @@ class CountingStudyWidget(DockBody):
         self.session_button.changed.connect(self.new_session)
         self.next_button.changed.connect(self.next_crop)
         self.unblind_button.changed.connect(self.unblind)
-        for ev in ("inserted", "removed", "reordered", "renamed"):
-            getattr(v.layers.events, ev).connect(self.reset_choices)
+        self.follow_layers(v)
 
     # ------------------------------------------------------------------ data
     def _plane(self, layer) -> np.ndarray:

@@ -53,6 +53,11 @@ class DockBody(QWidget):
         for c in self._containers:
             c.reset_choices()
 
+    def follow_layers(self, viewer) -> None:
+        """Refresh every layer choice when the viewer's layers are added, removed or renamed."""
+        for ev in ("inserted", "removed", "reordered", "renamed"):
+            getattr(viewer.layers.events, ev).connect(self.reset_choices)
+
 
 def note(text: str = ""):
     """A magicgui Label that wraps its text (messages, tables, explanations)."""

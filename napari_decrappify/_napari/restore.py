@@ -151,8 +151,7 @@ class RestoreWidget(DockBody):
         self.error_button.changed.connect(self.add_error_map)
         self.grid_button.changed.connect(self.toggle_grid)
         self.inspect_button.changed.connect(self.inspect)
-        for ev in ("inserted", "removed", "reordered", "renamed"):
-            getattr(v.layers.events, ev).connect(self.reset_choices)
+        self.follow_layers(v)
         v.dims.events.current_step.connect(self._plane_changed)
         model_events.saved.connect(self._model_saved)
         self._image_changed()

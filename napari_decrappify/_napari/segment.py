@@ -186,8 +186,7 @@ class SegmentWidget(DockBody):
         self.compare_button.changed.connect(self.start_comparison)
         self.model_folder.changed.connect(self._folder_chosen)
         self.table.itemSelectionChanged.connect(self._row_selected)
-        for ev in ("inserted", "removed", "reordered", "renamed"):
-            getattr(v.layers.events, ev).connect(self.reset_choices)
+        self.follow_layers(v)
 
     # ------------------------------------------------------------------ choices
     def model_entries(self) -> list[dict]:

@@ -136,7 +136,10 @@ class TrainWidget(DockBody):
         self.patch_size = SpinBox(label="patch size (LR px)", value=64, min=16, max=1024, step=16)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
         self.iterations = SpinBox(label="iterations / epoch", value=100, min=1, max=1_000_000)
-        self.lr_max = FloatSpinBox(label="max learning rate", value=1e-3, min=1e-6, max=1.0,
+        from ..config import TrainConfig
+
+        self.lr_max = FloatSpinBox(label="max learning rate",
+                                   value=TrainConfig.model_fields["lr_max"].default, min=1e-6, max=1.0,
                                    step=1e-4)
         self.frames = ComboBox(label="frames (multi-frame)", choices=[1, 3, 5], value=1)
         self.device = ComboBox(label="device", choices=devices(), value="auto")
@@ -168,8 +171,7 @@ class TrainWidget(DockBody):
 
         self.train_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
-        for ev in ("inserted", "removed", "reordered", "renamed"):
-            getattr(v.layers.events, ev).connect(self.reset_choices)
+        self.follow_layers(v)
 
     # ------------------------------------------------------------------ parameters
     def config(self):

@@ -204,3 +204,15 @@ def test_segmentation_models_get_a_real_receptive_field():
     assert model.receptive_field > 8  # measured on logits, not on softmax outputs that sum to 1
     y = model.predict_plane(_plane(size=32))
     np.testing.assert_allclose(y.sum(axis=0), 1.0, atol=1e-5)  # the head is softmax again
+
+
+def test_dead_encoder_warning_flags_a_field_below_one_encoder_stride():
+    from napari_decrappify.models import dead_encoder_warning
+
+    arch = ArchConfig(encoder="resnet18s", scale=4)
+    # resnet18s (stride 16): a live em-4x measures 178 px; L1 at lr 3e-3 gave 14 px
+    assert dead_encoder_warning(178, arch) is None
+    message = dead_encoder_warning(14, arch)
+    assert "14 px" in message and "encoder no longer contributes" in message
+    assert "--lr-max" in message
+    assert dead_encoder_warning(8, ArchConfig(encoder="tiny")) is None  # tiny: stride 8

@@ -361,6 +361,17 @@ def test_bad_input_is_refused_clearly(model1x):
     assert lazy.chunks == ((40,), (40,))
 
 
+def test_default_tile_is_512_or_two_halos(model1x):
+    from napari_decrappify.tiling import default_tile
+
+    assert default_tile(16) == 512
+    assert default_tile(178) == 512  # em-4x: 35% of each window kept, not 27% at 2 x halo
+    assert default_tile(300) == 608
+    img = np.zeros((1100, 40), np.float32)
+    assert restore_lazy(model1x, img, axes="YX").chunks == ((512, 512, 76), (40,))
+    assert restore_lazy(model1x, img, TileConfig(halo=300), axes="YX").chunks == ((608, 492), (40,))
+
+
 @pytest.mark.gpu
 def test_cuda_batches_in_half_precision_close_to_fp32(tiny_model_4x):
     m = tiny_model_4x

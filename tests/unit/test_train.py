@@ -113,6 +113,17 @@ def test_wall_clock_budget(hr):
     assert result.seconds < 0.05 * 60 + 10
 
 
+def test_a_model_whose_encoder_died_is_saved_with_a_warning(hr, tmp_path, monkeypatch):
+    import napari_decrappify.train as train_module
+
+    monkeypatch.setattr(train_module, "measure_receptive_field", lambda net, arch: 3)
+    with pytest.warns(RuntimeWarning, match="encoder no longer contributes"):
+        train([hr], tiny_config(epochs=1, iterations_per_epoch=2), out=tmp_path / "dead")
+    model = load_model(tmp_path / "dead")
+    assert model.receptive_field == 3
+    assert "3 px" in model.config.training["warnings"][0]
+
+
 def test_bad_training_input(hr):
     with pytest.raises(ValueError, match="no HR images"):
         train([], tiny_config())
