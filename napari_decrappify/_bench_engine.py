@@ -39,10 +39,6 @@ from .bench import benchmark
 from .tiling import reflect_index
 
 
-def _bool(v) -> bool:
-    return str(v).lower() in ("1", "true", "yes", "on")
-
-
 def _set_threads(threads) -> None:
     import torch
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .bench import benchmark
+from .bench import benchmark, option_true
 from .crappify import crop_to_multiple, to_unit
 from .metrics import bicubic_upsample, evaluate
 
@@ -98,7 +98,7 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
                                 "ssim": res["ssim"], "seconds_per_plane": res["seconds_per_plane"],
                                 "per_plane": res["planes"]}
                 row["gain"] = {"psnr_db": res["psnr"] - bic["psnr"], "ssim": res["ssim"] - bic["ssim"]}
-                if tta.lower() in ("1", "true", "yes"):
+                if option_true(tta):
                     res = score_model(model, lr, hr, {"tta": True})
                     row["model_tta"] = {"psnr": res["psnr"], "ssim": res["ssim"],
                                         "seconds_per_plane": res["seconds_per_plane"]}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import benchmark
+from .bench import benchmark, option_true
 
 TRAIN_ROWS = slice(0, 256)
 TEST_ROWS = slice(256, 512)
@@ -144,7 +144,7 @@ def bench_segmentation(minutes: str = "1.5", restore_minutes: str = "3", restore
     if model.scale != 4:
         raise ValueError(f"restorer {model.name!r} is {model.scale}x; this benchmark needs 4x")
     sources["restored"] = np.asarray(restore(model, lr, axes="YX"))
-    if expert.lower() in ("1", "true", "yes"):
+    if option_true(expert):
         emodel, restorers["restored-expert"] = _train_restorer(
             hr_planes, float(restore_minutes), int(restore_epochs), work / "restorer-expert",
             restore_encoder, seed_i,

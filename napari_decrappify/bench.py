@@ -16,6 +16,11 @@ from pathlib import Path
 BENCHMARKS: dict[str, Callable[..., dict]] = {}
 
 
+def option_true(value: str) -> bool:
+    """A yes/no benchmark option given as text (``-o tta=true``): 1, true or yes."""
+    return str(value).lower() in ("1", "true", "yes")
+
+
 def benchmark(name: str):
     """Register a benchmark function ``f(**options) -> dict`` under ``name``."""
 
