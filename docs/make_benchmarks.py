@@ -62,8 +62,11 @@ SECTIONS = [
      "divided by the raw network rate (same model and tile size, tensors in memory, plain loop)."),
     ("memory", "Memory", "`decrappify bench memory`: peak RSS while restoring a Zarr stack "
      "of growing size with a tiny model."),
-    ("seams", "Seams", "`decrappify bench seams`: max |tiled - whole-image| in fp32 for tile/halo "
-     "settings."),
+    ("seams", "Seams", "`decrappify bench seams`: max |tiled - whole-image| in fp32, network "
+     "units (real EM restores to about [0, 1]), for tile/halo settings, on a mosaic of real CREMI "
+     "planes at the model's input pixel size."),
+    ("seams-noise", "Seams on white noise", "`decrappify bench seams -o input=noise`: the same on "
+     "uniform noise over the model's whole input range, a stress test outside any training data."),
     ("segmentation", "Segmentation counts on LR, restored and HR",
      "`decrappify bench segmentation`: object counts and F1 (IoU >= 0.5) against ground-truth masks."),
 ]

@@ -6,6 +6,7 @@ These check that the benchmarks work and that their correctness figures hold (se
 
 import json
 
+import numpy as np
 import pytest
 
 from napari_decrappify import bench
@@ -15,15 +16,35 @@ bench.load_all()
 
 def test_seams_json_records_command_and_meets_target(tmp_path):
     path = tmp_path / "seams.json"
-    result = bench.run("seams", path, encoders="tiny", scale="2", step="16", threads="1")
+    result = bench.run("seams", path, encoders="tiny", scale="2", step="16", threads="1",
+                       input="noise")
     saved = json.loads(path.read_text())
     assert saved["command"] == "decrappify bench seams -o encoders=tiny -o scale=2 -o step=16 " \
-                               "-o threads=1"
+                               "-o threads=1 -o input=noise"
     assert saved["options"]["encoders"] == "tiny" and saved["machine"]["cpu_count"] >= 1
     tiny = result["summary"][next(k for k in result["summary"] if k.startswith("tiny"))]
     assert tiny["max_diff_halo_ge_rf"] <= 1e-4
     assert tiny["max_diff_halo_0"] > 1e-3  # no halo: seams the benchmark must see
     assert result["summary"]["all_meet_target"] is True
+    assert result["summary"]["input"] == "noise"
+
+
+def test_seams_on_real_planes_in_network_units(cremi):
+    from napari_decrappify._bench_engine import _tiled_vs_whole, seam_input
+    from napari_decrappify.models import load_model
+
+    result = bench.run("seams", encoders="tiny", scale="2", step="16", threads="1")
+    assert result["summary"]["input"] == "cremi" and result["summary"]["all_meet_target"]
+    # a bundled model's input units are 0-255; the differences are taken in network units,
+    # where restored real EM lies near [0, 1], so 1e-4 means the same thing for every model
+    m = load_model("em-2x")
+    img = seam_input(m, 96, "cremi", np.random.default_rng(0))
+    assert img.shape == (96, 96) and 20 < img.mean() < 235 and img.max() <= 255
+    diff, out_max = _tiled_vs_whole(m, img, tile=64, halo=0)
+    assert 0.3 < out_max < 2.0
+    assert 1e-3 < diff < out_max  # no halo: a real seam, in the same units
+    with pytest.raises(ValueError, match="cremi' or 'noise"):
+        seam_input(m, 96, "white", np.random.default_rng(0))
 
 
 def test_throughput_reports_side_by_side_rates():
