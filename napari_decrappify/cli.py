@@ -74,7 +74,8 @@ def cmd_train(args) -> int:
     config = TrainConfig(
         scale=args.scale,
         arch=ArchConfig(encoder=args.encoder, strategy=args.strategy, frames=args.frames,
-                        self_attention=args.self_attention, scale=args.scale),
+                        self_attention=args.self_attention, scale=args.scale,
+                        **({"activation": args.activation} if args.activation else {})),
         crappify=CrappifyConfig(scale=args.scale, photons=photons, read_noise=read,
                                 blur_sigma=args.blur),
         loss=args.loss, feature_weights=args.feature_loss, patch_size=args.patch,
@@ -509,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", default="lr_grid", choices=["lr_grid", "pre_upsample"])
     s.add_argument("--frames", type=int, default=1)
     s.add_argument("--self-attention", action="store_true")
+    s.add_argument("--activation", choices=["relu", "leaky_relu"],
+                   help="U-Net decoder activation (default: ArchConfig's); leaky_relu units "
+                        "cannot die (docs/training.md)")
     s.add_argument("--loss", default="l1", choices=["l1", "msssim_l1", "perceptual"])
     s.add_argument("--feature-loss", metavar="WEIGHTS_OR_SEG_MODEL_DIR",
                    help="encoder weights (safetensors) or a segmentation model folder for the "

@@ -119,6 +119,20 @@ def build_encoder(encoder: str, n_in: int) -> nn.Sequential:
 ENCODER_STRIDE = {"tiny": 8, "resnet18s": 16, "resnet18": 32, "resnet34": 32, "resnet50": 32}
 
 
+LEAKY_SLOPE = 0.1
+
+
+def decoder_activation(name: str) -> type[nn.Module] | Any:
+    """The activation class the U-Net decoder is built with (``relu`` or ``leaky_relu``)."""
+    if name == "relu":
+        return nn.ReLU
+    if name == "leaky_relu":
+        from functools import partial
+
+        return partial(nn.LeakyReLU, negative_slope=LEAKY_SLOPE)
+    raise ModelFileError(f"unknown decoder activation {name!r}")
+
+
 class RestorationNet(nn.Module):
     """DynamicUnet (+ pixel-shuffle upsampling) mapping ``frames`` LR planes to HR planes.
 
@@ -138,12 +152,13 @@ class RestorationNet(nn.Module):
         norm_type = NormType.Spectral if arch.spectral_norm else None
         stride = ENCODER_STRIDE[arch.encoder]
         img_size = (stride * 4, stride * 4)
+        act_cls = decoder_activation(arch.activation)
         self.upsample: nn.Module | None = None
         if arch.strategy == "lr_grid" and arch.scale > 1:
             features = 32
             self.unet = DynamicUnet(
                 encoder, features, img_size, blur=arch.blur, self_attention=arch.self_attention,
-                norm_type=norm_type,
+                norm_type=norm_type, act_cls=act_cls,
             )
             # ICNR init: the shuffled output starts as nearest-neighbour upsampling (no checkerboard).
             self.upsample = PixelShuffle_ICNR(
@@ -152,7 +167,7 @@ class RestorationNet(nn.Module):
         else:
             self.unet = DynamicUnet(
                 encoder, arch.out_channels, img_size, blur=arch.blur,
-                self_attention=arch.self_attention, norm_type=norm_type,
+                self_attention=arch.self_attention, norm_type=norm_type, act_cls=act_cls,
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

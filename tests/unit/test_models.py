@@ -216,3 +216,42 @@ def test_dead_encoder_warning_flags_a_field_below_one_encoder_stride():
     assert "14 px" in message and "encoder no longer contributes" in message
     assert "--lr-max" in message
     assert dead_encoder_warning(8, ArchConfig(encoder="tiny")) is None  # tiny: stride 8
+
+
+def _encoder_grad_with_decoder_biases(activation: str, bias: float) -> float:
+    """Gradient reaching the encoder when every decoder conv bias is ``bias`` (very negative:
+    each decoder ReLU unit is off for every input, as in a U-Net whose decoder has died)."""
+    model = build_model(ArchConfig(encoder="tiny", scale=2, activation=activation),
+                        measure_rf=False, seed=0)
+    net = model.net.train()
+    for block in list(net.unet.layers)[3:-3]:  # middle conv and decoder blocks, not the head
+        for mod in block.modules():
+            if isinstance(mod, torch.nn.Conv2d) and mod.bias is not None:
+                torch.nn.init.constant_(mod.bias, bias)
+    net(torch.rand(2, 1, 32, 32)).abs().mean().backward()
+    encoder = net.unet.layers[0]
+    return float(sum(p.grad.abs().sum() for p in encoder.parameters() if p.grad is not None))
+
+
+def test_leaky_decoder_keeps_a_gradient_where_relu_dies():
+    assert _encoder_grad_with_decoder_biases("relu", 0.0) > 0
+    assert _encoder_grad_with_decoder_biases("relu", -100.0) == 0.0  # dead: nothing trains it
+    assert _encoder_grad_with_decoder_biases("leaky_relu", -100.0) > 0
+
+
+def test_activation_round_trips_and_old_files_mean_relu(tmp_path):
+    model = build_model(ArchConfig(encoder="tiny", scale=2, activation="leaky_relu"),
+                        name="leaky", measure_rf=False, seed=3)
+    assert any(isinstance(m, torch.nn.LeakyReLU) for m in model.net.modules())
+    path = save_model(model, tmp_path / "leaky")
+    loaded = load_model(path)
+    assert loaded.config.arch.activation == "leaky_relu"
+    x = _plane(size=32)
+    np.testing.assert_array_equal(loaded.predict_plane(x), model.predict_plane(x))
+    # a model file written before the field existed: ReLU, as it was trained
+    cfg = json.loads((path / "model.json").read_text())
+    del cfg["arch"]["activation"]
+    (path / "model.json").write_text(json.dumps(cfg))
+    assert load_model(path).config.arch.activation == "relu"
+    with pytest.raises(ValueError, match="activation"):
+        ArchConfig(activation="gelu")
