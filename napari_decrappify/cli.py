@@ -302,7 +302,7 @@ def cmd_segment(args) -> int:
 
     from .io import write_ome_zarr, write_tiff
     from .models import load_model
-    from .segment import SegmentConfig, measure, predict, train_segmenter
+    from .segment import SegmentConfig, measure, predict, segmentation_arch, train_segmenter
     from .segment import instances as split_instances
 
     out = Path(args.output)
@@ -328,7 +328,7 @@ def cmd_segment(args) -> int:
         if not args.classes:
             raise ValueError("--train-labels needs --classes NAME,NAME (label k = k-th name)")
         labels = np.asarray(read_input(args.train_labels))
-        config = SegmentConfig(arch={"encoder": args.encoder, "scale": 1, "residual": False},
+        config = SegmentConfig(arch=segmentation_arch(args.encoder),
                                loss=args.loss, minutes=args.minutes,
                                epochs=args.epochs if args.epochs or not args.minutes else None,
                                patch_size=args.patch, batch_size=args.batch, device=args.device,

@@ -74,10 +74,10 @@ class ArchConfig(_Config):
     blur: bool = True
     spectral_norm: bool = False
     residual: bool = True
-    # decoder activation. ReLU (fastai's default, the bundled models) can die: with the L1 loss
-    # the last decoder block of resnet18s U-Nets went all-zero within minutes (14 px field);
-    # leaky ReLU keeps a gradient through every unit (docs/training.md)
-    activation: Literal["relu", "leaky_relu"] = "relu"
+    # decoder activation. ReLU (fastai's default; model files written before this field) can
+    # die: with the L1 loss the last decoder block of resnet18s U-Nets went all-zero within 3
+    # minutes (field 14 px); leaky ReLU keeps a gradient through every unit (docs/training.md)
+    activation: Literal["relu", "leaky_relu"] = "leaky_relu"
 
     @field_validator("scale", mode="before")
     @classmethod

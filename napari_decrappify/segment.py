@@ -48,6 +48,12 @@ BACKGROUND_NAMES = frozenset({"background", "bg", "backgr", "other", "none", "un
 MAX_COORDS_PER_CLASS = 1_000_000  # patch centres kept per class (subsampled beyond that)
 
 
+def segmentation_arch(encoder: str = "resnet18s") -> ArchConfig:
+    """The segmentation U-Net: on the image grid, no residual path, and the ReLU decoder its
+    measurements were made with (leaky ReLU is measured for restoration only)."""
+    return ArchConfig(encoder=encoder, scale=1, residual=False, activation="relu")
+
+
 class SegmentConfig(_Config):
     """Segmentation training parameters.
 
@@ -60,8 +66,7 @@ class SegmentConfig(_Config):
     and/or ``minutes`` (wall clock) as for restoration.
     """
 
-    arch: ArchConfig = Field(default_factory=lambda: ArchConfig(encoder="resnet18s", scale=1,
-                                                                residual=False))
+    arch: ArchConfig = Field(default_factory=lambda: segmentation_arch())
     loss: Literal["ce", "dice_ce"] = "dice_ce"
     dice_weight: float = 1.0
     class_weights: Literal["balanced", "none"] | list[float] = "balanced"
@@ -1237,6 +1242,7 @@ __all__ = [
     "BACKGROUND_NAMES", "CountingStudy", "Measurements", "annotator_agreement", "match_points",
     "new_session", "SegmentConfig", "Segmentation", "SparseSegLoss",
     "check_classes", "compare_counts", "instances", "match", "measure", "object_class_ids",
+    "segmentation_arch",
     "object_classes", "predict", "segment", "segment_objects", "train_segmenter", "write_csv",
 ]
 

@@ -255,8 +255,7 @@ class SegmentWidget(DockBody):
         return model
 
     def config(self):
-        from ..config import ArchConfig
-        from ..segment import SegmentConfig
+        from ..segment import SegmentConfig, segmentation_arch
 
         minutes = epochs = None
         if self.budget_unit.value == "minutes":
@@ -264,7 +263,7 @@ class SegmentWidget(DockBody):
         else:
             epochs = max(1, int(round(self.budget.value)))
         return SegmentConfig(
-            arch=ArchConfig(encoder=self.encoder.value, scale=1, residual=False),
+            arch=segmentation_arch(self.encoder.value),
             loss=self.loss.value, class_weights=self.weighting.value,
             patch_size=int(self.patch_size.value), batch_size=int(self.batch_size.value),
             iterations_per_epoch=int(self.iterations.value), epochs=epochs, minutes=minutes,

@@ -214,7 +214,9 @@ def test_dead_encoder_warning_flags_a_field_below_one_encoder_stride():
     assert dead_encoder_warning(178, arch) is None
     message = dead_encoder_warning(14, arch)
     assert "14 px" in message and "encoder no longer contributes" in message
-    assert "--lr-max" in message
+    assert "--lr-max" in message  # leaky decoder: the advice is the loss or learning rate
+    relu = dead_encoder_warning(14, ArchConfig(encoder="resnet18s", scale=4, activation="relu"))
+    assert "--activation leaky_relu" in relu
     assert dead_encoder_warning(8, ArchConfig(encoder="tiny")) is None  # tiny: stride 8
 
 
@@ -255,3 +257,11 @@ def test_activation_round_trips_and_old_files_mean_relu(tmp_path):
     assert load_model(path).config.arch.activation == "relu"
     with pytest.raises(ValueError, match="activation"):
         ArchConfig(activation="gelu")
+
+
+def test_new_restorers_default_to_leaky_segmenters_keep_relu():
+    from napari_decrappify.segment import SegmentConfig
+
+    assert ArchConfig().activation == "leaky_relu"
+    assert SegmentConfig().arch.activation == "relu"
+    assert load_model("em-2x").config.arch.activation == "relu"  # written before the field
