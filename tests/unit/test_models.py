@@ -264,4 +264,3 @@ def test_new_restorers_default_to_leaky_segmenters_keep_relu():
 
     assert ArchConfig().activation == "leaky_relu"
     assert SegmentConfig().arch.activation == "relu"
-    assert load_model("em-2x").config.arch.activation == "relu"  # written before the field
