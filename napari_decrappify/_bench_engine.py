@@ -29,6 +29,7 @@ seams
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -332,6 +333,19 @@ def _tiled_vs_whole(m, img, tile: int, halo: int) -> tuple[float, float]:
     return float(np.abs(tiled - whole).max()), float(np.abs(whole).max())
 
 
+@functools.lru_cache(maxsize=4)
+def _cremi_lr(scale: int) -> np.ndarray:
+    """Every CREMI plane as noisy LR in [0, 1] (DATA.md protocol), read-only: built once per
+    scale, where each of a run's six seam inputs used to reload and degrade the stack."""
+    from ._bench_quality import protocol_pairs
+    from .samples import load_sample
+
+    stack, _ = load_sample("cremi")
+    lr, _ = protocol_pairs(stack, scale, noisy=True, planes=range(len(stack)))
+    lr.flags.writeable = False
+    return lr
+
+
 def seam_input(m, side: int, kind: str, rng: np.random.Generator) -> np.ndarray:
     """A ``side`` x ``side`` plane in the model's input units: ``cremi`` (a mosaic of real
     CREMI planes at the model's input pixel size, noisy as in DATA.md) or ``noise``."""
@@ -340,11 +354,7 @@ def seam_input(m, side: int, kind: str, rng: np.random.Generator) -> np.ndarray:
         return (rng.random((side, side), dtype=np.float32) * (n.high - n.low) + n.low)
     if kind != "cremi":
         raise ValueError(f"seams input must be 'cremi' or 'noise', not {kind!r}")
-    from ._bench_quality import protocol_pairs
-    from .samples import load_sample
-
-    stack, _ = load_sample("cremi")
-    lr, _ = protocol_pairs(stack, m.scale, noisy=True, planes=range(len(stack)))
+    lr = _cremi_lr(m.scale)
     k = -(-side // lr.shape[1])
     order = rng.permutation(len(lr))
     rows = [np.concatenate([lr[order[(i * k + j) % len(lr)]] for j in range(k)], axis=1)

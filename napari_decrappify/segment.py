@@ -66,7 +66,7 @@ class SegmentConfig(_Config):
     and/or ``minutes`` (wall clock) as for restoration.
     """
 
-    arch: ArchConfig = Field(default_factory=lambda: segmentation_arch())
+    arch: ArchConfig = Field(default_factory=segmentation_arch)
     loss: Literal["ce", "dice_ce"] = "dice_ce"
     dice_weight: float = 1.0
     class_weights: Literal["balanced", "none"] | list[float] = "balanced"
