@@ -4,7 +4,9 @@ Protocol of ../shared/DATA.md: CREMI ssTEM, [0, 1] intensities (uint8 / 255), Y/
 multiple of the scale, LR = block mean by the scale; "noisy" adds ``Poisson(u * 255) / 255 +
 N(0, 0.01)`` with one ``default_rng(seed)`` drawn over the test planes in order, clipped. PSNR and
 SSIM (``data_range=1``) per plane against the clean HR, averaged over the non-blank test planes.
-The bicubic baseline is computed in the same run on the same LR.
+The bicubic baseline is computed in the same run on the same LR. A multi-frame model (``frames``
+> 1, neighbouring z planes as channels) takes its neighbours from the same noisy test stack,
+reflected at its ends (plane 20 sees 21 on both sides), so it never sees a training plane.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from .metrics import bicubic_upsample, evaluate
 
 # planes 0-17 train, 18-19 validation (the bundled models' split); 20-24 are held out
 TEST_PLANES = (20, 21, 22, 23, 24)
-DEFAULT_MODELS = {1: "em-denoise", 2: "em-2x", 4: "em-4x"}
+# the bundled models scored per scale (a scale may have several: one row each)
+DEFAULT_MODELS = {1: ("em-denoise",), 2: ("em-2x",), 4: ("em-4x", "em-4x-z3")}
 
 
 def protocol_pairs(hr_stack: np.ndarray, scale: int, noisy: bool, planes=TEST_PLANES,
@@ -62,18 +65,20 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
     """Model vs bicubic PSNR/SSIM on held-out planes, per scale, side by side.
 
     Options (``-o key=value``): ``scales`` ("1,2,4"), ``noisy`` (true/false/both), ``models``
-    ("4=em-4x,2=/path/to/model": which model restores which scale; defaults to the bundled
-    em-denoise / em-2x / em-4x where present), ``seed``, ``tta`` (true: the model with
-    test-time augmentation as well; both are reported).
+    ("4=em-4x,4=/path/to/model,2=em-2x": which models restore which scale, one row each;
+    defaults to the bundled em-denoise / em-2x / em-4x and em-4x-z3), ``seed``, ``tta`` (true:
+    the model with test-time augmentation as well; both are reported).
     """
     from .models import ModelFileError, load_model
     from .samples import load_sample
 
     hr_stack, meta = load_sample(sample)
-    chosen = dict(DEFAULT_MODELS)
+    chosen = {k: list(v) for k, v in DEFAULT_MODELS.items()}
+    given: dict[int, list[str]] = {}
     for part in filter(None, models.split(",")):
         k, v = part.split("=", 1)
-        chosen[int(k)] = v
+        given.setdefault(int(k), []).append(v)
+    chosen.update(given)  # "4=a,4=b": both restore 4x, in place of the defaults for 4x
     noise_modes = {"true": [True], "false": [False], "both": [False, True]}[noisy.lower()]
     rows = []
     for scale in [int(s) for s in scales.split(",")]:
@@ -81,34 +86,41 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
             if scale == 1 and not is_noisy:
                 continue  # nothing to restore
             lr, hr = protocol_pairs(hr_stack, scale, is_noisy, seed=int(seed))
-            row = {"scale": scale, "noisy": is_noisy, "planes": list(TEST_PLANES)}
             bic = evaluate(bicubic_upsample(lr, scale), hr)
-            row["bicubic"] = {"psnr": bic["psnr"], "ssim": bic["ssim"], "n_planes": bic["n_planes"]}
-            name = chosen.get(scale)
-            try:
-                model = load_model(name) if name else None
-            except ModelFileError as e:
-                model = None
-                row["model_error"] = str(e).splitlines()[0]
-            if model is not None:
+            for name in chosen.get(scale) or [None]:
+                row = {"scale": scale, "noisy": is_noisy, "planes": list(TEST_PLANES),
+                       "bicubic": {"psnr": bic["psnr"], "ssim": bic["ssim"],
+                                   "n_planes": bic["n_planes"]}}
+                rows.append(row)
+                try:
+                    model = load_model(name) if name else None
+                except ModelFileError as e:
+                    model = None
+                    row["model_error"] = str(e).splitlines()[0]
+                if model is None:
+                    continue
                 if model.scale != scale:
                     raise ValueError(f"model {name} is {model.scale}x, asked to restore {scale}x")
+                # a multi-frame model takes its neighbours from the same noisy test stack
+                # (reflected at its ends): it never sees a training or validation plane
                 res = score_model(model, lr, hr)
-                row["model"] = {"name": model.name, "hash": model.weights_hash, "psnr": res["psnr"],
-                                "ssim": res["ssim"], "seconds_per_plane": res["seconds_per_plane"],
+                row["model"] = {"name": model.name, "hash": model.weights_hash,
+                                "frames": model.frames, "psnr": res["psnr"], "ssim": res["ssim"],
+                                "seconds_per_plane": res["seconds_per_plane"],
                                 "per_plane": res["planes"]}
-                row["gain"] = {"psnr_db": res["psnr"] - bic["psnr"], "ssim": res["ssim"] - bic["ssim"]}
+                row["gain"] = {"psnr_db": res["psnr"] - bic["psnr"],
+                               "ssim": res["ssim"] - bic["ssim"]}
                 if option_true(tta):
                     res = score_model(model, lr, hr, {"tta": True})
                     row["model_tta"] = {"psnr": res["psnr"], "ssim": res["ssim"],
                                         "seconds_per_plane": res["seconds_per_plane"]}
-            rows.append(row)
     summary = [
         {k: v for k, v in {
             "scale": r["scale"], "noisy": r["noisy"],
             "bicubic": f"{r['bicubic']['psnr']:.2f} dB / {r['bicubic']['ssim']:.3f}",
-            "model": (f"{r['model']['name']}: {r['model']['psnr']:.2f} dB / {r['model']['ssim']:.3f}"
-                      if "model" in r else "no model for this scale"),
+            "model": (f"{r['model']['name']}{_frames(r['model'])}: {r['model']['psnr']:.2f} dB / "
+                      f"{r['model']['ssim']:.3f}" if "model" in r else
+                      r.get("model_error", "no model for this scale")),
             "gain": (f"{r['gain']['psnr_db']:+.2f} dB / {r['gain']['ssim']:+.3f}" if "gain" in r else None),
             "model + TTA": (f"{r['model_tta']['psnr']:.2f} dB / {r['model_tta']['ssim']:.3f} "
                             f"({r['model_tta']['psnr'] - r['bicubic']['psnr']:+.2f} dB)"
@@ -118,3 +130,8 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
     ]
     return {"sample": sample, "pixel_size_nm": list(meta.pixel_size_nm), "protocol": __doc__.strip(),
             "results": rows, "summary": summary}
+
+
+def _frames(model_row: dict) -> str:
+    f = model_row.get("frames", 1)
+    return f" ({f} planes in)" if f > 1 else ""

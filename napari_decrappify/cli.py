@@ -535,7 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-find", action="store_true",
                    help="run fastai's learning-rate finder, print a suggestion and exit")
     s.add_argument("--checkpoint-dir", help="write the weights after every epoch to DIR/last")
-    s.add_argument("--resume", metavar="MODEL_DIR", help="start from these weights (a checkpoint)")
+    s.add_argument("--resume", metavar="MODEL_DIR",
+                   help="start from these weights: a checkpoint, or a single-frame model to "
+                        "widen to --frames (its weights on the centre plane)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 

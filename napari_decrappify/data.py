@@ -50,17 +50,36 @@ def normalize(image: np.ndarray, norm: NormConfig) -> np.ndarray:
 @dataclass
 class PlaneStack:
     """A stack of 2-D planes ``(n, Y, X)`` (normalised float32) with the index of each plane's
-    neighbours along the frame axis, for multi-frame windows."""
+    neighbours along the frame axis, for multi-frame windows.
+
+    ``split_bounded``: windows draw only on the run of consecutive ``indices`` around their
+    centre, reflected at its ends as at the ends of the stack. A training window then never
+    shows the network a validation (or held-out, or blank) plane as a neighbour, nor a
+    validation window a test plane.
+    """
 
     planes: np.ndarray
     indices: list[int]  # which planes may be used as centre (non-blank)
+    split_bounded: bool = False
 
     def window(self, i: int, frames: int) -> np.ndarray:
         """``frames`` planes centred on ``i`` (reflected at the ends): ``(frames, Y, X)``."""
-        n = len(self.planes)
         half = frames // 2
-        idx = [_reflect_index(j, n) for j in range(i - half, i + half + 1)]
+        lo, hi = self._run(i) if self.split_bounded else (0, len(self.planes) - 1)
+        idx = [lo + _reflect_index(j - lo, hi - lo + 1) for j in range(i - half, i + half + 1)]
         return self.planes[idx]
+
+    def _run(self, i: int) -> tuple[int, int]:
+        """First and last plane of the run of consecutive ``indices`` that holds ``i``."""
+        allowed = set(self.indices)
+        if i not in allowed:
+            raise ValueError(f"plane {i} is not one of this split's planes")
+        lo = hi = i
+        while lo - 1 in allowed:
+            lo -= 1
+        while hi + 1 in allowed:
+            hi += 1
+        return lo, hi
 
 
 def _reflect_index(j: int, n: int) -> int:
@@ -311,8 +330,8 @@ def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
                 raise ValueError("the explicit train/validation planes are all blank")
         else:
             tr, va = split_planes(len(planes), val_fraction, exclude=blank)
-        train.append(PlaneStack(planes, tr))
-        valid.append(PlaneStack(planes, va))
+        train.append(PlaneStack(planes, tr, split_bounded=True))
+        valid.append(PlaneStack(planes, va, split_bounded=True))
         info["planes_train"].append(tr)
         info["planes_valid"].append(va)
         info["blank"].append(blank)

@@ -37,6 +37,7 @@ from .models import (
     RestorationModel,
     build_model,
     dead_encoder_warning,
+    inflate_frames,
     measure_receptive_field,
     save_model,
 )
@@ -333,7 +334,10 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     cancel : threading.Event, optional
         Set it from another thread to stop cleanly between batches; best weights are kept.
     init_from : RestorationModel, optional
-        Resume / fine-tune from these weights (same architecture).
+        Resume / fine-tune from these weights (same architecture). A single-frame model can
+        start a multi-frame run (``config.arch.frames > 1``): it is widened with
+        :func:`~napari_decrappify.models.inflate_frames` (its weights on the centre frame,
+        zeros on the neighbours), so training starts from what it already computes.
     fp16 : bool
         Store the weights as float16 (half the file size).
     checkpoint_dir : path, optional
@@ -370,9 +374,19 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         datasets = [train_ds]
     dls = make_dataloaders(train_ds, valid_ds, config.batch_size, device=device,
                            num_workers=config.num_workers)
+    widened_from = None
+    if init_from is not None and init_from.frames != arch.frames:
+        if init_from.frames != 1:
+            raise ValueError(f"cannot start a {arch.frames}-frame model from {init_from.name!r}, "
+                             f"which takes {init_from.frames} frames (only 1 can be widened)")
+        widened_from = init_from.frames
+        init_from = inflate_frames(init_from, arch.frames)
     if init_from is not None:
         model = init_from
         model.config.norm = norm
+        # the new weights are a new model: its own name, and no scores measured on the old ones
+        model.config.name = name
+        model.config.metrics = {}
     else:
         model = build_model(arch, name=name, norm=norm, seed=config.seed, measure_rf=False)
     net = model.net.to(device).train()
@@ -399,6 +413,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     model.config.crappifier = crappifier.config
     previous = ({"weights_from": str(init_from.path), **init_from.config.training}
                 if init_from is not None else {})
+    if widened_from is not None:
+        previous["widened_from_frames"] = widened_from
     model.config.training.update({
         "command": command, "config": json.loads(config.model_dump_json()),
         "data_fingerprint": fingerprint(hr_images), "split": split,

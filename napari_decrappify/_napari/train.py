@@ -32,6 +32,7 @@ from ._workers import CoreJob, model_events
 SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
 ENCODERS = ["tiny", "resnet18s", "resnet18", "resnet34", "resnet50"]
 LOSSES = [("L1", "l1"), ("MS-SSIM + L1", "msssim_l1")]
+ACTIVATIONS = [("leaky ReLU", "leaky_relu"), ("ReLU (models before leaky)", "relu")]
 
 
 def default_model_dir() -> Path:
@@ -103,6 +104,11 @@ class TrainWidget(DockBody):
         self.job: CoreJob | None = None
         self.result = None  # TrainResult of the last run
         v = napari_viewer
+        # the dock's defaults are the core's: the same recipe as `decrappify train` with no options
+        from ..config import ArchConfig, TrainConfig
+
+        train_defaults = TrainConfig.model_fields
+        arch_defaults = ArchConfig.model_fields
 
         self.hr_layers = Select(label="HR layers", choices=layer_choices(v), allow_multiple=True)
         self.hr_layers.native.setMaximumHeight(90)
@@ -110,7 +116,7 @@ class TrainWidget(DockBody):
         self.encoder = ComboBox(label="architecture", choices=ENCODERS, value="resnet18s",
                                 tooltip="U-Net encoder: 'tiny' for quick tests, resnet18s a good "
                                         "CPU default, resnet34 for GPU training")
-        self.loss = ComboBox(label="loss", choices=LOSSES, value="msssim_l1")
+        self.loss = ComboBox(label="loss", choices=LOSSES, value=train_defaults["loss"].default)
         self.budget_unit = ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes")
         self.budget = FloatSpinBox(label="budget", value=10.0, min=0.01, max=100_000, step=1.0)
         self.main = Container(widgets=[self.hr_layers, self.scale, self.encoder, self.loss,
@@ -133,19 +139,28 @@ class TrainWidget(DockBody):
                                              "training (a quarter of the samples)."),
                                         self.pair_lr, self.pair_hr])
 
-        self.patch_size = SpinBox(label="patch size (LR px)", value=64, min=16, max=1024, step=16)
-        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
-        self.iterations = SpinBox(label="iterations / epoch", value=100, min=1, max=1_000_000)
-        from ..config import TrainConfig
-
-        self.lr_max = FloatSpinBox(label="max learning rate",
-                                   value=TrainConfig.model_fields["lr_max"].default, min=1e-6, max=1.0,
-                                   step=1e-4)
+        self.patch_size = SpinBox(label="patch size (LR px)",
+                                  value=train_defaults["patch_size"].default, min=16, max=1024,
+                                  step=16)
+        self.batch_size = SpinBox(label="batch size", value=train_defaults["batch_size"].default,
+                                  min=1, max=512)
+        self.iterations = SpinBox(label="iterations / epoch",
+                                  value=train_defaults["iterations_per_epoch"].default, min=1,
+                                  max=1_000_000)
+        self.lr_max = FloatSpinBox(label="max learning rate", value=train_defaults["lr_max"].default,
+                                   min=1e-6, max=1.0, step=1e-4)
+        self.activation = ComboBox(
+            label="decoder activation", choices=ACTIVATIONS,
+            value=arch_defaults["activation"].default,
+            tooltip="leaky ReLU keeps the decoder alive (a ReLU decoder trained with L1 can go "
+                    "all-zero and shrink the field of view to ~14 px); ReLU only to reproduce "
+                    "an old recipe")
         self.frames = ComboBox(label="frames (multi-frame)", choices=[1, 3, 5], value=1)
         self.device = ComboBox(label="device", choices=devices(), value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.advanced = Container(widgets=[self.patch_size, self.batch_size, self.iterations,
-                                           self.lr_max, self.frames, self.device, self.seed])
+                                           self.lr_max, self.activation, self.frames,
+                                           self.device, self.seed])
 
         self.model_name = LineEdit(label="model name", value="my-model")
         self.folder = FileEdit(label="save in", mode="d", value=default_model_dir())
@@ -186,7 +201,8 @@ class TrainWidget(DockBody):
             epochs = max(1, int(round(self.budget.value)))
         return TrainConfig(
             scale=scale,
-            arch=ArchConfig(encoder=self.encoder.value, scale=scale, frames=int(self.frames.value)),
+            arch=ArchConfig(encoder=self.encoder.value, scale=scale, frames=int(self.frames.value),
+                            activation=self.activation.value),
             crappify=CrappifyConfig(
                 scale=scale, downsample=self.downsample.value, blur_sigma=float(self.blur.value),
                 photons=float(self.photons.value) or None, read_noise=float(self.read_noise.value)),

@@ -91,3 +91,19 @@ def test_train_dock_refuses_bad_input(make_napari_viewer, model_dir, em_stack):
     dock.model_name.value = "taken"
     assert dock.start() is None
     assert "exists" in dock.status.value
+
+
+def test_train_dock_defaults_are_the_core_recipe(make_napari_viewer, model_dir):
+    """Untouched, the dock trains what `decrappify train` trains with no options (the measured
+    default recipe: L1, leaky decoder, lr 3e-3); the activation choice reaches the config."""
+    from napari_decrappify._napari.train import TrainWidget
+    from napari_decrappify.config import ArchConfig, TrainConfig
+
+    dock = TrainWidget(make_napari_viewer())
+    cfg = dock.config()
+    core = TrainConfig(scale=cfg.scale, arch=ArchConfig(scale=cfg.scale), minutes=10.0)
+    for field in ("loss", "lr_max", "patch_size", "batch_size", "iterations_per_epoch"):
+        assert getattr(cfg, field) == getattr(core, field), field
+    assert cfg.loss == "l1" and cfg.arch.activation == "leaky_relu"
+    dock.activation.value = "relu"
+    assert dock.config().arch.activation == "relu"

@@ -64,3 +64,23 @@ def test_memory_runs_each_size_in_a_child_process(tmp_path):
     assert all(r["peak_rss_mb"] > r["baseline_rss_mb"] > 0 for r in runs)
     assert result["summary"]["largest_over_smallest"] == pytest.approx(
         runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"])
+
+
+def test_quality_scores_every_model_of_a_scale_beside_one_bicubic(cremi, tmp_path):
+    """Several models for one scale (here em-2x and an untrained 3-frame tiny model): one row
+    each, the same bicubic baseline, frames recorded; the trained model beats bicubic."""
+    from napari_decrappify.config import ArchConfig
+    from napari_decrappify.models import build_model, save_model
+
+    tiny = build_model(ArchConfig(encoder="tiny", scale=2, frames=3), name="tiny-z3",
+                       measure_rf=False)
+    save_model(tiny, tmp_path / "tiny-z3")
+    result = bench.run("quality", scales="2", models=f"2=em-2x,2={tmp_path / 'tiny-z3'}")
+    rows = result["results"]
+    assert [r["model"]["name"] for r in rows] == ["em-2x", "tiny-z3"]
+    assert [r["model"]["frames"] for r in rows] == [1, 3]
+    assert rows[0]["bicubic"] == rows[1]["bicubic"] and rows[0]["planes"] == [20, 21, 22, 23, 24]
+    assert rows[0]["gain"]["psnr_db"] > 1.0  # em-2x measured +2.2 dB
+    assert "(3 planes in)" in result["summary"][1]["model"]
+    missing = bench.run("quality", scales="2", models="2=no-such-model")
+    assert "model" not in missing["results"][0] and "no-such-model" in missing["results"][0]["model_error"]

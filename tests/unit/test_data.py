@@ -180,6 +180,29 @@ def test_window_centre_and_reflection_at_the_ends():
     assert stack.window(4, 5)[:, 0, 0].tolist() == [2, 3, 4, 3, 2]
 
 
+def test_split_windows_never_reach_into_another_split():
+    """Train 0-4 (3 blank), validation 5-6, 7-9 held out: multi-frame windows reflect at
+    every plane that is not their own split's, so no validation or test plane leaks in."""
+    texture = (np.indices((4, 4)).sum(0) % 2 * 0.1).astype(np.float32)  # 0 at pixel (0, 0)
+    planes = np.arange(10, dtype=np.float32)[:, None, None] + texture
+    planes[3] = 0.5  # blank
+    train, valid, info = make_stacks([planes], NormConfig(low=0.0, high=1.0),
+                                     train_planes=[0, 1, 2, 3, 4], valid_planes=[5, 6])
+    assert info["blank"] == [[3]]
+    tr, va = train[0], valid[0]
+
+    def centre_values(stack, i, frames):
+        return stack.window(i, frames)[:, 0, 0].tolist()
+
+    assert centre_values(tr, 1, 3) == [0, 1, 2]
+    assert centre_values(tr, 2, 3) == [1, 2, 1]  # plane 3 is blank: reflected
+    assert centre_values(tr, 4, 5) == [4, 4, 4, 4, 4]  # alone between blank 3 and validation 5
+    assert centre_values(va, 6, 5) == [6, 5, 6, 5, 6]  # never the held-out plane 7
+    assert centre_values(va, 5, 3) == [6, 5, 6]
+    with pytest.raises(ValueError, match="not one of this split"):
+        tr.window(3, 3)
+
+
 def test_multi_frame_patches_target_the_centre_frame():
     hr = labelled_planes(n=5)
     train, _, _ = make_stacks([hr], U8, train_planes=[0, 1, 2, 3], valid_planes=[4])
@@ -188,11 +211,12 @@ def test_multi_frame_patches_target_the_centre_frame():
     for i in range(len(ds)):
         lr, target = ds[i]
         assert lr.shape == (3, 8, 8) and target.shape == (1, 16, 16)
-        # channel 1 (centre) is the LR of the target; the others are its neighbours (reflected)
+        # channel 1 (centre) is the LR of the target; the others are its neighbours, reflected
+        # at the ends of the training planes 0-3 (plane 4 validates: never a neighbour)
         np.testing.assert_allclose(lr[1].numpy(), downsample(target[0].numpy(), 2), atol=1e-6)
         centre = int(np.argmin(np.abs(levels - float(target.mean()))))
         prev_, next_ = (int(np.argmin(np.abs(levels - float(lr[c].mean())))) for c in (0, 2))
-        assert {prev_, next_} == {abs(centre - 1), centre + 1 if centre < 4 else 3}
+        assert {prev_, next_} == {abs(centre - 1), centre + 1 if centre < 3 else 2}
 
 
 # --------------------------------------------------------------------------- augmentation

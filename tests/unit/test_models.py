@@ -174,6 +174,33 @@ def test_multiframe_input_uses_centre_frame():
     assert y.shape == (1, 64, 64)
 
 
+@pytest.mark.parametrize("encoder,strategy", [("tiny", "lr_grid"), ("tiny", "pre_upsample"),
+                                               ("resnet18s", "lr_grid")])
+def test_widening_a_single_frame_model_keeps_what_it_computes(encoder, strategy):
+    """inflate_frames: the centre frame gets the old weights, neighbours zeros, so the 3-frame
+    model restores any window exactly as the 1-frame model restores its centre plane."""
+    from napari_decrappify.models import inflate_frames
+
+    single = build_model(ArchConfig(encoder=encoder, scale=2, strategy=strategy), name="one",
+                         measure_rf=False)
+    with torch.no_grad():  # non-zero biases everywhere, so a misplaced weight would show
+        for p in single.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    wide = inflate_frames(single, 3)
+    assert wide.frames == 3 and single.frames == 1 and wide.name == "one"
+    window = np.random.default_rng(1).random((3, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(wide.predict_plane(window), single.predict_plane(window[1:2]),
+                               atol=1e-5)
+    # the neighbours are inputs it can learn to use: their (zero) weights get gradients
+    wide.net.train()(torch.from_numpy(window)[None]).mean().backward()
+    first_conv = next(p for p in wide.net.parameters() if p.ndim == 4 and p.shape[1] == 3)
+    assert float(first_conv[:, 0].abs().sum()) == 0 and float(first_conv.grad[:, 0].abs().sum()) > 0
+    with pytest.raises(ValueError, match="already takes 3 frames"):
+        inflate_frames(wide, 5)
+    with pytest.raises(ValueError, match="frames"):
+        inflate_frames(single, 2)
+
+
 def test_receptive_field_is_local_for_tiny_encoder():
     arch = ArchConfig(encoder="tiny", scale=2)
     model = build_model(arch, measure_rf=False)

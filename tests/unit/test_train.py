@@ -90,6 +90,26 @@ def test_tiny_training_lowers_validation_loss_and_reports_progress(hr, tmp_path)
     assert again.model.config.training["resumed_from"][0]["weights_from"].endswith("last")
 
 
+def test_a_multi_frame_run_starts_from_a_single_frame_model(hr, tmp_path):
+    """init_from a 1-frame model with frames=3 widens it; the new model has its own name and
+    none of the old model's scores (they were measured on other weights)."""
+    first = train([hr], tiny_config(), out=tmp_path / "one", name="one").model
+    first.config.metrics["test"] = {"psnr": 99.0}
+    config = tiny_config(epochs=1, arch=ArchConfig(encoder="tiny", frames=3))
+    result = train([hr], config, out=tmp_path / "three", name="three", init_from=first)
+    saved = load_model(tmp_path / "three")
+    assert saved.frames == 3 and saved.name == "three"
+    assert "test" not in saved.config.metrics and saved.config.metrics["valid_psnr"] > 0
+    record = saved.config.training["resumed_from"][-1]
+    assert record["widened_from_frames"] == 1 and record["weights_from"].endswith("one")
+    # it starts from what the 1-frame model learnt: ahead of a fresh 3-frame network
+    fresh = train([hr], config)
+    assert result.history[0]["valid_loss"] < fresh.history[0]["valid_loss"]
+    five = tiny_config(epochs=1, arch=ArchConfig(encoder="tiny", frames=5))
+    with pytest.raises(ValueError, match="only 1 can be widened"):
+        train([hr], five, init_from=saved)
+
+
 def test_cancel_from_another_thread_stops_between_batches_and_keeps_weights(hr, tmp_path):
     cancel = threading.Event()
     seen = []
