@@ -101,7 +101,8 @@ def _zoo_section() -> list[str]:
             gain = (f"{test['psnr'] - test['bicubic_psnr']:+.2f} dB / "
                     f"{test['ssim'] - test['bicubic_ssim']:+.3f}")
         lines.append(
-            f"| `{d['name']}` | {arch['scale']}x | {arch['encoder']}, {arch['strategy']} | "
+            f"| `{d['name']}` | {arch['scale']}x | {arch['encoder']}, {arch['strategy']}"
+            f"{f', {frames} planes in' if (frames := arch.get('frames', 1)) > 1 else ''} | "
             f"{t.get('config', {}).get('loss', '?')} | {seconds / 60:.0f} min, {iters} iterations, "
             f"{t.get('hardware', '?')} | {score} | {bic} | {gain} | {size:.0f} MB |")
         commands += [f"* `{d['name']}`: " + " then ".join(f"`{r['command']}`" for r in runs

@@ -291,3 +291,23 @@ def test_new_restorers_default_to_leaky_segmenters_keep_relu():
 
     assert ArchConfig().activation == "leaky_relu"
     assert SegmentConfig().arch.activation == "relu"
+
+
+def test_bundled_models_are_small_load_and_record_their_held_out_scores():
+    """Every zoo model: <= 40 MB on disk, loads (weights checked against model.json), and
+    carries the training command and its held-out test scores above bicubic."""
+    from napari_decrappify.models import ZOO_DIR
+
+    folders = sorted(p.parent for p in ZOO_DIR.glob("*/model.json"))
+    assert {f.name for f in folders} >= {"em-4x", "em-2x", "em-denoise", "em-4x-z3"}
+    for folder in folders:
+        assert sum(f.stat().st_size for f in folder.iterdir()) <= 40e6, folder.name
+        model = load_model(folder)
+        test = model.config.metrics["test"]
+        assert test["planes"] == [20, 21, 22, 23, 24] and test["noisy"] is True
+        assert test["psnr"] > test["bicubic_psnr"] and test["ssim"] > test["bicubic_ssim"]
+        assert model.config.training["command"].startswith("decrappify train")
+        assert model.config.receptive_field > 100  # a live U-Net, not its last block alone
+    z3 = load_model("em-4x-z3")
+    assert z3.frames == 3 and z3.scale == 4
+    assert z3.config.training["resumed_from"][-1]["widened_from_frames"] == 1
