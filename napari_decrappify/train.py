@@ -381,7 +381,12 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
                              f"which takes {init_from.frames} frames (only 1 can be widened)")
         widened_from = init_from.frames
         init_from = inflate_frames(init_from, arch.frames)
+    previous = {}
     if init_from is not None:
+        # recorded now: checkpoints written during the run re-point the model's path
+        previous = {"weights_from": str(init_from.path), **init_from.config.training}
+        if widened_from is not None:
+            previous["widened_from_frames"] = widened_from
         model = init_from
         model.config.norm = norm
         # the new weights are a new model: its own name, and no scores measured on the old ones
@@ -411,10 +416,6 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         warnings.warn(dead, RuntimeWarning, stacklevel=2)
         model.config.training["warnings"] = [dead]
     model.config.crappifier = crappifier.config
-    previous = ({"weights_from": str(init_from.path), **init_from.config.training}
-                if init_from is not None else {})
-    if widened_from is not None:
-        previous["widened_from_frames"] = widened_from
     model.config.training.update({
         "command": command, "config": json.loads(config.model_dump_json()),
         "data_fingerprint": fingerprint(hr_images), "split": split,

@@ -96,7 +96,8 @@ def test_a_multi_frame_run_starts_from_a_single_frame_model(hr, tmp_path):
     first = train([hr], tiny_config(), out=tmp_path / "one", name="one").model
     first.config.metrics["test"] = {"psnr": 99.0}
     config = tiny_config(epochs=1, arch=ArchConfig(encoder="tiny", frames=3))
-    result = train([hr], config, out=tmp_path / "three", name="three", init_from=first)
+    result = train([hr], config, out=tmp_path / "three", name="three", init_from=first,
+                   checkpoint_dir=tmp_path / "ckpt")  # checkpoints must not rewrite the record
     saved = load_model(tmp_path / "three")
     assert saved.frames == 3 and saved.name == "three"
     assert "test" not in saved.config.metrics and saved.config.metrics["valid_psnr"] > 0
