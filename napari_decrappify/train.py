@@ -392,6 +392,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         # the new weights are a new model: its own name, and no scores measured on the old ones
         model.config.name = name
         model.config.metrics = {}
+        model.config.training = {}  # the old run's record lives on in "resumed_from"
     else:
         model = build_model(arch, name=name, norm=norm, seed=config.seed, measure_rf=False)
     net = model.net.to(device).train()
