@@ -75,6 +75,7 @@ def cmd_train(args) -> int:
         scale=args.scale,
         arch=ArchConfig(encoder=args.encoder, strategy=args.strategy, frames=args.frames,
                         self_attention=args.self_attention, scale=args.scale,
+                        head_features=args.head_features,
                         **({"activation": args.activation} if args.activation else {})),
         crappify=CrappifyConfig(scale=args.scale, photons=photons, read_noise=read,
                                 blur_sigma=args.blur),
@@ -510,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", default="lr_grid", choices=["lr_grid", "pre_upsample"])
     s.add_argument("--frames", type=int, default=1)
     s.add_argument("--self-attention", action="store_true")
+    s.add_argument("--head-features", type=int, default=32,
+                   help="lr_grid: LR-grid features the pixel-shuffle head upsamples (default 32)")
     s.add_argument("--activation", choices=["relu", "leaky_relu"],
                    help="U-Net decoder activation (default: ArchConfig's); leaky_relu units "
                         "cannot die (docs/training.md)")

@@ -78,6 +78,9 @@ class ArchConfig(_Config):
     # die: with the L1 loss the last decoder block of resnet18s U-Nets went all-zero within 3
     # minutes (field 14 px); leaky ReLU keeps a gradient through every unit (docs/training.md)
     activation: Literal["relu", "leaky_relu"] = "leaky_relu"
+    # lr_grid only: features on the LR grid that the pixel-shuffle head turns into scale^2
+    # sub-pixels (at 4x: 16 sub-pixels from 32 features)
+    head_features: int = Field(32, ge=8, le=512)
 
     @field_validator("scale", mode="before")
     @classmethod

@@ -166,7 +166,7 @@ class RestorationNet(nn.Module):
         act_cls = decoder_activation(arch.activation)
         self.upsample: nn.Module | None = None
         if arch.strategy == "lr_grid" and arch.scale > 1:
-            features = 32
+            features = arch.head_features
             self.unet = DynamicUnet(
                 encoder, features, img_size, blur=arch.blur, self_attention=arch.self_attention,
                 norm_type=norm_type, act_cls=act_cls,

@@ -286,6 +286,28 @@ def test_activation_round_trips_and_old_files_mean_relu(tmp_path):
         ArchConfig(activation="gelu")
 
 
+def test_head_features_round_trip_and_old_files_mean_32(tmp_path):
+    """The LR-grid head width is part of the architecture: saved, rebuilt, and 32 (the only
+    width before the field) for files that do not state it."""
+    model = build_model(ArchConfig(encoder="tiny", scale=4, head_features=64), name="h64",
+                        measure_rf=False, seed=2)
+    assert model.net.upsample is not None
+    conv = next(m for m in model.net.upsample.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.in_channels == 64 and conv.out_channels == 16  # 4x: 16 sub-pixels
+    path = save_model(model, tmp_path / "h64")
+    x = _plane(size=32)
+    np.testing.assert_array_equal(load_model(path).predict_plane(x), model.predict_plane(x))
+    cfg = json.loads((path / "model.json").read_text())
+    assert cfg["arch"]["head_features"] == 64
+    del cfg["arch"]["head_features"]
+    (path / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError):  # now read as 32 features: the tensors do not fit
+        load_model(path)
+    assert ArchConfig().head_features == 32
+    with pytest.raises(ValueError, match="head_features"):
+        ArchConfig(head_features=4)
+
+
 def test_new_restorers_default_to_leaky_segmenters_keep_relu():
     from napari_decrappify.segment import SegmentConfig
 
