@@ -7,6 +7,7 @@ sees a training pixel.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,15 +72,23 @@ class PlaneStack:
 
     def _run(self, i: int) -> tuple[int, int]:
         """First and last plane of the run of consecutive ``indices`` that holds ``i``."""
-        allowed = set(self.indices)
-        if i not in allowed:
-            raise ValueError(f"plane {i} is not one of this split's planes")
-        lo = hi = i
-        while lo - 1 in allowed:
-            lo -= 1
-        while hi + 1 in allowed:
-            hi += 1
-        return lo, hi
+        try:
+            return self._runs[i]
+        except KeyError:
+            raise ValueError(f"plane {i} is not one of this split's planes") from None
+
+    @functools.cached_property
+    def _runs(self) -> dict[int, tuple[int, int]]:
+        # built once: window() is called for every training sample
+        runs: dict[int, tuple[int, int]] = {}
+        ordered = sorted(set(self.indices))
+        start = 0
+        for k in range(1, len(ordered) + 1):
+            if k == len(ordered) or ordered[k] != ordered[k - 1] + 1:
+                for j in ordered[start:k]:
+                    runs[j] = (ordered[start], ordered[k - 1])
+                start = k
+        return runs
 
 
 def _reflect_index(j: int, n: int) -> int:
