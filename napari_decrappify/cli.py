@@ -85,6 +85,7 @@ def cmd_train(args) -> int:
         precision=args.precision, train_planes=parse_planes(args.train_planes),
         valid_planes=parse_planes(args.valid_planes),
         **({} if args.lr_max is None else {"lr_max": args.lr_max}),
+        **({} if args.any_offset is None else {"any_offset": args.any_offset}),
     )
     images = [read_input(p) for p in args.hr]
     if args.lr_find:
@@ -521,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder weights (safetensors) or a segmentation model folder for the "
                         "perceptual loss; implies --loss perceptual")
     s.add_argument("--patch", type=int, default=64, help="LR patch size")
+    s.add_argument("--any-offset", dest="any_offset", action=argparse.BooleanOptionalAction,
+                   help="cut training patches at any HR offset (all scale^2 LR block phases) "
+                        "instead of on the LR grid only (default: TrainConfig's)")
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--lr-max", dest="lr_max", type=float,
                    help="peak learning rate of the one-cycle schedule (default 3e-3, the best "

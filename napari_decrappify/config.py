@@ -134,6 +134,8 @@ class TrainConfig(_Config):
     train_planes: list[int] | None = None  # explicit split by plane (else: val_fraction)
     valid_planes: list[int] | None = None
     num_workers: int = 0
+    # training patches at any HR pixel offset (all scale**2 LR block phases), not only on the LR grid
+    any_offset: bool = False
 
     @field_validator("scale", mode="before")
     @classmethod

@@ -524,7 +524,7 @@ def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_trai
     train_stacks, valid_stacks, split = make_stacks(
         hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
     train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
-                                 length=n_train, seed=config.seed)
+                                 length=n_train, seed=config.seed, any_offset=config.any_offset)
     valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
                                  length=n_valid, seed=config.seed + 1, fixed=True)
     return norm, crappifier, train_ds, valid_ds, split

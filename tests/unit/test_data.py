@@ -153,6 +153,31 @@ def test_fixed_patches_repeat_and_training_patches_change_per_epoch():
     assert not torch.equal(ds[1][1], first)
 
 
+@pytest.mark.parametrize("any_offset, fixed, phases", [
+    (False, False, {(0, 0)}),  # on the LR grid: one of the 16 ways to group HR pixels at 4x
+    (True, False, {(py, px) for py in range(4) for px in range(4)}),  # all of them
+    (True, True, {(0, 0)}),  # validation stays on the LR grid
+])
+def test_training_patches_at_any_offset_use_every_lr_block_phase(monkeypatch, any_offset, fixed,
+                                                                   phases):
+    # each HR pixel's value says where it sits in its 4 x 4 block of the full-image LR grid
+    y, x = np.mgrid[:64, :64]
+    plane = (10 + 40 * (y % 4) + 10 * (x % 4)).astype(np.uint8)
+    train, _, _ = make_stacks([np.stack([plane] * 3)], U8, train_planes=[0, 1], valid_planes=[2])
+    monkeypatch.setattr("napari_decrappify.data.augment", lambda arrays, rng: arrays)
+    clean4 = Crappifier.from_options(scale=4, photons=None, read_noise=0.0)
+    ds = CrappifiedPatches(train, clean4, patch=4, length=300, seed=3, fixed=fixed,
+                           any_offset=any_offset)
+    seen = set()
+    for i in range(len(ds)):
+        lr, target = ds[i]
+        corner = round(float(target[0, 0, 0]) * 255) - 10
+        seen.add((corner // 40, corner % 40 // 10))
+        # whatever the offset, the LR is the block mean of its own HR target
+        np.testing.assert_allclose(lr[0].numpy(), downsample(target[0].numpy(), 4), atol=1e-6)
+    assert seen == phases
+
+
 def test_patch_larger_than_image_is_refused():
     train, _, _ = make_stacks([synthetic_em((3, 40, 40))], U8)
     with pytest.raises(ValueError, match=r"smaller than one HR patch \(64 x 64\)"):
