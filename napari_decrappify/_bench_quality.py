@@ -7,6 +7,11 @@ SSIM (``data_range=1``) per plane against the clean HR, averaged over the non-bl
 The bicubic baseline is computed in the same run on the same LR. A multi-frame model (``frames``
 > 1, neighbouring z planes as channels) takes its neighbours from the same noisy test stack,
 reflected at its ends (plane 20 sees 21 on both sides), so it never sees a training plane.
+
+Two diagnostics say where the remaining error is (noisy rows, scale > 1): ``bicubic_clean_lr``
+is bicubic on the *noise-free* LR (what perfect denoising followed by bicubic would score), and
+``lr_psnr`` is the PSNR, on the LR grid against the noise-free LR, of the noisy input (bicubic
+row) and of the block mean of the model's output (model row): how much noise the model removed.
 """
 
 from __future__ import annotations
@@ -42,8 +47,13 @@ def protocol_pairs(hr_stack: np.ndarray, scale: int, noisy: bool, planes=TEST_PL
     return np.stack(lrs), hr
 
 
-def score_model(model, lr: np.ndarray, hr: np.ndarray, tile_options: dict | None = None) -> dict:
-    """Restore ``lr`` (in [0, 1]) with ``model`` through the tiled engine and score vs ``hr``."""
+def score_model(model, lr: np.ndarray, hr: np.ndarray, tile_options: dict | None = None,
+                clean_lr: np.ndarray | None = None) -> dict:
+    """Restore ``lr`` (in [0, 1]) with ``model`` through the tiled engine and score vs ``hr``.
+
+    With ``clean_lr`` (the noise-free LR), ``lr_psnr`` is also returned: the block mean of the
+    output against it, i.e. how well the model removed the noise on the LR grid.
+    """
     from .config import TileConfig
     from .tiling import restore
 
@@ -56,7 +66,20 @@ def score_model(model, lr: np.ndarray, hr: np.ndarray, tile_options: dict | None
     pred = (np.asarray(out) - n.low) / (n.high - n.low)
     res = evaluate(pred, hr)
     res["seconds_per_plane"] = seconds / len(lr)
+    if clean_lr is not None:
+        res["lr_psnr"] = _lr_psnr(pred, clean_lr, model.scale)
     return res
+
+
+def _lr_psnr(image: np.ndarray, clean_lr: np.ndarray, scale: int) -> float:
+    """Mean per-plane PSNR of ``image`` brought to the LR grid (block mean) vs ``clean_lr``."""
+    from .crappify import downsample
+    from .metrics import psnr
+
+    if image.shape[-1] != clean_lr.shape[-1]:
+        image = np.stack([downsample(np.asarray(p, np.float32), scale, "mean") for p in image])
+    return float(np.mean([psnr(p, c) for p, c in zip(image, clean_lr)
+                          if c.std() > 0]))
 
 
 @benchmark("quality")
@@ -87,10 +110,19 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
                 continue  # nothing to restore
             lr, hr = protocol_pairs(hr_stack, scale, is_noisy, seed=int(seed))
             bic = evaluate(bicubic_upsample(lr, scale), hr)
+            clean_lr = None
+            if is_noisy and scale > 1:
+                clean_lr, _ = protocol_pairs(hr_stack, scale, False)
+                headroom = evaluate(bicubic_upsample(clean_lr, scale), hr)
+                bic["bicubic_clean_lr"] = {"psnr": headroom["psnr"], "ssim": headroom["ssim"]}
+                bic["lr_psnr"] = _lr_psnr(lr, clean_lr, scale)
             for name in chosen.get(scale) or [None]:
                 row = {"scale": scale, "noisy": is_noisy, "planes": list(TEST_PLANES),
                        "bicubic": {"psnr": bic["psnr"], "ssim": bic["ssim"],
                                    "n_planes": bic["n_planes"]}}
+                for key in ("bicubic_clean_lr", "lr_psnr"):
+                    if key in bic:
+                        row["bicubic"][key] = bic[key]
                 rows.append(row)
                 try:
                     model = load_model(name) if name else None
@@ -103,11 +135,13 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
                     raise ValueError(f"model {name} is {model.scale}x, asked to restore {scale}x")
                 # a multi-frame model takes its neighbours from the same noisy test stack
                 # (reflected at its ends): it never sees a training or validation plane
-                res = score_model(model, lr, hr)
+                res = score_model(model, lr, hr, clean_lr=clean_lr)
                 row["model"] = {"name": model.name, "hash": model.weights_hash,
                                 "frames": model.frames, "psnr": res["psnr"], "ssim": res["ssim"],
                                 "seconds_per_plane": res["seconds_per_plane"],
                                 "per_plane": res["planes"]}
+                if "lr_psnr" in res:
+                    row["model"]["lr_psnr"] = res["lr_psnr"]
                 row["gain"] = {"psnr_db": res["psnr"] - bic["psnr"],
                                "ssim": res["ssim"] - bic["ssim"]}
                 if option_true(tta):
@@ -125,6 +159,13 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
             "model + TTA": (f"{r['model_tta']['psnr']:.2f} dB / {r['model_tta']['ssim']:.3f} "
                             f"({r['model_tta']['psnr'] - r['bicubic']['psnr']:+.2f} dB)"
                             if "model_tta" in r else None),
+            "bicubic on noise-free LR": (
+                f"{r['bicubic']['bicubic_clean_lr']['psnr']:.2f} dB / "
+                f"{r['bicubic']['bicubic_clean_lr']['ssim']:.3f}"
+                if "bicubic_clean_lr" in r["bicubic"] else None),
+            "LR-grid PSNR vs noise-free LR (input -> model)": (
+                f"{r['bicubic']['lr_psnr']:.2f} -> {r['model']['lr_psnr']:.2f} dB"
+                if "lr_psnr" in r.get("model", {}) else None),
         }.items() if v is not None}
         for r in rows
     ]
