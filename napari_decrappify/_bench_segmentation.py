@@ -83,7 +83,7 @@ def bench_segmentation(minutes: str = "1.5", restore_minutes: str = "3", restore
                        expert: str = "true", method: str = "watershed", min_size: str = "16",
                        seed: str = "0", encoder: str = "tiny", restore_encoder: str = "tiny",
                        seg_epochs: str = "0", restore_epochs: str = "0", seg_patch: str = "64",
-                       out: str = "") -> dict:
+                       seg_activation: str = "", out: str = "") -> dict:
     """Counts, TP/FP/FN and F1 at IoU 0.5 of LR-bicubic, restored and HR vs the GT nuclei.
 
     Options (``-o key=value``): ``minutes`` (segmenter budget), ``restore_minutes`` (each
@@ -92,6 +92,8 @@ def bench_segmentation(minutes: str = "1.5", restore_minutes: str = "3", restore
     ``restorer`` (a 4x model folder/name: skip training one), ``seg_patch`` (segmenter patch
     side, default 64: nuclei are ~20 px across; a full-resolution U-Net step on 8 x 128^2 costs
     ~4x more),
+    ``seg_activation`` (relu/leaky_relu: the segmenter's decoder activation; default the one
+    ``segment.segmentation_arch`` gives every segmenter),
     ``expert`` (true/false: also train and score the expert-guided restorer), ``method``
     (watershed/cc), ``min_size``, ``seed``, ``encoder`` (segmenter), ``restore_encoder``,
     ``out`` (folder to keep the trained models; default a temporary folder).
@@ -100,7 +102,7 @@ def bench_segmentation(minutes: str = "1.5", restore_minutes: str = "3", restore
     from .metrics import bicubic_upsample, evaluate, unit_range
     from .models import load_model
     from .samples import load_sample
-    from .segment import SegmentConfig, instances, predict, train_segmenter
+    from .segment import SegmentConfig, instances, predict, segmentation_arch, train_segmenter
     from .tiling import restore
 
     t_start = time.monotonic()
@@ -113,8 +115,11 @@ def bench_segmentation(minutes: str = "1.5", restore_minutes: str = "3", restore
     hr = unit_range(np.asarray(raw))  # [0, 1] by the 0.1/99.9 percentiles, clipped
     labels = np.where(gt > 0, 2, 1).astype(np.uint8)
 
-    # segmenter on the HR training half
-    seg_cfg = SegmentConfig(arch={"encoder": encoder, "scale": 1, "residual": False},
+    # segmenter on the HR training half, built as the CLI and the Segment dock build theirs
+    seg_arch = segmentation_arch(encoder)
+    if seg_activation:
+        seg_arch = seg_arch.model_copy(update={"activation": seg_activation})
+    seg_cfg = SegmentConfig(arch=seg_arch,
                             minutes=None if int(seg_epochs) else float(minutes),
                             epochs=int(seg_epochs) or None, patch_size=int(seg_patch), batch_size=8,
                             iterations_per_epoch=25, seed=seed_i)
@@ -122,7 +127,9 @@ def bench_segmentation(minutes: str = "1.5", restore_minutes: str = "3", restore
                               out=work / "segmenter", name="nuclei-segmenter",
                               command="bench segmentation")
     segmenter = seg_res.model
-    seg_info = {"path": str(seg_res.path), "encoder": encoder, "seconds": round(seg_res.seconds, 1),
+    seg_info = {"path": str(seg_res.path), "encoder": encoder, "activation": seg_arch.activation,
+                "receptive_field": segmenter.config.receptive_field,
+                "seconds": round(seg_res.seconds, 1),
                 "iterations": seg_res.iterations, "stop_reason": seg_res.stop_reason,
                 "valid_accuracy": segmenter.config.metrics.get("valid_accuracy"),
                 "valid_dice": segmenter.config.metrics.get("valid_dice"),

