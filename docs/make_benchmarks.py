@@ -46,6 +46,8 @@ def _generic(d: dict) -> list[str]:
         lines.append("|" + "---|" * len(keys))
         for row in summary:
             lines.append("| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |")
+    elif isinstance(summary, list) and summary:  # lines of text, already laid out
+        lines += ["```"] + [str(line) for line in summary] + ["```"]
     elif isinstance(summary, dict):
         lines.append("| figure | value |")
         lines.append("|---|---|")
