@@ -16,9 +16,10 @@ def test_cli_train_writes_a_loadable_model(tmp_path, monkeypatch, capsys):
     out = tmp_path / "m"
     code = cli.main(["train", "--hr", str(tmp_path / "hr.tif"), "--scale", "2", "--out", str(out),
                      "--epochs", "2", "--iters", "5", "--encoder", "tiny", "--patch", "32",
-                     "--batch", "4", "--quiet"])
+                     "--batch", "4", "--any-offset", "--quiet"])
     assert code == 0
     meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["config"]["any_offset"] is True
     assert meta["arch"]["scale"] == 2 and meta["training"]["iterations"] > 0
     assert meta["training"]["data_fingerprint"]
     model = load_model(out)
