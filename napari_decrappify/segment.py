@@ -392,7 +392,14 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
 
     from .data import fingerprint, make_dataloaders, normalize, percentile_norm
     from .models import build_model, measure_receptive_field, save_model
-    from .train import TrainResult, _callbacks, fit_learner, hardware_description, pick_device
+    from .train import (
+        TrainResult,
+        _callbacks,
+        fit_learner,
+        hardware_description,
+        pick_device,
+        training_precision,
+    )
 
     config = config or SegmentConfig()
     classes = check_classes(classes)
@@ -480,7 +487,8 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
                             for c in range(1, k + 1)},
         "split": split, "seconds": round(seconds, 1), "iterations": iterations,
         "epochs_run": len(events.history), "stop_reason": events.stop_reason,
-        "hardware": hardware_description(device), "best_epoch": events.best[2],
+        "hardware": hardware_description(device),
+        "precision": training_precision(config.precision, device), "best_epoch": events.best[2],
         "history": events.history,
     })
     if events.history:

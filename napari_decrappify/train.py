@@ -280,6 +280,78 @@ def _callbacks():
     return EventsCallback, CancelFitException, WallClockScheduleCallback
 
 
+def _cpu_callbacks(precision: str) -> list:
+    """fastai callbacks for CPU training: ``channels_last`` always, bf16 autocast if asked.
+
+    fastai's ``MixedPrecision`` (``Learner.to_bf16``) only autocasts CUDA, so on CPU it was a
+    no-op; this one autocasts the CPU forward and loss (weights and optimiser stay fp32).
+    """
+    from fastai.callback.core import Callback
+
+    class ChannelsLastCallback(Callback):
+        """NHWC memory layout for model and batches: oneDNN's fast path for convolutions."""
+
+        order = 5
+
+        def before_fit(self):
+            self.learn.model.to(memory_format=torch.channels_last)
+
+        def before_batch(self):
+            self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last)
+                                  if isinstance(x, torch.Tensor) and x.ndim == 4 else x
+                                  for x in self.xb)
+
+        def after_fit(self):
+            self.learn.model.to(memory_format=torch.contiguous_format)
+
+    class CpuBf16Callback(Callback):
+        """bf16 autocast of the forward pass and loss on CPU; predictions handed on as fp32."""
+
+        order = 10
+
+        def before_batch(self):
+            self._ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+            self._ctx.__enter__()
+
+        def after_pred(self):
+            self.learn.pred = self.pred.float()
+
+        def after_loss(self):
+            self._leave()
+
+        # a batch cancelled between before_batch and after_loss must not leave autocast on
+        def after_cancel_batch(self):
+            self._leave()
+
+        def after_cancel_fit(self):
+            self._leave()
+
+        def _leave(self):
+            ctx, self._ctx = getattr(self, "_ctx", None), None
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+
+    cbs = [ChannelsLastCallback()]
+    if precision == "bf16":
+        cbs.append(CpuBf16Callback())
+    return cbs
+
+
+def training_precision(precision: str, device: torch.device) -> str:
+    """The precision a training run uses: ``auto`` is bf16 (fp16 where bf16 is unsupported) on
+    CUDA; on CPU bf16 where the CPU has native bf16 (1.9x faster steps, measured), else fp32.
+    On CPU ``fp16`` means bf16 (CPU fp16 autocast is slow)."""
+    from .tiling import cpu_has_native_bf16
+
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if precision in ("bf16", "fp16") else "fp32"
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -422,6 +494,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         "data_fingerprint": fingerprint(hr_images), "split": split,
         "seconds": round(seconds, 1), "iterations": iterations, "epochs_run": len(events.history),
         "stop_reason": events.stop_reason, "hardware": hardware_description(device),
+        "precision": training_precision(config.precision, device),
         "best_epoch": events.best[2],
         "history": events.history,
     })
@@ -450,7 +523,7 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
     Shared by restoration and segmentation training (:mod:`napari_decrappify.segment`).
     ``config`` needs ``precision``, ``epochs``, ``minutes``, ``iterations_per_epoch``,
     ``lr_max`` and ``pct_start``; ``events`` is the ``EventsCallback`` among the learner's
-    callbacks. Precision: fp16/bf16 on CUDA, fp32 on CPU unless bf16 is asked for. After a
+    callbacks. Precision: :func:`training_precision`; on CPU also ``channels_last``. After a
     stop (cancel or budget) the last, partial epoch is validated too, and the best weights
     are loaded into ``learn.model``, which ends in eval mode on the CPU.
 
@@ -459,15 +532,15 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
     (seconds, iterations)
     """
     net = learn.model
+    prec = training_precision(config.precision, device)
     if device.type == "cuda":
-        prec = config.precision if config.precision != "auto" else (
-            "bf16" if torch.cuda.is_bf16_supported() else "fp16")
         if prec == "fp16":
             learn.to_fp16()
         elif prec == "bf16":
             learn.to_bf16()
-    elif config.precision in ("bf16", "fp16"):
-        learn.to_bf16()  # only when asked: ~24x slower on CPUs without native bf16
+    else:
+        for cb in _cpu_callbacks(prec):
+            learn.add_cb(cb)
     epochs = config.epochs or 1
     if config.minutes and not config.epochs:
         # an upper bound: the wall-clock schedule and the deadline end the run on time
@@ -488,7 +561,7 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
             events.best = (vloss, None, len(events.history) - 1)
     if events.best[1] is not None:
         net.load_state_dict(events.best[1])
-    net.eval().cpu()
+    net.eval().cpu().to(memory_format=torch.contiguous_format)
     return seconds, iterations
 
 

@@ -9,7 +9,15 @@ import torch
 from napari_decrappify.config import ArchConfig, TrainConfig
 from napari_decrappify.models import build_model, load_model
 from napari_decrappify.samples import synthetic_em
-from napari_decrappify.train import FeatureLoss, MSSSIML1Loss, batch_psnr, gram_matrix, make_loss, train
+from napari_decrappify.train import (
+    FeatureLoss,
+    MSSSIML1Loss,
+    batch_psnr,
+    gram_matrix,
+    make_loss,
+    train,
+    training_precision,
+)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +134,61 @@ def test_cancel_from_another_thread_stops_between_batches_and_keeps_weights(hr, 
     assert len(batches) <= 10  # stopped within a batch or two of the request
     assert [e["epoch"] for e in seen if e["event"] == "epoch"] == [0]
     assert load_model(tmp_path / "c").config.training["stop_reason"] == "cancelled"
+
+
+@pytest.mark.parametrize("asked, native, expected", [
+    ("auto", True, "bf16"), ("auto", False, "fp32"), ("fp32", True, "fp32"),
+    ("bf16", False, "bf16"), ("fp16", True, "bf16"),  # CPU fp16 autocast is slow: bf16
+])
+def test_cpu_training_precision(monkeypatch, asked, native, expected):
+    monkeypatch.setattr("napari_decrappify.tiling.cpu_has_native_bf16", lambda: native)
+    assert training_precision(asked, torch.device("cpu")) == expected
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    from napari_decrappify.tiling import cpu_has_native_bf16
+
+    real_open = builtins.open
+    for flags, expected in [("fpu avx2 avx512f avx512_bf16 sse", True),
+                            ("fpu avx2 amx_bf16", True), ("fpu avx2 avx512f", False)]:
+        fake = tmp_path / "cpuinfo"
+        fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda path, *a, _f=fake, **k: real_open(
+            _f if path == "/proc/cpuinfo" else path, *a, **k))
+        assert cpu_has_native_bf16.__wrapped__() is expected
+        monkeypatch.setattr(builtins, "open", real_open)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_training_autocasts_bf16_in_channels_last_and_saves_plain_weights(hr, tmp_path,
+                                                                               precision):
+    """fastai's own MixedPrecision only autocasts CUDA: on CPU our callback must really run
+    the forward in bf16 (and fp32 must stay fp32), with NHWC batches; the saved weights are
+    ordinary contiguous tensors, and no autocast is left on after a cancelled run."""
+    model = build_model(ArchConfig(encoder="tiny", scale=2), name="m", seed=0, measure_rf=False)
+    seen = []
+    first_conv = next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda mod, inp, out: seen.append(
+        (out.dtype, inp[0].is_contiguous(memory_format=torch.channels_last))))
+    cancel = threading.Event()
+
+    def progress(e):
+        if e["event"] == "batch" and e["iteration"] == 8:
+            cancel.set()
+
+    result = train([hr], tiny_config(epochs=5, precision=precision), init_from=model,
+                   out=tmp_path / "m", progress=progress, cancel=cancel)
+    assert result.stop_reason == "cancelled"
+    fitting = seen[:8]  # training and validation batches (later: the fp32 receptive-field probe)
+    assert {d for d, _ in fitting} == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert all(nhwc for _, nhwc in fitting)
+    assert not torch.is_autocast_enabled("cpu")
+    saved = load_model(tmp_path / "m")
+    assert saved.config.training["precision"] == precision
+    assert all(p.is_contiguous() for p in saved.net.state_dict().values())
+    assert all(p.is_contiguous() for p in result.model.net.parameters())
 
 
 def test_wall_clock_budget(hr):
