@@ -78,7 +78,7 @@ def _lr_psnr(image: np.ndarray, clean_lr: np.ndarray, scale: int) -> float:
 
     if image.shape[-1] != clean_lr.shape[-1]:
         image = np.stack([downsample(np.asarray(p, np.float32), scale, "mean") for p in image])
-    return float(np.mean([psnr(p, c) for p, c in zip(image, clean_lr)
+    return float(np.mean([psnr(p, c) for p, c in zip(image, clean_lr, strict=True)
                           if c.std() > 0]))
 
 
