@@ -110,19 +110,16 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
                 continue  # nothing to restore
             lr, hr = protocol_pairs(hr_stack, scale, is_noisy, seed=int(seed))
             bic = evaluate(bicubic_upsample(lr, scale), hr)
+            bic_row = {"psnr": bic["psnr"], "ssim": bic["ssim"], "n_planes": bic["n_planes"]}
             clean_lr = None
             if is_noisy and scale > 1:
                 clean_lr, _ = protocol_pairs(hr_stack, scale, False)
                 headroom = evaluate(bicubic_upsample(clean_lr, scale), hr)
-                bic["bicubic_clean_lr"] = {"psnr": headroom["psnr"], "ssim": headroom["ssim"]}
-                bic["lr_psnr"] = _lr_psnr(lr, clean_lr, scale)
+                bic_row["bicubic_clean_lr"] = {"psnr": headroom["psnr"], "ssim": headroom["ssim"]}
+                bic_row["lr_psnr"] = _lr_psnr(lr, clean_lr, scale)
             for name in chosen.get(scale) or [None]:
                 row = {"scale": scale, "noisy": is_noisy, "planes": list(TEST_PLANES),
-                       "bicubic": {"psnr": bic["psnr"], "ssim": bic["ssim"],
-                                   "n_planes": bic["n_planes"]}}
-                for key in ("bicubic_clean_lr", "lr_psnr"):
-                    if key in bic:
-                        row["bicubic"][key] = bic[key]
+                       "bicubic": dict(bic_row)}
                 rows.append(row)
                 try:
                     model = load_model(name) if name else None

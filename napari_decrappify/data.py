@@ -222,12 +222,11 @@ class CrappifiedPatches(torch.utils.data.Dataset):
             si, i = self.choices[int(rng.integers(len(self.choices)))]
             stack = self.stacks[si]
             h, w = stack.planes.shape[-2:]
-            if self.any_offset:
-                y, x = int(rng.integers(h - hp + 1)), int(rng.integers(w - hp + 1))
-            else:
-                # top-left on the LR grid so that block means line up with the full-image LR
-                y = int(rng.integers((h - hp) // s + 1)) * s
-                x = int(rng.integers((w - hp) // s + 1)) * s
+            # top-left on the LR grid (block means line up with the full-image LR) unless any
+            # offset is allowed
+            step = 1 if self.any_offset else s
+            y = int(rng.integers((h - hp) // step + 1)) * step
+            x = int(rng.integers((w - hp) // step + 1)) * step
             hr_win = stack.window(i, self.frames)[:, y : y + hp, x : x + hp]
             if hr_win[self.frames // 2].std() > 2 * BLANK_STD:
                 break

@@ -292,18 +292,18 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda:0"
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
+@functools.lru_cache(maxsize=4)
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes bf16 natively (x86 ``avx512_bf16`` or ``amx_bf16``).
 
     It decides what bf16 autocast costs on CPU. Measured on 2 cores: where the CPU lacks it,
     a resnet34 U-Net forward was ~24x slower in bf16 (../shared/ENVIRONMENT.md); where it has
     ``avx512_bf16``, a resnet18s U-Net training step was 1.9x faster (bf16 + ``channels_last``
-    137 ms vs fp32 254 ms) and a forward 1.7x faster. Read from ``/proc/cpuinfo`` (Linux);
-    ``False`` elsewhere or when unreadable.
+    137 ms vs fp32 254 ms) and a forward 1.7x faster. Read from the flags in ``cpuinfo``
+    (Linux); ``False`` elsewhere or when unreadable.
     """
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())

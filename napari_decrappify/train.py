@@ -301,13 +301,14 @@ def _cpu_callbacks(precision: str) -> list:
                                   if isinstance(x, torch.Tensor) and x.ndim == 4 else x
                                   for x in self.xb)
 
-        def after_fit(self):
-            self.learn.model.to(memory_format=torch.contiguous_format)
+        # no after_fit: Learner.validate() re-runs before_fit, so fit_learner puts the
+        # weights back in the contiguous layout once, at its very end
 
     class CpuBf16Callback(Callback):
         """bf16 autocast of the forward pass and loss on CPU; predictions handed on as fp32."""
 
         order = 10
+        _ctx = None  # the autocast context entered for the current batch
 
         def before_batch(self):
             self._ctx = torch.autocast("cpu", dtype=torch.bfloat16)
@@ -327,7 +328,7 @@ def _cpu_callbacks(precision: str) -> list:
             self._leave()
 
         def _leave(self):
-            ctx, self._ctx = getattr(self, "_ctx", None), None
+            ctx, self._ctx = self._ctx, None
             if ctx is not None:
                 ctx.__exit__(None, None, None)
 

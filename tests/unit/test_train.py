@@ -145,20 +145,16 @@ def test_cpu_training_precision(monkeypatch, asked, native, expected):
     assert training_precision(asked, torch.device("cpu")) == expected
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
-    import builtins
-
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     from napari_decrappify.tiling import cpu_has_native_bf16
 
-    real_open = builtins.open
-    for flags, expected in [("fpu avx2 avx512f avx512_bf16 sse", True),
-                            ("fpu avx2 amx_bf16", True), ("fpu avx2 avx512f", False)]:
-        fake = tmp_path / "cpuinfo"
+    for k, (flags, expected) in enumerate([("fpu avx2 avx512f avx512_bf16 sse", True),
+                                           ("fpu avx2 amx_bf16", True),
+                                           ("fpu avx2 avx512f", False)]):
+        fake = tmp_path / f"cpuinfo{k}"
         fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(builtins, "open", lambda path, *a, _f=fake, **k: real_open(
-            _f if path == "/proc/cpuinfo" else path, *a, **k))
-        assert cpu_has_native_bf16.__wrapped__() is expected
-        monkeypatch.setattr(builtins, "open", real_open)
+        assert cpu_has_native_bf16(str(fake)) is expected
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
