@@ -10,8 +10,9 @@ throughput
     without dask (pad the plane, cut windows, run, trim, write into a numpy array). Runs are
     interleaved and repeated; the best time of each is compared (the machine may be shared).
 memory
-    Peak RSS (psutil, sampled every 20 ms from the parent, the child's whole process tree)
-    while a child process restores a uint8 Zarr stack of each size and streams the result to
+    Peak RSS (the kernel's high-water mark ``VmHWM`` of the child's own address space, so no
+    spike between samples is missed and nothing of the parent counts) while a child process
+    restores a uint8 Zarr stack of each size and streams the result to
     OME-Zarr. The input is generated chunk by chunk on disk, never in RAM. The default model is
     ``conv`` (a two-layer CNN): the network's speed is irrelevant to memory and a tiny U-Net
     would need hours for 4 GB on a 2-core CPU; ``-o model=tiny`` uses the tiny U-Net.
@@ -35,7 +36,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -226,38 +226,27 @@ def _memory_child(args_json: str) -> None:
                       chunks=tuple((1,) * len(c) for c in img.data.chunks)).sum().compute(
             scheduler="threads")
     print(json.dumps({"seconds": time.perf_counter() - t0, "baseline_rss": baseline,
+                      "peak_rss": _peak_rss_bytes(),
                       "shape": list(img.data.shape), "tiles": int(np.prod(img.data.numblocks))}))
 
 
-class _PeakRSS:
-    """Samples the RSS of a process and its children every 20 ms in a thread; ``.value`` is
-    the peak in bytes."""
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes: ``VmHWM`` of ``/proc/self/status``.
 
-    def __init__(self, pid: int):
-        self.pid, self.value = pid, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    Not ``ru_maxrss``: after ``fork``/``vfork`` + ``exec`` Linux carries the parent's
+    high-water mark into the child's ``ru_maxrss``, so a child started from a big process
+    (pytest with torch loaded) would report the parent's size. ``VmHWM`` belongs to the
+    child's own address space. Falls back to ``ru_maxrss`` where ``/proc`` is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    import resource
 
-    def _run(self) -> None:
-        import psutil
-
-        try:
-            p = psutil.Process(self.pid)
-            while not self._stop.is_set():
-                rss = p.memory_info().rss + sum(c.memory_info().rss
-                                                for c in p.children(recursive=True))
-                self.value = max(self.value, rss)
-                time.sleep(0.02)
-        except psutil.NoSuchProcess:
-            pass
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # macOS: bytes, Linux: kB
 
 
 @benchmark("memory")
@@ -285,8 +274,7 @@ def bench_memory(sizes_gb: str = "1,4", model: str = "conv", tile: str = "256", 
             cmd = [sys.executable, "-c", "import sys; from napari_decrappify._bench_engine import "
                    "_memory_child; _memory_child(sys.argv[1])", json.dumps(args)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            with _PeakRSS(proc.pid) as peak:
-                stdout, stderr = proc.communicate()
+            stdout, stderr = proc.communicate()
             if proc.returncode != 0:
                 raise RuntimeError(f"memory benchmark child failed:\n{stderr[-3000:]}")
             child = json.loads(stdout.strip().splitlines()[-1])
@@ -294,8 +282,9 @@ def bench_memory(sizes_gb: str = "1,4", model: str = "conv", tile: str = "256", 
             runs.append({
                 "input_gb": input_bytes / 1e9, "input_shape": [planes, side_i, side_i],
                 "output_shape": child["shape"], "tiles": child["tiles"],
-                "peak_rss_mb": peak.value / 2**20, "baseline_rss_mb": child["baseline_rss"] / 2**20,
-                "peak_above_baseline_mb": (peak.value - child["baseline_rss"]) / 2**20,
+                "peak_rss_mb": child["peak_rss"] / 2**20,
+                "baseline_rss_mb": child["baseline_rss"] / 2**20,
+                "peak_above_baseline_mb": (child["peak_rss"] - child["baseline_rss"]) / 2**20,
                 "restore_seconds": child["seconds"], "input_generation_seconds": gen_s,
                 "input_mpix_per_s": input_bytes / 1e6 / child["seconds"],
             })
