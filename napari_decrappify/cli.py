@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activation", choices=["relu", "leaky_relu"],
                    help="U-Net decoder activation (default: ArchConfig's); leaky_relu units "
                         "cannot die (docs/training.md)")
-    s.add_argument("--loss", default="l1", choices=["l1", "msssim_l1", "perceptual"])
+    s.add_argument("--loss", default="l1", choices=["l1", "mse", "msssim_l1", "perceptual"])
     s.add_argument("--feature-loss", metavar="WEIGHTS_OR_SEG_MODEL_DIR",
                    help="encoder weights (safetensors) or a segmentation model folder for the "
                         "perceptual loss; implies --loss perceptual")

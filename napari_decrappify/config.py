@@ -115,7 +115,7 @@ class TrainConfig(_Config):
     scale: int = 4
     arch: ArchConfig = Field(default_factory=ArchConfig)
     crappify: CrappifyConfig = Field(default_factory=CrappifyConfig)
-    loss: Literal["l1", "msssim_l1", "perceptual"] = "l1"
+    loss: Literal["l1", "mse", "msssim_l1", "perceptual"] = "l1"
     feature_weights: str | None = None
     patch_size: int = 64  # on the LR grid
     batch_size: int = 8

@@ -166,6 +166,9 @@ def load_feature_encoder(path: str | Path) -> nn.Sequential:
 def make_loss(config: TrainConfig) -> nn.Module:
     if config.loss == "l1":
         return nn.L1Loss()
+    if config.loss == "mse":
+        # the loss PSNR measures: its optimum is the posterior mean, L1's the median
+        return nn.MSELoss()
     if config.loss == "msssim_l1":
         return MSSSIML1Loss()
     if config.loss == "perceptual":

@@ -32,10 +32,15 @@ def tiny_config(**kw):
     return TrainConfig(**base)
 
 
-def test_l1_and_msssim_losses_on_known_inputs():
+def test_l1_mse_and_msssim_losses_on_known_inputs():
     x = torch.rand(2, 1, 64, 64)
     assert make_loss(tiny_config())(x, x).item() == 0
     assert make_loss(tiny_config())(x, x + 0.1).item() == pytest.approx(0.1, abs=1e-6)
+    mse = make_loss(tiny_config(loss="mse"))
+    assert mse(x, x + 0.1).item() == pytest.approx(0.01, abs=1e-6)
+    y = 0.8 * x  # inside [0, 1], where batch_psnr does not clip
+    assert mse(y, y + 0.1).item() == pytest.approx(10 ** (-batch_psnr(y + 0.1, y).item() / 10),
+                                                   rel=1e-3)  # the error PSNR measures
     ms = MSSSIML1Loss()
     assert ms(x, x).item() == pytest.approx(0.0, abs=1e-5)
     assert ms(x, torch.rand(2, 1, 64, 64)).item() > 0.3
