@@ -84,13 +84,14 @@ def _lr_psnr(image: np.ndarray, clean_lr: np.ndarray, scale: int) -> float:
 
 @benchmark("quality")
 def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", seed: str = "0",
-                  sample: str = "cremi", tta: str = "false") -> dict:
+                  sample: str = "cremi", tta: str = "false", precision: str = "auto") -> dict:
     """Model vs bicubic PSNR/SSIM on held-out planes, per scale, side by side.
 
     Options (``-o key=value``): ``scales`` ("1,2,4"), ``noisy`` (true/false/both), ``models``
     ("4=em-4x,4=/path/to/model,2=em-2x": which models restore which scale, one row each;
     defaults to the bundled em-denoise / em-2x / em-4x and em-4x-z3), ``seed``, ``tta`` (true:
-    the model with test-time augmentation as well; both are reported).
+    the model with test-time augmentation as well; both are reported), ``precision`` (auto:
+    fp32 on CPU, bf16/fp16 on CUDA; ``bf16`` measures what the faster CPU inference costs).
     """
     from .models import ModelFileError, load_model
     from .samples import load_sample
@@ -132,9 +133,10 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
                     raise ValueError(f"model {name} is {model.scale}x, asked to restore {scale}x")
                 # a multi-frame model takes its neighbours from the same noisy test stack
                 # (reflected at its ends): it never sees a training or validation plane
-                res = score_model(model, lr, hr, clean_lr=clean_lr)
+                res = score_model(model, lr, hr, {"precision": precision}, clean_lr=clean_lr)
                 row["model"] = {"name": model.name, "hash": model.weights_hash,
-                                "frames": model.frames, "psnr": res["psnr"], "ssim": res["ssim"],
+                                "frames": model.frames, "precision": precision,
+                                "psnr": res["psnr"], "ssim": res["ssim"],
                                 "seconds_per_plane": res["seconds_per_plane"],
                                 "per_plane": res["planes"]}
                 if "lr_psnr" in res:
@@ -142,7 +144,7 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
                 row["gain"] = {"psnr_db": res["psnr"] - bic["psnr"],
                                "ssim": res["ssim"] - bic["ssim"]}
                 if option_true(tta):
-                    res = score_model(model, lr, hr, {"tta": True})
+                    res = score_model(model, lr, hr, {"tta": True, "precision": precision})
                     row["model_tta"] = {"psnr": res["psnr"], "ssim": res["ssim"],
                                         "seconds_per_plane": res["seconds_per_plane"]}
     summary = [

@@ -197,6 +197,19 @@ def batch_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- callbacks
 
 
+#: an epoch whose mean training loss exceeds this many times the lowest so far has diverged
+DIVERGENCE_FACTOR = 100.0
+#: this many non-finite batch losses in a row stop a run as diverged
+NONFINITE_BATCHES = 5
+
+
+def divergence_warning(epoch: int, loss: float, best_epoch: int, lr_max: float) -> str:
+    """The message for a run stopped as ``diverged`` (recorded in ``model.json`` too)."""
+    return (f"training diverged at epoch {epoch} (training loss {loss:.3g}); stopped there and "
+            f"kept the best weights (epoch {best_epoch}). Train again with a lower learning "
+            f"rate, e.g. --lr-max {lr_max / 3:.2g}")
+
+
 def _callbacks():
     """fastai callbacks, defined lazily so that importing this module stays cheap."""
     from fastai.callback.core import Callback, CancelFitException
@@ -214,6 +227,9 @@ def _callbacks():
             self.history: list[dict] = []
             self.stop_reason = "completed"
             self.best = (math.inf, None, -1)
+            self.lowest_train_loss = math.inf
+            self.nonfinite_batches = 0
+            self.diverged_at: tuple[int, float] | None = None  # (epoch, training loss)
 
         def _emit(self, event):
             if self.progress is not None:
@@ -232,9 +248,16 @@ def _callbacks():
                 return
             done = self.epoch * len(self.dls.train) + self.iter + 1
             elapsed = time.monotonic() - self.t0
+            loss = float(self.loss)
             self._emit({"event": "batch", "epoch": self.epoch, "batch": self.iter,
-                        "iteration": done, "total": self.total, "loss": float(self.loss),
+                        "iteration": done, "total": self.total, "loss": loss,
                         "elapsed": elapsed, "eta": elapsed / done * (self.total - done)})
+            # weights gone NaN/inf keep every later loss non-finite: stop, the best weights
+            # are kept (one fp16 overflow, which the grad scaler skips, is not a divergence)
+            self.nonfinite_batches = 0 if math.isfinite(loss) else self.nonfinite_batches + 1
+            if self.nonfinite_batches >= NONFINITE_BATCHES:
+                self.stop_reason, self.diverged_at = "diverged", (self.epoch, loss)
+                raise CancelFitException()
             if self.cancel is not None and self.cancel.is_set():
                 self.stop_reason = "cancelled"
                 raise CancelFitException()
@@ -258,6 +281,13 @@ def _callbacks():
                 self.best = (vloss, state, self.epoch)
             if self.checkpoint is not None:
                 self.checkpoint()
+            # a loss blown up far above its lowest (too high a learning rate for the loss) never
+            # comes back within the cycle: stop instead of spending the budget on it
+            tl = row.get("train_loss", math.nan)
+            if not math.isfinite(tl) or tl > DIVERGENCE_FACTOR * self.lowest_train_loss:
+                self.stop_reason, self.diverged_at = "diverged", (self.epoch, tl)
+                raise CancelFitException()
+            self.lowest_train_loss = min(self.lowest_train_loss, tl)
 
     class WallClockScheduleCallback(Callback):
         """Drive the one-cycle schedule by elapsed wall-clock time instead of iterations.
@@ -488,10 +518,12 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     learn.recorder.train_metrics = False
     seconds, iterations = fit_learner(learn, config, device, events)
     model.config.receptive_field = measure_receptive_field(net, arch)
-    dead = dead_encoder_warning(model.config.receptive_field, arch)
-    if dead is not None:
-        warnings.warn(dead, RuntimeWarning, stacklevel=2)
-        model.config.training["warnings"] = [dead]
+    found = [dead_encoder_warning(model.config.receptive_field, arch)]
+    if events.diverged_at is not None:
+        found.append(divergence_warning(*events.diverged_at, events.best[2], config.lr_max))
+    for message in filter(None, found):
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        model.config.training.setdefault("warnings", []).append(message)
     model.config.crappifier = crappifier.config
     model.config.training.update({
         "command": command, "config": json.loads(config.model_dump_json()),

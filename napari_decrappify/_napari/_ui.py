@@ -8,6 +8,14 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
+#: how a training dock words a run's ``stop_reason``
+STOP_TEXT = {
+    "completed": "finished",
+    "budget": "time budget reached",
+    "cancelled": "cancelled: best weights kept",
+    "diverged": "diverged (learning rate too high?): best weights kept",
+}
+
 
 class DockBody(QWidget):
     """A dock's widget: a vertical, scrollable stack of magicgui containers and Qt sections.

@@ -32,7 +32,7 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ._layers import base_data, current_plane, layer_axes, layer_geometry
-from ._ui import DockBody, layer_choices
+from ._ui import STOP_TEXT, DockBody, layer_choices
 from ._workers import CoreJob, model_events
 
 WHOLE = "whole image / stack"
@@ -368,8 +368,7 @@ class SegmentWidget(DockBody):
     def _trained(self, result) -> None:
         self.result = result
         self.model = result.model
-        what = {"completed": "finished", "budget": "time budget reached",
-                "cancelled": "cancelled: best weights kept"}.get(result.stop_reason, result.stop_reason)
+        what = STOP_TEXT.get(result.stop_reason, result.stop_reason)
         acc = result.model.config.metrics.get("valid_accuracy")
         text = f"{what}; {result.iterations} iterations in {result.seconds:.0f} s"
         if acc is not None:

@@ -26,7 +26,7 @@ from magicgui.widgets import (
 )
 
 from ._layers import base_data
-from ._ui import DockBody, devices, layer_choices, note, style_axes, themed_figure
+from ._ui import STOP_TEXT, DockBody, devices, layer_choices, note, style_axes, themed_figure
 from ._workers import CoreJob, model_events
 
 SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
@@ -270,8 +270,7 @@ class TrainWidget(DockBody):
         self.result = result
         cfg = result.model.config
         psnr = cfg.metrics.get("valid_psnr")
-        what = {"completed": "finished", "budget": "time budget reached",
-                "cancelled": "cancelled: best weights kept"}.get(result.stop_reason, result.stop_reason)
+        what = STOP_TEXT.get(result.stop_reason, result.stop_reason)
         text = f"{what}; {result.iterations} iterations in {result.seconds:.0f} s"
         if psnr is not None:
             text += f"; validation PSNR {psnr:.2f} dB"

@@ -141,6 +141,52 @@ def test_cancel_from_another_thread_stops_between_batches_and_keeps_weights(hr, 
     assert load_model(tmp_path / "c").config.training["stop_reason"] == "cancelled"
 
 
+class _BlowsUp(torch.nn.Module):
+    """L1 that, from training batch ``after`` on, is multiplied by ``factor`` (NaN: poisons the
+    weights); validation (no grad) stays plain L1."""
+
+    def __init__(self, after: int, factor: float):
+        super().__init__()
+        self.after, self.factor, self.batches = after, factor, 0
+
+    def forward(self, pred, target):
+        loss = torch.nn.functional.l1_loss(pred, target)
+        if torch.is_grad_enabled():
+            self.batches += 1
+            if self.batches > self.after:
+                return loss * self.factor
+        return loss
+
+
+@pytest.mark.parametrize("factor", [float("nan"), 1e4])
+def test_a_diverging_run_stops_keeps_its_best_weights_and_says_so(hr, tmp_path, monkeypatch,
+                                                                  factor):
+    """NaN losses stop the run within a few batches; a loss blown up 10^4x stops it at the end
+    of that epoch. Either way: the best (finite) weights are saved, the record says diverged
+    and why, and the rest of the budget is not spent."""
+    import math
+
+    from napari_decrappify.train import NONFINITE_BATCHES
+
+    monkeypatch.setattr("napari_decrappify.train.make_loss", lambda config: _BlowsUp(12, factor))
+    seen = []
+    with pytest.warns(RuntimeWarning, match="diverged at epoch 2.*--lr-max 0.00033"):
+        result = train([hr], tiny_config(epochs=30, lr_max=1e-3), progress=seen.append,
+                       out=tmp_path / "d")
+    assert result.stop_reason == "diverged"
+    batches = [e for e in seen if e["event"] == "batch"]
+    if math.isnan(factor):
+        assert len(batches) == 12 + NONFINITE_BATCHES  # 6 per epoch: stopped inside epoch 2
+        assert [h["epoch"] for h in result.history] == [0, 1]
+    else:
+        assert len(batches) == 18 and result.history[-1]["train_loss"] > 100  # whole epoch 2
+        assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    saved = load_model(tmp_path / "d")
+    assert saved.config.training["best_epoch"] in (0, 1)
+    assert "diverged" in saved.config.training["warnings"][0]
+    assert all(torch.isfinite(t).all() for t in saved.net.state_dict().values())
+
+
 @pytest.mark.parametrize("asked, native, expected", [
     ("auto", True, "bf16"), ("auto", False, "fp32"), ("fp32", True, "fp32"),
     ("bf16", False, "bf16"), ("fp16", True, "bf16"),  # CPU fp16 autocast is slow: bf16
