@@ -62,8 +62,9 @@ SECTIONS = [
      "bicubic computed on the same LR in the same run."),
     ("throughput", "Throughput", "`decrappify bench throughput`: engine output megapixels/s "
      "divided by the raw network rate (same model and tile size, tensors in memory, plain loop)."),
-    ("memory", "Memory", "`decrappify bench memory`: peak RSS while restoring a Zarr stack "
-     "of growing size with a tiny model."),
+    ("memory", "Memory", "`decrappify bench memory`: peak RSS (the child process's kernel "
+     "high-water mark, VmHWM) while restoring a uint8 Zarr stack of growing size into OME-Zarr "
+     "with a two-layer CNN (the network's speed is irrelevant to memory)."),
     ("seams", "Seams", "`decrappify bench seams`: max |tiled - whole-image| in fp32, network "
      "units (real EM restores to about [0, 1]), for tile/halo settings, on a mosaic of real CREMI "
      "planes at the model's input pixel size."),
