@@ -440,7 +440,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     cancel : threading.Event, optional
         Set it from another thread to stop cleanly between batches; best weights are kept.
     init_from : RestorationModel, optional
-        Resume / fine-tune from these weights (same architecture). A single-frame model can
+        Resume / fine-tune from these weights: its architecture is used whatever
+        ``config.arch`` says (the scale must match, else ValueError). A single-frame model can
         start a multi-frame run (``config.arch.frames > 1``): it is widened with
         :func:`~napari_decrappify.models.inflate_frames` (its weights on the centre frame,
         zeros on the neighbours), so training starts from what it already computes.
@@ -462,6 +463,16 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
 
     config = config or TrainConfig()
     arch = config.arch.model_copy(update={"scale": config.scale})
+    if init_from is not None:
+        if init_from.kind != "restoration":
+            raise ValueError(f"cannot fine-tune {init_from.name!r} as a restorer: it is a "
+                             f"{init_from.kind} model")
+        if init_from.scale != config.scale:
+            raise ValueError(f"cannot fine-tune {init_from.name!r} for {config.scale}x: it "
+                             f"restores {init_from.scale}x (choose scale {init_from.scale})")
+        # the weights decide the network; only the number of input frames may grow (widening)
+        arch = init_from.config.arch.model_copy(update={"frames": arch.frames})
+        config = config.model_copy(update={"arch": arch})
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     hr_images = [np.asarray(im) for im in hr_images]

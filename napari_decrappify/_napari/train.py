@@ -25,7 +25,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._layers import base_data
+from ._layers import base_data, mode_text
 from ._ui import STOP_TEXT, DockBody, devices, layer_choices, note, style_axes, themed_figure
 from ._workers import CoreJob, model_events
 
@@ -117,10 +117,15 @@ class TrainWidget(DockBody):
                                 tooltip="U-Net encoder: 'tiny' for quick tests, resnet18s a good "
                                         "CPU default, resnet34 for GPU training")
         self.loss = ComboBox(label="loss", choices=LOSSES, value=train_defaults["loss"].default)
+        self.start_from = ComboBox(
+            label="start from", choices=_start_choices, value=None,
+            tooltip="a new network, or fine-tune a trained restoration model on these layers "
+                    "(its architecture and scale are kept; a 1-frame model can be widened to "
+                    "3 or 5 frames)")
         self.budget_unit = ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes")
         self.budget = FloatSpinBox(label="budget", value=10.0, min=0.01, max=100_000, step=1.0)
         self.main = Container(widgets=[self.hr_layers, self.scale, self.encoder, self.loss,
-                                       self.budget_unit, self.budget])
+                                       self.start_from, self.budget_unit, self.budget])
 
         # the degradation applied on the fly to HR patches (preview it in the Crappify dock)
         self.photons = FloatSpinBox(label="photons at max", value=255.0, min=0.0, max=1e6, step=10,
@@ -186,7 +191,33 @@ class TrainWidget(DockBody):
 
         self.train_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
+        # Qt's signal: magicgui's `changed` is not emitted when the value goes back to None
+        self.start_from.native.currentIndexChanged.connect(
+            lambda *_: self._start_from_changed(self.start_from.value))
         self.follow_layers(v)
+        model_events.saved.connect(self._model_saved)
+
+    # ------------------------------------------------------------------ choices
+    def _start_from_changed(self, path) -> None:
+        """Fine-tuning keeps the model's network: show its scale and encoder, lock them."""
+        from ..models import read_model_config
+
+        fine_tune = path is not None
+        if fine_tune:
+            arch = read_model_config(Path(path)).arch
+            self.scale.value = arch.scale
+            if arch.encoder in ENCODERS:
+                self.encoder.value = arch.encoder
+            self.activation.value = arch.activation
+            self.frames.value = arch.frames
+        for widget in (self.scale, self.encoder, self.activation):
+            widget.enabled = not fine_tune
+
+    def _model_saved(self, _path: str) -> None:
+        try:
+            self.start_from.reset_choices()
+        except RuntimeError:  # the dock's Qt widgets were already deleted
+            model_events.saved.disconnect(self._model_saved)
 
     # ------------------------------------------------------------------ parameters
     def config(self):
@@ -248,9 +279,13 @@ class TrainWidget(DockBody):
         self.plot.clear()
         self.result = None
         name = out.name
-        self._set_status(f"training {name} ({config.arch.encoder}, {config.scale}x) ...")
+        what = f"{config.arch.encoder}, {config.scale}x"
+        if self.start_from.value is not None:
+            what = f"fine-tuning {Path(self.start_from.value).name}, {config.scale}x"
+        self._set_status(f"training {name} ({what}) ...")
         self.job = CoreJob(
             _train_job, hr, config, out=out, name=name, pairs=pairs,
+            start_from=self.start_from.value,
             command=f"napari Train dock: {', '.join(layer.name for layer in layers)}",
             description=f"Training {name}",
             on_event=self.plot.add, on_result=self._done, on_error=self._failed,
@@ -293,10 +328,23 @@ class TrainWidget(DockBody):
         self.status.value = text
 
 
-def _train_job(hr, config, *, pairs=None, **kwargs):
-    """Worker: read the layers' data (lazy layers are computed here, off the UI thread), train."""
-    from .. import train as train_mod
+def _start_choices(_widget=None) -> list[tuple[str, str | None]]:
+    """'new network', then every restoration model (bundled and user) to fine-tune."""
+    from ..models import list_models
 
+    return [("new network", None)] + [
+        (f"fine-tune {m['name']}  ({mode_text(m['scale'])}, {m['encoder']})", str(m["path"]))
+        for m in list_models() if m["kind"] == "restoration"]
+
+
+def _train_job(hr, config, *, pairs=None, start_from=None, **kwargs):
+    """Worker: read the layers' data (lazy layers are computed here, off the UI thread), load
+    the model to fine-tune, train."""
+    from .. import train as train_mod
+    from ..models import load_model
+
+    if start_from is not None:
+        kwargs["init_from"] = load_model(start_from)
     hr = [np.asarray(h) for h in hr]
     if pairs is not None:
         pairs = (np.asarray(pairs[0]), np.asarray(pairs[1]))

@@ -107,3 +107,38 @@ def test_train_dock_defaults_are_the_core_recipe(make_napari_viewer, model_dir):
     assert cfg.loss == "l1" and cfg.arch.activation == "leaky_relu"
     dock.activation.value = "relu"
     assert dock.config().arch.activation == "relu"
+
+
+def test_train_dock_fine_tunes_a_trained_model(make_napari_viewer, qtbot, model_dir, tiny2x,
+                                               em_stack):
+    """'start from' lists the restoration models; choosing one shows and locks its scale,
+    encoder and frames, and the run starts from its weights (recorded in the new model)."""
+    from napari_decrappify._napari.train import TrainWidget
+    from napari_decrappify.models import load_model
+
+    viewer = make_napari_viewer()
+    hr = viewer.add_image(em_stack, name="hr")
+    dock = TrainWidget(viewer)
+    combo = dock.start_from.native
+    labels = {combo.itemData(i): combo.itemText(i) for i in range(combo.count())}
+    assert dock.start_from.value is None and labels[None] == "new network"
+    tuned_from = str(model_dir / "tiny-2x")
+    assert "fine-tune tiny-2x" in labels[tuned_from]
+
+    dock.scale.value, dock.encoder.value = 4, "resnet18s"
+    dock.hr_layers.value = [hr]
+    _quick(dock, "tuned")
+    dock.scale.value = 4  # _quick sets 2; the model's scale must win again below
+    dock.start_from.value = tuned_from
+    assert dock.scale.value == 2 and dock.encoder.value == "tiny" and dock.frames.value == 1
+    assert not dock.scale.enabled and not dock.encoder.enabled
+    job = dock.start()
+    assert "fine-tuning tiny-2x" in dock.status.value
+    qtbot.waitUntil(lambda: job.finished, timeout=120_000)
+    assert job.status == "done", dock.status.value
+    record = load_model(model_dir / "tuned").config.training
+    assert record["resumed_from"][-1]["weights_from"] == tuned_from
+    # the new model is offered for the next fine-tuning; "new network" unlocks the choices
+    qtbot.waitUntil(lambda: str(model_dir / "tuned") in dock.start_from.choices, timeout=10_000)
+    dock.start_from.value = None
+    assert dock.scale.enabled and dock.encoder.enabled

@@ -124,6 +124,20 @@ def test_a_multi_frame_run_starts_from_a_single_frame_model(hr, tmp_path):
         train([hr], five, init_from=saved)
 
 
+def test_fine_tuning_keeps_the_models_architecture_and_refuses_another_scale(hr, tmp_path):
+    """Whatever architecture the run's config names, fine-tuning trains the given model's
+    network (and records that); a model of another scale is refused before any work."""
+    first = train([hr], tiny_config(epochs=1)).model
+    asked = tiny_config(epochs=1, arch=ArchConfig(encoder="resnet18s", activation="relu"))
+    result = train([hr], asked, init_from=first, out=tmp_path / "tuned")
+    saved = load_model(tmp_path / "tuned")
+    assert saved.config.arch.encoder == "tiny" and saved.config.arch.activation == "leaky_relu"
+    assert saved.config.training["config"]["arch"]["encoder"] == "tiny"
+    assert result.history and saved.config.training["resumed_from"]
+    with pytest.raises(ValueError, match="for 4x: it restores 2x"):
+        train([hr], tiny_config(scale=4), init_from=saved)
+
+
 def test_cancel_from_another_thread_stops_between_batches_and_keeps_weights(hr, tmp_path):
     cancel = threading.Event()
     seen = []
