@@ -67,13 +67,17 @@ class MSSSIML1Loss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         from pytorch_msssim import ms_ssim, ssim
 
-        l1 = F.l1_loss(pred, target)
         p, t = pred.float(), target.float()
-        # pytorch-msssim needs sides > (win - 1) * 16 for its 5 scales; below that, plain SSIM
-        if min(pred.shape[-2:]) > (self.win_size - 1) * 16:
-            sim = ms_ssim(p, t, data_range=1.0, win_size=self.win_size, size_average=True)
-        else:
-            sim = ssim(p, t, data_range=1.0, win_size=self.win_size, size_average=True)
+        # in fp32 even inside a bf16/fp16 autocast region: its Gaussian filters are convolutions,
+        # which autocast would run in 8 mantissa bits, and variances computed as
+        # E[x^2] - E[x]^2 then lose everything (loss 0.196 instead of 0.054, then NaN)
+        with torch.autocast(device_type=p.device.type, enabled=False):
+            l1 = F.l1_loss(p, t)
+            # pytorch-msssim needs sides > (win - 1) * 16 for its 5 scales; below: plain SSIM
+            if min(p.shape[-2:]) > (self.win_size - 1) * 16:
+                sim = ms_ssim(p, t, data_range=1.0, win_size=self.win_size, size_average=True)
+            else:
+                sim = ssim(p, t, data_range=1.0, win_size=self.win_size, size_average=True)
         return self.alpha * (1 - sim) + (1 - self.alpha) * l1
 
 
@@ -205,9 +209,11 @@ NONFINITE_BATCHES = 5
 
 def divergence_warning(epoch: int, loss: float, best_epoch: int, lr_max: float) -> str:
     """The message for a run stopped as ``diverged`` (recorded in ``model.json`` too)."""
+    kept = (f"the best weights (epoch {best_epoch})" if best_epoch >= 0 else
+            "the weights it started from (no epoch finished before)")
     return (f"training diverged at epoch {epoch} (training loss {loss:.3g}); stopped there and "
-            f"kept the best weights (epoch {best_epoch}). Train again with a lower learning "
-            f"rate, e.g. --lr-max {lr_max / 3:.2g}")
+            f"kept {kept}. Train again with a lower learning rate, e.g. --lr-max "
+            f"{lr_max / 3:.2g}")
 
 
 def _callbacks():
@@ -238,6 +244,11 @@ def _callbacks():
         def before_fit(self):
             self.t0 = time.monotonic()
             self.total = self.n_epoch * len(self.dls.train)
+            if self.best[1] is None and not self.history:
+                # the weights to fall back on if the run diverges before an epoch is scored
+                # (validate() re-runs before_fit later: only the first call takes them)
+                state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+                self.best = (math.inf, state, -1)
 
         def before_epoch(self):
             for ds in self.datasets:

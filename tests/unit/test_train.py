@@ -48,6 +48,21 @@ def test_l1_mse_and_msssim_losses_on_known_inputs():
     assert ms(big, big).item() == pytest.approx(0.0, abs=1e-5)  # 5-scale branch
 
 
+def test_msssim_loss_is_computed_in_fp32_inside_a_bf16_autocast():
+    """CPU bf16 training autocasts the loss: MS-SSIM's filters must not run in bf16 (it
+    gave 0.196 for 0.054 on this input, and NaN losses in training)."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 1, 256, 256)
+    pred = (target + 0.1 * torch.randn_like(target)).requires_grad_()
+    loss = MSSSIML1Loss()
+    fp32 = loss(pred, target).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(pred, target)
+    assert mixed.item() == pytest.approx(fp32, rel=1e-5)
+    mixed.backward()
+    assert torch.isfinite(pred.grad).all()
+
+
 def test_batch_psnr_matches_formula():
     a = torch.zeros(1, 1, 8, 8)
     b = torch.full((1, 1, 8, 8), 0.1)
@@ -199,6 +214,19 @@ def test_a_diverging_run_stops_keeps_its_best_weights_and_says_so(hr, tmp_path, 
     assert saved.config.training["best_epoch"] in (0, 1)
     assert "diverged" in saved.config.training["warnings"][0]
     assert all(torch.isfinite(t).all() for t in saved.net.state_dict().values())
+
+
+def test_a_run_diverging_before_its_first_epoch_keeps_the_weights_it_started_from(
+        hr, tmp_path, monkeypatch):
+    start = train([hr], tiny_config(epochs=1)).model
+    weights = {k: v.clone() for k, v in start.net.state_dict().items()}
+    monkeypatch.setattr("napari_decrappify.train.make_loss",
+                        lambda config: _BlowsUp(1, float("nan")))
+    with pytest.warns(RuntimeWarning, match="kept the weights it started from"):
+        result = train([hr], tiny_config(epochs=30), init_from=start, out=tmp_path / "d")
+    assert result.stop_reason == "diverged" and result.history == []
+    saved = load_model(tmp_path / "d").net.state_dict()
+    assert all(torch.equal(saved[k], weights[k]) for k in weights)  # not the NaN ones
 
 
 @pytest.mark.parametrize("asked, native, expected", [
