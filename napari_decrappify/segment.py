@@ -27,7 +27,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -396,10 +395,11 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
     from .train import (
         TrainResult,
         _callbacks,
-        divergence_warning,
         fit_learner,
         hardware_description,
         pick_device,
+        record_warnings,
+        run_divergence_warning,
         training_precision,
     )
 
@@ -493,10 +493,7 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
         "precision": training_precision(config.precision, device), "best_epoch": events.best[2],
         "history": events.history,
     })
-    if events.diverged_at is not None:
-        message = divergence_warning(*events.diverged_at, events.best[2], config.lr_max)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-        model.config.training["warnings"] = [message]
+    record_warnings(model.config.training, [run_divergence_warning(events, config.lr_max)])
     if events.history:
         last = events.history[events.best[2]] if events.best[2] >= 0 else events.history[-1]
         model.config.metrics.update({"valid_loss": last.get("valid_loss"),

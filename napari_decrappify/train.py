@@ -207,6 +207,22 @@ DIVERGENCE_FACTOR = 100.0
 NONFINITE_BATCHES = 5
 
 
+def record_warnings(training: dict, messages: Sequence[str | None]) -> None:
+    """Warn (``RuntimeWarning``) with each message that is not None and list it under
+    ``training["warnings"]`` of the model record."""
+    for message in filter(None, messages):
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        training.setdefault("warnings", []).append(message)
+
+
+def run_divergence_warning(events, lr_max: float) -> str | None:
+    """The :func:`divergence_warning` of a run whose ``EventsCallback`` is ``events``; None
+    when it did not diverge."""
+    if events.diverged_at is None:
+        return None
+    return divergence_warning(*events.diverged_at, events.best[2], lr_max)
+
+
 def divergence_warning(epoch: int, loss: float, best_epoch: int, lr_max: float) -> str:
     """The message for a run stopped as ``diverged`` (recorded in ``model.json`` too)."""
     kept = (f"the best weights (epoch {best_epoch})" if best_epoch >= 0 else
@@ -241,14 +257,17 @@ def _callbacks():
             if self.progress is not None:
                 self.progress(event)
 
+        def _weights(self) -> dict:
+            """A copy of the model's current weights (for ``best``)."""
+            return {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+
         def before_fit(self):
             self.t0 = time.monotonic()
             self.total = self.n_epoch * len(self.dls.train)
             if self.best[1] is None and not self.history:
                 # the weights to fall back on if the run diverges before an epoch is scored
                 # (validate() re-runs before_fit later: only the first call takes them)
-                state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
-                self.best = (math.inf, state, -1)
+                self.best = (math.inf, self._weights(), -1)
 
         def before_epoch(self):
             for ds in self.datasets:
@@ -288,8 +307,7 @@ def _callbacks():
             self._emit(row)
             vloss = row.get("valid_loss", math.inf)
             if vloss < self.best[0]:
-                state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
-                self.best = (vloss, state, self.epoch)
+                self.best = (vloss, self._weights(), self.epoch)
             if self.checkpoint is not None:
                 self.checkpoint()
             # a loss blown up far above its lowest (too high a learning rate for the loss) never
@@ -540,12 +558,9 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     learn.recorder.train_metrics = False
     seconds, iterations = fit_learner(learn, config, device, events)
     model.config.receptive_field = measure_receptive_field(net, arch)
-    found = [dead_encoder_warning(model.config.receptive_field, arch)]
-    if events.diverged_at is not None:
-        found.append(divergence_warning(*events.diverged_at, events.best[2], config.lr_max))
-    for message in filter(None, found):
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-        model.config.training.setdefault("warnings", []).append(message)
+    record_warnings(model.config.training,
+                    [dead_encoder_warning(model.config.receptive_field, arch),
+                     run_divergence_warning(events, config.lr_max)])
     model.config.crappifier = crappifier.config
     model.config.training.update({
         "command": command, "config": json.loads(config.model_dump_json()),
