@@ -13,6 +13,20 @@ import sys
 import time
 from pathlib import Path
 
+from .config import (
+    Activation,
+    CrappifyDtype,
+    Downsample,
+    Encoder,
+    InstanceMethod,
+    OutputDtype,
+    Precision,
+    RestorationLoss,
+    SegmentationLoss,
+    Strategy,
+    choices,
+)
+
 EXIT_NOT_BUILT = 2
 
 
@@ -483,12 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian read noise std on the [0, 1] scale (default 0.01)")
     s.add_argument("--blur", type=float, default=0.0, help="Gaussian PSF sigma in HR pixels")
     s.add_argument("--salt-pepper", type=float, default=0.0, help="fraction of dead/hot pixels")
-    s.add_argument("--downsample", default="mean", choices=["mean", "bilinear", "bicubic"])
+    s.add_argument("--downsample", default="mean", choices=choices(Downsample))
     s.add_argument("--axes", help="input axes, e.g. ZYX or TYX (default: from the file)")
     s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
                    help="input pixel size per axis (default: from the file, else 1)")
     s.add_argument("--units", nargs="+", metavar="U", help="unit per axis, e.g. nm nm nm")
-    s.add_argument("--dtype", default="float32", choices=["float32", "uint8", "uint16", "input"],
+    s.add_argument("--dtype", default="float32", choices=choices(CrappifyDtype),
                    help="output dtype: float32 in [0, 1] (default) or integers over their range")
     s.add_argument("--seed", type=int, default=0, help="plane i uses plane_rng(seed, i)")
     s.add_argument("--overwrite", action="store_true",
@@ -508,16 +522,16 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=int, help="number of epochs")
     budget.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     s.add_argument("--encoder", default="resnet18s",
-                   choices=["tiny", "resnet18s", "resnet18", "resnet34", "resnet50"])
-    s.add_argument("--strategy", default="lr_grid", choices=["lr_grid", "pre_upsample"])
+                   choices=choices(Encoder))
+    s.add_argument("--strategy", default="lr_grid", choices=choices(Strategy))
     s.add_argument("--frames", type=int, default=1)
     s.add_argument("--self-attention", action="store_true")
     s.add_argument("--head-features", type=int, default=32,
                    help="lr_grid: LR-grid features the pixel-shuffle head upsamples (default 32)")
-    s.add_argument("--activation", choices=["relu", "leaky_relu"],
+    s.add_argument("--activation", choices=choices(Activation),
                    help="U-Net decoder activation (default: ArchConfig's); leaky_relu units "
                         "cannot die (docs/training.md)")
-    s.add_argument("--loss", default="l1", choices=["l1", "mse", "msssim_l1", "perceptual"])
+    s.add_argument("--loss", default="l1", choices=choices(RestorationLoss))
     s.add_argument("--feature-loss", metavar="WEIGHTS_OR_SEG_MODEL_DIR",
                    help="encoder weights (safetensors) or a segmentation model folder for the "
                         "perceptual loss; implies --loss perceptual")
@@ -537,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--valid-planes", help="e.g. 18-19")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    s.add_argument("--precision", default="auto", choices=choices(Precision),
                    help="auto: bf16 on GPU; on CPU bf16 where the CPU has native bf16 (1.9x "
                         "faster steps), else fp32")
     s.add_argument("--fp16", action="store_true", help="store weights as float16")
@@ -564,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--halo", type=int, help="context pixels per side (default: the model's "
                                             "receptive field: exact seams)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--precision", default="auto", choices=choices(Precision))
     s.add_argument("--batch", type=int, default=0, help="tiles per GPU batch (0: automatic)")
     s.add_argument("--scheduler", default="threads",
                    help="threads (default), local (a dask LocalCluster) or a dask.distributed "
@@ -573,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the 8 rotations/flips of each tile "
                         "(8x slower, usually a little better)")
-    s.add_argument("--output-dtype", default="float32", choices=["float32", "input"])
+    s.add_argument("--output-dtype", default="float32", choices=choices(OutputDtype))
     s.add_argument("--levels", type=int, default=1, help="OME-Zarr resolution levels (2x each)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     s.add_argument("--quiet", action="store_true")
@@ -589,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="TIFF, Zarr/OME-Zarr, or sample:KEY[a:b]")
     s.add_argument("output", help="labels output: *.zarr (OME-Zarr) or *.tif/*.tiff")
     s.add_argument("--axes", help="axes of IN, e.g. YX, ZYX, TYX (default: from the file)")
-    s.add_argument("--instances", choices=["cc", "watershed"],
+    s.add_argument("--instances", choices=choices(InstanceMethod),
                    help="split classes into objects: connected components, or watershed on the "
                         "distance transform (separates touching objects); OUT gets object ids")
     s.add_argument("--min-size", type=int, default=0, help="drop objects smaller than N pixels")
@@ -614,8 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_group.add_argument("--epochs", type=int, help="training epochs (default 1 without "
                                                         "--minutes)")
     train_group.add_argument("--encoder", default="resnet18s",
-                             choices=["tiny", "resnet18s", "resnet18", "resnet34", "resnet50"])
-    train_group.add_argument("--loss", default="dice_ce", choices=["ce", "dice_ce"])
+                             choices=choices(Encoder))
+    train_group.add_argument("--loss", default="dice_ce", choices=choices(SegmentationLoss))
     train_group.add_argument("--iters", type=int, default=50, help="iterations per epoch")
     train_group.add_argument("--patch", type=int, default=128, help="patch size (multiple of 32)")
     train_group.add_argument("--batch", type=int, default=8)

@@ -6,11 +6,29 @@ keyword argument is an error that names the field, instead of a silently ignored
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCALES = (1, 2, 3, 4, 5, 6, 7, 8)
+
+# The closed sets of choices, named once: the configs validate against them, and the CLI and
+# the docks list them (``choices(Encoder)``), so that a new option cannot reach one and not the other.
+Downsample = Literal["mean", "bilinear", "bicubic"]
+Encoder = Literal["tiny", "resnet18s", "resnet18", "resnet34", "resnet50"]
+Strategy = Literal["lr_grid", "pre_upsample"]
+Activation = Literal["relu", "leaky_relu"]
+RestorationLoss = Literal["l1", "mse", "msssim_l1", "perceptual"]
+SegmentationLoss = Literal["ce", "dice_ce"]
+InstanceMethod = Literal["cc", "watershed"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+OutputDtype = Literal["float32", "input"]  # restored output: float32, or the input's dtype
+CrappifyDtype = Literal["float32", "uint8", "uint16", "input"]
+
+
+def choices(options) -> list[str]:
+    """The values of a ``Literal`` alias above, in order (for argparse and combo boxes)."""
+    return list(get_args(options))
 
 
 class _Config(BaseModel):
@@ -35,7 +53,7 @@ class CrappifyConfig(_Config):
     """
 
     scale: int = 4
-    downsample: Literal["mean", "bilinear", "bicubic"] = "mean"
+    downsample: Downsample = "mean"
     blur_sigma: float | tuple[float, float] = 0.0
     photons: float | tuple[float, float] | None = 255.0
     read_noise: float | tuple[float, float] = 0.01
@@ -64,8 +82,8 @@ class CrappifyConfig(_Config):
 class ArchConfig(_Config):
     """Network architecture of a restoration or segmentation model."""
 
-    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet18s", "tiny"] = "resnet18s"
-    strategy: Literal["lr_grid", "pre_upsample"] = "lr_grid"
+    encoder: Encoder = "resnet18s"
+    strategy: Strategy = "lr_grid"
     scale: int = 4
     frames: int = 1
     in_channels: int = 1
@@ -77,7 +95,7 @@ class ArchConfig(_Config):
     # decoder activation. ReLU (fastai's default; model files written before this field) can
     # die: with the L1 loss the last decoder block of resnet18s U-Nets went all-zero within 3
     # minutes (field 14 px); leaky ReLU keeps a gradient through every unit (docs/training.md)
-    activation: Literal["relu", "leaky_relu"] = "leaky_relu"
+    activation: Activation = "leaky_relu"
     # lr_grid only: features on the LR grid that the pixel-shuffle head turns into scale^2
     # sub-pixels (at 4x: 16 sub-pixels from 32 features)
     head_features: int = Field(32, ge=8, le=512)
@@ -115,7 +133,7 @@ class TrainConfig(_Config):
     scale: int = 4
     arch: ArchConfig = Field(default_factory=ArchConfig)
     crappify: CrappifyConfig = Field(default_factory=CrappifyConfig)
-    loss: Literal["l1", "mse", "msssim_l1", "perceptual"] = "l1"
+    loss: RestorationLoss = "l1"
     feature_weights: str | None = None
     patch_size: int = 64  # on the LR grid
     batch_size: int = 8
@@ -127,7 +145,7 @@ class TrainConfig(_Config):
     lr_max: float = 3e-3
     weight_decay: float = 1e-4
     pct_start: float = 0.1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     device: str = "auto"
     seed: int = 0
     val_fraction: float = 0.15
@@ -151,9 +169,9 @@ class TileConfig(_Config):
     halo: int | None = None  # None: the model's receptive field
     batch_size: int = 0  # 0: automatic (1 on CPU, fits memory on GPU)
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     skip_empty: bool = False
-    output_dtype: Literal["float32", "input"] = "float32"
+    output_dtype: OutputDtype = "float32"
     # test-time augmentation: mean of the 8 rotations/flips of each tile (8x the compute)
     tta: bool = False
 

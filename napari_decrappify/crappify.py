@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .config import CrappifyConfig, check_scale
+from .config import CrappifyConfig, CrappifyDtype, check_scale, choices
 
 RngLike = int | np.random.Generator | None
 
@@ -669,7 +669,7 @@ def _to_dtype(lr, dtype: str, input_dtype):
     if dtype == "float32":
         return lr
     if dtype not in ("uint8", "uint16"):
-        raise ValueError(f"unknown output dtype {dtype!r} (float32, uint8, uint16, input)")
+        raise ValueError(f"unknown output dtype {dtype!r} ({', '.join(choices(CrappifyDtype))})")
     top = float(np.iinfo(dtype).max)
     return lr.map_blocks(_scale_to_int, top, dtype, dtype=dtype, name=f"{lr.name}-{dtype}")
 
@@ -680,7 +680,7 @@ def _scale_to_int(x, top, dtype):
 
 def crappify_file(source, out, config: CrappifyConfig, *, seed: int = 0, axes: str | None = None,
                   pixel_size: Sequence[float] | None = None, units: Sequence[str] | None = None,
-                  dtype: str = "float32", overwrite: bool = False, progress=None,
+                  dtype: CrappifyDtype = "float32", overwrite: bool = False, progress=None,
                   cancel=None) -> dict:
     """Crappify an image file (or array) that may be larger than memory, plane by plane.
 

@@ -39,7 +39,7 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ArchConfig, TileConfig, _Config
+from .config import ArchConfig, InstanceMethod, Precision, SegmentationLoss, TileConfig, _Config
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -72,7 +72,7 @@ class SegmentConfig(_Config):
     """
 
     arch: ArchConfig = Field(default_factory=segmentation_arch)
-    loss: Literal["ce", "dice_ce"] = "dice_ce"
+    loss: SegmentationLoss = "dice_ce"
     dice_weight: float = 1.0
     class_weights: Literal["balanced", "none"] | list[float] = "balanced"
     max_class_weight: float = 10.0
@@ -85,7 +85,7 @@ class SegmentConfig(_Config):
     weight_decay: float = 1e-4
     pct_start: float = 0.1
     intensity_jitter: float = 0.1  # random gain/offset (normalised units) per training patch
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     device: str = "auto"
     seed: int = 0
     val_fraction: float = 0.15
@@ -630,7 +630,7 @@ def _spatial_loop(shape: tuple[int, ...], axes: str | None):
     return list(np.ndindex(*shape[: len(lead)])) or [()], len(shape) - len(lead)
 
 
-def instances(semantic: np.ndarray, method: Literal["cc", "watershed"] = "cc", *,
+def instances(semantic: np.ndarray, method: InstanceMethod = "cc", *,
               classes: Sequence[str] | None = None, class_ids: Sequence[int] | None = None,
               min_size: int = 0, h: float = 2.0, axes: str | None = None) -> np.ndarray:
     """Split a semantic label image into objects (instance labels, int32, 0 = none).

@@ -33,7 +33,7 @@ from napari.qt.threading import thread_worker
 from qtpy.QtCore import QTimer
 
 from .. import io
-from ..config import CrappifyConfig
+from ..config import CrappifyConfig, Downsample, choices
 from ..crappify import Crappifier, plane_rng
 from ..data import write_pairs
 from ._workers import CoreJob
@@ -87,7 +87,7 @@ class CrappifyWidget(Container):
         self.salt_pepper = FloatSpinBox(label="salt-pepper", value=0.0, min=0.0, max=0.5,
                                         step=0.001, tooltip="fraction of dead / hot pixels")
         self.downsample = ComboBox(label="downsample", value="mean",
-                                   choices=["mean", "bilinear", "bicubic"])
+                                   choices=choices(Downsample))
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1,
                             tooltip="plane i uses plane_rng(seed, i): preview == saved pair")
         self.live = CheckBox(text="live preview", value=True)

@@ -25,12 +25,13 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ..config import Downsample, Encoder, choices
 from ._layers import base_data, mode_text
 from ._ui import STOP_TEXT, DockBody, devices, layer_choices, note, style_axes, themed_figure
 from ._workers import CoreJob, model_events
 
 SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
-ENCODERS = ["tiny", "resnet18s", "resnet18", "resnet34", "resnet50"]
+ENCODERS = choices(Encoder)
 LOSSES = [("L1", "l1"), ("MS-SSIM + L1", "msssim_l1")]
 ACTIVATIONS = [("leaky ReLU", "leaky_relu"), ("ReLU (models before leaky)", "relu")]
 
@@ -133,7 +134,7 @@ class TrainWidget(DockBody):
                                             "0: no shot noise")
         self.read_noise = FloatSpinBox(label="read noise", value=0.01, min=0.0, max=1.0, step=0.005)
         self.blur = FloatSpinBox(label="blur sigma (px)", value=0.0, min=0.0, max=10.0, step=0.1)
-        self.downsample = ComboBox(label="downsampling", choices=["mean", "bilinear", "bicubic"],
+        self.downsample = ComboBox(label="downsampling", choices=choices(Downsample),
                                    value="mean")
         self.crappifier = Container(widgets=[self.photons, self.read_noise, self.blur,
                                              self.downsample])
