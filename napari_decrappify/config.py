@@ -6,6 +6,7 @@ keyword argument is an error that names the field, instead of a silently ignored
 
 from __future__ import annotations
 
+import math
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -72,8 +73,8 @@ class CrappifyConfig(_Config):
             return v
         values = v if isinstance(v, tuple) else (v,)
         for x in values:
-            if not x >= 0:
-                raise ValueError(f"must be >= 0, got {v!r}")
+            if not 0 <= x < math.inf:
+                raise ValueError(f"must be finite and >= 0, got {v!r}")
         if isinstance(v, tuple) and v[0] > v[1]:
             raise ValueError(f"range (lo, hi) needs lo <= hi, got {v!r}")
         return v
@@ -122,6 +123,8 @@ class NormConfig(_Config):
 
     @model_validator(mode="after")
     def _order(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"normalisation bounds must be finite, got low={self.low}, high={self.high}")
         if not self.high > self.low:
             raise ValueError(f"normalisation needs high > low, got low={self.low}, high={self.high}")
         return self
@@ -148,7 +151,7 @@ class TrainConfig(_Config):
     precision: Precision = "auto"
     device: str = "auto"
     seed: int = 0
-    val_fraction: float = 0.15
+    val_fraction: float = Field(0.15, gt=0, lt=1)
     train_planes: list[int] | None = None  # explicit split by plane (else: val_fraction)
     valid_planes: list[int] | None = None
     num_workers: int = 0
@@ -159,6 +162,17 @@ class TrainConfig(_Config):
     @classmethod
     def _scale(cls, v):
         return check_scale(v)
+
+    @model_validator(mode="after")
+    def _explicit_split_is_whole(self):
+        # one side alone used to fall back on the val_fraction split, which could train on
+        # planes the user meant to hold out
+        if (self.train_planes is None) != (self.valid_planes is None):
+            given = "train_planes" if self.train_planes is not None else "valid_planes"
+            raise ValueError(f"{given} given without "
+                             f"{'valid_planes' if given == 'train_planes' else 'train_planes'}: "
+                             "an explicit split needs both (planes in neither are held out)")
+        return self
 
 
 class TileConfig(_Config):

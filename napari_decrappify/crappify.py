@@ -60,6 +60,16 @@ def check_image(image: np.ndarray, name: str = "image", min_ndim: int = 2) -> np
     return a
 
 
+def intensity_range(dtype) -> tuple[float, float]:
+    """The intensities that :func:`to_unit` maps to 0 and 1 for ``dtype``: an integer type's
+    full range, ``(0, 1)`` for floats. The crappifier's noise levels are defined on that scale."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max)
+    return 0.0, 1.0
+
+
 def to_unit(image: np.ndarray) -> np.ndarray:
     """Map intensities to [0, 1] float32: uint8 / 255, uint16 / 65535, other ints by their
     dtype range, floats unchanged (they are assumed to be normalised already)."""
@@ -185,6 +195,15 @@ class Crappifier:
     @property
     def scale(self) -> int:
         return self.config.scale
+
+    def fixed(self, seed: RngLike = None) -> Crappifier:
+        """This degradation with every ``(lo, hi)`` range drawn once: one acquisition setting,
+        e.g. for all the frames of one multi-frame training sample."""
+        rng = _rng(seed)
+        c = self.config
+        drawn = {k: _draw(getattr(c, k), rng)
+                 for k in ("blur_sigma", "photons", "read_noise", "salt_pepper")}
+        return Crappifier(c.model_copy(update=drawn))
 
     def __call__(self, hr: np.ndarray, seed: RngLike = None) -> np.ndarray:
         c = self.config

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import NormConfig, check_scale
-from .crappify import Crappifier, RngLike, _rng, check_image, infer_scale
+from .crappify import Crappifier, RngLike, _rng, check_image, infer_scale, intensity_range
 
 BLANK_STD = 1e-3  # a plane or patch whose std (normalised units) is below this is blank
 
@@ -29,6 +29,11 @@ def percentile_norm(images: Sequence[np.ndarray], percentiles=(0.1, 99.9)) -> No
 
     Stored with the model so that inference uses exactly the training intensities.
     """
+    kinds = {intensity_range(np.asarray(im).dtype) for im in images}
+    if len(kinds) > 1:
+        dtypes = sorted({str(np.asarray(im).dtype) for im in images})
+        raise ValueError(f"the training images have different dtypes ({', '.join(dtypes)}): their "
+                         "intensities are on different scales; convert them to one dtype first")
     first = np.asarray(images[0])
     if first.dtype == np.uint8:
         return NormConfig(low=0.0, high=255.0)
@@ -43,6 +48,37 @@ def normalize(image: np.ndarray, norm: NormConfig) -> np.ndarray:
     return ((np.asarray(image, dtype=np.float32) - norm.low) / (norm.high - norm.low)).astype(
         np.float32
     )
+
+
+@dataclass(frozen=True)
+class UnitSpace:
+    """Between the model's normalisation and the [0, 1] scale the crappifier's noise is
+    defined on (:func:`napari_decrappify.crappify.to_unit` of the HR's dtype).
+
+    Training planes are normalised by their percentiles, but ``photons`` and ``read_noise``
+    mean what the Crappify dock, ``decrappify crappify`` and ``crappify.fit`` make of them: on
+    the dtype's range. Without this, a uint16 image using a tenth of its range would be trained
+    with about 10x less relative noise than the Crappify dock shows for the same settings.
+    """
+
+    norm: NormConfig
+    unit: tuple[float, float]  # the intensities to_unit maps to 0 and 1
+
+    @classmethod
+    def of(cls, norm: NormConfig, dtype) -> UnitSpace:
+        return cls(norm, intensity_range(dtype))
+
+    @property
+    def identity(self) -> bool:
+        return (self.norm.low, self.norm.high) == self.unit
+
+    def to_unit(self, x: np.ndarray) -> np.ndarray:
+        n, (u0, u1) = self.norm, self.unit
+        return ((x * (n.high - n.low) + n.low - u0) / (u1 - u0)).astype(np.float32)
+
+    def from_unit(self, x: np.ndarray) -> np.ndarray:
+        n, (u0, u1) = self.norm, self.unit
+        return ((x * (u1 - u0) + u0 - n.low) / (n.high - n.low)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- planes
@@ -130,7 +166,8 @@ def split_planes(n: int, val_fraction: float = 0.15, exclude: Sequence[int] = ()
     usable = [i for i in range(n) if i not in set(exclude)]
     if len(usable) < 2:
         raise ValueError(f"need at least 2 non-blank planes to split train/validation, got {len(usable)}")
-    n_val = max(1, int(round(len(usable) * val_fraction)))
+    # at least one plane on each side, whatever the fraction
+    n_val = min(len(usable) - 1, max(1, int(round(len(usable) * val_fraction))))
     return usable[:-n_val], usable[-n_val:]
 
 
@@ -185,13 +222,21 @@ class CrappifiedPatches(torch.utils.data.Dataset):
         every one of the ``scale**2`` ways of grouping HR pixels into LR blocks is used (16x more
         distinct clean LR/HR pairs at 4x from the same planes). Validation patches stay on the
         LR grid, where they line up with the full-image LR.
+    unit_space : UnitSpace, optional
+        Crappify on the HR dtype's [0, 1] scale (where the noise levels are defined) and hand
+        the LR back in the planes' normalisation. Default: the planes are on that scale.
+
+    Every frame of a sample gets the same degradation parameters (one acquisition setting),
+    drawn per sample from the crappifier's ranges; the noise itself is independent per frame.
     """
 
     def __init__(self, stacks: list[PlaneStack], crappifier: Crappifier, patch: int,
                  frames: int = 1, length: int = 800, seed: int = 0, fixed: bool = False,
-                 max_tries: int = 20, any_offset: bool = False):
+                 max_tries: int = 20, any_offset: bool = False,
+                 unit_space: UnitSpace | None = None):
         self.stacks = stacks
         self.crappifier = crappifier
+        self.unit_space = None if unit_space is None or unit_space.identity else unit_space
         self.patch = patch
         self.frames = frames
         self.length = length
@@ -230,7 +275,11 @@ class CrappifiedPatches(torch.utils.data.Dataset):
             hr_win = stack.window(i, self.frames)[:, y : y + hp, x : x + hp]
             if hr_win[self.frames // 2].std() > 2 * BLANK_STD:
                 break
-        lr = np.stack([self.crappifier(p, seed=rng) for p in hr_win])
+        crappify = self.crappifier.fixed(rng)
+        frames = hr_win if self.unit_space is None else self.unit_space.to_unit(hr_win)
+        lr = np.stack([crappify(p, seed=rng) for p in frames])
+        if self.unit_space is not None:
+            lr = self.unit_space.from_unit(lr)
         hr = hr_win[self.frames // 2][None]
         if not self.fixed:
             lr, hr = augment([lr, hr], rng)
@@ -324,6 +373,9 @@ def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
     With explicit ``train_planes`` / ``valid_planes`` (the same for every stack) the split is
     exactly those planes (minus blank ones); they must not overlap.
     """
+    if (train_planes is None) != (valid_planes is None):
+        raise ValueError("an explicit split needs both train_planes and valid_planes (planes in "
+                         "neither are held out); give both, or neither for a val_fraction split")
     if train_planes is not None and valid_planes is not None:
         overlap = set(train_planes) & set(valid_planes)
         if overlap:

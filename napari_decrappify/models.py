@@ -66,8 +66,8 @@ class ModelFile(BaseModel):
     description: str = ""
     arch: ArchConfig = Field(default_factory=ArchConfig)
     norm: NormConfig = Field(default_factory=NormConfig)
-    receptive_field: int = 0
-    alignment: int = 32
+    receptive_field: int = Field(0, ge=0)
+    alignment: int = Field(32, ge=1)
     classes: list[str] = Field(default_factory=list)
     crappifier: CrappifyConfig | None = None
     pixel_size_nm: list[float] | None = None
@@ -76,6 +76,16 @@ class ModelFile(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     weights_sha256: str = ""
     weights_dtype: Literal["float32", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _alignment_fits_encoder(self):
+        # tiles are cut at multiples of the alignment: it must be a multiple of the encoder's
+        # stride, or the U-Net's skip connections meet feature maps of unequal size
+        stride = ENCODER_STRIDE[self.arch.encoder]
+        if self.alignment % stride:
+            raise ValueError(f"alignment {self.alignment} is not a multiple of the {self.arch.encoder} "
+                             f"encoder's stride {stride}")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -506,6 +516,11 @@ def save_model(model: RestorationModel, path: str | os.PathLike, *, fp16: bool =
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"model folder {path} exists (pass overwrite=True to replace it)")
+    # overwrite replaces a model, never an arbitrary folder or file given by mistake as --out
+    if path.exists() and not (path / CONFIG_FILE).is_file() and not _is_empty_dir(path):
+        kind = "folder" if path.is_dir() else "file"
+        raise FileExistsError(f"{path} is a {kind} that is not a model folder (no {CONFIG_FILE}): "
+                              "refusing to replace it; choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
     dtype = "float32"
@@ -523,19 +538,26 @@ def save_model(model: RestorationModel, path: str | os.PathLike, *, fp16: bool =
         tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
+        old = path.with_name(f".{path.name}.old")
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
+        try:
             tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        except BaseException:
+            if old.exists() and not path.exists():  # put the previous model back
+                old.rename(path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     model.path = path
     return path
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:

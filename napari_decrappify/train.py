@@ -28,6 +28,7 @@ from .crappify import Crappifier
 from .data import (
     CrappifiedPatches,
     PairedPatches,
+    UnitSpace,
     fingerprint,
     make_dataloaders,
     make_stacks,
@@ -671,10 +672,14 @@ def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_trai
     crappifier = Crappifier(config.crappify.model_copy(update={"scale": config.scale}))
     train_stacks, valid_stacks, split = make_stacks(
         hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
+    # noise levels mean what they mean in the Crappify dock: on the HR dtype's range
+    unit_space = UnitSpace.of(norm, hr_images[0].dtype)
     train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
-                                 length=n_train, seed=config.seed, any_offset=config.any_offset)
+                                 length=n_train, seed=config.seed, any_offset=config.any_offset,
+                                 unit_space=unit_space)
     valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
-                                 length=n_valid, seed=config.seed + 1, fixed=True)
+                                 length=n_valid, seed=config.seed + 1, fixed=True,
+                                 unit_space=unit_space)
     return norm, crappifier, train_ds, valid_ds, split
 
 

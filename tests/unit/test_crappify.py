@@ -211,8 +211,11 @@ def test_bad_images(bad, match):
 
 
 def test_bad_config_values():
-    with pytest.raises(ValueError, match="must be >= 0"):
+    with pytest.raises(ValueError, match="finite and >= 0"):
         CrappifyConfig(read_noise=-0.1)
+    for field in ("blur_sigma", "photons", "read_noise"):  # inf overflowed or saturated later
+        with pytest.raises(ValueError, match=f"{field}[\\s\\S]*finite"):
+            CrappifyConfig(**{field: float("inf")})
     with pytest.raises(ValueError, match="lo <= hi"):
         CrappifyConfig(photons=(500, 50))
     with pytest.raises(ValueError, match="extra"):

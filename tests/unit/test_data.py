@@ -10,13 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_decrappify.config import CrappifyConfig, NormConfig
+from napari_decrappify.config import CrappifyConfig, NormConfig, TrainConfig
 from napari_decrappify.crappify import Crappifier, downsample, plane_rng
 from napari_decrappify.data import (
     BLANK_STD,
     CrappifiedPatches,
     PairedPatches,
     PlaneStack,
+    UnitSpace,
     _reflect_index,
     as_planes,
     augment,
@@ -56,6 +57,14 @@ def test_percentile_norm():
         percentile_norm([np.full((8, 8), 3.0)])
 
 
+def test_percentile_norm_refuses_images_of_different_dtypes():
+    # the first image's dtype used to decide: a uint16 stack after a uint8 one was normalised
+    # to a maximum of 183
+    with pytest.raises(ValueError, match="different dtypes .*uint16, uint8"):
+        percentile_norm([np.zeros((8, 8), np.uint8), np.arange(64, dtype=np.uint16).reshape(8, 8)])
+    assert percentile_norm([np.zeros((8, 8), np.float32), np.ones((8, 8))]).high == 1.0
+
+
 def test_as_planes_along_any_axis():
     stack = np.zeros((2, 3, 16, 16))
     stack[1, 2] = 1
@@ -86,6 +95,21 @@ def test_split_by_plane_is_contiguous_and_disjoint():
     assert va == [17, 18, 19] and 14 not in tr and not set(tr) & set(va)
     with pytest.raises(ValueError, match="at least 2 non-blank planes"):
         split_planes(3, exclude=[0, 1])
+
+
+def test_split_keeps_a_training_plane_whatever_the_fraction():
+    assert split_planes(4, 0.98) == ([0], [1, 2, 3])
+
+
+def test_one_sided_explicit_split_is_refused():
+    # --train-planes alone used to fall back on the 15% split and train on held-out planes
+    hr = labelled_planes()
+    with pytest.raises(ValueError, match="needs both train_planes and valid_planes"):
+        make_stacks([hr], U8, train_planes=[0, 1, 2])
+    with pytest.raises(ValueError, match="valid_planes given without train_planes"):
+        TrainConfig(valid_planes=[4])
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=1.0)
 
 
 def test_explicit_split_checks():
@@ -139,6 +163,44 @@ def test_crappified_patch_geometry_and_blank_patches_skipped():
         assert float(target.std()) > 2 * BLANK_STD  # never an empty patch
         # the LR is the block mean of the HR target (no noise): registered exactly
         np.testing.assert_allclose(lr[0].numpy(), downsample(target[0].numpy(), 2), atol=1e-6)
+
+
+def test_noise_levels_mean_the_same_in_training_as_in_the_crappify_dock():
+    """Training normalises a uint16 stack by its percentiles, but photons / read noise are on
+    the dtype's range (to_unit), as in the Crappify dock and crappify.fit: the training LR's
+    noise, in camera counts, is what Crappifier gives on the raw image (it was 6x smaller)."""
+    rng = np.random.default_rng(0)
+    hr = rng.integers(20_000, 30_000, (3, 64, 64)).astype(np.uint16)  # a sixth of the range
+    norm = percentile_norm([hr])
+    train, _, _ = make_stacks([hr], norm, train_planes=[0, 1], valid_planes=[2])
+    noisy = Crappifier.from_options(scale=2, photons=None, read_noise=0.01)
+    counts = []
+    for crap in (noisy, CLEAN):
+        ds = CrappifiedPatches(train, crap, patch=32, length=1, fixed=True,
+                               unit_space=UnitSpace.of(norm, hr.dtype))
+        counts.append(ds[0][0].numpy() * (norm.high - norm.low) + norm.low)
+    assert np.std(counts[0] - counts[1]) == pytest.approx(0.01 * 65535, rel=0.05)
+    # the conversion is exact both ways, and no conversion at all for uint8 data
+    space = UnitSpace.of(norm, hr.dtype)
+    x = rng.random((4, 4), dtype=np.float32)
+    np.testing.assert_allclose(space.from_unit(space.to_unit(x)), x, atol=1e-5)
+    assert UnitSpace.of(U8, np.uint8).identity
+
+
+def test_frames_of_one_sample_share_one_acquisition_setting():
+    # ranges are drawn once per sample, not per frame: neighbouring frames of a live
+    # acquisition have one noise level, not three
+    hr = np.repeat(synthetic_em((1, 64, 64), seed=3), 4, axis=0)
+    train, _, _ = make_stacks([hr], U8, train_planes=[0, 1, 2], valid_planes=[3])
+    crap = Crappifier.from_options(scale=1, photons=None, read_noise=(0.001, 0.2))
+    ds = CrappifiedPatches(train, crap, patch=64, frames=3, length=6, fixed=True)
+    levels = []
+    for i in range(len(ds)):
+        lr, target = ds[i]
+        noise = (lr - target).reshape(3, -1).std(dim=1).numpy()
+        np.testing.assert_allclose(noise, noise.mean(), rtol=0.1)
+        levels.append(noise.mean())
+    assert max(levels) > 2 * min(levels)  # while samples do differ
 
 
 def test_fixed_patches_repeat_and_training_patches_change_per_epoch():

@@ -148,6 +148,59 @@ def test_save_is_atomic_on_failure(saved, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["keep"]  # no temporary folder left behind
 
 
+def test_save_never_replaces_a_folder_that_is_not_a_model(saved, tmp_path):
+    model, _ = saved
+    data = tmp_path / "experiment"
+    data.mkdir()
+    (data / "precious.tif").write_bytes(b"data")
+    with pytest.raises(FileExistsError, match="not a model folder"):
+        save_model(model, data)
+    assert (data / "precious.tif").read_bytes() == b"data"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="file that is not a model folder"):
+        save_model(model, tmp_path / "afile")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (save_model(model, empty) / "model.json").is_file()  # an empty folder is fine
+
+
+def test_a_failed_swap_puts_the_previous_model_back(saved, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    model, _ = saved
+    target = save_model(model, tmp_path / "keep")
+    before = (target / "model.safetensors").read_bytes()
+    rename = Path.rename
+
+    def failing_swap(self, dest):  # the old folder moves aside, then the new one cannot move in
+        if Path(dest) == target and self.name.startswith(".keep.") and not self.name.endswith("old"):
+            raise OSError("rename failed")
+        return rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", failing_swap)
+    with pytest.raises(OSError, match="rename failed"):
+        save_model(model, target)
+    assert (target / "model.safetensors").read_bytes() == before
+    assert load_model(target).config.name == "t2"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"alignment": 0}, "greater than or equal to 1"),
+    ({"alignment": 4}, "not a multiple of the tiny encoder's stride 8"),
+    ({"receptive_field": -5}, "greater than or equal to 0"),
+    ({"norm": {"low": 0.0, "high": float("inf")}}, "finite"),
+])
+def test_impossible_model_files_are_refused(saved, tmp_path, change, match):
+    _, path = saved
+    bad = _copy(path, tmp_path)
+    cfg = json.loads((bad / "model.json").read_text())
+    cfg.update(change)
+    (bad / "model.json").write_text(json.dumps(cfg).replace("Infinity", "1e999"))
+    with pytest.raises(ModelFileError, match=match):
+        load_model(bad)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="scale"):
         ArchConfig(scale=3.5)
