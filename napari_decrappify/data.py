@@ -304,14 +304,19 @@ class PairedPatches(torch.utils.data.Dataset):
         Normalisation of the LR. Default: :func:`percentile_norm` of ``lr`` (a real LR comes from
         another acquisition, often with another detector gain, so it gets its own).
     frames : int
-        Neighbouring LR planes stacked as channels (odd; reflected at the ends); the target is
-        the centre plane's HR.
+        Neighbouring LR planes stacked as channels (odd); the target is the centre plane's HR.
+        Windows stay on the run of usable planes around their centre (reflected at its ends):
+        never a blank plane, nor one outside ``planes``.
+    planes : sequence of int, optional
+        The planes that may be used (default: all); blank HR planes are always left out. Pass
+        the training split's planes when the pair is the training stack itself, so that its
+        validation planes do not leak into training.
     """
 
     def __init__(self, lr: np.ndarray, hr: np.ndarray, scale: int, patch: int,
                  length: int = 800, seed: int = 0, fixed: bool = False,
                  norm: NormConfig | None = None, lr_norm: NormConfig | None = None,
-                 frames: int = 1):
+                 frames: int = 1, planes: Sequence[int] | None = None):
         self.scale = check_scale(scale)
         lr, hr = check_pair(lr, hr, self.scale)
         if frames < 1 or frames % 2 == 0:
@@ -320,10 +325,17 @@ class PairedPatches(torch.utils.data.Dataset):
         self.lr_norm = lr_norm or percentile_norm([lr])
         self.lr = normalize(lr, self.lr_norm)
         self.hr = normalize(hr, self.norm)
-        self.stack = PlaneStack(self.lr, [i for i in range(len(self.lr))
-                                          if i not in set(blank_planes(self.hr))])
+        blank = set(blank_planes(self.hr))
+        allowed = range(len(self.lr)) if planes is None else sorted(set(planes))
+        bad = [i for i in allowed if not 0 <= i < len(self.lr)]
+        if bad:
+            raise ValueError(f"pair plane indices {bad} are outside 0..{len(self.lr) - 1}")
+        self.stack = PlaneStack(self.lr, [i for i in allowed if i not in blank],
+                                split_bounded=True)
         if not self.stack.indices:
-            raise ValueError("every plane of the HR of the pair is blank (constant)")
+            raise ValueError("every plane of the HR of the pair is blank (constant)"
+                             if planes is None else
+                             "every usable plane of the pair is blank (constant)")
         self.patch, self.length, self.seed, self.fixed = patch, length, seed, fixed
         self.frames = frames
         self.epoch = 0
@@ -364,6 +376,22 @@ def check_pair(lr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, 
     return lr, hr[..., : ly * scale, : lx * scale]
 
 
+def _frame_stacks(images: Sequence[np.ndarray], axis: int) -> list[np.ndarray]:
+    """Each image as ``(n, Y, X)`` stacks along ``axis``. An image of more than 3 dimensions
+    (e.g. T, Z, Y, X) gives one stack per index of its other leading axes, so that a
+    multi-frame window only ever holds neighbours along ``axis`` (flattening would make the
+    last leading axis the neighbours and jump between blocks)."""
+    out = []
+    for im in images:
+        a = check_image(im)
+        if a.ndim <= 3:
+            out.append(as_planes(a, axis))
+            continue
+        a = np.moveaxis(a, axis, 0)
+        out.extend(a[(slice(None), *idx)] for idx in np.ndindex(*a.shape[1:-2]))
+    return out
+
+
 def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
                 val_fraction: float = 0.15, train_planes: Sequence[int] | None = None,
                 valid_planes: Sequence[int] | None = None,
@@ -371,7 +399,9 @@ def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
     """Normalise HR images, drop blank planes, split each stack by plane into train/validation.
 
     With explicit ``train_planes`` / ``valid_planes`` (the same for every stack) the split is
-    exactly those planes (minus blank ones); they must not overlap.
+    exactly those planes (minus blank ones); they must not overlap. Images of more than 3
+    dimensions are split into one stack per index of their other leading axes; plane indices
+    count along ``axis``.
     """
     if (train_planes is None) != (valid_planes is None):
         raise ValueError("an explicit split needs both train_planes and valid_planes (planes in "
@@ -382,11 +412,11 @@ def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
             raise ValueError(f"planes {sorted(overlap)} are in both training and validation")
     train, valid = [], []
     info = {"planes_train": [], "planes_valid": [], "blank": []}
-    for k, im in enumerate(images):
-        planes = normalize(as_planes(im, axis), norm)
+    for k, im in enumerate(_frame_stacks(images, axis)):
+        planes = normalize(im, norm)
         blank = blank_planes(planes)
         if len(blank) == len(planes):
-            raise ValueError(f"HR image {k} (shape {np.shape(im)}) is constant: every plane is "
+            raise ValueError(f"HR stack {k} (shape {np.shape(im)}) is constant: every plane is "
                              "blank, nothing to learn from")
         if train_planes is not None and valid_planes is not None:
             n = len(planes)

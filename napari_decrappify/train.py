@@ -514,9 +514,14 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     norm, crappifier, train_ds, valid_ds, split = _crappified_datasets(
         hr_images, config, arch, axis, n_train, max(config.batch_size * 4, 32))
     if pairs is not None:
+        # a pair whose HR is the first training stack (the Train dock allows it) must not
+        # train on that stack's validation planes: it uses the same training planes
+        same_stack = (len(split["planes_train"]) == 1
+                      and np.shape(pairs[1]) == np.shape(hr_images[0]))
         pair_ds = PairedPatches(pairs[0], pairs[1], config.scale, config.patch_size,
                                 length=n_train // 4, seed=config.seed, norm=norm,
-                                frames=arch.frames)
+                                frames=arch.frames,
+                                planes=split["planes_train"][0] if same_stack else None)
         train_ds = torch.utils.data.ConcatDataset([train_ds, pair_ds])
         datasets = [train_ds.datasets[0], pair_ds]
     else:

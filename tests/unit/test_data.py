@@ -86,7 +86,7 @@ def test_blank_planes_are_skipped():
 
 
 def test_all_blank_images_are_refused():
-    with pytest.raises(ValueError, match="HR image 0 .* is constant"):
+    with pytest.raises(ValueError, match="HR stack 0 .* is constant"):
         make_stacks([np.zeros((3, 32, 32), np.uint8)], U8)
 
 
@@ -347,6 +347,40 @@ def test_paired_patches_normalise_each_side_and_take_frames():
     assert x.shape == (3, 16, 16) and y.shape == (1, 32, 32)
     assert -0.1 < float(x.min()) and float(x.max()) < 1.1
     assert -0.1 < float(y.min()) and float(y.max()) < 1.1
+
+
+def test_paired_windows_skip_blank_planes_and_stay_on_the_given_planes():
+    hr = labelled_planes(n=6)
+    hr[2] = 0  # blank
+    lr = downsample(hr, 2)
+    ds = PairedPatches(lr, hr, 2, patch=16, frames=3, length=60, planes=[0, 1, 2, 3, 4],
+                       norm=U8, lr_norm=NormConfig(low=0, high=1))
+    means = {round(20 + 30 * i) for i in range(6)}
+    centres, neighbours = set(), set()
+    for i in range(len(ds)):
+        x, y = ds[i]
+        level = lambda a: min(means, key=lambda m: abs(m - float(a.mean()) * 255))  # noqa: E731
+        centres.add(level(y))
+        neighbours |= {level(frame) for frame in x}
+    # plane 5 (not given) is never a centre nor a neighbour; blank plane 2 is neither
+    assert centres == {20, 50, 110, 140} and neighbours == {20, 50, 110, 140}
+    with pytest.raises(ValueError, match="outside 0..5"):
+        PairedPatches(lr, hr, 2, patch=16, planes=[7])
+
+
+def test_four_d_stacks_take_their_frames_along_the_frame_axis():
+    # plane (t, z) holds 10 t + z + 1: frames along T (axis 0) must keep z, and never jump to
+    # another z at the ends (flattening made Z the neighbours and crossed blocks)
+    t, z = np.mgrid[:3, :4]
+    texture = 100 * (np.indices((8, 8)).sum(axis=0) % 2)  # planes must not be blank
+    stack = ((10 * t + z + 1)[..., None, None] + texture).astype(np.uint8)
+    train, valid, _ = make_stacks([stack], U8, axis=0, train_planes=[0, 1], valid_planes=[2])
+    assert len(train) == len(valid) == 4  # one stack along T per z
+    for zi, stack_z in enumerate(train):
+        for centre in (0, 1):
+            window = np.rint(stack_z.window(centre, 3)[:, 0, 0] * 255).astype(int)  # texture 0 here
+            assert {v % 10 for v in window} == {zi + 1}  # same z
+            assert window[1] == 10 * centre + zi + 1
 
 
 @pytest.mark.parametrize("lr_shape, hr_shape, scale, match", [
