@@ -549,8 +549,12 @@ def fit(lr: np.ndarray, hr: np.ndarray, scale: int | None = None, *, downsample:
     rel_err = float(np.median(np.abs(fitted - vu) / vu))
 
     # ---- salt-and-pepper: extreme pixels where noise cannot put them (half go each way)
-    hits, pix = rows[used, 4].sum(), rows[used, 3].sum()
-    expected = float(np.sum(rows[used, 5] * rows[used, 3]))
+    # counted where noise cannot reach a clipping level, so extremes there are hits
+    far = rows[:, 5] < 1e-3
+    if far.sum() < 3:
+        far = rows[:, 5] <= np.median(rows[:, 5])
+    hits, pix = rows[far, 4].sum(), rows[far, 3].sum()
+    expected = float(np.sum(rows[far, 5] * rows[far, 3]))
     salt = float(max(hits - expected, 0) / pix) if hits > 2 else 0.0
 
     result = FitResult(
@@ -617,7 +621,9 @@ def _fit_noise(lr_p, pred, gain, offset, extreme, lo, hi, n_bins):
     clipping probability), the mask of bins used, ``k`` and ``c``.
     """
     u = pred.ravel()
-    r = (lr_p - (gain * pred + offset)).ravel()
+    mean = (gain * pred + offset).ravel()
+    y = lr_p.ravel()
+    r = y - mean
     ext = extreme.ravel()
     n_bins = int(max(4, min(n_bins, u.size // 200)))
     edges = np.unique(np.quantile(u, np.linspace(0, 1, n_bins + 1)))
@@ -638,16 +644,51 @@ def _fit_noise(lr_p, pred, gain, offset, extreme, lo, hi, n_bins):
             m_lo, m_hi = m_hi, m_lo
         # chance that noise alone reaches a clipping level from this bin's intensities
         p_clip = float(_norm_cdf((lo - m_lo) / sd) + 1 - _norm_cdf((hi - m_hi) / sd))
+        censored = sel & ext
+        # clipped pixels are those noise can take to the level; the others are salt-and-pepper
+        # hits, which say nothing about the variance
+        at_lo = y <= lo
+        reach = np.where(at_lo, _norm_cdf((lo - mean) / sd), 1 - _norm_cdf((hi - mean) / sd))
+        censored &= reach > 1e-4
+        if p_clip >= 1e-3 and censored.any():
+            # Dropping the clipped pixels truncates the distribution and shrinks the variance
+            # (a dark, clipped fluorescence background gave photons 75 for 100): estimate it as
+            # a censored normal instead, clipped pixels counting as "at or beyond the level"
+            var = _censored_variance(y[good], mean[good], y[censored] <= lo, mean[censored],
+                                     lo, hi, sd)
         rows.append((float(u[good].mean()), var, int(good.sum()), int(sel.sum()),
                      int((sel & ext).sum()), p_clip))
     if len(rows) < 3:
         raise ValueError("too few intensity levels to fit the noise (is the HR nearly constant?)")
     rows = np.array(rows)
-    used = rows[:, 5] < 1e-3
-    if used.sum() < 3:  # everything near a clipping level: use the least clipped half
-        used = rows[:, 5] <= np.median(rows[:, 5])
+    # bins mostly beyond a clipping level carry too little about their variance
+    used = rows[:, 4] <= 0.5 * rows[:, 3]
+    if used.sum() < 3:
+        used = rows[:, 4] <= np.median(rows[:, 4])
     k, c = _wls_line(rows[used, 0], rows[used, 1], rows[used, 2])
     return rows, used, k, c
+
+
+def _censored_variance(y, m, at_lo, m_cens, lo, hi, sd0) -> float:
+    """Maximum-likelihood variance of ``y ~ N(m, sigma^2)`` when some samples were clipped
+    (Tobit): ``y`` and ``m`` are the unclipped samples and their means, ``m_cens`` the means of
+    the clipped ones and ``at_lo`` whether each was clipped at ``lo`` (else at ``hi``)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.stats import norm
+
+    m_lo, m_hi = m_cens[at_lo], m_cens[~at_lo]
+
+    def nll(log_sigma: float) -> float:
+        sigma = np.exp(log_sigma)
+        z = (y - m) / sigma
+        return float(0.5 * np.sum(z * z) + y.size * log_sigma
+                     - np.sum(norm.logcdf((lo - m_lo) / sigma))
+                     - np.sum(norm.logsf((hi - m_hi) / sigma)))
+
+    centre = np.log(max(sd0, 1e-9))
+    res = minimize_scalar(nll, bounds=(centre - 3, centre + 3), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(np.exp(2 * res.x))
 
 
 def _wls_line(x: np.ndarray, v: np.ndarray, n: np.ndarray) -> tuple[float, float]:

@@ -288,6 +288,27 @@ def test_fit_recovers_known_parameters(hr_ramp, truth):
     assert set(r.to_dict()) >= {"photons", "read_noise", "r2_variance", "psd_log_error", "bins"}
 
 
+def test_fit_is_unbiased_on_a_clipped_dark_background():
+    """Fluorescence: sparse blobs on a dark background that the LR clips at 0 (17% of its
+    pixels). Dropping the clipped pixels truncated the noise and the fit reported photons 75 and
+    read noise 0.019 for 100 / 0.03 (over 10 seeds) with a good R^2; bins near the clipping level
+    are now estimated as censored normals (10 seeds: 103 +- 4, 0.0304)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    hr = np.zeros((2, 256, 256))
+    for k in range(2):
+        points = np.zeros((256, 256))
+        points[tuple(rng.integers(0, 256, (2, 60)))] = 1
+        hr[k] = ndi.gaussian_filter(points, 6)
+    hr = (0.02 + 0.9 * hr / hr.max()).astype(np.float32)
+    lr = Crappifier.from_options(scale=2, photons=100.0, read_noise=0.03)(hr, seed=0)
+    assert (lr == 0).mean() > 0.1
+    r = fit(lr, hr, max_sigma=0.0)
+    assert r.photons == pytest.approx(100, rel=0.15)
+    assert r.read_noise == pytest.approx(0.03, rel=0.1)
+
+
 def test_fit_detects_no_shot_noise_and_a_detector_gain(hr_ramp):
     lr = Crappifier.from_options(scale=2, photons=None, read_noise=0.04)(hr_ramp, seed=2)
     r = fit(lr, hr_ramp)
