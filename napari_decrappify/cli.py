@@ -387,9 +387,11 @@ def cmd_segment(args) -> int:
     geo = {"scale": [image.scale[i] for i in keep], "units": [image.units[i] for i in keep]}
     objects = None
     if args.instances:
+        # the file's (or --pixel-size's) voxel size: the watershed measures physical distance
         objects = split_instances(seg.labels, args.instances, classes=seg.classes or None,
                                   min_size=args.min_size,
-                                  axes=None if labels_axes in ("YX", "ZYX") else labels_axes)
+                                  axes=None if labels_axes in ("YX", "ZYX") else labels_axes,
+                                  pixel_size=geo["scale"])
 
     def write(path, data, axes, scale, units, translate):
         if path.name.lower().endswith((".tif", ".tiff")):

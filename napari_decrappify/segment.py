@@ -332,6 +332,27 @@ def _check_training_data(images, labels, classes: list[str], axis: int):
     return images, labels, plane_imgs, plane_labs
 
 
+def _check_init_from(model, classes: list[str]) -> None:
+    """Refuse to continue training a model whose output channels mean other classes."""
+    if model.kind != "segmentation":
+        raise ValueError(f"cannot continue from model {model.name!r}: it is a {model.kind} model, "
+                         "not a segmentation model")
+    old = list(model.config.classes or [])
+    if old != classes:
+        hint = ""
+        if sorted(old) == sorted(classes):
+            remap = ", ".join(f"{classes.index(c) + 1} -> {old.index(c) + 1}" for c in classes
+                              if classes.index(c) != old.index(c))
+            hint = f" (same names in another order: remap the label values {remap})"
+        raise ValueError(f"cannot continue from model {model.name!r}: its classes are {old} "
+                         f"(label k = k-th name) but these labels use {classes}; give the classes "
+                         f"in the model's order and remap the label values to match{hint}, or "
+                         "train a new model")
+    if model.out_channels != len(classes) + 1:
+        raise ValueError(f"cannot continue from model {model.name!r}: it has {model.out_channels} "
+                         f"outputs, not {len(classes) + 1} for {len(classes)} classes")
+
+
 def _sample_weights(ds: LabelledPatches, k: int, config: SegmentConfig) -> list[float]:
     """Class weights for the cross-entropy (index 0 unused)."""
     if config.class_weights == "none":
@@ -378,7 +399,11 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
     progress, cancel
         As for :func:`napari_decrappify.train.train` (``batch``/``epoch``/``done`` events).
     init_from : RestorationModel, optional
-        Continue from a segmentation model with the same classes.
+        Continue from a segmentation model with the same class names in the same order
+        (remap the label values otherwise). The result is a new model: it is called ``name``,
+        has no metrics of the old weights, and ``config.training["resumed_from"]`` records the
+        runs it started from (``weights_from``: the old model's folder), as
+        :func:`napari_decrappify.train.train` does.
 
     Returns
     -------
@@ -406,6 +431,10 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
     config = config or SegmentConfig()
     classes = check_classes(classes)
     k = len(classes)
+    if init_from is not None:
+        _check_init_from(init_from, classes)
+        # the weights decide the network (what is recorded must be what was trained)
+        config = config.model_copy(update={"arch": init_from.config.arch})
     raw_images, raw_labels, plane_imgs, plane_labs = _check_training_data(images, labels, classes,
                                                                           axis)
     present = set()
@@ -447,13 +476,16 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
     weights = _sample_weights(train_ds, k, config)
     dls = make_dataloaders(train_ds, valid_ds, config.batch_size, device=device,
                            num_workers=config.num_workers)
+    previous: dict[str, Any] = {}
     if init_from is not None:
-        if init_from.kind != "segmentation" or init_from.out_channels != k + 1:
-            raise ValueError(f"cannot continue from model {init_from.name!r}: it is not a "
-                             f"segmentation model with {k} classes")
+        # recorded before training: saving re-points the model's path
+        previous = {"weights_from": str(init_from.path), **init_from.config.training}
         model = init_from
         model.config.norm = norm
-        model.config.classes = classes
+        # the new weights are a new model: its own name, and no scores of the old weights
+        model.config.name = name
+        model.config.metrics = {}
+        model.config.training = {}  # the old run's record lives on in "resumed_from"
     else:
         model = build_model(arch, kind="segmentation", name=name, norm=norm, classes=classes,
                             seed=config.seed, measure_rf=False)
@@ -494,6 +526,11 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
         "history": events.history,
     })
     record_warnings(model.config.training, [run_divergence_warning(events, config.lr_max)])
+    if previous:
+        # a resumed run: keep the record of the runs it started from (as train.train does)
+        chain = previous.pop("resumed_from", [])
+        previous.pop("history", None)
+        model.config.training["resumed_from"] = chain + [previous]
     if events.history:
         last = events.history[events.best[2]] if events.best[2] >= 0 else events.history[-1]
         model.config.metrics.update({"valid_loss": last.get("valid_loss"),
@@ -560,9 +597,17 @@ def predict(model, image, *, axes: str | None = None, config: TileConfig | None 
         Tile events and a stop event (non-lazy only; cancelling raises ``RestoreCancelled``).
     **tile_options
         :class:`~napari_decrappify.config.TileConfig` fields (``tile``, ``halo``, ``device``...).
+
+    Raises
+    ------
+    ValueError
+        When the image holds NaN or inf values: a numpy image is checked before any tile runs;
+        a dask/zarr image is checked tile by tile on the probabilities (when they are computed,
+        i.e. on reading with ``lazy``).
     """
     from . import tiling
-    from .io import open_image
+    from .crappify import check_image
+    from .io import ImageData, open_image
 
     model = tiling._as_model(model)
     if model.kind != "segmentation":
@@ -571,25 +616,43 @@ def predict(model, image, *, axes: str | None = None, config: TileConfig | None 
         config = TileConfig(**tile_options)
     elif tile_options:
         config = config.model_copy(update=tile_options)
+    source = image.data if isinstance(image, ImageData) else image
+    if isinstance(source, np.ndarray):
+        # one NaN pixel makes every tile whose halo reaches it NaN, and argmax(NaN) is label 0
+        # ("no prediction"): a silent hole, so refuse up front (cheap for an in-memory array)
+        check_image(source, "image")
     img = open_image(image, axes=axes)
     dtype = _labels_dtype(model.out_channels)
     if lazy:
         probs = tiling.restore_lazy(model, img, config, progress=progress, cancel=cancel)
+        # a lazy input is not read up front: each tile checks its own output when computed
+        probs = probs.map_blocks(_finite_probabilities, dtype=probs.dtype)
         labels = probs.argmax(axis=0).astype(dtype)
     else:
-        probs = tiling.restore(model, img, config, progress=progress, cancel=cancel)
+        probs = _finite_probabilities(
+            tiling.restore(model, img, config, progress=progress, cancel=cancel))
         labels = np.argmax(probs, axis=0).astype(dtype)
     return Segmentation(probabilities=probs, labels=labels, classes=list(model.config.classes),
                         axes=img.axes.replace("C", ""), model=model.name)
 
 
+def _finite_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``probs`` unchanged, or a ValueError when they hold NaN/inf (from a non-finite image)."""
+    if not np.isfinite(probs).all():
+        raise ValueError("the segmentation came out NaN or inf: the image contains NaN or inf "
+                         "values (replace them, e.g. with np.nan_to_num, before segmenting)")
+    return probs
+
+
 def segment(image, model, axes: str | None = None, lazy: bool = False, *, objects: str | None = None,
-            min_size: int = 0, h: float = 2.0, progress: ProgressFn | None = None,
-            cancel: threading.Event | None = None, **tile_options) -> Segmentation:
+            min_size: int = 0, h: float = 2.0, pixel_size: Sequence[float] | None = None,
+            progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+            **tile_options) -> Segmentation:
     """Segment an image with a segmentation model (the facade's ``napari_decrappify.segment``).
 
     :func:`predict`, and with ``objects="cc"`` or ``"watershed"`` also :func:`instances` of
-    the model's object classes into ``result.objects`` (not with ``lazy``).
+    the model's object classes into ``result.objects`` (not with ``lazy``; ``min_size``,
+    ``h`` and ``pixel_size``, per spatial axis or per axis of the labels, as there).
 
     Examples
     --------
@@ -602,7 +665,8 @@ def segment(image, model, axes: str | None = None, lazy: bool = False, *, object
                   **tile_options)
     if objects is not None:
         seg.objects = instances(np.asarray(seg.labels), objects, classes=seg.classes or None,
-                                min_size=min_size, h=h, axes=_instance_axes(seg.axes))
+                                min_size=min_size, h=h, axes=_instance_axes(seg.axes),
+                                pixel_size=pixel_size)
     return seg
 
 
@@ -632,7 +696,8 @@ def _spatial_loop(shape: tuple[int, ...], axes: str | None):
 
 def instances(semantic: np.ndarray, method: InstanceMethod = "cc", *,
               classes: Sequence[str] | None = None, class_ids: Sequence[int] | None = None,
-              min_size: int = 0, h: float = 2.0, axes: str | None = None) -> np.ndarray:
+              min_size: int = 0, h: float = 2.0, axes: str | None = None,
+              pixel_size: Sequence[float] | None = None) -> np.ndarray:
     """Split a semantic label image into objects (instance labels, int32, 0 = none).
 
     Parameters
@@ -650,10 +715,16 @@ def instances(semantic: np.ndarray, method: InstanceMethod = "cc", *,
     min_size : int
         Objects with fewer pixels are dropped (noise specks in predictions).
     h : float
-        Watershed seed height in pixels.
+        Watershed seed height in pixels (the finest axis's pixels with ``pixel_size``).
     axes : str, optional
         For stacks with T/C axes: objects are found per spatial plane/volume. Without it a 2-D
         or 3-D array is one 2-D image or one volume.
+    pixel_size : sequence of float, optional
+        Physical pixel size per spatial axis (Z, Y, X), or per axis of ``semantic`` (the T/C
+        entries are then ignored), for ``watershed``: the distance transform and its
+        smoothing are measured in physical distance, so that a z step coarser than the xy
+        pixels (a confocal stack) does not hide the neck between touching objects. Only the
+        ratios matter. Default: isotropic.
     """
     from scipy import ndimage as ndi
 
@@ -663,6 +734,7 @@ def instances(semantic: np.ndarray, method: InstanceMethod = "cc", *,
     if method not in ("cc", "watershed"):
         raise ValueError(f"unknown instance method {method!r}: use 'cc' or 'watershed'")
     loop, nsp = _spatial_loop(sem.shape, axes)
+    sampling = _sampling(pixel_size, sem.ndim, nsp)
     ids = list(class_ids) if class_ids is not None else object_class_ids(
         classes, np.unique(sem).tolist())
     out = np.zeros(sem.shape, np.int32)
@@ -677,7 +749,7 @@ def instances(semantic: np.ndarray, method: InstanceMethod = "cc", *,
             if method == "cc":
                 lab, n = ndi.label(mask, structure)
             else:
-                lab, n = _watershed_split(mask, h, structure)
+                lab, n = _watershed_split(mask, h, structure, sampling)
             if min_size > 1 and n:
                 sizes = np.bincount(lab.ravel())
                 small = sizes < min_size
@@ -695,13 +767,36 @@ def instances(semantic: np.ndarray, method: InstanceMethod = "cc", *,
     return out
 
 
-def _watershed_split(mask: np.ndarray, h: float, structure) -> tuple[np.ndarray, int]:
+def _sampling(pixel_size: Sequence[float] | None, ndim: int, nsp: int) -> np.ndarray | None:
+    """Spatial pixel size relative to the finest axis, or None when isotropic."""
+    if pixel_size is None:
+        return None
+    s = np.asarray(pixel_size, float).ravel()
+    if len(s) == ndim:
+        s = s[ndim - nsp:]
+    if len(s) != nsp:
+        raise ValueError(f"pixel_size needs {nsp} values (one per spatial axis) or {ndim} (one "
+                         f"per axis), got {len(s)}")
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        raise ValueError(f"pixel_size must be positive and finite, got {s.tolist()}")
+    s = s / s.min()
+    return None if (s == 1).all() else s
+
+
+def _watershed_split(mask: np.ndarray, h: float, structure,
+                     sampling: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    dist = ndi.distance_transform_edt(mask)
-    smooth = ndi.gaussian_filter(dist, 1.0) * mask
+    if sampling is None:
+        dist = ndi.distance_transform_edt(mask)
+        sigma: float | np.ndarray = 1.0
+    else:
+        # distances in finest-axis pixels, and the same physical smoothing along every axis
+        dist = ndi.distance_transform_edt(mask, sampling=sampling)
+        sigma = 1.0 / sampling
+    smooth = ndi.gaussian_filter(dist, sigma) * mask
     peaks = h_maxima(smooth, h) > 0
     markers, n = ndi.label(peaks & mask, structure)
     lab = watershed(-smooth, markers, mask=mask, connectivity=1) if n else np.zeros(mask.shape, np.int32)
@@ -748,18 +843,45 @@ class Measurements:
     summary: list[dict[str, Any]]
     unit: str = "pixel"
     field_size: float = 0.0
+    columns: list[str] = dataclass_field(default_factory=list)
+    summary_columns: list[str] = dataclass_field(default_factory=list)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        return write_csv(self.rows, path)
+        """Write :attr:`rows` (a header even when there are no objects)."""
+        return write_csv(self.rows, path, columns=self.columns)
 
     def summary_csv(self, path: str | os.PathLike) -> Path:
-        return write_csv(self.summary, path)
+        """Write :attr:`summary`."""
+        return write_csv(self.summary, path, columns=self.summary_columns)
 
 
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write dict rows to a CSV (columns: union of keys, first-seen order), atomically."""
+def _csv_value(v: Any) -> Any:
+    # str of a float is its shortest round-trip repr: stage coordinates such as 12345715.0
+    # keep every digit (a fixed number of significant digits would round them)
+    return str(v) if isinstance(v, float | np.floating) else v
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+              columns: Sequence[str] | None = None) -> Path:
+    """Write dict rows to a CSV, atomically.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        One dict per row.
+    path : path
+        The CSV file.
+    columns : sequence of str, optional
+        Columns first, in this order (written as the header even with no rows); keys of the
+        rows not among them follow in first-seen order.
+
+    Returns
+    -------
+    Path
+        ``path``. Floats are written with full precision (they read back exactly).
+    """
     path = Path(path)
-    cols: list[str] = []
+    cols: list[str] = list(columns or [])
     for r in rows:
         for key in r:
             if key not in cols:
@@ -770,7 +892,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:
-            w.writerow({key: (f"{v:.6g}" if isinstance(v, float) else v) for key, v in r.items()})
+            w.writerow({key: _csv_value(v) for key, v in r.items()})
     tmp.replace(path)
     return path
 
@@ -794,8 +916,10 @@ def measure(instance_labels: np.ndarray, image: np.ndarray | None = None,
         Physical pixel size and origin per axis (a napari layer's ``scale`` / ``translate``);
         default 1 and 0.
     semantic : integer array, optional
-        Semantic labels, to give each object its class (else every object is ``classes[0]``
-        or "object").
+        Semantic labels, to give each object its class: the most common value under it, per
+        plane with ``axes``. Without it every object gets the first object class of
+        ``classes`` (the first name that is not background-like, :func:`object_class_ids`),
+        or class 0 ("none") without object class names.
     unit : str
         Length unit of ``pixel_size`` (for the column names of the summary only).
     axes : str, optional
@@ -822,13 +946,21 @@ def measure(instance_labels: np.ndarray, image: np.ndarray | None = None,
     sp_names = "zyx"[3 - nsp:]
     sp_scale, sp_origin = scale[nd - nsp:], origin[nd - nsp:]
     voxel = float(np.prod(sp_scale))
-    cls_of = object_classes(inst, semantic) if semantic is not None else {}
-    default_class = 1 if classes else 0
+    if semantic is not None:
+        semantic = np.asarray(semantic)
+    object_ids = object_class_ids(classes) if classes else []
+    # not 1: with the module's convention label 1 is usually "background"
+    default_class = object_ids[0] if object_ids else 0
+    columns = (["label", *lead_names, "class_id", "class", "area", "area_px"]
+               + [f"centroid_{ax}" for ax in sp_names] + ["equivalent_diameter"]
+               + (["mean_intensity"] if image is not None else []))
     rows = []
     for idx in loop:
         plane = inst[idx]
         if not plane.any():
             continue
+        # per plane: ids may restart in every frame, so one id is several objects in a stack
+        cls_of = object_classes(plane, semantic[idx]) if semantic is not None else {}
         props = ["label", "area", "centroid"] + (["intensity_mean"] if image is not None else [])
         t = regionprops_table(plane, image[idx] if image is not None else None, properties=props)
         for j in range(len(t["label"])):
@@ -850,7 +982,7 @@ def measure(instance_labels: np.ndarray, image: np.ndarray | None = None,
             rows.append(row)
     field_size = float(np.prod(inst.shape[nd - nsp:])) * voxel * len(loop)
     summary = []
-    ids = sorted({r["class_id"] for r in rows} | (set(object_class_ids(classes)) if classes else set()))
+    ids = sorted({r["class_id"] for r in rows} | set(object_ids))
     for cid in ids:
         sel = [r for r in rows if r["class_id"] == cid]
         summary.append({
@@ -861,7 +993,10 @@ def measure(instance_labels: np.ndarray, image: np.ndarray | None = None,
                                          if sel else float("nan")),
             "density_unit": f"1/{unit}^{nsp}",
         })
-    return Measurements(rows=rows, summary=summary, unit=unit, field_size=field_size)
+    return Measurements(rows=rows, summary=summary, unit=unit, field_size=field_size,
+                        columns=columns,
+                        summary_columns=["class_id", "class", "count", "density", "mean_area",
+                                         "mean_equivalent_diameter", "density_unit"])
 
 
 # --------------------------------------------------------------------------- matching
@@ -886,8 +1021,23 @@ def match(pred: np.ndarray, gt: np.ndarray, iou: float = 0.5, *,
 
     A pair matches when its IoU is ``>= iou`` (or, with ``centroid_distance``, when the
     centroids are within that distance, in physical units with ``pixel_size``). Among the
-    candidate pairs the one-to-one assignment of maximum total IoU (minimum total distance) is
-    taken (Hungarian algorithm), so thresholds below 0.5 are handled correctly too.
+    candidate pairs the one-to-one assignment with the most matches is taken, the total IoU
+    (the total distance) only breaking ties (Hungarian algorithm, StarDist's cost
+    ``-(IoU >= iou) - IoU / (2 min(n_pred, n_gt))``), so thresholds below 0.5, where an object
+    may overlap several others by more than the threshold, count every match they can.
+
+    Parameters
+    ----------
+    pred, gt : integer arrays
+        Instance labels (0 = none) of the same shape.
+    iou : float
+        IoU threshold, ``0 < iou <= 1`` (pairs that do not overlap never match).
+    centroid_distance : float, optional
+        Match by centroid distance instead of IoU.
+    pixel_size : sequence of float, optional
+        Physical pixel size per axis, for ``centroid_distance``.
+    return_pairs : bool
+        Also return the matched ``(pred id, gt id)`` pairs as ``"pairs"``.
 
     Returns
     -------
@@ -899,6 +1049,9 @@ def match(pred: np.ndarray, gt: np.ndarray, iou: float = 0.5, *,
     """
     from scipy.optimize import linear_sum_assignment
 
+    if centroid_distance is None and not 0 < iou <= 1:
+        why = ": IoU 0 would pair objects that do not overlap" if iou == 0 else ""
+        raise ValueError(f"iou must be a threshold in (0, 1], got {iou}{why}")
     p = np.asarray(pred)
     g = np.asarray(gt)
     if p.shape != g.shape:
@@ -927,8 +1080,14 @@ def match(pred: np.ndarray, gt: np.ndarray, iou: float = 0.5, *,
             ia, ib = {v: i for i, v in enumerate(ca)}, {v: i for i, v in enumerate(cb)}
             for a, b in cand:
                 m[ia[a], ib[b]] = iou_of[(a, b)]
-            rows, cols = linear_sum_assignment(-m)
-            matched = [(ca[r], cb[c]) for r, c in zip(rows, cols, strict=True) if m[r, c] >= iou]
+            # StarDist's cost: each match is worth 1, the IoUs sum to < 1/2 and only break ties,
+            # so the assignment maximises the number of matches (maximum total IoU would trade
+            # two matches of IoU 0.2 for one of 0.7 below a 0.5 threshold)
+            good = m >= iou
+            cost = -good.astype(float) - m / (2 * min(m.shape))
+            rows, cols = linear_sum_assignment(cost)
+            matched = [(ca[r], cb[c]) for r, c in zip(rows, cols, strict=True)
+                       if good[r, c] and m[r, c] > 0]
         criterion = f"IoU >= {iou}"
     else:
         from scipy.spatial import cKDTree
@@ -970,9 +1129,12 @@ def match(pred: np.ndarray, gt: np.ndarray, iou: float = 0.5, *,
 
 
 def segment_objects(model, image, *, method: str = "watershed", min_size: int = 0, h: float = 2.0,
-                    axes: str | None = None, **tile_options) -> tuple[np.ndarray, Segmentation]:
-    """:func:`predict` then :func:`instances` of the model's object classes."""
-    seg = segment(image, model, axes, objects=method, min_size=min_size, h=h, **tile_options)
+                    axes: str | None = None, pixel_size: Sequence[float] | None = None,
+                    **tile_options) -> tuple[np.ndarray, Segmentation]:
+    """:func:`predict` then :func:`instances` of the model's object classes (``pixel_size``:
+    per spatial axis or per axis of the labels, for the watershed)."""
+    seg = segment(image, model, axes, objects=method, min_size=min_size, h=h,
+                  pixel_size=pixel_size, **tile_options)
     return seg.objects, seg
 
 
@@ -993,8 +1155,11 @@ def compare_counts(sources: Mapping[str, np.ndarray], reference: np.ndarray | st
     reference : array or str
         Ground-truth instance labels, or the name of one of ``sources`` whose objects are the
         reference (e.g. ``"HR"`` when there is no manual annotation).
-    iou, centroid_distance, pixel_size
+    iou, centroid_distance
         Matching criterion (:func:`match`).
+    pixel_size : sequence of float, optional
+        Physical pixel size per axis of the reference: for ``centroid_distance`` and, with
+        ``model``, for the watershed split (:func:`instances`).
 
     Returns
     -------
@@ -1012,7 +1177,7 @@ def compare_counts(sources: Mapping[str, np.ndarray], reference: np.ndarray | st
         src = sources[name]
         if model is not None:
             objects[name], _ = segment_objects(model, src, method=method, min_size=min_size, h=h,
-                                               axes=axes)
+                                               axes=axes, pixel_size=pixel_size)
         else:
             objects[name] = np.asarray(src)
         if progress is not None:

@@ -462,9 +462,11 @@ class SegmentWidget(DockBody):
             sem = np.asarray(sem_layer.data)
             axes = (sem_layer.metadata or {}).get("axes") or layer_axes(sem_layer)
             split_axes = None if axes in ("YX", "ZYX") else axes
-            objects = segment.instances(sem, self.method.value, classes=classes,
-                                        min_size=int(self.min_size.value), axes=split_axes)
             scale, translate, units = layer_geometry(sem_layer)
+            # the layer's scale: the watershed measures physical distance (z steps > xy pixels)
+            objects = segment.instances(sem, self.method.value, classes=classes,
+                                        min_size=int(self.min_size.value), axes=split_axes,
+                                        pixel_size=scale)
             image = self.image.value
             intensity = None
             if image is not None and base_data(image).shape == sem.shape:
@@ -570,13 +572,17 @@ class SegmentWidget(DockBody):
             if not isinstance(reference, str) and not np.issubdtype(reference.dtype, np.integer):
                 raise ValueError(f"reference {ref.name!r} must hold integer instance labels")
             axes = layer_axes(ref) if isinstance(ref, _image_type()) else layer_axes(layers[0])
+            # per axis of the objects (no C), for the watershed's physical distances
+            pixel_size = tuple(v for v, a in zip(layer_geometry(ref)[0], axes, strict=False)
+                               if a != "C")
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None
         self._set_status(f"segmenting and matching {len(sources)} sources ...")
         return self._start_job(
             segment.compare_counts, sources, reference, model=model, method=self.method.value,
-            min_size=int(self.min_size.value), axes=axes, description="Comparing counts",
+            min_size=int(self.min_size.value), axes=axes, pixel_size=pixel_size,
+            description="Comparing counts",
             on_result=self._compared)
 
     def _on_grid(self, layer, grid, model) -> np.ndarray:

@@ -114,6 +114,58 @@ def test_instances_per_plane_with_time_axis_and_bad_input():
         S.instances(sem, "flood")
 
 
+def _two_spheres(dz, dxy=0.1, radius=2.5, half_gap=22):
+    """Two overlapping spheres (centres 2 * half_gap * dxy apart, a neck between them) and one
+    sphere, sampled with z step ``dz`` and xy pixels ``dxy``: (two, one)."""
+    nz = int(radius / dz) + 1
+    z, y, x = np.mgrid[-nz : nz + 1, -30:31, -60:61]
+
+    def ball(cx):
+        return (z * dz) ** 2 + (y * dxy) ** 2 + ((x - cx) * dxy) ** 2 <= radius**2
+
+    return (ball(-half_gap) | ball(half_gap)).astype(np.uint8), ball(0).astype(np.uint8)
+
+
+def test_watershed_measures_physical_distance_with_pixel_size():
+    # z step 20x the xy pixel: in voxel units the distance transform is flat along the neck
+    two, one = _two_spheres(dz=2.0)
+    assert two.shape == (5, 61, 121)
+    assert S.instances(two, "watershed").max() == 1  # voxel units: the pair stays merged
+    ws = S.instances(two, "watershed", pixel_size=(2.0, 0.1, 0.1))
+    assert ws.max() == 2
+    assert ws[2, 30, 60 - 22] != ws[2, 30, 60 + 22]  # each sphere centre in its own object
+    assert (ws > 0).sum() == two.sum()
+    assert S.instances(one, "watershed", pixel_size=(2.0, 0.1, 0.1)).max() == 1  # no over-split
+    # only the ratios matter; one value per axis of a T stack works too (T is ignored)
+    np.testing.assert_array_equal(S.instances(two, "watershed", pixel_size=(20.0, 1.0, 1.0)), ws)
+    stack = np.stack([two, two])
+    assert S.instances(stack, "watershed", axes="TZYX", pixel_size=(5.0, 2.0, 0.1, 0.1)).max() == 4
+    # isotropic pixel sizes give exactly the default (voxel) result
+    two_iso, _ = _two_spheres(dz=0.5)
+    np.testing.assert_array_equal(S.instances(two_iso, "watershed", pixel_size=(0.3, 0.3, 0.3)),
+                                  S.instances(two_iso, "watershed"))
+    with pytest.raises(ValueError, match="pixel_size needs 3 values"):
+        S.instances(two, "watershed", pixel_size=(0.1, 0.1))
+    with pytest.raises(ValueError, match="positive"):
+        S.instances(two, "watershed", pixel_size=(0.0, 0.1, 0.1))
+
+
+def test_segment_and_compare_counts_pass_pixel_size_to_the_watershed(monkeypatch):
+    two, _ = _two_spheres(dz=2.0)
+
+    def fake_predict(model, image, **kw):  # a "prediction" that is the two spheres (class 1)
+        return S.Segmentation(probabilities=None, labels=two, classes=["sphere"], axes="ZYX")
+
+    monkeypatch.setattr(S, "predict", fake_predict)
+    assert S.segment(two, "m", objects="watershed").objects.max() == 1
+    assert S.segment(two, "m", objects="watershed", pixel_size=(2.0, 0.1, 0.1)).objects.max() == 2
+    objects, _ = S.segment_objects("m", two, pixel_size=(2.0, 0.1, 0.1))
+    assert objects.max() == 2
+    res = S.compare_counts({"img": two}, S.instances(two, "watershed", pixel_size=(2, 0.1, 0.1)),
+                           model="m", pixel_size=(2.0, 0.1, 0.1))
+    assert res["sources"]["img"]["count"] == 2 and res["sources"]["img"]["tp"] == 2
+
+
 # --------------------------------------------------------------------------- measurements
 
 
@@ -143,6 +195,61 @@ def test_measure_known_disc_in_physical_units(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("label,class_id,class,area,area_px,centroid_y,centroid_x")
     assert len(lines) == 2 and lines[1].startswith("7,2,nucleus,")
+
+
+def test_measure_classes_per_plane_when_ids_restart_per_frame():
+    inst = np.zeros((2, 20, 20), np.int32)
+    sem = np.ones((2, 20, 20), np.uint8)
+    inst[0, 2:6, 2:6] = 1  # id 1 in frame 0 is a nucleus ...
+    sem[0, 2:6, 2:6] = 2
+    inst[1, 2:12, 2:12] = 1  # ... and id 1 in frame 1 a (larger) vesicle
+    sem[1, 2:12, 2:12] = 3
+    m = S.measure(inst, None, ["background", "nucleus", "vesicle"], semantic=sem, axes="TYX")
+    assert [(r["t"], r["label"], r["class"], r["area_px"]) for r in m.rows] == [
+        (0, 1, "nucleus", 16), (1, 1, "vesicle", 100)]
+    assert [(s["class"], s["count"]) for s in m.summary] == [("nucleus", 1), ("vesicle", 1)]
+
+
+def test_measure_without_semantic_uses_the_first_object_class():
+    sem = np.ones((60, 60), np.uint8)
+    sem[disc(sem.shape, 20, 20, 6) | disc(sem.shape, 40, 40, 6)] = 2
+    inst = S.instances(sem, "cc", classes=["background", "nucleus"])
+    m = S.measure(inst, None, ["background", "nucleus"])  # label 1 is background: not that
+    assert [(r["class_id"], r["class"]) for r in m.rows] == [(2, "nucleus")] * 2
+    assert [(s["class"], s["count"]) for s in m.summary] == [("nucleus", 2)]
+    m = S.measure(inst, None, ["nucleus", "vesicle"])  # no background name: the first class
+    assert {r["class"] for r in m.rows} == {"nucleus"}
+    assert {(r["class_id"], r["class"]) for r in S.measure(inst).rows} == {(0, "none")}
+
+
+def test_csv_always_has_a_header(tmp_path):
+    import csv
+
+    m = S.measure(np.zeros((10, 10), np.int32), np.zeros((10, 10)), ["background", "nucleus"])
+    assert m.rows == []
+    path = m.to_csv(tmp_path / "none.csv")
+    assert path.read_text().splitlines() == [
+        "label,class_id,class,area,area_px,centroid_y,centroid_x,equivalent_diameter,mean_intensity"]
+    with open(m.summary_csv(tmp_path / "summary.csv")) as f:
+        assert [r["count"] for r in csv.DictReader(f)] == ["0"]  # nucleus: 0 objects
+    assert S.write_csv([], tmp_path / "t.csv", columns=["label", "t"]).read_text().strip() == "label,t"
+
+
+def test_csv_keeps_every_digit_of_stage_coordinates(tmp_path):
+    import csv
+
+    # stage coordinates in nm: 8 significant digits must survive the CSV
+    inst = np.zeros((100, 100), np.int32)
+    inst[10:13, 10:13] = 1
+    inst[10:13, 14:17] = 2
+    m = S.measure(inst, None, pixel_size=(65.0, 65.0), translate=(12_345_000.0, 23_456_000.0),
+                  unit="nm")
+    with open(m.to_csv(tmp_path / "stage.csv")) as f:
+        back = list(csv.DictReader(f))
+    assert [float(r["centroid_y"]) for r in back] == [12_345_715.0, 12_345_715.0]
+    assert [float(r["centroid_x"]) for r in back] == [23_456_715.0, 23_456_975.0]
+    assert [float(r["equivalent_diameter"]) for r in back] == [r["equivalent_diameter"]
+                                                                for r in m.rows]
 
 
 def test_measure_rejects_mismatched_shapes():
@@ -187,6 +294,29 @@ def test_match_is_one_to_one_below_half_iou():
     pred = _squares((20, 40), [(0, 0, 10, 20)])  # one object covering both (IoU 0.5 each)
     r = S.match(pred, gt, 0.3)
     assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 1)
+
+
+def test_match_maximises_the_number_of_matches_below_half_iou():
+    gt = np.zeros((20, 60), np.int32)
+    gt[0:10, 0:20] = 1
+    gt[0:10, 20:40] = 2
+    pred = np.zeros_like(gt)
+    pred[0:8, 0:24] = 1  # IoU 0.690 with gt 1, 0.089 with gt 2
+    pred[8:10, 0:20] = 2  # IoU 0.200 with gt 1, no overlap with gt 2
+    # at 0.08 two matches exist ((1, 2) and (2, 1)): they beat one match of higher total IoU
+    r = S.match(pred, gt, 0.08, return_pairs=True)
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 0, 0)
+    assert sorted(r["pairs"]) == [(1, 2), (2, 1)]
+    assert r["mean_matched_iou"] == pytest.approx((16 / 180 + 40 / 200) / 2)
+    # at 0.15 pred 1 - gt 2 is out: one match, the better one (IoU as the tiebreak)
+    r = S.match(pred, gt, 0.15, return_pairs=True)
+    assert r["tp"] == 1 and r["pairs"] == [(1, 1)]
+    # objects that do not overlap never match, and the threshold must be a fraction
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"iou must be a threshold in \(0, 1\]"):
+            S.match(pred, gt, bad)
+    assert S.match(pred, gt, 1.0)["tp"] == 0
+    assert S.match(gt, gt, 1.0)["tp"] == 2
 
 
 def test_match_edge_cases():
@@ -306,6 +436,70 @@ def test_train_segmenter_rejects_bad_labels():
         S.train_segmenter(img, lab + 0.5, ["background", "disc"], _quick())
     with pytest.raises(ValueError, match="patch_size"):
         S.SegmentConfig(patch_size=40)
+
+
+def test_train_segmenter_init_from_needs_the_same_classes_and_records_the_start(tmp_path):
+    from napari_decrappify.models import load_model
+
+    img, lab, _ = _painted()
+    S.train_segmenter(img, lab, ["background", "disc"], _quick(), out=tmp_path / "base",
+                      name="base")
+    base = load_model(tmp_path / "base")
+    assert base.config.metrics  # scores of the base weights
+    swapped = np.where(lab == 1, 2, np.where(lab == 2, 1, 0)).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"remap the label values 1 -> 2, 2 -> 1"):
+        S.train_segmenter(img, swapped, ["disc", "background"], _quick(), init_from=base)
+    with pytest.raises(ValueError, match="its classes are"):
+        S.train_segmenter(img, lab, ["background", "nucleus"], _quick(), init_from=base)
+    # cancelled before the first epoch: no new scores, and the old ones must not linger
+    cancel = threading.Event()
+    cancel.set()
+    res = S.train_segmenter(img, lab, ["background", "disc"], _quick(), init_from=base,
+                            name="finetuned", out=tmp_path / "ft", cancel=cancel)
+    ft = load_model(tmp_path / "ft")
+    assert res.model.name == "finetuned" and ft.name == "finetuned"
+    assert ft.config.metrics == {}
+    (start,) = ft.config.training["resumed_from"]
+    assert start["weights_from"] == str(tmp_path / "base")
+    assert start["command"] == "" and "history" not in start and "split" in start
+    assert ft.config.training["stop_reason"] == "cancelled"
+    # a second fine-tune extends the chain
+    res = S.train_segmenter(img, lab, ["background", "disc"], _quick(), init_from=ft,
+                            name="again", cancel=cancel)
+    chain = res.model.config.training["resumed_from"]
+    assert [c["weights_from"] for c in chain] == [str(tmp_path / "base"), str(tmp_path / "ft")]
+
+
+def _untrained_segmenter(img):
+    from napari_decrappify.data import percentile_norm
+    from napari_decrappify.models import build_model
+
+    return build_model(ArchConfig(encoder="tiny", scale=1, residual=False, out_channels=3),
+                       kind="segmentation", name="untrained", norm=percentile_norm([img]),
+                       classes=["background", "disc"], measure_rf=False)
+
+
+def test_predict_rejects_non_finite_images():
+    import dask.array as da
+
+    img, _, _ = _painted()
+    model = _untrained_segmenter(img)
+    bad = img.copy()
+    bad[5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):  # numpy: before any tile runs
+        S.predict(model, bad, axes="YX", device="cpu")
+    inf = img.copy()
+    inf[40, 40] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        S.predict(model, inf, axes="YX", device="cpu")
+    with pytest.raises(ValueError, match="NaN or inf"):  # dask: checked on the output
+        S.predict(model, da.from_array(bad, chunks=32), axes="YX", device="cpu")
+    lazy = S.predict(model, da.from_array(bad, chunks=32), axes="YX", device="cpu", lazy=True)
+    with pytest.raises(ValueError, match="NaN or inf"):  # lazy: when the tile is read
+        np.asarray(lazy.labels)
+    ok = S.predict(model, da.from_array(img, chunks=32), axes="YX", device="cpu", lazy=True)
+    np.testing.assert_array_equal(np.asarray(ok.labels),
+                                  S.predict(model, img, axes="YX", device="cpu").labels)
 
 
 def test_predict_refuses_restoration_models(tiny_model_4x):
