@@ -31,6 +31,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
+from ..io import RestoreCancelled
 from ._layers import base_data, current_plane, layer_axes, layer_geometry
 from ._ui import STOP_TEXT, DockBody, layer_choices
 from ._workers import CoreJob, model_events
@@ -328,7 +329,6 @@ class SegmentWidget(DockBody):
 
     # ------------------------------------------------------------------ training
     def start_training(self, *_args) -> CoreJob | None:
-        from .. import segment
 
         if self._busy():
             return None
@@ -340,10 +340,12 @@ class SegmentWidget(DockBody):
                 raise ValueError("choose the Labels layer with your painted strokes")
             if getattr(image, "rgb", False):
                 raise ValueError(f"layer {image.name!r} is RGB: split its channels first")
-            data, lab = np.asarray(base_data(image)), np.asarray(labels.data)
-            if data.shape != lab.shape:
+            # the image is read in the worker (a lazy layer computes there, not in the UI
+            # thread); painted labels are in memory
+            data, lab = base_data(image), np.asarray(labels.data)
+            if tuple(data.shape) != lab.shape:
                 raise ValueError(f"labels {labels.name!r} {lab.shape} and image {image.name!r} "
-                                 f"{data.shape} must have the same shape")
+                                 f"{tuple(data.shape)} must have the same shape")
             classes = self.class_names()
             if int(lab.max()) > len(classes):
                 raise ValueError(f"labels {labels.name!r} use label {int(lab.max())} but there are "
@@ -361,7 +363,7 @@ class SegmentWidget(DockBody):
         self.result = None
         self._set_status(f"training {out.name} on {image.name} ({', '.join(classes)}) ...")
         return self._start_job(
-            segment.train_segmenter, data, lab, classes, config, out=out, name=out.name,
+            _train_segmenter_job, data, lab, classes, config, out=out, name=out.name,
             command=f"napari Segment dock: {image.name} + {labels.name}",
             description=f"Training {out.name}", on_result=self._trained)
 
@@ -394,7 +396,8 @@ class SegmentWidget(DockBody):
             # the plane keeps its place: leading axes of size 1 at the plane's position
             translate = tuple(t + i * s for t, i, s in zip(translate, idx, scale, strict=False)) + \
                 translate[len(idx):]
-            data = np.asarray(data)[(None,) * len(idx)]
+            # reshape, not np.asarray: a lazy plane is computed in the worker, not here
+            data = data.reshape((1,) * len(idx) + tuple(data.shape))
         return data, axes, scale, translate, units, idx
 
     def start_prediction(self, *_args) -> CoreJob | None:
@@ -408,7 +411,6 @@ class SegmentWidget(DockBody):
                 raise ValueError("choose an image layer")
             model = self.current_model()
             data, axes, scale, translate, units, _ = self._input(image, self.scope.value)
-            data = np.asarray(data)
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None
@@ -552,7 +554,6 @@ class SegmentWidget(DockBody):
 
     # ------------------------------------------------------------------ count comparison
     def start_comparison(self, *_args) -> CoreJob | None:
-        from .. import segment
 
         if self._busy():
             return None
@@ -566,8 +567,11 @@ class SegmentWidget(DockBody):
                 layers.append(ref)
             if len(layers) < 1:
                 raise ValueError("choose the source layers to compare (e.g. LR, restored, HR)")
-            grid = np.shape(base_data(ref))
-            sources = {layer.name: self._on_grid(layer, grid, model) for layer in layers}
+            grid = tuple(base_data(ref).shape)
+            # shapes are checked here; the sources are read and resampled in the worker
+            sources = {layer.name: (base_data(layer), _grid_factor(layer, grid))
+                       for layer in layers}
+            norm = model.config.norm if self.match_intensity.value else None
             reference = ref.name if isinstance(ref, _image_type()) else np.asarray(ref.data)
             if not isinstance(reference, str) and not np.issubdtype(reference.dtype, np.integer):
                 raise ValueError(f"reference {ref.name!r} must hold integer instance labels")
@@ -580,29 +584,10 @@ class SegmentWidget(DockBody):
             return None
         self._set_status(f"segmenting and matching {len(sources)} sources ...")
         return self._start_job(
-            segment.compare_counts, sources, reference, model=model, method=self.method.value,
+            _compare_counts_job, sources, reference, norm, model=model, method=self.method.value,
             min_size=int(self.min_size.value), axes=axes, pixel_size=pixel_size,
             description="Comparing counts",
             on_result=self._compared)
-
-    def _on_grid(self, layer, grid, model) -> np.ndarray:
-        """A source on the reference grid (bicubic upsampling by an integer factor), in the
-        model's intensity range when ``match intensities`` is on."""
-        from ..metrics import bicubic_upsample
-
-        data = np.asarray(base_data(layer), dtype=np.float32)
-        if data.shape != tuple(grid):
-            f = grid[-1] / data.shape[-1]
-            if (data.shape[:-2] != tuple(grid[:-2]) or not float(f).is_integer()
-                    or data.shape[-2] * f != grid[-2]):
-                raise ValueError(f"layer {layer.name!r} {data.shape} is not the reference grid "
-                                 f"{tuple(grid)} nor an integer downscale of it")
-            data = bicubic_upsample(data, int(f))
-        if self.match_intensity.value:
-            lo, hi = np.percentile(data, (0.1, 99.9))
-            n = model.config.norm
-            data = (np.clip((data - lo) / max(hi - lo, 1e-12), 0, 1) * (n.high - n.low) + n.low)
-        return data.astype(np.float32)
 
     def _compared(self, res) -> None:
         res = dict(res)
@@ -618,6 +603,54 @@ class SegmentWidget(DockBody):
         self.compare_table.resizeColumnsToContents()
         self._set_status(f"reference ({res['reference']}): {res['reference_count']} objects; "
                          "matched at IoU >= 0.5")
+
+
+def _grid_factor(layer, grid: tuple[int, ...]) -> int:
+    """The integer factor that puts ``layer`` on the reference ``grid`` (1: already on it)."""
+    shape = tuple(base_data(layer).shape)
+    if shape == grid:
+        return 1
+    f = grid[-1] / shape[-1]
+    if shape[:-2] != grid[:-2] or not float(f).is_integer() or shape[-2] * f != grid[-2]:
+        raise ValueError(f"layer {layer.name!r} {shape} is not the reference grid {grid} nor an "
+                         "integer downscale of it")
+    return int(f)
+
+
+def _on_grid(data, factor: int, norm=None) -> np.ndarray:
+    """A source on the reference grid (bicubic upsampling by ``factor``), mapped into the
+    model's intensity range ``norm`` when given (``match intensities``)."""
+    from ..metrics import bicubic_upsample
+
+    data = np.asarray(data, dtype=np.float32)
+    if factor != 1:
+        data = bicubic_upsample(data, factor)
+    if norm is not None:
+        lo, hi = np.percentile(data, (0.1, 99.9))
+        data = np.clip((data - lo) / max(hi - lo, 1e-12), 0, 1) * (norm.high - norm.low) + norm.low
+    return data.astype(np.float32)
+
+
+def _compare_counts_job(sources, reference, norm, *, progress=None, cancel=None, **kwargs):
+    """Worker side of "Compare counts": read and resample each source (a lazy restored layer
+    runs its network here), then segment and match them."""
+    from .. import segment
+
+    on_grid = {}
+    for k, (name, (data, factor)) in enumerate(sources.items()):
+        if cancel is not None and cancel.is_set():
+            raise RestoreCancelled("cancelled")
+        if progress is not None:
+            progress({"event": "reading", "done": k, "total": len(sources), "source": name})
+        on_grid[name] = _on_grid(data, factor, norm)
+    return segment.compare_counts(on_grid, reference, progress=progress, cancel=cancel, **kwargs)
+
+
+def _train_segmenter_job(image, labels, *args, **kwargs):
+    """Worker side of "Train": the image is read here (a lazy layer computes in the worker)."""
+    from .. import segment
+
+    return segment.train_segmenter(np.asarray(image), labels, *args, **kwargs)
 
 
 def _default_model_dir() -> Path:

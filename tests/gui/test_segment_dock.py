@@ -202,3 +202,61 @@ def test_blinded_counting_study_dock(make_napari_viewer, tmp_path):
     assert res["sources"]["HR"]["f1"] == 1.0
     assert res["sources"]["LR"]["count"] == 2 and res["sources"]["LR"]["fn"] == 2
     assert (tmp_path / "study_results.json").exists()
+
+
+@pytest.mark.parametrize("action", ["predict", "compare", "train"])
+def test_segment_dock_reads_lazy_layers_in_the_worker_not_the_ui_thread(
+        make_napari_viewer, qtbot, model_dir, action):
+    """A lazy layer (a file opened lazily, the Restore dock's lazy result) is read where the
+    job runs: its chunks were computed by the button slot in the UI thread, freezing napari
+    for the whole restoration before the progress bar and Cancel existed."""
+    import threading
+
+    import dask
+    import dask.array as da
+
+    from napari_decrappify._napari.segment import SegmentWidget
+    from napari_decrappify.models import build_model, save_model
+    from napari_decrappify.segment import segmentation_arch
+
+    seg = build_model(segmentation_arch("tiny"), kind="segmentation", name="seg",
+                      classes=["background", "disc"], measure_rf=False)
+    seg.config.receptive_field = 8
+    save_model(seg, model_dir / "seg")
+    img, gt = _scene()
+    readers = []
+
+    def read(block):
+        readers.append(threading.current_thread().name)
+        return block
+
+    lazy = da.from_array(img, chunks=(32, 32)).map_blocks(read, dtype=img.dtype)
+    viewer = make_napari_viewer()
+    readers.clear()
+    image = viewer.add_image(lazy, name="lazy", scale=SCALE, translate=TRANSLATE)
+    dock = SegmentWidget(viewer)
+    dock.image.value = image
+    # synchronous dask: a chunk is computed in the thread that asks for it
+    with dask.config.set(scheduler="synchronous"):
+        readers.clear()
+        if action == "predict":
+            dock.model_choice.reset_choices()
+            dock.model_choice.value = str(model_dir / "seg")
+            job = dock.start_prediction()
+        elif action == "compare":
+            dock.model_choice.reset_choices()
+            dock.model_choice.value = str(model_dir / "seg")
+            dock.compare_sources.value = [image]
+            dock.reference.value = viewer.add_labels(gt, name="gt", scale=SCALE,
+                                                     translate=TRANSLATE)
+            job = dock.start_comparison()
+        else:
+            _quick(dock)
+            dock.iterations.value = 2
+            painted = dock.new_labels_layer()
+            _paint(painted)
+            job = dock.start_training()
+        assert job is not None, dock.status.value
+        qtbot.waitUntil(lambda: job.finished, timeout=120_000)
+    assert job.status == "done", (job.status, job.error)
+    assert readers and "MainThread" not in readers, readers
