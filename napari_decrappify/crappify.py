@@ -725,17 +725,19 @@ def _wls_line(x: np.ndarray, v: np.ndarray, n: np.ndarray) -> tuple[float, float
 def _to_dtype(lr, dtype: str, input_dtype):
     """float32 [0, 1] LR -> the requested output dtype (integers scaled to their full range)."""
     if dtype == "input":
+        # any integer input dtype (int16 EM, uint32 ...): the inverse of to_unit's mapping
         dtype = str(np.dtype(input_dtype)) if np.issubdtype(input_dtype, np.integer) else "float32"
+    elif dtype not in choices(CrappifyDtype):
+        raise ValueError(f"unknown output dtype {dtype!r} ({', '.join(choices(CrappifyDtype))})")
     if dtype == "float32":
         return lr
-    if dtype not in ("uint8", "uint16"):
-        raise ValueError(f"unknown output dtype {dtype!r} ({', '.join(choices(CrappifyDtype))})")
-    top = float(np.iinfo(dtype).max)
-    return lr.map_blocks(_scale_to_int, top, dtype, dtype=dtype, name=f"{lr.name}-{dtype}")
+    lo, hi = intensity_range(dtype)
+    return lr.map_blocks(_scale_to_int, lo, hi, dtype, dtype=dtype, name=f"{lr.name}-{dtype}")
 
 
-def _scale_to_int(x, top, dtype):
-    return np.rint(np.clip(x, 0, 1) * top).astype(dtype)
+def _scale_to_int(x, lo, hi, dtype):
+    # float64: float32 cannot hold every value of a 32-bit integer range
+    return np.rint(np.clip(x, 0, 1).astype(np.float64) * (hi - lo) + lo).astype(dtype)
 
 
 def crappify_file(source, out, config: CrappifyConfig, *, seed: int = 0, axes: str | None = None,

@@ -12,6 +12,7 @@ from napari_decrappify.crappify import (
     Crappifier,
     blur,
     crappify,
+    crappify_file,
     crappify_lazy,
     downsample,
     fit,
@@ -363,3 +364,23 @@ def test_radial_power_spectrum_sees_blur():
     assert f.min() > 0 and f.max() <= 0.5
     assert np.std(np.log10(white)) < 0.1  # white noise: flat spectrum
     assert blurred[-1] / blurred[0] < 1e-3 * white[-1] / white[0]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint32, np.uint16])
+def test_output_dtype_input_keeps_any_integer_dtype_on_its_scale(tmp_path, dtype):
+    """``dtype="input"`` refused int16 / uint32 inputs ("unknown output dtype 'int16'"): it
+    now writes the input's dtype, on the input's scale (the inverse of to_unit), so a noiseless
+    LR of a flat image keeps its value."""
+    import tifffile
+
+    info = np.iinfo(dtype)
+    value = info.min + (info.max - info.min) // 3
+    hr = np.full((2, 16, 16), value, dtype)
+    out = tmp_path / "lr.tif"
+    crappify_file(hr, out, CrappifyConfig(scale=2, photons=None, read_noise=0.0), axes="ZYX",
+                  dtype="input")
+    lr = tifffile.imread(out)
+    assert lr.dtype == dtype and lr.shape == (2, 8, 8)
+    assert np.abs(lr.astype(np.int64) - int(value)).max() <= max(1, (info.max - info.min) >> 24)
+    with pytest.raises(ValueError, match="unknown output dtype 'int8'"):
+        crappify_file(hr, tmp_path / "x.tif", CrappifyConfig(scale=2), axes="ZYX", dtype="int8")
