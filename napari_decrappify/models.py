@@ -661,6 +661,16 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape"
             f"{': e.g. ' + (missing + unexpected + wrong)[0]})"
         )
+    stored = getattr(torch, config.weights_dtype)
+    kinds = [k for k in expected if expected[k].is_floating_point() != state[k].is_floating_point()
+             or (state[k].is_floating_point() and state[k].dtype != stored)]
+    if kinds:
+        raise ModelFileError(f"{wpath}: tensor {kinds[0]} is {state[kinds[0]].dtype}, but "
+                             f"{CONFIG_FILE} says the weights are {config.weights_dtype}")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # NaN weights (a diverged run saved by other tools) would give all-NaN images
+        raise ModelFileError(f"{wpath}: {len(broken)} tensors hold NaN or inf values "
+                             f"(e.g. {broken[0]}): the weights are unusable")
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     net.eval().to(device)
     return RestorationModel(net=net, config=config, path=path)

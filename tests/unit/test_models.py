@@ -89,6 +89,27 @@ def test_tampered_weights_fail_the_checksum(saved, tmp_path):
         load_model(p)
 
 
+@pytest.mark.parametrize("damage, match", [
+    (lambda v: v * float("nan"), "hold NaN or inf"),
+    (lambda v: v.half(), "is torch.float16, but model.json says the weights are float32"),
+    (lambda v: v.to(torch.int32), "is torch.int32, but model.json says"),
+])
+def test_weights_that_cannot_be_what_the_config_says_are_refused(saved, tmp_path, damage, match):
+    # written by another tool, without a checksum: NaN weights loaded and gave all-NaN images
+    from safetensors.torch import load_file, save_file
+
+    p = _copy(saved[1], tmp_path)
+    state = load_file(str(p / "model.safetensors"))
+    k = next(k for k, v in state.items() if v.is_floating_point())
+    state[k] = damage(state[k])
+    save_file(state, str(p / "model.safetensors"))
+    cfg = json.loads((p / "model.json").read_text())
+    cfg["weights_sha256"] = ""
+    (p / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match=match):
+        load_model(p)
+
+
 def test_unknown_schema_version(saved, tmp_path):
     p = _copy(saved[1], tmp_path)
     meta = json.loads((p / "model.json").read_text())
