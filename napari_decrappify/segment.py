@@ -941,6 +941,11 @@ def measure(instance_labels: np.ndarray, image: np.ndarray | None = None,
     origin = np.asarray(translate if translate is not None else (0.0,) * nd, float)
     if len(scale) != nd or len(origin) != nd:
         raise ValueError(f"pixel_size/translate need {nd} values (one per axis)")
+    if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(origin).all()):
+        raise ValueError(f"pixel_size must be finite and > 0 and translate finite, got "
+                         f"{tuple(scale)} / {tuple(origin)}")
+    if inst.size and inst.min() < 0:  # regionprops skips them: objects would vanish silently
+        raise ValueError(f"instance labels must be >= 0 (0 = none), found {int(inst.min())}")
     loop, nsp = _spatial_loop(inst.shape, axes)
     lead_names = [a.lower() for a in (axes or "")[: nd - nsp]]
     sp_names = "zyx"[3 - nsp:]
@@ -1093,6 +1098,9 @@ def match(pred: np.ndarray, gt: np.ndarray, iou: float = 0.5, *,
         from scipy.spatial import cKDTree
 
         sc = np.asarray(pixel_size if pixel_size is not None else (1.0,) * p.ndim, float)
+        if sc.shape != (p.ndim,) or not (np.isfinite(sc).all() and (sc > 0).all()):
+            raise ValueError(f"pixel_size needs {p.ndim} finite values > 0 (one per axis of the "
+                             f"labels), got {pixel_size}")
         cp = _centroids(p, p_ids) * sc
         cg = _centroids(g, g_ids) * sc
         if len(cp) and len(cg):

@@ -587,3 +587,16 @@ def test_counting_study_bad_input(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a counting study"):
         S.CountingStudy.load(tmp_path / "bad.json")
+
+
+def test_measure_and_match_refuse_geometry_and_labels_they_cannot_use():
+    inst = np.zeros((8, 8), np.int32)
+    inst[2:4, 2:4] = 1
+    with pytest.raises(ValueError, match="finite and > 0"):
+        S.measure(inst, pixel_size=(0.0, 1.0))
+    bad = inst.copy()
+    bad[6, 6] = -3  # regionprops skipped negative ids: the object vanished from the table
+    with pytest.raises(ValueError, match="must be >= 0 .* found -3"):
+        S.measure(bad)
+    with pytest.raises(ValueError, match="pixel_size needs 2 finite values"):
+        S.match(inst, inst, centroid_distance=1.0, pixel_size=(1.0, 1.0, 1.0))
