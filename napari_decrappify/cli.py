@@ -280,7 +280,8 @@ def cmd_restore(args) -> int:
         try:
             if is_tiff:
                 write_tiff(out, result.data, axes=result.axes, scale=result.scale,
-                           units=result.units, overwrite=args.overwrite, progress=progress)
+                           translate=result.translate, units=result.units,
+                           overwrite=args.overwrite, progress=progress)
             else:
                 meta = {"model": model.name, "weights_sha256": model.weights_hash,
                         "input": args.input, "command": "decrappify " + shlex.join(sys.argv[1:])}
@@ -395,7 +396,8 @@ def cmd_segment(args) -> int:
 
     def write(path, data, axes, scale, units, translate):
         if path.name.lower().endswith((".tif", ".tiff")):
-            write_tiff(path, data, axes=axes, scale=scale, units=units, overwrite=args.overwrite)
+            write_tiff(path, data, axes=axes, scale=scale, translate=translate, units=units,
+                       overwrite=args.overwrite)
         else:
             write_ome_zarr(path, data, axes=axes, scale=scale, translate=translate, units=units,
                            overwrite=args.overwrite,

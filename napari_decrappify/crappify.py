@@ -791,8 +791,9 @@ def crappify_file(source, out, config: CrappifyConfig, *, seed: int = 0, axes: s
                                                 config.scale)
     # (the writers of data.save_stack, called directly: importing data.py would load torch)
     if Path(out).suffix.lower() in (".tif", ".tiff"):
-        path = io.write_tiff(out, lr, axes=image.axes, scale=lr_scale, units=image.units,
-                             overwrite=overwrite, progress=progress, cancel=cancel)
+        path = io.write_tiff(out, lr, axes=image.axes, scale=lr_scale, translate=lr_translate,
+                             units=image.units, overwrite=overwrite, progress=progress,
+                             cancel=cancel)
     else:
         path = io.write_ome_zarr(
             out, lr, axes=image.axes, scale=lr_scale, translate=lr_translate, units=image.units,

@@ -462,8 +462,8 @@ def save_stack(path, data, axes: str, scale=None, translate=None, units=None, *,
     """Write ``data`` (numpy or lazy dask) as a TIFF (``*.tif``/``*.tiff``) or an OME-Zarr
     (anything else), chunk by chunk with bounded memory.
 
-    A thin dispatch to :func:`napari_decrappify.io.write_tiff` (OME-TIFF, plane by plane; no
-    translation is stored) and :func:`napari_decrappify.io.write_ome_zarr` (resumable: rerunning
+    A thin dispatch to :func:`napari_decrappify.io.write_tiff` (OME-TIFF, plane by plane; the
+    origin as OME plane positions) and :func:`napari_decrappify.io.write_ome_zarr` (resumable: rerunning
     the same computation finishes an interrupted store). ``progress`` receives their event
     dicts; setting ``cancel`` (a ``threading.Event``) raises ``io.RestoreCancelled``.
 
@@ -477,8 +477,8 @@ def save_stack(path, data, axes: str, scale=None, translate=None, units=None, *,
 
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        return io.write_tiff(path, data, axes=axes, scale=scale, units=units, overwrite=overwrite,
-                             progress=progress, cancel=cancel)
+        return io.write_tiff(path, data, axes=axes, scale=scale, translate=translate, units=units,
+                             overwrite=overwrite, progress=progress, cancel=cancel)
     return io.write_ome_zarr(path, data, axes=axes, scale=scale, translate=translate, units=units,
                              overwrite=overwrite, progress=progress, cancel=cancel, name=name,
                              metadata=metadata)

@@ -11,7 +11,11 @@ Writing (:func:`write_ome_zarr`) streams a dask array chunk by chunk into an OME
 whatever the size. The store is marked ``{"decrappify": {"complete": false}}`` until the last
 chunk is written; every finished chunk leaves a marker file, so rerunning the same write after
 a crash or a cancel computes only the chunks that are missing. :func:`open_image` refuses an
-unfinished store unless asked.
+unfinished store unless asked. A write never goes where its lazy input is read from (the input
+would be deleted before it is read).
+
+:func:`write_tiff` writes OME-TIFF: pixel sizes with OME unit symbols and the origin as plane
+positions, which :func:`open_image` reads back.
 """
 
 from __future__ import annotations
@@ -27,7 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .tiff_metadata import axis_sizes, geometry_for_axes, unit_name
+from .tiff_metadata import (
+    axis_origins,
+    axis_sizes,
+    geometry_for_axes,
+    ome_unit,
+    origin_for_axes,
+    tiff_axes,
+    unit_name,
+)
 
 AXES_CHARS = set("TCZYX")
 NGFF_ORDER = "TCZYX"
@@ -126,10 +138,12 @@ def open_image(source, axes: str | None = None, scale=None, translate=None, unit
     """Open a numpy / dask / zarr array, a TIFF file or a Zarr / OME-Zarr store lazily.
 
     TIFF files are read through tifffile's zarr store (no full read), with the pixel sizes and
-    units their OME-XML, ImageJ or resolution tags record
-    (:mod:`napari_decrappify.tiff_metadata`); OME-Zarr metadata (axes, pixel sizes,
-    translations, units) is used when present. ``scale``/``translate``/``units`` given here
-    override what the file says.
+    units their OME-XML, ImageJ or resolution tags record and the origin of OME-XML plane
+    positions (:mod:`napari_decrappify.tiff_metadata`). RGB(A) TIFFs are read channel-first:
+    their samples become a ``C`` axis (tifffile ``YXS`` -> ``CYX``), and ``axes``, if given,
+    names the dimensions in that order. OME-Zarr metadata (axes, pixel sizes, translations,
+    units) is used when present. ``scale``/``translate``/``units`` given here override what the
+    file says.
 
     Parameters
     ----------
@@ -152,10 +166,10 @@ def open_image(source, axes: str | None = None, scale=None, translate=None, unit
             raise FileNotFoundError(f"input {path} does not exist")
         name = name or path.name.split(".")[0]
         if path.suffix.lower() in (".tif", ".tiff"):
-            data, tif_axes, tif_sizes = _open_tiff(path)
-            axes = axes or tif_axes
-            meta_scale, meta_units = geometry_for_axes(
-                tif_sizes, check_axes(axes or guess_axes(data.ndim), data.ndim))
+            data, tif_axes, tif_sizes, tif_origins = _open_tiff(path, named=axes is not None)
+            axes = check_axes(axes or tif_axes or guess_axes(data.ndim), data.ndim)
+            meta_scale, meta_units = geometry_for_axes(tif_sizes, axes)
+            meta_translate = origin_for_axes(tif_origins, axes)
         elif path.is_dir():
             data, zaxes, meta_scale, meta_translate, meta_units, metadata = _open_zarr(
                 path, allow_incomplete)
@@ -204,7 +218,13 @@ def _file_token(path: Path, *extra) -> str:
     return tokenize(str(p), st.st_mtime_ns, st.st_size, *extra)
 
 
-def _open_tiff(path: Path):
+def _open_tiff(path: Path, named: bool = False):
+    """A TIFF's first series (level 0) as a lazy dask array with Y, X last, its ``TCZYX`` axes
+    (None when the file does not say), and its pixel sizes and origins per axis letter.
+
+    ``named``: the caller names the axes itself, so axis codes we cannot map are not an error
+    (the array is then returned as stored).
+    """
     import dask.array as da
     import tifffile
     import zarr
@@ -212,21 +232,37 @@ def _open_tiff(path: Path):
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            tif_axes = "".join(c for c in series.axes.upper() if c in AXES_CHARS)
-            if len(tif_axes) != len(series.shape):
-                tif_axes = None
+            file_axes = series.axes
             sizes = axis_sizes(tif)
+            origins = axis_origins(tif)
         store = tifffile.imread(path, aszarr=True)
         arr = zarr.open(store, mode="r")
         if hasattr(arr, "keys") and not hasattr(arr, "shape"):  # multiscale group: level 0
             arr = arr["0"]
     except (tifffile.TiffFileError, ValueError, OSError) as e:
         raise ValueError(f"{path} is not a readable TIFF file ({e})") from e
+    tif_axes, order = None, tuple(range(len(arr.shape)))
+    if len(file_axes) == len(arr.shape):  # else tifffile's axes do not describe the array
+        try:
+            tif_axes, order = tiff_axes(file_axes)
+        except ValueError as e:
+            if not named:
+                raise ValueError(f"cannot tell the axes of {path}: {e}; pass axes (--axes) "
+                                 f"naming each of its {len(file_axes)} dimensions as stored"
+                                 ) from e
     name = "tiff-" + _file_token(path, arr.shape, str(arr.dtype))
     reader = _TiffArray(str(path), tuple(arr.shape), arr.dtype)
     reader._arr = arr  # this process already has it open
-    return da.from_array(reader, chunks=arr.chunks, name=name, asarray=True,
-                         meta=np.empty((0,) * len(arr.shape), arr.dtype)), tif_axes, sizes
+    data = da.from_array(reader, chunks=arr.chunks, name=name, asarray=True,
+                         meta=np.empty((0,) * len(arr.shape), arr.dtype))
+    if order != tuple(range(len(order))):
+        data = data.transpose(order)  # RGB samples (last in the file) become a leading C axis
+    if tif_axes is not None and len(tif_axes) == data.ndim - 1:
+        # channels and samples (OME SizeC counts both): one C axis, channel-major
+        c = tif_axes.index("C")
+        data = data.reshape(data.shape[:c] + (data.shape[c] * data.shape[c + 1],)
+                            + data.shape[c + 2:])
+    return data, tif_axes, sizes, origins
 
 
 class _TiffArray:
@@ -343,6 +379,54 @@ def _remove_output(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _source_paths(data) -> set[Path]:
+    """The files and Zarr stores a lazy array reads (TIFFs and Zarr stores on local disk).
+
+    dask keeps each array made by ``from_array``/``from_zarr`` (:func:`open_image`, or the
+    user's own) in a one-key graph layer named ``original-...``: those few layers are looked
+    at, never the (possibly huge) task layers. Sources inlined into tasks, or arrays already
+    persisted on a distributed cluster, are not seen.
+    """
+    graph = data.__dask_graph__()
+    layers = getattr(graph, "layers", None)
+    if layers is not None:
+        values = [v for name, layer in layers.items() if str(name).startswith("original-")
+                  for v in layer.values()]
+    else:
+        values = [v for k, v in graph.items() if isinstance(k, str) and k.startswith("original-")]
+    out = set()
+    for v in values:
+        if isinstance(v, _TiffArray):
+            out.add(Path(v.path))
+        elif _is_zarr_array(v):
+            # the whole store, not just the array: writing next to it inside the store (or
+            # replacing the store) is writing into the input too
+            root = getattr(v.store, "root", None)  # LocalStore; remote stores have no path here
+            if root is not None:
+                out.add(Path(root))
+    return out
+
+
+def _refuse_source_as_output(path: Path, data) -> None:
+    """Refuse to write where the input of a lazy result lives: chunks are read while the
+    output is written, so replacing (or writing into) the input would destroy it and leave a
+    blank result marked complete."""
+    out = path.resolve()
+    for src in _source_paths(data):
+        src = src.resolve()
+        if out == src:
+            how = "is"
+        elif out in src.parents:
+            how = "contains"
+        elif src in out.parents:
+            how = "lies inside"
+        else:
+            continue
+        raise ValueError(f"output {path} {how} the input being read ({src}): the input is read "
+                         "while the output is written, so this would destroy it; write to "
+                         "another path (and rename afterwards if needed)")
 
 
 def _check_writable(path: Path) -> None:
@@ -545,7 +629,7 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
         exact strings are kept and read back by :func:`open_image`).
     overwrite : bool
         Replace an existing store. Without it an existing path is refused, except an
-        unfinished store of the same computation, which is resumed.
+        unfinished store of the same computation and geometry, which is resumed.
     progress : callable, optional
         Called (from worker threads) with ``{"event": "chunks", "done", "total",
         "mpix_per_s", "eta"}`` after each chunk.
@@ -572,9 +656,13 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
 
     Raises
     ------
+    ValueError
+        ``path`` is, contains or lies inside a file or Zarr store that ``data`` reads (the
+        input of a lazy result): checked before anything is removed, even with ``overwrite``.
     FileExistsError
-        ``path`` exists (complete, not ours, or an unfinished write of something else) and
-        ``overwrite`` is false.
+        ``path`` exists (complete, not ours, or an unfinished write of something else, or of
+        the same computation with another scale, translate or units) and ``overwrite`` is
+        false.
     OutputError
         The location is read-only or the disk is full (the message says which).
     RestoreCancelled
@@ -626,6 +714,7 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
             "dtype": dtype.str, "chunks": list(chunk_shape), "levels": levels,
             "axes": ngff_axes, "units": list(units), **({"metadata": metadata} if metadata else {})}
 
+    _refuse_source_as_output(path, data)  # before anything is removed
     _forget_arrays(path)
     resume = False
     if path.exists() or path.is_symlink():
@@ -646,6 +735,15 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
                     f"output {path} holds an unfinished result of a different computation "
                     f"({', '.join(differs)} differ): pass overwrite=True (--overwrite) to replace "
                     "it, or rerun exactly the command that started it to resume")
+            # same pixels, other geometry: resuming would keep the store's old pixel size,
+            # origin or units under a result marked complete
+            geometry = _geometry_differences(path, previous, ngff_axes, scale, translate, units)
+            if geometry:
+                raise FileExistsError(
+                    f"output {path} holds an unfinished result written with another geometry "
+                    f"({'; '.join(geometry)}): pass overwrite=True (--overwrite) to start again "
+                    "with the new geometry, or rerun with the geometry it was started with to "
+                    "resume")
             resume = True
     if not resume:
         _check_writable(path)
@@ -693,6 +791,39 @@ def _read_ours(path: Path) -> dict | None:
         return None
     ours = attrs.get("decrappify")
     return ours if isinstance(ours, dict) else None
+
+
+def _geometry_differences(path: Path, previous: dict, axes: str, scale, translate,
+                          units) -> list[str]:
+    """What differs between the geometry recorded in an unfinished store (level 0 of its
+    multiscales metadata, our recorded units) and the asked one, as ``"scale (...) there,
+    (...) asked"`` phrases; all in NGFF axis order."""
+    import json
+    import math
+
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        ds = attrs.get("ome", attrs)["multiscales"][0]["datasets"][0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return [f"its multiscales metadata is unreadable (axes {axes})"]
+    there = {"scale": None, "translate": None}
+    for t in ds.get("coordinateTransformations", []):
+        if t.get("type") == "scale":
+            there["scale"] = tuple(float(v) for v in t["scale"])
+        elif t.get("type") == "translation":
+            there["translate"] = tuple(float(v) for v in t["translation"])
+    out = []
+    for label, asked in (("scale", tuple(scale)), ("translate", tuple(translate))):
+        old = there[label] if there[label] is not None else (
+            (1.0,) * len(asked) if label == "scale" else (0.0,) * len(asked))
+        if len(old) != len(asked) or not all(
+                math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(old, asked,
+                                                                              strict=True)):
+            out.append(f"{label} {old} there, {asked} asked (axes {axes})")
+    old_units = tuple(previous.get("units") or ())
+    if old_units and tuple(unit_name(u) for u in old_units) != tuple(unit_name(u) for u in units):
+        out.append(f"units {old_units} there, {tuple(units)} asked (axes {axes})")
+    return out
 
 
 def _level_shape(shape, axes, level):
@@ -745,22 +876,65 @@ def _downsample(src, axes: str, dtype, chunk_shape):
     return out.astype(dtype).rechunk(chunk_shape)
 
 
-def write_tiff(path, data, *, axes: str, scale=None, units=None, overwrite: bool = False,
-               progress=None, cancel=None) -> Path:
+def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=None, units=None,
+               overwrite: bool = False, progress=None, cancel=None) -> Path:
     """Write a (lazy) array to an OME-TIFF one plane at a time (bounded memory).
 
     The file is written as ``path + ".part"`` and renamed when complete, so a cancelled or
     failed write never leaves a file that looks finished. Not resumable: use OME-Zarr for big
-    results. ``progress`` receives ``{"event": "planes", "done", "total", "eta"}``.
+    results.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.tif`` file to create.
+    data : dask.array.Array, numpy array or ImageData
+        What to write (planes are computed one at a time). With an :class:`ImageData`, its
+        axes and geometry are the defaults.
+    axes : str
+        Axes of ``data`` (``"ZYX"``...); written in OME order (T, C, Z, Y, X).
+    scale, translate, units : sequences, one entry per axis, optional
+        Pixel size (OME ``PhysicalSizeX/Y/Z``, ``TimeIncrement`` for T), origin (OME ``Plane
+        PositionX/Y/Z``: each plane's position, read back by :func:`open_image` as the
+        translate; the origin in time is not stored) and units (written as OME symbols:
+        ``"nm"``, ``"µm"``, ``"Å"``...). A pixel size in ``pixel`` units is stored with the
+        OME unit ``pixel`` (omitted when it is 1): OME's default would read it as micrometres.
+        A unit with no OME equivalent is not stored (with a warning).
+    overwrite : bool
+        Replace an existing file.
+    progress : callable, optional
+        Receives ``{"event": "planes", "done", "total", "eta"}`` after each plane.
+    cancel : threading.Event, optional
+        Set it to stop; raises :class:`RestoreCancelled` and leaves no file.
+
+    Returns
+    -------
+    Path
+        The written file.
     """
     import dask.array as da
     import numpy as np
     import tifffile
 
     path = Path(path)
+    if isinstance(data, ImageData):
+        axes = axes or data.axes
+        scale = scale if scale is not None else data.scale
+        translate = translate if translate is not None else data.translate
+        units = units if units is not None else data.units
+        data = data.data
     if not isinstance(data, da.Array):
         data = da.asarray(data)
+    if axes is None:
+        raise ValueError("write_tiff needs the axes of the data (axes='ZYX'...)")
     axes = check_axes(axes, data.ndim)
+    n = data.ndim
+    scale = [float(v) for v in (scale if scale is not None else (1.0,) * n)]
+    translate = [float(v) for v in (translate if translate is not None else (0.0,) * n)]
+    units = [str(u) for u in (units if units is not None else ("pixel",) * n)]
+    for label, v in (("scale", scale), ("translate", translate), ("units", units)):
+        if len(v) != n:
+            raise ValueError(f"{label} has {len(v)} values for a {n}-D image with axes {axes!r}")
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"output {path} exists: pass overwrite=True (--overwrite) to replace it")
@@ -769,9 +943,7 @@ def write_tiff(path, data, *, axes: str, scale=None, units=None, overwrite: bool
     _check_writable(path)
     ngff_axes, order = _canonical(axes)
     data = data.transpose(order)
-    scale = [float(s) for s in (scale if scale is not None else (1.0,) * data.ndim)]
-    scale = [scale[i] for i in order]
-    units = [units[i] for i in order] if units is not None else None
+    scale, translate, units = ([v[i] for i in order] for v in (scale, translate, units))
     lead = data.shape[:-2]
     total = int(np.prod(lead)) if lead else 1
     t0 = time.monotonic()
@@ -786,13 +958,7 @@ def write_tiff(path, data, *, axes: str, scale=None, units=None, overwrite: bool
                 progress({"event": "planes", "done": done, "total": total,
                           "eta": dt / done * (total - done)})
 
-    meta = {"axes": ngff_axes}
-    for a, s, u in zip(ngff_axes, scale, units or [None] * len(scale), strict=True):
-        if a in "ZYX":
-            meta[f"PhysicalSize{a}"] = s
-            if u and ngff_unit(u, a):
-                meta[f"PhysicalSize{a}Unit"] = {"nanometer": "nm", "micrometer": "µm"}.get(
-                    ngff_unit(u, a), ngff_unit(u, a))
+    meta = _ome_metadata(ngff_axes, tuple(int(v) for v in lead), scale, translate, units)
     part = path.with_name(path.name + ".part")
     try:
         with tifffile.TiffWriter(part, bigtiff=True, ome=True) as tw:
@@ -805,3 +971,41 @@ def write_tiff(path, data, *, axes: str, scale=None, units=None, overwrite: bool
         part.unlink(missing_ok=True)
         raise
     return path
+
+
+def _ome_metadata(axes: str, lead: tuple[int, ...], scale, translate, units) -> dict:
+    """tifffile's OME metadata for an image with ``axes`` in OME order (planes: the ``lead``
+    axes, row-major, as tifffile writes them): pixel sizes, time increment and, when the
+    origin is not 0, every plane's position (Z advances by the Z pixel size)."""
+    meta: dict = {"axes": axes}
+    symbols = {}
+    for a, s, u in zip(axes, scale, units, strict=True):
+        if a not in "TZYX":
+            continue
+        sym = ome_unit(u, a)
+        if sym is None:
+            if unit_name(u) != "pixel":
+                warnings.warn(f"unit {u!r} of axis {a} has no OME-TIFF equivalent: its pixel size "
+                              "and origin are not stored (use OME-Zarr to keep them)",
+                              stacklevel=3)
+            continue
+        symbols[a] = sym
+        if sym == "pixel" and s == 1.0:
+            continue  # nothing to say: a reader's default is 1 pixel
+        key = "TimeIncrement" if a == "T" else f"PhysicalSize{a}"
+        meta[key], meta[f"{key}Unit"] = s, sym
+    origin = {a: t for a, t in zip(axes, translate, strict=True) if a in "ZYX" and a in symbols}
+    if any(origin.values()):
+        nplanes = int(np.prod(lead)) if lead else 1
+        z_at = axes.index("Z") if "Z" in axes else None
+        plane = {}
+        for a, t in origin.items():
+            if a == "Z" and z_at is not None:
+                sz = scale[z_at]
+                values = [t + sz * int(np.unravel_index(p, lead)[z_at]) for p in range(nplanes)]
+            else:
+                values = [t] * nplanes
+            plane[f"Position{a}"] = values
+            plane[f"Position{a}Unit"] = [symbols[a]] * nplanes
+        meta["Plane"] = plane
+    return meta

@@ -5,6 +5,12 @@ Three places a TIFF can keep them, tried in this order: OME-XML (``PhysicalSizeX
 ``spacing`` / ``finterval`` entries of the ImageJ description), and plain resolution tags when
 their unit is a length (inch or centimetre; scanner-style "pixels per inch" at 72 dpi is not a
 microscope pixel size, so a resolution of 1 is ignored).
+
+OME-XML also records where planes are (``Plane PositionX/Y/Z``): read back as the image's
+origin (:func:`axis_origins`), in the unit of its pixel size. :func:`ome_unit` gives the OME
+unit symbol (``"nm"``, ``"µm"``, ``"Å"``...) that a writer must use for a unit name.
+
+:func:`tiff_axes` maps tifffile's axis codes to ``TCZYX``: RGB samples (``S``) become channels.
 """
 
 from __future__ import annotations
@@ -21,13 +27,112 @@ UNIT_NAMES = {
     "cm": "centimeter", "m": "meter", "h": "hour", "us": "microsecond", "µs": "microsecond",
 }
 
+# OME-XML unit symbols (UnitsLength, UnitsTime) of the NGFF / pint unit names, with the size of
+# one unit in metres or seconds (to bring a position into the unit of the pixel size)
+OME_LENGTH = {
+    "yottameter": ("Ym", 1e24), "zettameter": ("Zm", 1e21), "exameter": ("Em", 1e18),
+    "petameter": ("Pm", 1e15), "terameter": ("Tm", 1e12), "gigameter": ("Gm", 1e9),
+    "megameter": ("Mm", 1e6), "kilometer": ("km", 1e3), "hectometer": ("hm", 1e2),
+    "decameter": ("dam", 1e1), "meter": ("m", 1.0), "decimeter": ("dm", 1e-1),
+    "centimeter": ("cm", 1e-2), "millimeter": ("mm", 1e-3), "micrometer": ("µm", 1e-6),
+    "nanometer": ("nm", 1e-9), "picometer": ("pm", 1e-12), "femtometer": ("fm", 1e-15),
+    "attometer": ("am", 1e-18), "zeptometer": ("zm", 1e-21), "yoctometer": ("ym", 1e-24),
+    "angstrom": ("Å", 1e-10), "inch": ("in", 0.0254), "foot": ("ft", 0.3048),
+    "yard": ("yd", 0.9144), "mile": ("mi", 1609.344), "parsec": ("pc", 3.0856775814913673e16),
+}
+OME_TIME = {
+    "yottasecond": ("Ys", 1e24), "zettasecond": ("Zs", 1e21), "exasecond": ("Es", 1e18),
+    "petasecond": ("Ps", 1e15), "terasecond": ("Ts", 1e12), "gigasecond": ("Gs", 1e9),
+    "megasecond": ("Ms", 1e6), "kilosecond": ("ks", 1e3), "hectosecond": ("hs", 1e2),
+    "decasecond": ("das", 1e1), "second": ("s", 1.0), "decisecond": ("ds", 1e-1),
+    "centisecond": ("cs", 1e-2), "millisecond": ("ms", 1e-3), "microsecond": ("µs", 1e-6),
+    "nanosecond": ("ns", 1e-9), "picosecond": ("ps", 1e-12), "femtosecond": ("fs", 1e-15),
+    "attosecond": ("as", 1e-18), "zeptosecond": ("zs", 1e-21), "yoctosecond": ("ys", 1e-24),
+    "minute": ("min", 60.0), "hour": ("h", 3600.0), "day": ("d", 86400.0),
+}
+# exact OME symbols first: case matters there ("Mm" is a megametre, "mm" a millimetre)
+_OME_SYMBOL_NAMES = {sym: name for table in (OME_LENGTH, OME_TIME)
+                     for name, (sym, _) in table.items()}
+_OME_SYMBOL_NAMES["\u03bcm"] = "micrometer"  # Greek mu, as well as the micro sign
+_OME_SYMBOL_NAMES["\u03bcs"] = "microsecond"
+_PIXEL = ("pixel", "reference frame")
+
 
 def unit_name(unit: str | None) -> str:
     """OME / pint unit name for a unit symbol found in a file (``"um"`` -> ``"micrometer"``)."""
     if unit is None:
         return "pixel"
     u = str(unit).strip()
+    if u in _OME_SYMBOL_NAMES:
+        return _OME_SYMBOL_NAMES[u]
     return UNIT_NAMES.get(u.lower(), UNIT_NAMES.get(u, u))
+
+
+def ome_unit(unit: str | None, axis: str) -> str | None:
+    """The OME-XML symbol of ``unit`` for an axis (``"nanometer"`` or ``"nm"`` -> ``"nm"``,
+    ``"angstrom"`` -> ``"Å"``): a length for Z, Y, X, a time for T.
+
+    Returns ``"pixel"`` for pixel units on Z, Y, X (a valid OME length unit; OME has no pixel
+    time unit) and None when ``unit`` has no OME equivalent for that axis.
+    """
+    name = unit_name(unit)
+    if axis in "ZYX":
+        if name in _PIXEL:
+            return "pixel"
+        return OME_LENGTH[name][0] if name in OME_LENGTH else None
+    if axis == "T":
+        return OME_TIME[name][0] if name in OME_TIME else None
+    return None
+
+
+def tiff_axes(file_axes: str) -> tuple[str | None, tuple[int, ...]]:
+    """``TCZYX`` axes for tifffile's axis codes, and the transposition that puts Y, X last.
+
+    RGB(A) samples (``S``) are channels: ``"YXS"`` -> ``("CYX", (2, 0, 1))``. Generic codes
+    (``Q`` unknown, ``I`` image sequence) get the unused letters of ``ZT`` in that order; when
+    the file names no axis but Y and X, returns ``(None, order)`` (the caller guesses from the
+    number of dimensions, as for any array). Samples next to channels (``"CYXS"``) are one C
+    axis for OME (SizeC counts samples): the caller merges them (the order puts them side by
+    side, and the returned axes have one C for both).
+
+    Raises
+    ------
+    ValueError
+        An axis code with no meaning here (``A`` angle, ``P`` phase, ``R`` tile, ``H``
+        lifetime, ``E`` lambda...), or no Y and X: name the axes explicitly instead.
+    """
+    codes = file_axes.upper()
+    named = [c for c in codes if c not in "QI"]
+    if "Y" not in codes or "X" not in codes or len(set(named)) != len(named):
+        raise ValueError(f"tifffile axes {file_axes!r} have no Y and X or repeat a letter")
+    bad = set(codes) - set("TCZYXSQI")
+    if bad:
+        raise ValueError(f"tifffile axes {file_axes!r} hold {', '.join(sorted(bad))!r}, which is "
+                         "not one of T, C, Z, Y, X or S (RGB samples)")
+    # channels (and samples after them) first among the non-spatial axes, then Y, X last
+    lead = [i for i, c in enumerate(codes) if c not in "YXS"]
+    s = [codes.index("S")] if "S" in codes else []
+    if "C" in codes and s:
+        c = codes.index("C")
+        lead = [i for i in lead if i != c]
+        order = lead + [c] + s + [codes.index("Y"), codes.index("X")]
+    else:
+        # S takes the place of C: where it was if it came before Y, X, else just before them
+        order = (sorted(lead + s) if s and s[0] < codes.index("Y") else lead + s) + [
+            codes.index("Y"), codes.index("X")]
+    letters = ["C" if codes[i] == "S" else codes[i] for i in order]
+    if "C" in codes and s:
+        letters.pop(letters.index("C") + 1)  # C and S merged into one C
+    generic = [i for i, c in enumerate(letters) if c in "QI"]
+    if generic and len(generic) == len(letters) - 2:
+        return None, tuple(order)
+    free = [c for c in "ZT" if c not in letters]
+    if len(free) < len(generic):
+        raise ValueError(f"tifffile axes {file_axes!r} have more unnamed dimensions than free "
+                         "letters: name the axes explicitly")
+    for i, c in zip(generic, free, strict=False):
+        letters[i] = c
+    return "".join(letters), tuple(order)
 
 
 def axis_sizes(tif) -> dict[str, tuple[float, str]]:
@@ -48,6 +153,22 @@ def geometry_for_axes(sizes: dict[str, tuple[float, str]], axes: str
     scale = tuple(sizes.get(a, (1.0, "pixel"))[0] for a in axes)
     units = tuple(sizes.get(a, (1.0, "pixel"))[1] for a in axes)
     return scale, units
+
+
+def axis_origins(tif) -> dict[str, float]:
+    """``{axis: origin}`` for the Z, Y, X positions an open ``tifffile.TiffFile`` records (OME
+    ``Plane PositionX/Y/Z`` of the first plane), each in the unit of that axis's pixel size
+    (:func:`axis_sizes`); a position in a unit that cannot be converted is left out."""
+    if tif.is_ome and tif.ome_metadata:
+        return _ome_origins(tif.ome_metadata)
+    return {}
+
+
+def origin_for_axes(origins: dict[str, float], axes: str) -> tuple[float, ...] | None:
+    """Translate along ``axes`` (0 where an axis has no origin); None when there is none."""
+    if not origins:
+        return None
+    return tuple(float(origins.get(a, 0.0)) for a in axes)
 
 
 def tiff_geometry(path: Path, axes: str) -> tuple[tuple[float, ...] | None, tuple[str, ...] | None]:
@@ -74,6 +195,41 @@ def _ome_sizes(xml: str) -> dict[str, tuple[float, str]]:
     if pixels.get("TimeIncrement") is not None:
         out["T"] = (float(pixels.get("TimeIncrement")), unit_name(pixels.get("TimeIncrementUnit", "s")))
     return out
+
+
+def _ome_origins(xml: str) -> dict[str, float]:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return {}
+    planes = [el for el in pixels if el.tag == "Plane" or el.tag.endswith("}Plane")]
+    first = next((el for el in planes if all(el.get(f"The{a}", "0") == "0" for a in "CZT")), None)
+    if first is None:
+        return {}
+    sizes = _ome_sizes(xml)
+    out = {}
+    for ax in "XYZ":
+        v = first.get(f"Position{ax}")
+        if v is None:
+            continue
+        # OME's default position unit is the (undefined) "reference frame"
+        value = _convert(float(v), unit_name(first.get(f"Position{ax}Unit", "reference frame")),
+                         sizes.get(ax, (1.0, "pixel"))[1])
+        if value is not None:
+            out[ax] = value
+    return out
+
+
+def _convert(value: float, unit: str, target: str) -> float | None:
+    """``value`` in ``unit`` expressed in ``target`` (lengths), None if they do not convert."""
+    if unit == target:
+        return value
+    if unit in OME_LENGTH and target in OME_LENGTH:
+        return value * OME_LENGTH[unit][1] / OME_LENGTH[target][1]
+    return None
 
 
 def _rational(value) -> float | None:

@@ -42,6 +42,7 @@ Output layout
 from __future__ import annotations
 
 import atexit
+import bisect
 import copy
 import functools
 import itertools
@@ -170,15 +171,58 @@ _MODELS_LOCK = threading.Lock()
 _TEMP_DIRS: list[str] = []
 
 
+_LOADED: dict[str, tuple[tuple, object]] = {}  # model folder -> (file stamps, loaded model)
+_LOADED_LOCK = threading.Lock()
+
+
 def _as_model(model):
-    from .models import RestorationModel, load_model
+    from .models import RestorationModel
 
     if isinstance(model, RestorationModel):
         return model
     if isinstance(model, str | os.PathLike):
-        return load_model(model)
+        return _load_cached(model)
     raise TypeError(f"model must be a RestorationModel, a model folder or a model name, got "
                     f"{type(model).__name__}")
+
+
+def _load_cached(name_or_path):
+    """The model of a folder or name, loaded once per folder while its files are unchanged.
+
+    Every registered model keeps a device thread and a private copy of its network: a fresh
+    load per call (one call per file in a batch script) would add both each time. A folder
+    whose ``model.json`` or weights changed (size or modification time) is loaded again and
+    the previous model is forgotten (its device workers stop).
+    """
+    from .models import CONFIG_FILE, WEIGHTS_FILE, load_model, resolve_model_path
+
+    folder = resolve_model_path(name_or_path).resolve()
+    stamp = tuple(_file_stamp(folder / f) for f in (CONFIG_FILE, WEIGHTS_FILE))
+    with _LOADED_LOCK:  # held while loading: two threads asking at once share one load
+        hit = _LOADED.get(str(folder))
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        model = load_model(folder)
+        _LOADED[str(folder)] = (stamp, model)
+    if hit is not None:
+        _forget_model(hit[1])
+    return model
+
+
+def _file_stamp(path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # load_model says what is missing
+    return st.st_mtime_ns, st.st_size
+
+
+def _forget_model(model) -> None:
+    """Unregister a model object (its lazy results then reload it from its folder)."""
+    with _MODELS_LOCK:
+        seen = _VERSIONS.pop(id(model), None)
+    if seen is not None:
+        _forget(seen[1])
 
 
 def _register(model, need_file: bool) -> ModelRef:
@@ -265,6 +309,8 @@ def release() -> None:
     with _MODELS_LOCK:
         _MODELS.clear()
         _VERSIONS.clear()
+    with _LOADED_LOCK:
+        _LOADED.clear()
 
 
 # --------------------------------------------------------------------------- device worker
@@ -370,6 +416,10 @@ class DeviceWorker:
         self._oom_seen: set[tuple] = set()
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
+        # submit's "closed?" check and its put happen under this lock, and so does close():
+        # a tile can never be queued behind the stop signal (nobody would ever run it)
+        self._submit_lock = threading.Lock()
+        self._held: list = []  # at most one item taken from the queue but not run yet
         self.tiles = 0  # tiles run (for tests and benchmarks)
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"decrappify-device-{self.device}")
@@ -382,23 +432,35 @@ class DeviceWorker:
     # -- public
     def submit(self, x: np.ndarray, geom: tuple[int, int, int] = (0, 0, 0), cancel=None) -> Future:
         """Queue one tile ``(channels, h, w)``; the future gives ``(out_channels, h*s, w*s)``."""
-        if self._closed:
-            raise RuntimeError("device worker is closed")
         fut: Future = Future()
-        self._queue.put(_Item(np.ascontiguousarray(x, dtype=np.float32), geom, fut, cancel))
+        item = _Item(np.ascontiguousarray(x, dtype=np.float32), geom, fut, cancel)
+        with self._submit_lock:
+            if self._closed:
+                raise RuntimeError("the device worker was closed (the model changed or was "
+                                   "released): restore again")
+            self._queue.put(item)
         return fut
 
     def run(self, x: np.ndarray, geom=(0, 0, 0), cancel=None) -> np.ndarray:
         return self.submit(x, geom, cancel).result()
 
     def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
+        """Stop the worker: tiles already queued still run, later submits raise."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
 
     # -- worker thread
+    def _next(self, block: bool):
+        if self._held:
+            return self._held.pop()
+        return self._queue.get(block=block)
+
     def _collect(self, block: bool) -> list[_Item] | None:
         try:
-            first = self._queue.get(block=block)
+            first = self._next(block)
         except queue.Empty:
             return []
         if first is None:
@@ -406,11 +468,13 @@ class DeviceWorker:
         items = [first]
         while len(items) < self.max_batch:
             try:
-                nxt = self._queue.get_nowait()
+                nxt = self._next(False)
             except queue.Empty:
                 break
             if nxt is None or nxt.x.shape != first.x.shape:
-                self._queue.put(nxt)  # other shapes (and the stop signal) wait for the next round
+                # another shape (or the stop signal) goes first next round: not to the back of
+                # the queue, where it would land behind the stop signal and never run
+                self._held.append(nxt)
                 break
             items.append(nxt)
         return items
@@ -735,18 +799,30 @@ class _Plan:
                 out.append(plane[i])
         return out
 
+    @functools.cached_property
+    def bounds(self) -> tuple[np.ndarray, ...]:
+        """Per input axis, the chunk boundaries ``[0, c0, c0 + c1, ..., size]``.
+
+        Computed once per plan: recomputing them per tile made building the graph quadratic
+        in the number of planes (4000 planes: ~2 s of cumsums)."""
+        return tuple(np.cumsum((0,) + c) for c in self.in_chunks)
+
     def chunk_ranges(self, box) -> list[range]:
         """Per input axis, the input chunks that the box touches."""
         ranges = []
         for i, sel in enumerate(box):
-            lo, hi = (0, self.in_shape[i]) if sel is None else (
-                (int(np.min(sel)), int(np.max(sel)) + 1) if isinstance(sel, np.ndarray)
-                else (sel, sel + 1))
-            bounds = np.cumsum((0,) + self.in_chunks[i])
-            first = int(np.searchsorted(bounds, lo, side="right")) - 1
-            last = int(np.searchsorted(bounds, hi, side="left"))
-            ranges.append(range(first, last))
+            if sel is None:
+                ranges.append(range(0, len(self.in_chunks[i])))
+                continue
+            lo, hi = (int(sel.min()), int(sel.max()) + 1) if isinstance(sel, np.ndarray) \
+                else (int(sel), int(sel) + 1)
+            edges = self._edges[i]  # Python ints: bisect is ~10x cheaper than np.searchsorted
+            ranges.append(range(bisect.bisect_right(edges, lo) - 1, bisect.bisect_left(edges, hi)))
         return ranges
+
+    @functools.cached_property
+    def _edges(self) -> tuple[list[int], ...]:
+        return tuple(b.tolist() for b in self.bounds)
 
 
 def _split_out_index(plan: _Plan, out_idx: tuple[int, ...]):
@@ -767,7 +843,7 @@ def _gather(plan: _Plan, box, parts: list) -> np.ndarray:
     """Assemble the tile's source box from its input chunks, then index it (reflection):
     returns ``(frames * channels, window_y, window_x)`` in input units."""
     ranges = plan.chunk_ranges(box)
-    bounds = [np.cumsum((0,) + c) for c in plan.in_chunks]
+    bounds = plan.bounds
     lo = [bounds[i][r.start] for i, r in enumerate(ranges)]
     hi = [bounds[i][r.stop] for i, r in enumerate(ranges)]
     if len(parts) == 1:
@@ -801,7 +877,11 @@ def _tile_task(plan: _Plan, out_idx: tuple[int, ...], parts: list) -> np.ndarray
         raise RestoreCancelled("restore cancelled")
     model = _lookup(plan.ref)
     plane, ky, kx = _split_out_index(plan, out_idx)
-    raw = _gather(plan, plan.box(plane, ky, kx), parts)
+    box = plan.box(plane, ky, kx)
+    raw = _gather(plan, box, parts)
+    if raw.dtype.kind in "fc" and not np.isfinite(raw).all():
+        # one NaN/inf would spread over every tile whose window reaches it: a silent hole
+        raise ValueError(_non_finite_message(plan, box, plane, ky, kx, raw))
     ys, ye = plan.ty.core_range(ky)
     xs, xe = plan.tx.core_range(kx)
     s, h = plan.scale, plan.ty.halo
@@ -824,6 +904,32 @@ def _tile_task(plan: _Plan, out_idx: tuple[int, ...], parts: list) -> np.ndarray
     if run is not None:
         run.tick(oh * ow)
     return _to_block(plan, y)
+
+
+def _non_finite_message(plan: _Plan, box, plane: dict[int, int], ky: int, kx: int,
+                        raw: np.ndarray) -> str:
+    """Where the first NaN/inf of a tile's window is, in input coordinates."""
+    f, iy, ix = (int(v) for v in np.argwhere(~np.isfinite(raw))[0])
+    n_c = plan.in_shape[plan.in_axes.index("C")] if "C" in plan.in_axes else 1
+    at = []
+    for i, a in enumerate(plan.in_axes):
+        if a == "Y":
+            v = box[i][iy]
+        elif a == "X":
+            v = box[i][ix]
+        elif a == "C":
+            v = f % n_c
+        elif i == plan.frame_axis:
+            v = box[i][f // n_c]
+        else:
+            v = box[i]
+        at.append(f"{a}={int(v)}")
+    where = ", ".join(f"{plan.in_axes[i]}={k}" for i, k in sorted(plane.items()))
+    (ys, ye), (xs, xe) = plan.ty.core_range(ky), plan.tx.core_range(kx)
+    value = raw[f, iy, ix]
+    return (f"the input contains NaN or inf values: {value} at {', '.join(at)} (axes "
+            f"{plan.in_axes}), read for the tile {where + ', ' if where else ''}Y {ys}-{ye}, "
+            f"X {xs}-{xe}; replace them (e.g. numpy.nan_to_num) before restoring or segmenting")
 
 
 def _cast(y: np.ndarray, dtype: str) -> np.ndarray:
@@ -879,7 +985,12 @@ def _build(model, image, config: TileConfig | None, axes, progress, cancel) -> _
                          f"image (axes {in_axes!r}, shape {tuple(x.shape)}) has {where}")
     frame_axis = None
     if model.frames > 1:
-        fa = "T" if "T" in in_axes else "Z" if "Z" in in_axes else None
+        # neighbours come from T when there is a time series (T > 1), else from Z: a z-stack
+        # stored as TCZYX with T = 1 must not give the model copies of one plane
+        if "T" in in_axes and (x.shape[in_axes.index("T")] > 1 or "Z" not in in_axes):
+            fa = "T"
+        else:
+            fa = "Z" if "Z" in in_axes else None
         if fa is None:
             raise ValueError(f"model {model.name!r} takes {model.frames} frames along T or Z but "
                              f"the image axes {in_axes!r} have neither")
@@ -956,7 +1067,8 @@ def restore_lazy(model, image, config: TileConfig | None = None, *, axes: str | 
     Parameters
     ----------
     model : RestorationModel, str or path
-        A loaded model, a model folder, or the name of a bundled/user model.
+        A loaded model, a model folder, or the name of a bundled/user model. A folder or name
+        is loaded once and reused (with its device worker) while its files are unchanged.
     image : numpy, dask or zarr array, ImageData, or a path (TIFF, Zarr, OME-Zarr)
         Files are opened lazily (:func:`napari_decrappify.io.open_image`).
     config : TileConfig, optional
@@ -966,6 +1078,7 @@ def restore_lazy(model, image, config: TileConfig | None = None, *, axes: str | 
         flips of each tile: a little better, 8 times slower).
     axes : str, optional
         Axes of ``image`` (``"ZYX"``...); default: from the file, else guessed from ndim.
+        Multi-frame models take their neighbouring frames along T when T > 1, else along Z.
     progress : callable, optional
         Called from worker threads after each tile with ``{"event": "tiles", "done",
         "total", "mpix_per_s", "eta"}`` (output megapixels per second, seconds left). Under
@@ -979,6 +1092,12 @@ def restore_lazy(model, image, config: TileConfig | None = None, *, axes: str | 
     dask.array.Array
         Chunks are tiles (axes: :func:`output_axes`). Float32 in the input's units, Y and X
         multiplied by ``model.scale``; class probabilities on a leading C axis for segmentation.
+
+    Raises
+    ------
+    ValueError
+        Bad axes, channels or tile settings (at once); a tile whose window reads NaN or inf
+        input (when that tile is computed: the message says where).
     """
     return _build(model, image, config, axes, progress, cancel).data
 

@@ -245,3 +245,184 @@ def test_open_image_reads_tiff_pixel_sizes(tmp_path, kind):
     assert img.units == want[1]
     override = open_image(path, axes="ZYX", scale=(2.0, 3.0, 3.0))
     assert override.scale == (2.0, 3.0, 3.0)
+
+
+# --------------------------------------------------------------------------- writing over the input
+
+
+def test_writing_over_the_input_is_refused_before_anything_is_removed(tmp_path):
+    """A lazy result reads its input while the output is written: replacing the input store
+    (``decrappify restore a.zarr a.zarr --overwrite``) destroyed it and left a blank result
+    marked complete."""
+    import zarr
+
+    outer = tmp_path / "outer.zarr"
+    zarr.open_group(str(outer), mode="w")
+    src = write_ome_zarr(outer / "in.ome.zarr", np.arange(2 * 32 * 32, dtype=np.float32)
+                         .reshape(2, 32, 32), axes="ZYX")
+    img = open_image(src)
+    lazy = img.data * 2 + 1  # anything computed from it
+    for out, how in ((src, "is"), (outer, "contains"), (src / "0", "lies inside"),
+                     (src / "sub.ome.zarr", "lies inside")):
+        with pytest.raises(ValueError, match=f"{how} the input being read.*another path"):
+            write_ome_zarr(out, lazy, axes="ZYX", overwrite=True)
+    np.testing.assert_array_equal(open_image(src).data.compute(),
+                                  np.arange(2 * 32 * 32, dtype=np.float32).reshape(2, 32, 32))
+    assert not (src / "sub.ome.zarr").exists()
+    # a TIFF input, and the input's folder seen through a symlink
+    import tifffile
+
+    tif = tmp_path / "in.tif"
+    tifffile.imwrite(tif, np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="is the input being read"):
+        write_ome_zarr(tif, open_image(tif), overwrite=True)
+    assert tif.is_file()
+    (tmp_path / "link.zarr").symlink_to(src)
+    with pytest.raises(ValueError, match="the input being read"):
+        write_ome_zarr(tmp_path / "link.zarr", lazy, axes="ZYX", overwrite=True)
+    # elsewhere is fine
+    out = write_ome_zarr(tmp_path / "out.ome.zarr", lazy, axes="ZYX")
+    np.testing.assert_array_equal(open_image(out).data.compute(), lazy.compute())
+
+
+def test_resume_refuses_a_changed_geometry(tmp_path):
+    """Resuming with another pixel size, origin or unit kept the store's old geometry and
+    marked it complete."""
+    out = tmp_path / "g.ome.zarr"
+    arr, _, expected = _counting_array(fail_after=4)
+    geometry = {"scale": (1.0, 50.0, 50.0), "translate": (0.0, 2.0, 2.0), "units": ("um",) * 3}
+    with dask.config.set(num_workers=1), pytest.raises(RuntimeError, match="simulated crash"):
+        write_ome_zarr(out, arr, axes="ZYX", **geometry)
+    for change, message in (({"scale": (1.0, 0.05, 0.05)}, r"scale \(1.0, 50.0, 50.0\) there, "
+                                                            r"\(1.0, 0.05, 0.05\) asked"),
+                            ({"translate": (0.0, 0.0, 0.0)}, "translate"),
+                            ({"units": ("nm",) * 3}, "units")):
+        arr2, calls, _ = _counting_array()
+        with pytest.raises(FileExistsError, match=f"another geometry.*{message}.*overwrite"):
+            write_ome_zarr(out, arr2, axes="ZYX", **{**geometry, **change})
+        assert calls == []
+    # the same geometry (units spelled differently) resumes
+    arr3, calls3, _ = _counting_array()
+    write_ome_zarr(out, arr3, axes="ZYX", **{**geometry, "units": ("micrometer",) * 3})
+    assert len(calls3) == 18 - 4
+    img = open_image(out)
+    assert img.scale == (1.0, 50.0, 50.0) and img.translate == (0.0, 2.0, 2.0)
+    np.testing.assert_array_equal(img.data.compute(), expected)
+
+
+# --------------------------------------------------------------------------- TIFF axes and geometry
+
+
+def test_rgb_tiff_samples_become_channels(tmp_path):
+    """tifffile calls RGB samples S (axes YXS): they were taken for Z (a 100-plane stack of
+    3-pixel-wide images)."""
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    img = open_image(tmp_path / "rgb.tif")
+    assert img.axes == "CYX" and img.data.shape == (3, 20, 24)
+    np.testing.assert_array_equal(img.data.compute(), rgb.transpose(2, 0, 1))
+    # a stack of RGB pages: planes stay planes
+    stack = np.random.default_rng(1).integers(0, 255, (2, 20, 24, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="rgb")
+    img = open_image(tmp_path / "stack.tif")
+    assert img.axes == "ZCYX" and img.data.shape == (2, 3, 20, 24)
+    np.testing.assert_array_equal(img.data.compute(), stack.transpose(0, 3, 1, 2))
+    # OME channels of RGB samples: one C axis (OME counts SizeC = channels x samples)
+    tifffile.imwrite(tmp_path / "ome.tif", stack, photometric="rgb", ome=True,
+                     metadata={"axes": "CYXS"})
+    img = open_image(tmp_path / "ome.tif")
+    assert img.axes == "CYX" and img.data.shape == (6, 20, 24)
+    np.testing.assert_array_equal(img.data.compute(), stack.transpose(0, 3, 1, 2).reshape(6, 20, 24))
+
+
+def test_tiff_axes_outside_tczyx_need_explicit_axes(tmp_path):
+    import tifffile
+
+    a = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8)
+    tifffile.imwrite(tmp_path / "angle.tif", a, metadata={"axes": "AYX"})
+    with pytest.raises(ValueError, match=r"axes of .*angle.tif.*'A'.*pass axes"):
+        open_image(tmp_path / "angle.tif")
+    img = open_image(tmp_path / "angle.tif", axes="ZYX")
+    assert img.axes == "ZYX"
+    np.testing.assert_array_equal(img.data.compute(), a)
+
+
+def test_tiff_round_trips_the_origin(tmp_path):
+    """A restored 4x TIFF of a 40 nm image at (0, 0) has its first pixel at -15 nm: it was
+    read back at 0 (write_tiff took no origin and the reader read none)."""
+    scale, translate = upscale_geometry((40.0, 40.0), (0.0, 0.0), "YX", 4)
+    assert translate == (-15.0, -15.0)
+    path = write_tiff(tmp_path / "r.tif", np.zeros((16, 16), np.float32), axes="YX", scale=scale,
+                      translate=translate, units=("nm", "nm"))
+    img = open_image(path)
+    assert img.scale == (10.0, 10.0) and img.translate == (-15.0, -15.0)
+    assert img.units == ("nanometer", "nanometer")
+    # Z positions advance by the Z pixel size; an ImageData carries its own geometry
+    from napari_decrappify.io import ImageData
+
+    data = ImageData(np.zeros((3, 2, 8, 8), np.float32), axes="ZCYX", scale=(2.0, 1.0, 0.5, 0.5),
+                     translate=(10.0, 0.0, -1.0, 3.0), units=("um", "pixel", "um", "um"))
+    path = write_tiff(tmp_path / "z.tif", data)
+    img = open_image(path)
+    assert img.axes == "CZYX" and img.scale == (1.0, 2.0, 0.5, 0.5)
+    assert img.translate == (0.0, 10.0, -1.0, 3.0)
+    import tifffile
+
+    with tifffile.TiffFile(path) as t:
+        xml = t.ome_metadata
+    assert 'TheC="0" TheZ="2" TheT="0" PositionX="3.0" PositionXUnit="µm" PositionY="-1.0" ' \
+           'PositionYUnit="µm" PositionZ="14.0"' in xml
+
+
+def test_tiff_origin_in_another_unit_is_converted(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "p.tif", np.zeros((8, 8), np.uint8), ome=True, metadata={
+        "axes": "YX", "PhysicalSizeX": 10.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 10.0,
+        "PhysicalSizeYUnit": "nm",
+        "Plane": {"PositionX": [1.5], "PositionXUnit": ["µm"], "PositionY": [-2.0],
+                  "PositionYUnit": ["Å"]}})
+    img = open_image(tmp_path / "p.tif")
+    np.testing.assert_allclose(img.translate, (-0.2, 1500.0))
+    assert img.units == ("nanometer", "nanometer")
+
+
+@pytest.mark.parametrize("unit,symbol,name", [("mm", "mm", "millimeter"),
+                                              ("millimeter", "mm", "millimeter"),
+                                              ("angstrom", "Å", "angstrom"),
+                                              ("m", "m", "meter"),
+                                              ("Mm", "Mm", "megameter")])
+def test_tiff_units_are_written_as_ome_symbols(tmp_path, unit, symbol, name):
+    """OME-XML wants unit symbols: 'millimeter' is not a valid PhysicalSizeXUnit."""
+    import tifffile
+
+    path = write_tiff(tmp_path / "u.tif", np.zeros((2, 8, 8), np.float32), axes="ZYX",
+                      scale=(1.0, 0.5, 0.5), units=(unit,) * 3)
+    with tifffile.TiffFile(path) as t:
+        xml = t.ome_metadata
+    for a in "XYZ":
+        assert f'PhysicalSize{a}Unit="{symbol}"' in xml
+    img = open_image(path)
+    assert img.scale == (1.0, 0.5, 0.5) and img.units == (name,) * 3
+
+
+def test_tiff_pixel_units_stay_pixels(tmp_path):
+    """A pixel size in pixel units was written without a unit, which OME reads as µm."""
+    import tifffile
+
+    path = write_tiff(tmp_path / "px.tif", np.zeros((2, 8, 8), np.float32), axes="ZYX",
+                      scale=(1.0, 0.25, 0.25), units=("pixel",) * 3)
+    with tifffile.TiffFile(path) as t:
+        xml = t.ome_metadata
+    assert "µm" not in xml and "PhysicalSizeZ" not in xml  # 1 pixel: nothing to say
+    assert 'PhysicalSizeXUnit="pixel"' in xml
+    img = open_image(path)
+    assert img.scale == (1.0, 0.25, 0.25) and img.units == ("pixel",) * 3
+    # a unit OME cannot express is left out, with a warning, rather than read back as µm
+    with pytest.warns(UserWarning, match="'furlong' of axis X has no OME-TIFF equivalent"):
+        path = write_tiff(tmp_path / "f.tif", np.zeros((8, 8), np.float32), axes="YX",
+                          scale=(1.0, 3.0), units=("nm", "furlong"))
+    img = open_image(path)
+    assert img.scale == (1.0, 1.0) and img.units == ("nanometer", "pixel")
