@@ -102,6 +102,11 @@ def tiff_axes(file_axes: str) -> tuple[str | None, tuple[int, ...]]:
         lifetime, ``E`` lambda...), or no Y and X: name the axes explicitly instead.
     """
     codes = file_axes.upper()
+    if "S" in codes and "Y" in codes and codes.index("S") < codes.index("Y"):
+        # planar samples: what tifffile.imwrite makes of any (3 or 4, Y, X) stack (photometric
+        # RGB, planar), far more often a 3-plane stack than a colour image; only interleaved
+        # samples (S after X) are taken as RGB channels, planar ones are an unnamed axis
+        codes = codes.replace("S", "Q")
     named = [c for c in codes if c not in "QI"]
     if "Y" not in codes or "X" not in codes or len(set(named)) != len(named):
         raise ValueError(f"tifffile axes {file_axes!r} have no Y and X or repeat a letter")

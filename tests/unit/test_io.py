@@ -337,6 +337,19 @@ def test_rgb_tiff_samples_become_channels(tmp_path):
     np.testing.assert_array_equal(img.data.compute(), stack.transpose(0, 3, 1, 2).reshape(6, 20, 24))
 
 
+@pytest.mark.parametrize("planes", [3, 4])
+def test_a_three_or_four_plane_stack_written_by_tifffile_stays_a_stack(tmp_path, planes):
+    # tifffile.imwrite stores a (3 or 4, Y, X) array as planar RGB(A) samples (axes SYX): it is
+    # a z-stack far more often than a colour image, and was read as one before
+    import tifffile
+
+    stack = np.random.default_rng(0).integers(0, 255, (planes, 20, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    assert tifffile.TiffFile(tmp_path / "stack.tif").series[0].axes == "SYX"
+    img = open_image(tmp_path / "stack.tif")
+    assert img.axes == "ZYX" and img.data.shape == stack.shape
+
+
 def test_tiff_axes_outside_tczyx_need_explicit_axes(tmp_path):
     import tifffile
 
