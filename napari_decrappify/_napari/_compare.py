@@ -10,7 +10,7 @@ units and are mapped by the input's convention instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
 
 import numpy as np
 
@@ -42,21 +42,68 @@ class UnitMap:
         return ((a.astype(np.float32) - self.lo) / max(self.hi - self.lo, 1e-12)).clip(0, 1)
 
 
-@dataclass
 class GroundTruth:
-    """A ground-truth stack matched to a restored result (cropped to its shape), and the
-    intensity maps for predictions (``pred_map``) and for the ground truth (``gt_map``)."""
+    """A ground-truth stack matched to a restored result, and the intensity maps for
+    predictions (``pred_map``) and for the ground truth (``gt_map``).
 
-    data: object
-    pred_map: UnitMap
-    gt_map: UnitMap
+    Made by :func:`ground_truth`, it reads nothing: ``data`` (``hr`` cropped on Y, X to the
+    result's shape), ``gt_map`` and ``pred_map`` are built on first use, which reads the whole
+    ground truth (and the input when their dtypes differ) and computes percentiles. Use them,
+    or call :meth:`prepare`, in a worker thread, never in napari's UI thread.
+    """
+
+    def __init__(self, data, pred_map: UnitMap | None = None, gt_map: UnitMap | None = None, *,
+                 lr=None, yx: tuple[int, int] | None = None):
+        self._hr, self._yx, self._lr = data, yx, lr
+        self._data = None if yx is not None else data
+        self._pred_map, self._gt_map = pred_map, gt_map
+        self._lock = threading.Lock()
+
+    @property
+    def data(self):
+        if self._data is None:
+            with self._lock:
+                if self._data is None:
+                    h, w = self._yx
+                    hr = self._hr
+                    self._data = hr if tuple(hr.shape[-2:]) == (h, w) else hr[..., :h, :w]
+        return self._data
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the intensity maps exist (using them then reads nothing)."""
+        return self._gt_map is not None and self._pred_map is not None
+
+    def prepare(self) -> GroundTruth:
+        """Build the intensity maps now (reads the data: call it in a worker thread)."""
+        data = self.data
+        with self._lock:
+            if self._gt_map is None:
+                hr_ref = np.asarray(data)
+                self._gt_map = UnitMap(hr_ref)
+                if self._pred_map is None and (self._lr is None
+                                               or np.dtype(self._lr.dtype) == hr_ref.dtype):
+                    self._pred_map = self._gt_map
+            if self._pred_map is None:
+                self._pred_map = UnitMap(np.asarray(self._lr))
+        return self
+
+    @property
+    def gt_map(self) -> UnitMap:
+        return self.prepare()._gt_map
+
+    @property
+    def pred_map(self) -> UnitMap:
+        return self.prepare()._pred_map
 
 
-def match_ground_truth(hr, restored_shape: tuple[int, ...], scale: int, name: str = "ground truth",
-                       ) -> object:
-    """``hr`` cropped on Y, X to ``restored_shape`` (LR made from HR cropped to a multiple of the
-    scale, see :func:`crappify.crop_to_multiple`); a clear error when the shapes cannot match."""
-    hr_shape = tuple(hr.shape)
+def check_ground_truth(hr_shape, restored_shape: tuple[int, ...], scale: int,
+                       name: str = "ground truth") -> None:
+    """A clear error when a ground truth of shape ``hr_shape`` cannot match a restored result of
+    ``restored_shape``: same leading axes, and Y, X equal or at most ``scale - 1`` larger (LR
+    made from HR cropped to a multiple of the scale, see :func:`crappify.crop_to_multiple`).
+    Looks at shapes only: reads nothing."""
+    hr_shape = tuple(hr_shape)
     ok = (len(hr_shape) == len(restored_shape) and hr_shape[:-2] == tuple(restored_shape[:-2])
           and all(restored_shape[i] <= hr_shape[i] < restored_shape[i] + scale for i in (-2, -1)))
     if not ok:
@@ -65,16 +112,21 @@ def match_ground_truth(hr, restored_shape: tuple[int, ...], scale: int, name: st
             f"(the input's shape times the model's scale {scale} on Y, X): choose the HR version of "
             "the input"
         )
+
+
+def match_ground_truth(hr, restored_shape: tuple[int, ...], scale: int, name: str = "ground truth",
+                       ) -> object:
+    """``hr`` cropped on Y, X to ``restored_shape`` (:func:`check_ground_truth`)."""
+    check_ground_truth(hr.shape, restored_shape, scale, name)
     return hr[..., : restored_shape[-2], : restored_shape[-1]]
 
 
 def ground_truth(hr, lr, restored_shape, scale: int, name: str = "ground truth") -> GroundTruth:
-    """Match ``hr`` to a restored result of ``lr`` and build the intensity maps (module doc)."""
-    data = match_ground_truth(hr, restored_shape, scale, name)
-    hr_ref = np.asarray(data)
-    gt_map = UnitMap(hr_ref)
-    pred_map = gt_map if np.dtype(lr.dtype) == hr_ref.dtype else UnitMap(np.asarray(lr))
-    return GroundTruth(data=data, pred_map=pred_map, gt_map=gt_map)
+    """Match ``hr`` to a restored result of ``lr`` (a shape check: a ValueError now, nothing
+    read); the crop and the intensity maps (module doc) are made on first use, see
+    :class:`GroundTruth`."""
+    check_ground_truth(hr.shape, restored_shape, scale, name)
+    return GroundTruth(hr, lr=lr, yx=(int(restored_shape[-2]), int(restored_shape[-1])))
 
 
 def score(pred, gt: GroundTruth, index: tuple[int, ...] | None = None) -> dict | None:
@@ -88,6 +140,15 @@ def score(pred, gt: GroundTruth, index: tuple[int, ...] | None = None) -> dict |
         if "blank" in str(e):
             return None
         raise
+
+
+def combine(planes: list[dict]) -> dict | None:
+    """A :func:`metrics.evaluate`-style result from its per-plane rows (``plane``, ``psnr``,
+    ``ssim``, ``nrmse``), e.g. scored one plane at a time; ``None`` when there are none."""
+    if not planes:
+        return None
+    mean = {k: float(np.mean([r[k] for r in planes])) for k in ("psnr", "ssim", "nrmse")}
+    return {**mean, "n_planes": len(planes), "planes": list(planes)}
 
 
 def bicubic(lr, scale: int) -> np.ndarray:

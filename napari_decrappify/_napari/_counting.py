@@ -15,6 +15,7 @@ The logic is :class:`napari_decrappify.segment.CountingStudy`; this module only 
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,19 @@ from ._ui import DockBody, layer_choices
 CROP_LAYER = "blinded crop"
 CLICKS_LAYER = "clicks"
 
+# per viewer: [(layer, its visibility before a study hid it)], shared by every counting dock of
+# that viewer (a study resumed in a reopened dock gives back what the first dock hid)
+_HIDDEN: dict[int, tuple[weakref.ref, list]] = {}
+
+
+def _hidden_in(viewer) -> list:
+    for key in [k for k, (ref, _) in _HIDDEN.items() if ref() is None]:  # closed viewers
+        del _HIDDEN[key]
+    entry = _HIDDEN.get(id(viewer))
+    if entry is None or entry[0]() is not viewer:  # none yet, or a recycled id
+        entry = _HIDDEN[id(viewer)] = (weakref.ref(viewer), [])
+    return entry[1]
+
 
 def _image_type():
     from napari.layers import Image
@@ -54,7 +68,6 @@ class CountingStudyWidget(DockBody):
         self.images: dict[str, np.ndarray] = {}
         self.current: int | None = None
         self.results: dict | None = None
-        self._hidden: list = []
 
         self.sources = Select(label="sources", choices=layer_choices(v, _image_type()),
                               allow_multiple=True)
@@ -192,14 +205,23 @@ class CountingStudyWidget(DockBody):
         p = Path(self.path.value).expanduser()
         return p if p.suffix.lower() == ".json" else p.with_suffix(".json")
 
+    @property
+    def _hidden(self) -> list[tuple]:
+        """(layer, its visibility before the study hid it), for this viewer: given back when
+        the study ends."""
+        return _hidden_in(self.viewer)
+
     def _begin(self) -> None:
-        # hide the named sources so that nothing on screen tells where a crop comes from
+        # hide the named sources so that nothing on screen tells where a crop comes from; a
+        # study started while another is shown keeps the visibility remembered the first time
         sources = set(self.study.sources)
-        self._hidden = [layer for layer in self.viewer.layers
-                        if (layer.visible or layer.name in sources)
-                        and layer.name not in (CROP_LAYER, CLICKS_LAYER)]
-        for layer in self._hidden:
-            layer.visible = False
+        known = {id(layer) for layer, _ in self._hidden}
+        for layer in self.viewer.layers:
+            if layer.name in (CROP_LAYER, CLICKS_LAYER) or id(layer) in known:
+                continue
+            if layer.visible or layer.name in sources:
+                self._hidden.append((layer, bool(layer.visible)))
+                layer.visible = False
         self._show(self.study.next_index())
 
     def _show(self, k: int | None) -> None:
@@ -209,9 +231,10 @@ class CountingStudyWidget(DockBody):
                 self.viewer.layers.remove(name)
         if k is None:
             self.next_button.enabled = False
-            for layer in self._hidden:
-                layer.visible = True
-            self._hidden = []
+            for layer, visible in self._hidden:
+                if layer in self.viewer.layers:
+                    layer.visible = visible
+            self._hidden.clear()
             self._set_status(f"study complete ({self.study.n_crops} crops): unblind to see the "
                              "results")
             return

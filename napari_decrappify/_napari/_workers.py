@@ -43,6 +43,32 @@ def is_cancellation(exc: BaseException) -> bool:
     return type(exc).__name__.endswith(("Cancelled", "Canceled"))
 
 
+def compute_array(arr, cancel: threading.Event | None = None):
+    """``np.asarray(arr)`` in a worker, cancellable: for a dask array (a lazy restored layer, a
+    lazily opened file) computed by dask's local schedulers, tasks (tiles, chunks) not yet
+    started when ``cancel`` is set are skipped and ``RestoreCancelled`` is raised. (Under
+    dask.distributed it is a plain ``np.asarray``: check ``cancel`` between calls.)"""
+    import dask
+    import dask.array as da
+    import numpy as np
+    from dask.base import get_scheduler
+
+    if not isinstance(arr, da.Array) or cancel is None:
+        return np.asarray(arr)
+    if get_scheduler(collections=[arr]) not in (dask.threaded.get, dask.local.get_sync):
+        return np.asarray(arr)
+
+    def pretask(_key, _dsk, _state):
+        if cancel.is_set():
+            from ..tiling import RestoreCancelled
+
+            raise RestoreCancelled("cancelled")
+
+    # (start, start_state, pretask, posttask, finish), for this computation only (the global
+    # dask callbacks, such as napari's cache, are not touched)
+    return np.asarray(arr.compute(callbacks=[(None, None, pretask, None, None)]))
+
+
 class _Failed:
     """The core raised: carried as the generator's *return value*, because superqt's worker
     treats a RuntimeError (the base of ``RestoreCancelled``) raised in a worker as "the worker

@@ -64,13 +64,32 @@ def _layer(viewer, layer):
     return layer
 
 
+def _previous_result(viewer, name: str):
+    """The image layer called ``name`` when it is a restored result (made by this plugin)."""
+    from napari.layers import Image
+
+    if name not in viewer.layers:
+        return None
+    old = viewer.layers[name]
+    if isinstance(old, Image) and "decrappify" in (old.metadata or {}) and not old.rgb:
+        return old
+    return None
+
+
 def add_result_layer(viewer, source, model, data, axes: str, params: dict | None = None, *,
-                     lazy: bool = False, multiscale: bool | None = None, name: str | None = None):
+                     lazy: bool = False, multiscale: bool | None = None, name: str | None = None,
+                     replace: bool = False):
     """Add a restored array as an image layer just above ``source``, with the right geometry.
 
     A lazy result of an upsampling model is added as a two-level multiscale layer
     ``[restored, input]`` unless ``multiscale=False``: zoomed out, napari shows the input (no
     network call); zoomed in, only the restored tiles on screen are computed.
+
+    With ``replace``, a previous result of the same name (a re-run) is updated instead of a
+    second layer ``"<name> [1]"`` being added: its data, geometry and metadata are the new
+    ones, its display settings (contrast, colormap, gamma, opacity, blending) are kept, and it
+    is made visible. (When the two differ in their number of dimensions or in being multiscale,
+    a new layer with those settings takes the old one's place.)
     """
     kwargs = restored_layer_kwargs(source, model, axes, params, name=name)
     kwargs["metadata"]["decrappify"]["lazy"] = bool(lazy)
@@ -79,7 +98,23 @@ def add_result_layer(viewer, source, model, data, axes: str, params: dict | None
     if multiscale and model.scale > 1:
         data = [data, base_data(source)]
         kwargs["multiscale"] = True
-    layer = viewer.add_image(data, **kwargs)
+    old = _previous_result(viewer, kwargs["name"]) if replace else None
+    if old is not None:
+        shape = tuple(data[0].shape if kwargs.get("multiscale") else data.shape)
+        if bool(old.multiscale) == bool(kwargs.get("multiscale")) and old.ndim == len(shape):
+            old.data = data
+            old.scale, old.translate = kwargs["scale"], kwargs["translate"]
+            old.units, old.axis_labels = kwargs["units"], kwargs["axis_labels"]
+            old.metadata = kwargs["metadata"]
+            old.visible = True
+            layer = old
+        else:
+            kwargs.update(contrast_limits=tuple(old.contrast_limits), colormap=old.colormap,
+                          gamma=old.gamma, opacity=old.opacity, blending=old.blending)
+            viewer.layers.remove(old)
+            layer = viewer.add_image(data, **kwargs)
+    else:
+        layer = viewer.add_image(data, **kwargs)
     # keep it next to its input in the layer list
     src_index = viewer.layers.index(source) if source in viewer.layers else None
     if src_index is not None:
@@ -181,6 +216,9 @@ def compare(viewer, lr_layer, restored_layer, hr_layer=None, *, enable: bool = T
         viewer.grid.stride = state["grid"][2]
         return
     panels = [_layer(viewer, x) for x in (lr_layer, restored_layer, hr_layer) if x is not None]
+    for lyr in panels:
+        if lyr not in viewer.layers:
+            raise ValueError(f"layer {lyr.name!r} is no longer in the viewer")
     if state is not None and (state["viewer"]() is not viewer or not viewer.grid.enabled):
         state = None  # stale: another viewer with a recycled id, or the grid was turned off by hand
     if state is None:

@@ -8,12 +8,15 @@ What the dock does, each step in a thread worker with a napari progress bar and 
   reads only the input). The result is named ``"<input> restored (<model>)"`` and carries the
   scale, translate and units that make it overlay the input exactly
   (:func:`napari_decrappify.io.upscale_geometry`), and the model's name, weights hash and the
-  parameters in ``metadata["decrappify"]``. Cancelling leaves no layer behind.
+  parameters in ``metadata["decrappify"]``. Cancelling leaves no layer behind. Restoring again
+  under the same name replaces that result (:func:`api.add_result_layer` with ``replace``).
 * **Render all to OME-Zarr**: write a lazy result to disk, then swap the layer's data to the
   written store.
 * **Ground truth**: with an HR layer chosen, PSNR / SSIM of the bicubic baseline and of the
-  restored result (current plane and whole stack; numbers from :mod:`napari_decrappify.metrics`),
-  an error-map layer, and a grid ``LR | restored | HR``.
+  restored result (current plane and whole stack, plane by plane; numbers from
+  :mod:`napari_decrappify.metrics`), an error-map layer, and a grid ``LR | restored | HR``. The
+  button slots only check shapes: the ground truth (and its intensity range) is read in the
+  workers (:class:`_compare.GroundTruth`).
 * **Inspect region**: restore only a rectangle (a Shapes layer) or the current view, with a
   halo, and show LR / bicubic / restored / HR crops side by side with their scores.
 """
@@ -38,7 +41,7 @@ from magicgui.widgets import (
 from . import _compare, api
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, mode_text
 from ._ui import DockBody, devices, layer_choices, note
-from ._workers import CoreJob, model_events
+from ._workers import CoreJob, compute_array, model_events
 
 CURRENT_VIEW = "current view"
 INSPECT_PANELS = ("LR", "bicubic", "restored", "HR")
@@ -78,6 +81,8 @@ class RestoreWidget(DockBody):
                              tooltip="one letter per dimension from TCZYX, ending in YX; guessed "
                                      "from the layer, edit to override")
         self.lazy = CheckBox(label="lazy: compute tiles as they are viewed", value=False)
+        self._lazy_by_hand = False  # the user ticked / unticked it: model changes keep it
+        self._setting_lazy = False
         self.ground_truth = ComboBox(label="HR ground truth", choices=layer_choices(v, optional=True))
         self.main = Container(widgets=[self.image, self.model, self.folder_button, self.mode,
                                        self.axes, self.lazy, self.ground_truth])
@@ -141,6 +146,7 @@ class RestoreWidget(DockBody):
         self.finish()
 
         self.image.changed.connect(self._image_changed)
+        self.lazy.changed.connect(self._lazy_changed)
         self.model.changed.connect(self._model_changed)
         self.folder_button.changed.connect(self._choose_folder)
         self.restore_button.changed.connect(self.run)
@@ -197,7 +203,8 @@ class RestoreWidget(DockBody):
 
         folder = str(Path(folder).expanduser())
         read_model_config(Path(folder))  # raises a clear error for a non-model folder
-        if folder not in self.extra_models:
+        resolved = Path(folder).resolve()
+        if not any(Path(f).resolve() == resolved for f in self.extra_models):
             self.extra_models.append(folder)
         self.model.reset_choices()
         match = [v for v in self.model.choices if v and Path(v).resolve() == Path(folder).resolve()]
@@ -214,11 +221,26 @@ class RestoreWidget(DockBody):
                 self._set_status(f"⚠ {e}")
 
     def _model_saved(self, path: str) -> None:
+        """A model folder was written (Train dock): offer it, and select it, when it is a
+        restoration model, also when it was saved outside the folders models are listed from."""
+        from ..models import read_model_config
+
         try:
+            try:
+                kind = read_model_config(Path(path)).kind
+            except ValueError:  # not (or no longer) a readable model folder
+                self.model.reset_choices()
+                return
+            if kind != "restoration":  # e.g. a segmentation model from the Segment dock
+                self.model.reset_choices()
+                return
             self.model.reset_choices()
-            if path in self.model.choices:
-                self.model.value = path
-                self._set_status(f"new model {Path(path).name} available (selected)")
+            listed = [v for v in self.model.choices if v and Path(v).resolve() == Path(path).resolve()]
+            if listed:
+                self.model.value = listed[0]
+            else:  # saved outside the listed folders: offer it as if chosen with "Model folder…"
+                self.add_model_folder(path)
+            self._set_status(f"new model {Path(path).name} available (selected)")
         except RuntimeError:  # the dock's Qt widgets were already deleted
             model_events.saved.disconnect(self._model_saved)
 
@@ -232,10 +254,27 @@ class RestoreWidget(DockBody):
             self.axes.value = ""
             self._set_status(f"⚠ {e}")
             return
+        self._lazy_by_hand = False  # a new input: its own default
+        self._lazy_default()
+
+    def _lazy_default(self) -> None:
+        """Tick *lazy* for results over :data:`LAZY_PIXELS` output pixels and for inputs that are
+        already lazy (dask, zarr), unless the user set the box by hand."""
+        layer = self.image.value
+        if layer is None or self._lazy_by_hand:
+            return
         n = int(np.prod(base_data(layer).shape))
         scale = self._model_scale() or 1
-        self.lazy.value = n * scale * scale > LAZY_PIXELS or not isinstance(base_data(layer),
-                                                                           np.ndarray)
+        self._setting_lazy = True
+        try:
+            self.lazy.value = n * scale * scale > LAZY_PIXELS or not isinstance(base_data(layer),
+                                                                               np.ndarray)
+        finally:
+            self._setting_lazy = False
+
+    def _lazy_changed(self, *_args) -> None:
+        if not self._setting_lazy:
+            self._lazy_by_hand = True
 
     def _model_scale(self) -> int | None:
         from ..models import read_model_config
@@ -250,6 +289,7 @@ class RestoreWidget(DockBody):
     def _model_changed(self, *_args) -> None:
         from ..models import read_model_config
 
+        self._lazy_default()  # the result's size depends on the model's scale
         if not self.model.value:
             self.mode.value = "no model selected"
             return
@@ -341,7 +381,7 @@ class RestoreWidget(DockBody):
             lr = base_data(source)
             out_shape = tuple(lr.shape[:-2]) + (lr.shape[-2] * model.scale, lr.shape[-1] * model.scale)
             gt = None
-            if gt_layer is not None:
+            if gt_layer is not None:  # a shape check: the data is read in the worker
                 gt = _compare.ground_truth(base_data(gt_layer), lr, out_shape, model.scale,
                                            name=f"ground truth {gt_layer.name!r}")
         except ValueError as e:  # includes ModelFileError and pydantic's ValidationError
@@ -355,7 +395,8 @@ class RestoreWidget(DockBody):
             except ValueError as e:
                 self._set_status(f"⚠ {e}")
                 return None
-            layer = api.add_result_layer(self.viewer, source, model, data, axes, params, lazy=True)
+            layer = api.add_result_layer(self.viewer, source, model, data, axes, params, lazy=True,
+                                         replace=True)
             self._set_result(source, layer, model, axes, gt_layer, gt, lazy=True)
             self._set_status(f"added lazy layer {layer.name!r}: tiles are computed as you view them")
             if gt is not None:
@@ -366,7 +407,8 @@ class RestoreWidget(DockBody):
 
         def done(value):
             restored, scores = value
-            layer = api.add_result_layer(self.viewer, source, model, restored, axes, params)
+            layer = api.add_result_layer(self.viewer, source, model, restored, axes, params,
+                                         replace=True)
             self._set_result(source, layer, model, axes, gt_layer, gt, lazy=False)
             if scores is not None:
                 self.metrics["stack"] = scores
@@ -454,9 +496,20 @@ class RestoreWidget(DockBody):
             f"{rows}</table>")
 
     def add_error_map(self, *_args):
-        """Add (or update) ``|restored - HR|`` (in [0, 1] units) as a layer over the result."""
+        """Add (or update) ``|restored - HR|`` (in [0, 1] units) as a layer over the result.
+
+        Returns the layer; or, when the ground truth's intensity maps are not known yet (they
+        read the whole ground truth), the worker job that reads them and then adds the layer.
+        """
         if not self._result_ready():
             return None
+        if not self.result["gt"].prepared:
+            if self._busy():
+                return None
+            return self._start(_prepare_ground_truth, self.result["gt"],
+                               description="Reading the ground truth",
+                               on_result=lambda _gt: self.add_error_map(),
+                               cancelled_text="cancelled, no error map")
         r = self.result
         err = _compare.error_map(base_data(r["layer"]), r["gt"])
         name = f"{r['layer'].name} error"
@@ -481,8 +534,19 @@ class RestoreWidget(DockBody):
         if not self._result_ready(need_gt=False):
             return
         r = self.result
-        api.compare(self.viewer, r["source"], r["layer"], r["gt_layer"])
+        gone = [f"{what} {lyr.name!r}" for what, lyr in (("input", r["source"]),
+                                                         ("ground truth", r["gt_layer"]))
+                if lyr is not None and lyr not in self.viewer.layers]
+        panels = [lyr if lyr is not None and lyr in self.viewer.layers else None
+                  for lyr in (r["source"], r["layer"], r["gt_layer"])]
+        try:
+            api.compare(self.viewer, *panels)
+        except ValueError as e:
+            self._failed(e)
+            return
         self.grid_button.text = "Back to overlay"
+        if gone:
+            self._set_status(f"grid without the {' and the '.join(gone)}: removed from the viewer")
 
     # ------------------------------------------------------------------ render
     def render_to_zarr(self, *_args):
@@ -541,15 +605,11 @@ class RestoreWidget(DockBody):
                 halo = min(halo, QUICK_HALO)
                 config = config.model_copy(update={"halo": halo})
             hbox = _compare.halo_box(box, halo, yx, math.lcm(32, int(model.alignment or 32)))
-            crop, crop_axes, pick = _window(lr, axes, index, model.frames, hbox)
-            hr_crop = gt = None
-            if gt_layer is not None:
+            gt = None
+            if gt_layer is not None:  # a shape check: the crop is read in the worker
                 out_shape = tuple(lr.shape[:-2]) + (yx[0] * model.scale, yx[1] * model.scale)
                 gt = _compare.ground_truth(base_data(gt_layer), lr, out_shape, model.scale,
                                            name=f"ground truth {gt_layer.name!r}")
-                s = model.scale
-                y0, y1, x0, x1 = box
-                hr_crop = np.asarray(gt.data[index][y0 * s: y1 * s, x0 * s: x1 * s])
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None
@@ -559,12 +619,12 @@ class RestoreWidget(DockBody):
         def done(value):
             value["plane"], value["quick"] = index, quick
             self.inspection = value
-            self._show_inspection(source, model, box, value)
+            self._show_inspection(source, model, box, value, gt_layer)
 
-        return self._start(_inspect_job, model, crop, crop_axes, pick, config, box, hbox,
-                           hr_crop, gt, description="Inspecting region", on_result=done)
+        return self._start(_inspect_job, model, lr, axes, index, config, box, hbox, gt,
+                           description="Inspecting region", on_result=done)
 
-    def _show_inspection(self, source, model, box, value) -> None:
+    def _show_inspection(self, source, model, box, value, gt_layer=None) -> None:
         s = model.scale
         scale, translate, units = layer_geometry(source)
         sy, sx = scale[-2:]
@@ -592,14 +652,21 @@ class RestoreWidget(DockBody):
 
                 geo = io.upscale_geometry(lr_scale, lr_translate, "YX", s)
             kwargs = {"scale": geo[0], "translate": geo[1], "units": (uy, ux)}
-            if name in self.viewer.layers:
+            # the HR crop is in the ground truth's intensities, the others in the input's
+            look = gt_layer if key == "HR" and gt_layer is not None else source
+            cl = tuple(float(c) for c in look.contrast_limits)
+            cl_range = tuple(float(c) for c in look.contrast_limits_range)
+            if name in self.viewer.layers:  # inspected before, maybe another source: update all
                 layer = self.viewer.layers[name]
                 layer.data = data
                 layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+                layer.units = kwargs["units"]
+                layer.colormap = look.colormap
+                layer.contrast_limits_range = (min(cl_range[0], cl[0]), max(cl_range[1], cl[1]))
+                layer.contrast_limits = cl
             else:
-                cl = source.contrast_limits
                 layer = self.viewer.add_image(data, name=name, contrast_limits=cl,
-                                              colormap=source.colormap.name, **kwargs)
+                                              colormap=look.colormap, **kwargs)
             layer.metadata["decrappify"] = {"inspect": key, "box": box, "plane": value["plane"],
                                             "scores": value["scores"].get(key)}
         sc = value["scores"]
@@ -631,6 +698,35 @@ def _jsonable(meta: dict) -> dict:
     return json.loads(json.dumps(meta, default=lambda _o: None))
 
 
+def _check_cancel(cancel) -> None:
+    if cancel is not None and cancel.is_set():
+        from .. import tiling
+
+        raise tiling.RestoreCancelled("cancelled while scoring")
+
+
+def _score_planes(restored, lr, scale: int, gt, *, progress, cancel) -> dict:
+    """Worker: :func:`_compare.score` of the restored result and of bicubic over the whole
+    stack, computed plane by plane (a lazy result's tiles included): a ``scoring`` progress
+    event per plane, and Cancel checked between planes (and between a lazy plane's tiles).
+    The same numbers as scoring the whole stack at once."""
+    lead = tuple(restored.shape[:-2])
+    n = int(np.prod(lead)) if lead else 1
+    planes: dict[str, list] = {"restored": [], "bicubic": []}
+    progress({"event": "scoring", "done": 0, "total": n})
+    for flat, idx in enumerate(np.ndindex(*lead)):
+        _check_cancel(cancel)
+        r = compute_array(restored[idx], cancel)
+        _check_cancel(cancel)
+        low = np.asarray(lr[idx])
+        for key, pred in (("restored", r), ("bicubic", _compare.bicubic(low, scale))):
+            one = _compare.score(pred, gt, idx)
+            if one is not None:
+                planes[key].extend({**p, "plane": flat} for p in one["planes"])
+        progress({"event": "scoring", "done": flat + 1, "total": n})
+    return {k: _compare.combine(v) for k, v in planes.items()}
+
+
 def _restore_and_score(model, lr, config, axes, gt, *, progress=None, cancel=None):
     """Worker: restore in memory, then score it and the bicubic baseline when ``gt`` is given."""
     from .. import tiling
@@ -638,35 +734,27 @@ def _restore_and_score(model, lr, config, axes, gt, *, progress=None, cancel=Non
     restored = tiling.restore(model, lr, config, axes=axes, progress=progress, cancel=cancel)
     scores = None
     if gt is not None:
-        progress({"event": "scoring", "done": 0, "total": 2})
-        lr_np = np.asarray(lr)
-        scores = {"restored": _compare.score(restored, gt)}
-        if cancel is not None and cancel.is_set():
-            raise tiling.RestoreCancelled("cancelled while scoring")
-        progress({"event": "scoring", "done": 1, "total": 2})
-        scores["bicubic"] = _compare.score(_compare.bicubic(lr_np, model.scale), gt)
-        progress({"event": "scoring", "done": 2, "total": 2})
+        scores = _score_planes(restored, lr, model.scale, gt, progress=progress, cancel=cancel)
     return restored, scores
 
 
 def _score_job(restored, lr, scale, gt, index, *, progress=None, cancel=None):
     """Worker: scores of the restored result and of bicubic (a plane, or the whole stack)."""
-    progress({"event": "scoring", "done": 0, "total": 2})
     if index is None:
-        r, low = np.asarray(restored), np.asarray(lr)
-    else:
-        r, low = np.asarray(restored[index]), np.asarray(lr[index])
+        return _score_planes(restored, lr, scale, gt, progress=progress, cancel=cancel)
+    progress({"event": "scoring", "done": 0, "total": 2})
+    r, low = compute_array(restored[index], cancel), np.asarray(lr[index])
     out = {"restored": _compare.score(r, gt, index)}
     progress({"event": "scoring", "done": 1, "total": 2})
-    if cancel is not None and cancel.is_set():
-        from .. import tiling
-
-        raise tiling.RestoreCancelled("cancelled while scoring")
+    _check_cancel(cancel)
     out["bicubic"] = _compare.score(_compare.bicubic(low, scale), gt, index)
     progress({"event": "scoring", "done": 2, "total": 2})
-    if index is None:
-        return out
     return {k: _summary(v) for k, v in out.items()}
+
+
+def _prepare_ground_truth(gt, *, progress=None, cancel=None):
+    """Worker: read the ground truth and build its intensity maps (:meth:`GroundTruth.prepare`)."""
+    return gt.prepare()
 
 
 def _window(lr, axes: str, index: tuple[int, ...], frames: int, hbox):
@@ -690,27 +778,31 @@ def _window(lr, axes: str, index: tuple[int, ...], frames: int, hbox):
     return crop, axes[frame_ax] + "YX", (index[frame_ax] - lo,)
 
 
-def _inspect_job(model, crop, crop_axes, pick, config, box, hbox, hr_crop, gt, *, progress=None,
-                 cancel=None):
-    """Worker: restore a haloed crop, trim the halo, bicubic of the same crop, scores."""
+def _inspect_job(model, lr, axes, index, config, box, hbox, gt, *, progress=None, cancel=None):
+    """Worker: read the haloed crop (and the HR crop), restore it, trim the halo, bicubic of
+    the same crop, scores."""
     from .. import tiling
 
+    crop, crop_axes, pick = _window(lr, axes, index, model.frames, hbox)
+    s = model.scale
+    y0, y1, x0, x1 = box
+    hr_crop = None
+    if gt is not None:
+        hr_crop = np.asarray(gt.data[index][y0 * s: y1 * s, x0 * s: x1 * s])
     t0 = time.monotonic()
     restored = tiling.restore(model, crop, config, axes=crop_axes, progress=progress, cancel=cancel)
     seconds = time.monotonic() - t0
     if pick:
         restored, crop = restored[pick], crop[pick]
-    s = model.scale
-    y0, y1, x0, x1 = box
     oy, ox = (y0 - hbox[0]), (x0 - hbox[2])
     trim = (slice(oy * s, (oy + y1 - y0) * s), slice(ox * s, (ox + x1 - x0) * s))
     restored = np.asarray(restored)[trim]
     bic = _compare.bicubic(crop, s)[trim]
-    lr = crop[oy: oy + y1 - y0, ox: ox + x1 - x0]
+    lr_crop = crop[oy: oy + y1 - y0, ox: ox + x1 - x0]
     scores: dict = {}
     if hr_crop is not None:
+        crop_gt = _compare.GroundTruth(hr_crop, gt.pred_map, gt.gt_map)  # the stack's maps
         for key, pred in (("bicubic", bic), ("restored", restored)):
-            full = _compare.score(pred, _compare.GroundTruth(hr_crop, gt.pred_map, gt.gt_map))
-            scores[key] = _summary(full)
-    return {"lr": lr, "bicubic": bic, "restored": restored, "hr": hr_crop, "scores": scores,
+            scores[key] = _summary(_compare.score(pred, crop_gt))
+    return {"lr": lr_crop, "bicubic": bic, "restored": restored, "hr": hr_crop, "scores": scores,
             "seconds": seconds}

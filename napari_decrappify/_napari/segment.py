@@ -34,7 +34,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 from ..io import RestoreCancelled
 from ._layers import base_data, current_plane, layer_axes, layer_geometry
 from ._ui import STOP_TEXT, DockBody, layer_choices
-from ._workers import CoreJob, model_events
+from ._workers import CoreJob, compute_array, model_events
 
 WHOLE = "whole image / stack"
 PLANE = "current plane"
@@ -617,12 +617,12 @@ def _grid_factor(layer, grid: tuple[int, ...]) -> int:
     return int(f)
 
 
-def _on_grid(data, factor: int, norm=None) -> np.ndarray:
+def _on_grid(data, factor: int, norm=None, cancel=None) -> np.ndarray:
     """A source on the reference grid (bicubic upsampling by ``factor``), mapped into the
     model's intensity range ``norm`` when given (``match intensities``)."""
     from ..metrics import bicubic_upsample
 
-    data = np.asarray(data, dtype=np.float32)
+    data = compute_array(data, cancel).astype(np.float32, copy=False)
     if factor != 1:
         data = bicubic_upsample(data, factor)
     if norm is not None:
@@ -642,15 +642,17 @@ def _compare_counts_job(sources, reference, norm, *, progress=None, cancel=None,
             raise RestoreCancelled("cancelled")
         if progress is not None:
             progress({"event": "reading", "done": k, "total": len(sources), "source": name})
-        on_grid[name] = _on_grid(data, factor, norm)
+        on_grid[name] = _on_grid(data, factor, norm, cancel)
     return segment.compare_counts(on_grid, reference, progress=progress, cancel=cancel, **kwargs)
 
 
-def _train_segmenter_job(image, labels, *args, **kwargs):
-    """Worker side of "Train": the image is read here (a lazy layer computes in the worker)."""
+def _train_segmenter_job(image, labels, *args, cancel=None, **kwargs):
+    """Worker side of "Train": the image is read here (a lazy layer computes in the worker,
+    and Cancel stops it)."""
     from .. import segment
 
-    return segment.train_segmenter(np.asarray(image), labels, *args, **kwargs)
+    return segment.train_segmenter(compute_array(image, cancel), labels, *args, cancel=cancel,
+                                   **kwargs)
 
 
 def _default_model_dir() -> Path:

@@ -372,3 +372,272 @@ def test_bad_input_is_reported(make_napari_viewer, tiny2x):
     n = len(viewer.layers)
     assert dock.score("plane") is None and "restore a layer first" in dock.status.value
     assert len(viewer.layers) == n
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def _gated(arr, gate, log, chunks):
+    """A dask array whose chunks wait for ``gate`` (up to 5 s) when read, and log whether the
+    gate was open: a chunk read by a button slot (the UI thread, while the test keeps the gate
+    closed) logs False."""
+    import dask.array as da
+
+    def read(block):
+        log.append(gate.wait(timeout=5))
+        return block
+
+    return da.from_array(arr, chunks=chunks).map_blocks(read, dtype=arr.dtype)
+
+
+def test_run_reads_ground_truth_in_the_worker(make_napari_viewer, qtbot, tiny2x):
+    import threading
+
+    viewer = make_napari_viewer()
+    gate, log = threading.Event(), []
+    gate.set()  # napari reads the plane on screen when the layer is added
+    lr, hr = lr_hr(13)
+    lr_layer = viewer.add_image(lr, name="lr")
+    hr_layer = viewer.add_image(_gated(hr, gate, log, (1, 128, 128)), name="hr")
+    from napari_decrappify._napari.restore import RestoreWidget
+
+    dock = RestoreWidget(viewer)
+    dock.image.value, dock.ground_truth.value = lr_layer, hr_layer
+    dock.halo.value, dock.tile.value = 8, 32
+    dock.lazy.value = False
+    log.clear()
+    gate.clear()
+    job = dock.run()  # the slot returns before any ground-truth chunk is read
+    gate.set()
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    assert log and all(log), f"{log.count(False)} ground-truth chunk(s) read by the UI thread"
+    want = metrics.evaluate(viewer.layers["lr restored (tiny-2x)"].data, hr, normalised=False)
+    assert dock.metrics["stack"]["restored"]["psnr"] == pytest.approx(want["psnr"], abs=1e-9)
+
+    # the error map needs the ground truth's intensity range: read in a worker too, when no
+    # scoring has read it yet (here: as if the automatic plane scoring had been cancelled)
+    from napari_decrappify._napari import _compare
+
+    dock.lazy.value = True
+    dock.run()
+    _wait(qtbot, dock.job)
+    dock.result["gt"] = _compare.ground_truth(hr_layer.data, lr, (3, 128, 128), 2)
+    assert not dock.result["gt"].prepared
+    log.clear()
+    gate.clear()
+    job = dock.add_error_map()
+    gate.set()
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    assert log and all(log)
+    assert "lr restored (tiny-2x) error" in viewer.layers
+
+
+def test_inspect_reads_crops_in_the_worker(make_napari_viewer, qtbot, tiny2x):
+    import threading
+
+    viewer = make_napari_viewer()
+    gate, log = threading.Event(), []
+    gate.set()
+    lr, hr = lr_hr(14)
+    lr_layer = viewer.add_image(_gated(lr, gate, log, (1, 64, 64)), name="lr")
+    hr_layer = viewer.add_image(_gated(hr, gate, log, (1, 128, 128)), name="hr")
+    from napari_decrappify._napari.restore import RestoreWidget
+
+    dock = RestoreWidget(viewer)
+    dock.image.value, dock.ground_truth.value = lr_layer, hr_layer
+    dock.halo.value, dock.tile.value = 8, 32
+    viewer.reset_view()
+    log.clear()
+    gate.clear()
+    job = dock.inspect()
+    gate.set()
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    assert log and all(log), f"{log.count(False)} chunk(s) read by the UI thread"
+    plane = dock.inspection["plane"]
+    np.testing.assert_array_equal(viewer.layers["inspect: LR"].data, lr[plane])
+    np.testing.assert_array_equal(viewer.layers["inspect: HR"].data, hr[plane])
+    assert dock.inspection["scores"]["restored"] is not None
+
+
+def test_score_whole_lazy_stack_reports_planes_and_cancels(make_napari_viewer, qtbot, tiny2x,
+                                                           monkeypatch):
+    import time
+
+    from napari_decrappify._napari.restore import RestoreWidget
+
+    original = tiling.DeviceWorker._forward
+    calls, slow = [], [False]
+
+    def forward(self, x):
+        calls.append(x.shape[0])
+        if slow[0]:
+            time.sleep(0.3)
+        return original(self, x)
+
+    monkeypatch.setattr(tiling.DeviceWorker, "_forward", forward)
+    viewer = make_napari_viewer()
+    lr, hr = lr_hr(15, shape=(6, 128, 128))
+    viewer.add_image(lr, name="lr")
+    viewer.add_image(hr, name="hr")
+    dock = RestoreWidget(viewer)
+    dock.image.value, dock.ground_truth.value = viewer.layers["lr"], viewer.layers["hr"]
+    dock.lazy.value = True
+    dock.halo.value, dock.tile.value = 8, 32
+    dock.run()  # a lazy layer and the automatic "score current plane" job
+    _wait(qtbot, dock.job)
+    slow[0] = True
+    n0 = len(calls)
+    job = dock.score("stack")  # 6 planes x 4 tiles, about 7 s uncancelled
+    qtbot.waitUntil(lambda: len(calls) > n0, timeout=30_000)
+    dock.cancel()
+    n_cancel = len(calls)
+    _wait(qtbot, job)
+    assert job.status == "cancelled"
+    assert len(calls) - n_cancel <= 4  # at most the tiles of the plane being computed
+    assert sum(calls[n0:]) < 6 * 4
+    assert "stack" not in dock.metrics
+    # uncancelled: a progress event per plane, and metrics.py's numbers
+    slow[0] = False
+    job = dock.score("stack")
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    done = [e["done"] for e in job.events if e.get("event") == "scoring"]
+    assert done[-1] == 6 and {e["total"] for e in job.events if e.get("event") == "scoring"} == {6}
+    restored = tiling.restore(tiny2x, lr, TileConfig(tile=32, halo=8), axes="ZYX")
+    want = metrics.evaluate(restored, hr, normalised=False)
+    stack = dock.metrics["stack"]["restored"]
+    assert stack["psnr"] == pytest.approx(want["psnr"], abs=1e-6)
+    assert stack["ssim"] == pytest.approx(want["ssim"], abs=1e-6)
+    assert stack["n_planes"] == want["n_planes"] == 6
+
+
+def test_inspect_panels_follow_the_source_display(make_napari_viewer, qtbot, tiny2x):
+    from napari_decrappify._napari.restore import RestoreWidget
+
+    viewer = make_napari_viewer()
+    a = viewer.add_image((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8),
+                         name="a", scale=(8.0, 8.0), units=("nm", "nm"), colormap="gray")
+    b = viewer.add_image(np.random.default_rng(1).random((64, 64)).astype(np.float32),
+                         name="b", scale=(0.008, 0.008), units=("um", "um"), colormap="magma",
+                         translate=(0, 5.0))
+    dock = RestoreWidget(viewer)
+    dock.halo.value, dock.tile.value = 8, 32
+    for src in (a, b):
+        dock.image.value = src
+        viewer.reset_view()
+        job = dock.inspect()
+        _wait(qtbot, job)
+        assert job.status == "done", dock.status.value
+    for key in ("LR", "bicubic", "restored"):
+        panel = viewer.layers[f"inspect: {key}"]
+        np.testing.assert_allclose(panel.contrast_limits, b.contrast_limits)
+        assert panel.colormap.name == "magma"
+        assert [str(u) for u in panel.units] == ["micrometer", "micrometer"]
+    np.testing.assert_allclose(viewer.layers["inspect: LR"].scale, b.scale)
+
+
+def test_model_trained_elsewhere_appears_and_is_selected(make_napari_viewer, qtbot, model_dir,
+                                                         tmp_path):
+    from napari_decrappify._napari._workers import model_events
+    from napari_decrappify._napari.restore import RestoreWidget
+    from napari_decrappify._napari.train import TrainWidget
+    from napari_decrappify.models import build_model, save_model
+    from napari_decrappify.samples import synthetic_em
+    from napari_decrappify.segment import segmentation_arch
+
+    viewer = make_napari_viewer()
+    hr = viewer.add_image(synthetic_em((4, 128, 128), seed=0), name="hr")
+    restore = RestoreWidget(viewer)
+    train = TrainWidget(viewer)
+    elsewhere = tmp_path / "project-models"  # not a folder the docks list models from
+    elsewhere.mkdir()
+    train.folder.value = elsewhere
+    train.hr_layers.value = [hr]
+    train.scale.value, train.encoder.value, train.model_name.value = 2, "tiny", "mine"
+    train.budget_unit.value, train.budget.value = "epochs", 1
+    train.patch_size.value, train.batch_size.value, train.iterations.value = 32, 2, 2
+    train.device.value = "cpu"
+    job = train.start()
+    _wait(qtbot, job, timeout=120_000)
+    assert job.status == "done", train.status.value
+    assert restore.model.value == str(elsewhere / "mine")
+    assert "mine" in restore.status.value and "2x super-resolution" in restore.mode.value
+    # a segmentation model saved (Segment dock) is not offered for restoration
+    seg = build_model(segmentation_arch("tiny"), kind="segmentation", name="seg",
+                      classes=["background", "object"], measure_rf=False)
+    seg.config.receptive_field = 8
+    save_model(seg, tmp_path / "seg")
+    model_events.saved.emit(str(tmp_path / "seg"))
+    assert str(tmp_path / "seg") not in restore.model.choices
+    assert restore.model.value == str(elsewhere / "mine")
+
+
+def test_grid_without_removed_ground_truth_or_input(make_napari_viewer, qtbot, tiny2x):
+    viewer = make_napari_viewer()
+    dock, lr_layer, hr_layer = _setup(viewer, 16)
+    dock.ground_truth.value = hr_layer
+    dock.lazy.value = False
+    _wait(qtbot, dock.run())
+    viewer.layers.remove(hr_layer)
+    dock.toggle_grid()  # no raw ValueError: the grid shows what is left
+    assert viewer.grid.enabled
+    assert [layer.name for layer in viewer.layers if layer.visible] == ["lr", "lr restored (tiny-2x)"]
+    assert "ground truth 'hr'" in dock.status.value and "removed" in dock.status.value
+    dock.toggle_grid()
+    assert not viewer.grid.enabled
+    viewer.layers.remove(lr_layer)
+    dock.toggle_grid()
+    assert viewer.grid.enabled and viewer.grid.shape == (1, 1)
+    assert "input 'lr'" in dock.status.value
+    dock.toggle_grid()
+
+
+def test_lazy_default_follows_the_model_unless_set_by_hand(make_napari_viewer):
+    from napari_decrappify._napari.restore import RestoreWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((5000, 5000), np.uint8), name="big")  # 25 Mpix
+    dock = RestoreWidget(viewer)
+    denoise = next(v for v in dock.model.choices if v and v.endswith("em-denoise"))
+    four = next(v for v in dock.model.choices if v and v.endswith("em-4x"))
+    dock.model.value = denoise
+    dock.image.value = viewer.layers["big"]
+    assert not dock.lazy.value  # 25 Mpix result
+    dock.model.value = four
+    assert dock.lazy.value  # 400 Mpix result
+    dock.model.value = denoise
+    assert not dock.lazy.value
+    dock.lazy.value = True  # the user's choice sticks across model changes
+    dock.model.value = four
+    dock.model.value = denoise
+    assert dock.lazy.value
+
+
+def test_rerun_replaces_the_result_layer(make_napari_viewer, qtbot, tiny2x):
+    viewer = make_napari_viewer()
+    dock, lr_layer, _ = _setup(viewer, 17, with_hr=False)
+    dock.lazy.value = True
+    first = dock.run()
+    first.contrast_limits = (10.0, 200.0)  # the user's display settings
+    first.visible = False
+    second = dock.run()
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["lr", "lr restored (tiny-2x)"]
+    assert second is first and second.visible
+    assert tuple(second.contrast_limits) == (10.0, 200.0)
+    # in memory now: the lazy multiscale layer is replaced by an in-memory one, same place
+    dock.lazy.value = False
+    job = dock.run()
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    assert [layer.name for layer in viewer.layers] == names
+    out = viewer.layers["lr restored (tiny-2x)"]
+    assert not out.multiscale and isinstance(out.data, np.ndarray)
+    assert out.metadata["decrappify"]["lazy"] is False
+    assert tuple(out.contrast_limits) == (10.0, 200.0)
+    np.testing.assert_allclose(out.scale, HR_SCALE)
+    np.testing.assert_allclose(out.translate, HR_TRANSLATE)
+    assert dock.result["layer"] is out

@@ -56,3 +56,34 @@ def test_cancel_and_errors_are_reported_not_swallowed(make_napari_viewer, qtbot)
                   on_error=lambda e: outcome.append(("error", str(e))))
     qtbot.waitUntil(lambda: job.finished, timeout=20_000)
     assert job.status == "failed" and outcome == [("error", "bad input at 3")]
+
+
+def test_compute_array_stops_between_dask_tasks():
+    import threading
+
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    from napari_decrappify._napari._workers import compute_array, is_cancellation
+
+    base = np.arange(8 * 16 * 16, dtype=np.float32).reshape(8, 16, 16)
+    cancel, calls, press = threading.Event(), [], [True]
+
+    def block(x):
+        calls.append(1)
+        if press[0]:
+            cancel.set()  # the user presses Cancel while the first chunk is computed
+        return x
+
+    arr = da.from_array(base, chunks=(1, 16, 16)).map_blocks(
+        block, dtype=base.dtype, meta=np.empty((0, 0, 0), base.dtype))
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(RuntimeError) as err:
+            compute_array(arr, cancel)
+        assert is_cancellation(err.value) and len(calls) == 1  # the 7 other chunks: skipped
+        press[0] = False
+        cancel.clear()
+        calls.clear()
+        np.testing.assert_array_equal(compute_array(arr, cancel), base)  # not cancelled
+        assert len(calls) == 8
