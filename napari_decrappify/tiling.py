@@ -1030,8 +1030,11 @@ def _build(model, image, config: TileConfig | None, axes, progress, cancel) -> _
                  frame_axis=frame_axis, kind=model.kind, out_channels=model.out_channels,
                  skip_empty=config.skip_empty, device=config.device, precision=config.precision,
                  batch_size=config.batch_size, tta=config.tta, run_id=run_id, pid=os.getpid())
-    token = tokenize(model.weights_hash, x.name, in_axes, out_ax, out_dtype, ty, tx, model.frames,
-                     config.skip_empty, config.precision, config.tta, model.kind)
+    # the normalisation and architecture too: the same weights with another norm (an edited
+    # model.json) compute other tiles, and a dask cache or a resumed store must not mix them
+    token = tokenize(model.weights_hash, model.config.norm.model_dump_json(),
+                     model.config.arch.model_dump_json(), x.name, in_axes, out_ax, out_dtype, ty,
+                     tx, model.frames, config.skip_empty, config.precision, config.tta, model.kind)
     name = f"restore-{token}"
     plan_key = f"{name}-plan"
     chunks = []

@@ -249,6 +249,22 @@ def test_the_model_is_not_captured_in_the_graph(model1x):
     assert b"RestorationNet" not in blob
 
 
+def test_graph_name_changes_with_the_normalisation_not_only_the_weights():
+    # same weights, another norm (an edited model.json): other tiles, so another dask name,
+    # or a dask cache / a resumed OME-Zarr would mix the two
+    import copy
+
+    from napari_decrappify.config import NormConfig
+
+    a = _model(scale=1)
+    b = copy.deepcopy(a)
+    b.config.norm = NormConfig(low=0.0, high=1000.0)
+    assert a.weights_hash == b.weights_hash
+    image = np.zeros((64, 64), np.float32)
+    names = [restore_lazy(m, image, TileConfig(tile=64, halo=48), axes="YX").name for m in (a, a, b)]
+    assert names[0] == names[1] != names[2]
+
+
 def test_progress_events_and_cancel(model1x):
     img = np.random.default_rng(10).random((4, 64, 128), dtype=np.float32)
     events = []
