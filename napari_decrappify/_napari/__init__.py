@@ -2,7 +2,24 @@
 
 # torch / torchvision / fastai must be imported before any Qt/GL context exists: importing them
 # later can load triton's native library after the viewer is up and crash the process
-# (../shared/ENVIRONMENT.md, trap 2).
-import fastai.vision.models.unet  # noqa: F401
-import torch  # noqa: F401
-import torchvision  # noqa: F401
+# (../shared/ENVIRONMENT.md, trap 2). napari imports a plugin only when one of its docks, its
+# reader or its sample data is first used, i.e. after the viewer exists: then triton is kept
+# out (torch takes it as not installed; torch.compile is not used inside napari), which
+# stopped "Plugins > Decrappify > Restore" in a fresh napari from killing it (exit 139).
+import sys as _sys
+
+
+def _keep_triton_out_once_qt_is_up() -> None:
+    if "triton" in _sys.modules:
+        return  # loaded before the viewer: harmless
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is not None:
+        _sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
+
+
+_keep_triton_out_once_qt_is_up()
+
+import fastai.vision.models.unet  # noqa: E402, F401
+import torch  # noqa: E402, F401
+import torchvision  # noqa: E402, F401
