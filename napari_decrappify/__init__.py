@@ -8,7 +8,7 @@ Headless API (no napari or Qt is imported by this package's core)::
     hr = nd.restore(image, model, axes="ZYX", lazy=False, tile=256)   # numpy array
     lr = nd.crappify(hr_stack, scale=4, seed=0)
     result = nd.train([hr_stack], config, out="my-4x")
-    scores = nd.evaluate(restored_plane, ground_truth_plane)
+    scores = nd.evaluate(restored_plane, ground_truth_plane, normalised=False)  # in input units
     seg = nd.segment(image, "my-segmenter", axes="YX", objects="watershed")  # labels + objects
 
 In a running napari (console, notebook, script), ``napari_decrappify._napari.api`` adds

@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 from .bench import benchmark, option_true
-from .crappify import crop_to_multiple, to_unit
-from .metrics import bicubic_upsample, evaluate
+from .crappify import crop_to_multiple
+from .metrics import bicubic_upsample, evaluate, unit_range
 
 # planes 0-17 train, 18-19 validation (the bundled models' split); 20-24 are held out
 TEST_PLANES = (20, 21, 22, 23, 24)
@@ -32,11 +32,14 @@ DEFAULT_MODELS = {1: ("em-denoise",), 2: ("em-2x",), 4: ("em-4x", "em-4x-z3")}
 
 def protocol_pairs(hr_stack: np.ndarray, scale: int, noisy: bool, planes=TEST_PLANES,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, HR) test stacks in [0, 1] by the DATA.md protocol (one rng over the planes in order)."""
+    """(LR, HR) test stacks in [0, 1] by the DATA.md protocol (one rng over the planes in order):
+    uint8 / 255, other dtypes by the stack's global 0.1/99.9 percentiles, clipped."""
     from .crappify import downsample
 
     rng = np.random.default_rng(seed)
-    hr = crop_to_multiple(to_unit(hr_stack[list(planes)]), scale)
+    # not to_unit: a uint16 stack using a tenth of its range would land in [0, 0.1], where the
+    # Poisson(u * 255) noise and data_range=1 lose their meaning (bicubic 35.7 dB for 20.6)
+    hr = crop_to_multiple(unit_range(hr_stack[list(planes)], reference=hr_stack), scale)
     lrs = []
     for plane in hr:
         lr = downsample(plane, scale, "mean")
@@ -138,7 +141,9 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
                                 "frames": model.frames, "precision": precision,
                                 "psnr": res["psnr"], "ssim": res["ssim"],
                                 "seconds_per_plane": res["seconds_per_plane"],
-                                "per_plane": res["planes"]}
+                                # numbered as in the sample (20..24), not 0..4 in the test stack
+                                "per_plane": [{**p, "plane": TEST_PLANES[p["plane"]]}
+                                              for p in res["planes"]]}
                 if "lr_psnr" in res:
                     row["model"]["lr_psnr"] = res["lr_psnr"]
                 row["gain"] = {"psnr_db": res["psnr"] - bic["psnr"],

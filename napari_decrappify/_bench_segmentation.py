@@ -150,7 +150,13 @@ def bench_segmentation(minutes: str = "1.5", restore_minutes: str = "3", restore
                                                        restore_encoder, seed_i)
     if model.scale != 4:
         raise ValueError(f"restorer {model.name!r} is {model.scale}x; this benchmark needs 4x")
-    sources["restored"] = np.asarray(restore(model, lr, axes="YX"))
+    if restorer:
+        # a given model works in its own units (0..255 for the bundled ones): [0, 1] in, and back
+        n = model.config.norm
+        out = np.asarray(restore(model, lr * (n.high - n.low) + n.low, axes="YX"))
+        sources["restored"] = (out - n.low) / (n.high - n.low)
+    else:  # trained here on this [0, 1] data
+        sources["restored"] = np.asarray(restore(model, lr, axes="YX"))
     if option_true(expert):
         emodel, restorers["restored-expert"] = _train_restorer(
             hr_planes, float(restore_minutes), int(restore_epochs), work / "restorer-expert",

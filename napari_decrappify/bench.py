@@ -53,8 +53,10 @@ def run(name: str, json_path: str | os.PathLike | None = None, **options) -> dic
         raise NotImplementedError(f"benchmark {name!r} is not built yet")
     # the options and the command line go into the JSON: a figure must say how it was made
     command = "decrappify bench " + " ".join([name] + [f"-o {k}={v}" for k, v in options.items()])
+    body = BENCHMARKS[name](**options)
+    # read after the run: options such as threads= change what the machine info reports
     result = {"benchmark": name, "command": command, "options": dict(options),
-              "machine": machine_info(), **BENCHMARKS[name](**options)}
+              "machine": machine_info(), **body}
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

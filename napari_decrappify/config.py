@@ -36,6 +36,14 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def minutes_alone_means_no_epochs(data):
+    """A training config given ``minutes`` and no ``epochs`` runs for the minutes: ``epochs``
+    defaults to 1, which would otherwise end the run after one epoch, whatever the budget."""
+    if isinstance(data, dict) and data.get("minutes") is not None and "epochs" not in data:
+        data = {**data, "epochs": None}
+    return data
+
+
 def check_scale(scale) -> int:
     """Return ``scale`` as an int, or raise a ValueError that names the problem."""
     if isinstance(scale, bool) or not float(scale).is_integer():
@@ -162,6 +170,11 @@ class TrainConfig(_Config):
     @classmethod
     def _scale(cls, v):
         return check_scale(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _minutes_alone_is_a_wall_clock_run(cls, data):
+        return minutes_alone_means_no_epochs(data)
 
     @model_validator(mode="after")
     def _explicit_split_is_whole(self):

@@ -52,6 +52,22 @@ def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return pred, gt
 
 
+def _check_unit_range(pred: np.ndarray, gt: np.ndarray) -> None:
+    """``normalised=True`` promises [0, 1] data: a uint8 ground truth or a restoration in
+    0..255 units scored -43.7 dB for identical images instead of an error."""
+    why = None
+    if not np.issubdtype(gt.dtype, np.floating) or not np.issubdtype(pred.dtype, np.floating):
+        why = f"integer data ({pred.dtype} / {gt.dtype})"
+    elif float(gt.min()) < -1e-3 or float(gt.max()) > 1 + 1e-3:
+        why = f"a ground truth in [{float(gt.min()):.4g}, {float(gt.max()):.4g}]"
+    elif float(pred.min()) < -0.5 or float(pred.max()) > 1.5:  # restorations overshoot a little
+        why = f"a prediction in [{float(pred.min()):.4g}, {float(pred.max()):.4g}]"
+    if why:
+        raise ValueError(f"normalised=True needs both images in [0, 1], got {why}: pass "
+                         "normalised=False to map them (uint8 / 255, else the ground truth's "
+                         "0.1/99.9 percentiles)")
+
+
 def evaluate(pred: np.ndarray, gt: np.ndarray, *, normalised: bool = True) -> dict:
     """PSNR / SSIM / NRMSE per 2-D plane and their mean over non-blank ground-truth planes.
 
@@ -64,6 +80,8 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, *, normalised: bool = True) -> di
     pred, gt = _check_pair(pred, gt)
     if not normalised:
         pred, gt = unit_range(pred, gt), unit_range(gt)
+    else:
+        _check_unit_range(pred, gt)
     p = pred.reshape(-1, *pred.shape[-2:])
     g = gt.reshape(-1, *gt.shape[-2:])
     planes = []

@@ -35,11 +35,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ArchConfig, InstanceMethod, Precision, SegmentationLoss, TileConfig, _Config
+from .config import (
+    ArchConfig,
+    InstanceMethod,
+    Precision,
+    SegmentationLoss,
+    TileConfig,
+    _Config,
+    minutes_alone_means_no_epochs,
+)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -90,6 +98,11 @@ class SegmentConfig(_Config):
     seed: int = 0
     val_fraction: float = 0.15
     num_workers: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _minutes_alone_is_a_wall_clock_run(cls, data):
+        return minutes_alone_means_no_epochs(data)
 
     @field_validator("patch_size")
     @classmethod
@@ -531,11 +544,13 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
         chain = previous.pop("resumed_from", [])
         previous.pop("history", None)
         model.config.training["resumed_from"] = chain + [previous]
-    if events.history:
-        last = events.history[events.best[2]] if events.best[2] >= 0 else events.history[-1]
-        model.config.metrics.update({"valid_loss": last.get("valid_loss"),
-                                     "valid_accuracy": last.get("seg_accuracy"),
-                                     "valid_dice": last.get("seg_dice")})
+    best = events.best_scores()  # an epoch's, or the unfinished last epoch's if it was kept
+    if best is not None:
+        model.config.metrics.update({"valid_loss": best.get("valid_loss"),
+                                     "valid_accuracy": best.get("seg_accuracy"),
+                                     "valid_dice": best.get("seg_dice")})
+    if best is not None and best.get("partial"):
+        model.config.training["best_epoch_unfinished"] = True
     model._hash = None
     path = save_model(model, out) if out is not None else None
     if progress is not None:

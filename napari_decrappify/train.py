@@ -7,6 +7,7 @@ napari Train dock consume the same events.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -255,10 +256,20 @@ def _callbacks():
             self.lowest_train_loss = math.inf
             self.nonfinite_batches = 0
             self.diverged_at: tuple[int, float] | None = None  # (epoch, training loss)
+            self.partial: dict | None = None  # scores of the last, unfinished epoch if it was best
 
         def _emit(self, event):
             if self.progress is not None:
                 self.progress(event)
+
+        def best_scores(self) -> dict | None:
+            """The validation row of the kept weights: an epoch's, or the unfinished last
+            epoch's (``partial``), or None when nothing was scored."""
+            if self.partial is not None and self.best[2] == self.partial["epoch"]:
+                return self.partial
+            if self.history:
+                return self.history[self.best[2]] if self.best[2] >= 0 else self.history[-1]
+            return None
 
         def _weights(self) -> dict:
             """A copy of the model's current weights (for ``best``)."""
@@ -280,11 +291,18 @@ def _callbacks():
             if not self.training:
                 return
             done = self.epoch * len(self.dls.train) + self.iter + 1
-            elapsed = time.monotonic() - self.t0
+            now = time.monotonic()
+            elapsed = now - self.t0
             loss = float(self.loss)
+            if self.deadline is not None:
+                # a wall-clock budget: n_epoch is only an upper bound, the deadline ends the run
+                eta = max(0.0, self.deadline - now)
+                total = min(self.total, done + round(eta * done / max(elapsed, 1e-9)))
+            else:
+                eta, total = elapsed / done * (self.total - done), self.total
             self._emit({"event": "batch", "epoch": self.epoch, "batch": self.iter,
-                        "iteration": done, "total": self.total, "loss": loss,
-                        "elapsed": elapsed, "eta": elapsed / done * (self.total - done)})
+                        "iteration": done, "total": total, "loss": loss,
+                        "elapsed": elapsed, "eta": eta})
             # weights gone NaN/inf keep every later loss non-finite: stop, the best weights
             # are kept (one fp16 overflow, which the grad scaler skips, is not a divergence)
             self.nonfinite_batches = 0 if math.isfinite(loss) else self.nonfinite_batches + 1
@@ -466,7 +484,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     out : path, optional
         Model folder to write (atomically) when training ends, also when cancelled.
     pairs : (lr, hr), optional
-        A real registered LR/HR pair, mixed into training (a quarter of the samples).
+        A real registered LR/HR pair, mixed into training: a fifth of the samples (one for every
+        four crappified ones; an epoch is then 1.25 x ``iterations_per_epoch``).
     progress : callable, optional
         Receives event dicts: ``{"event": "batch", ...}`` and ``{"event": "epoch", ...}``.
     cancel : threading.Event, optional
@@ -549,12 +568,40 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         model.config.training = {}  # the old run's record lives on in "resumed_from"
     else:
         model = build_model(arch, name=name, norm=norm, seed=config.seed, measure_rf=False)
+    model.config.crappifier = crappifier.config
+    data_fingerprint = fingerprint(hr_images)
+    precision = training_precision(config.precision, device)
+
+    def record(stop_reason: str, seconds: float, iterations: int) -> dict:
+        """The run's entry in ``model.json`` (also written, "in progress", with checkpoints)."""
+        out = {
+            "command": command, "config": json.loads(config.model_dump_json()),
+            "data_fingerprint": data_fingerprint, "split": split,
+            "seconds": round(seconds, 1), "iterations": iterations,
+            "epochs_run": len(events.history), "stop_reason": stop_reason,
+            "hardware": hardware_description(device), "precision": precision,
+            "best_epoch": events.best[2], "history": events.history,
+        }
+        if events.partial is not None and events.best[2] == events.partial["epoch"]:
+            out["best_epoch_unfinished"] = True  # kept: the weights when the run stopped
+        if previous:
+            # a resumed run: keep the record of the runs it started from
+            earlier = {k: v for k, v in previous.items() if k not in ("resumed_from", "history")}
+            out["resumed_from"] = previous.get("resumed_from", []) + [earlier]
+        return out
+
     net = model.net.to(device).train()
     EventsCallback, _, WallClockScheduleCallback = _callbacks()
     deadline = time.monotonic() + config.minutes * 60 if config.minutes else None
     checkpoint = None
     if checkpoint_dir is not None:
         def checkpoint():
+            # a complete model folder: its run record so far, and a receptive field measured
+            # on a copy of the current weights (tiling uses it as the halo; 0 gave seams)
+            probe = copy.deepcopy(model.net).cpu().float().to(memory_format=torch.contiguous_format)
+            model.config.receptive_field = measure_receptive_field(probe, arch)
+            model.config.training = record("in progress", time.monotonic() - events.t0,
+                                           int(getattr(events.learn, "train_iter", 0)))
             save_model(model, Path(checkpoint_dir) / "last")
 
     events = EventsCallback(progress, cancel, deadline, datasets, checkpoint)
@@ -566,29 +613,15 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     learn.recorder.train_metrics = False
     seconds, iterations = fit_learner(learn, config, device, events)
     model.config.receptive_field = measure_receptive_field(net, arch)
+    model.config.training = record(events.stop_reason, seconds, iterations)
     record_warnings(model.config.training,
                     [dead_encoder_warning(model.config.receptive_field, arch),
                      run_divergence_warning(events, config.lr_max)])
-    model.config.crappifier = crappifier.config
-    model.config.training.update({
-        "command": command, "config": json.loads(config.model_dump_json()),
-        "data_fingerprint": fingerprint(hr_images), "split": split,
-        "seconds": round(seconds, 1), "iterations": iterations, "epochs_run": len(events.history),
-        "stop_reason": events.stop_reason, "hardware": hardware_description(device),
-        "precision": training_precision(config.precision, device),
-        "best_epoch": events.best[2],
-        "history": events.history,
-    })
-    if previous:
-        # a resumed run: keep the record of the runs it started from
-        chain = previous.pop("resumed_from", [])
-        previous.pop("history", None)
-        model.config.training["resumed_from"] = chain + [previous]
-    if events.history:
-        last = events.history[events.best[2]] if events.best[2] >= 0 else events.history[-1]
+    best = events.best_scores()
+    if best is not None:
         model.config.metrics.update({
-            "valid_loss": last.get("valid_loss"), "valid_psnr": last.get("batch_psnr"),
-            "valid_ssim": last.get("batch_ssim"),
+            "valid_loss": best.get("valid_loss"), "valid_psnr": best.get("batch_psnr"),
+            "valid_ssim": best.get("batch_ssim"),
         })
     path = save_model(model, out, fp16=fp16) if out is not None else None
     if progress is not None:
@@ -634,12 +667,18 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
     seconds = time.monotonic() - t0
     # read before validate(): its validation context re-runs before_fit, which resets train_iter
     iterations = int(learn.train_iter) if hasattr(learn, "train_iter") else 0
-    if events.stop_reason != "completed" and events.history:
-        # the last, partial epoch (lowest learning rate of the cycle) may be the best: score it
+    if events.stop_reason in ("cancelled", "budget"):
+        # the last, unfinished epoch (lowest learning rate of the cycle; all the training there
+        # is when a run stops in its first epoch) may be the best: score it. A diverged run's
+        # current weights are not worth it.
         events.recording = False
-        vloss = float(learn.validate()[0])
-        if vloss < events.best[0]:
-            events.best = (vloss, None, len(events.history) - 1)
+        values = [float(v) for v in learn.validate()]
+        names = ["valid_loss"] + [getattr(m, "name", str(m)) for m in learn.metrics]
+        if values[0] < events.best[0]:
+            epoch = len(events.history)
+            events.partial = {**dict(zip(names, values, strict=False)), "epoch": epoch,
+                              "partial": True, "iteration": iterations}
+            events.best = (values[0], None, epoch)
     if events.best[1] is not None:
         net.load_state_dict(events.best[1])
     net.eval().cpu().to(memory_format=torch.contiguous_format)
@@ -656,6 +695,10 @@ def _epochs_for_budget(learn, config: TrainConfig, device: torch.device) -> int:
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     loss_fn = learn.loss_func
     times = []
+    # train-mode passes move BatchNorm running statistics: a fine-tune must start from the
+    # model as it was (and fall back on exactly it if it diverges)
+    params = {n for n, _ in net.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in net.state_dict().items() if k not in params}
     for _ in range(3):
         t = time.perf_counter()
         loss = loss_fn(net(xb), yb)
@@ -664,6 +707,7 @@ def _epochs_for_budget(learn, config: TrainConfig, device: torch.device) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
+    net.load_state_dict(buffers, strict=False)
     per_iter = min(times[1:]) * 1.15  # + data loading and validation
     iters = config.minutes * 60 / per_iter
     return max(1, int(iters // config.iterations_per_epoch))

@@ -142,7 +142,7 @@ class TrainWidget(DockBody):
         self.pair_lr = ComboBox(label="real LR layer", choices=layer_choices(v, optional=True))
         self.pair_hr = ComboBox(label="real HR layer", choices=layer_choices(v, optional=True))
         self.pairs = Container(widgets=[note("Optional registered LR/HR pair, mixed into "
-                                             "training (a quarter of the samples)."),
+                                             "training (a fifth of the samples)."),
                                         self.pair_lr, self.pair_hr])
 
         self.patch_size = SpinBox(label="patch size (LR px)",

@@ -62,3 +62,16 @@ def test_geometry_lr_restored_hr_overlay():
     assert up_scale == (40, 4, 4) and up_tr == (0, 0, 0)
     # the LR pixel centre is the mean of the centres of the 4 HR pixels it covers
     assert lr_tr[1] == np.mean([0, 4, 8, 12])
+
+
+def test_normalised_scoring_refuses_data_outside_the_unit_range(rng):
+    # a restoration in input units against a uint8 ground truth scored -43.7 dB for identical
+    # images: it is now an error that says how to score them
+    gt = (rng.random((32, 32)) * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match="normalised=False"):
+        evaluate(gt.astype(np.float32), gt)
+    with pytest.raises(ValueError, match=r"ground truth in \[0, 25\d\]"):
+        evaluate(gt.astype(np.float32), gt.astype(np.float32))
+    assert evaluate(gt.astype(np.float32), gt, normalised=False)["ssim"] == pytest.approx(1.0)
+    unit = gt.astype(np.float32) / 255
+    assert evaluate(unit * 1.05 - 0.02, unit)["psnr"] > 20  # a small overshoot is scored

@@ -451,14 +451,17 @@ def test_train_segmenter_init_from_needs_the_same_classes_and_records_the_start(
         S.train_segmenter(img, swapped, ["disc", "background"], _quick(), init_from=base)
     with pytest.raises(ValueError, match="its classes are"):
         S.train_segmenter(img, lab, ["background", "nucleus"], _quick(), init_from=base)
-    # cancelled before the first epoch: no new scores, and the old ones must not linger
+    # cancelled in its first epoch: the weights it has are scored (the old scores must not
+    # linger, and the batch it trained is not thrown away)
     cancel = threading.Event()
     cancel.set()
     res = S.train_segmenter(img, lab, ["background", "disc"], _quick(), init_from=base,
                             name="finetuned", out=tmp_path / "ft", cancel=cancel)
     ft = load_model(tmp_path / "ft")
     assert res.model.name == "finetuned" and ft.name == "finetuned"
-    assert ft.config.metrics == {}
+    assert set(ft.config.metrics) == {"valid_loss", "valid_accuracy", "valid_dice"}
+    assert ft.config.metrics != load_model(tmp_path / "base").config.metrics
+    assert ft.config.training["best_epoch_unfinished"] is True
     (start,) = ft.config.training["resumed_from"]
     assert start["weights_from"] == str(tmp_path / "base")
     assert start["command"] == "" and "history" not in start and "split" in start

@@ -137,10 +137,17 @@ def test_tiny_training_lowers_validation_loss_and_reports_progress(hr, tmp_path)
     assert meta.training["iterations"] == 18 and meta.metrics["valid_psnr"] > 0
     assert meta.training["split"]["planes_valid"] == [[5]]
     assert (tmp_path / "ckpt" / "last" / "model.safetensors").exists()
+    # a checkpoint is a complete model folder: a receptive field for the tiling halo (0 gave
+    # seams), its crappifier, and the run's record so far (a resumed run lists it)
+    ckpt = load_model(tmp_path / "ckpt" / "last").config
+    assert ckpt.receptive_field > 0 and ckpt.crappifier is not None
+    assert ckpt.training["stop_reason"] == "in progress" and len(ckpt.training["history"]) == 3
+    assert ckpt.training["split"] == meta.training["split"]
     # resume from the checkpoint
     again = train([hr], tiny_config(epochs=1), init_from=load_model(tmp_path / "ckpt" / "last"))
     assert again.history[0]["valid_loss"] < losses[0]
-    assert again.model.config.training["resumed_from"][0]["weights_from"].endswith("last")
+    earlier = again.model.config.training["resumed_from"][0]
+    assert earlier["weights_from"].endswith("last") and earlier["iterations"] > 0
 
 
 def test_a_multi_frame_run_starts_from_a_single_frame_model(hr, tmp_path):
@@ -306,9 +313,61 @@ def test_cpu_training_autocasts_bf16_in_channels_last_and_saves_plain_weights(hr
 
 
 def test_wall_clock_budget(hr):
-    result = train([hr], tiny_config(epochs=None, minutes=0.05))
+    events = []
+    result = train([hr], tiny_config(epochs=None, minutes=0.05), progress=events.append)
     assert result.stop_reason == "budget"
     assert result.seconds < 0.05 * 60 + 10
+    # the ETA counts down to the deadline (it was 10x the budget: n_epoch is an upper bound)
+    batches = [e for e in events if e["event"] == "batch"]
+    assert all(e["eta"] <= 0.05 * 60 for e in batches)
+    assert batches[-1]["total"] < 2 * batches[-1]["iteration"] + 10
+
+
+def test_a_minutes_budget_alone_is_a_wall_clock_run():
+    # epochs defaults to 1: TrainConfig(minutes=M) used to stop after one epoch as "completed"
+    assert TrainConfig(minutes=2).epochs is None
+    assert TrainConfig(minutes=2, epochs=3).epochs == 3 and TrainConfig().epochs == 1
+    from napari_decrappify.segment import SegmentConfig
+
+    assert SegmentConfig(minutes=2).epochs is None
+
+
+def test_a_run_stopped_in_its_first_epoch_keeps_what_it_trained(hr, tmp_path):
+    """Cancel (or a budget) before the first epoch ended returned the random starting weights:
+    the unfinished epoch is now scored and kept when it is the best, and the record says so."""
+    from napari_decrappify.models import build_model
+
+    cancel = threading.Event()
+
+    def progress(e):
+        if e["event"] == "batch" and e["iteration"] == 12:
+            cancel.set()
+
+    config = tiny_config(epochs=1, iterations_per_epoch=500)
+    result = train([hr], config, progress=progress, cancel=cancel, out=tmp_path / "early")
+    assert result.stop_reason == "cancelled" and result.history == []
+    start = build_model(config.arch.model_copy(update={"scale": 2}), seed=config.seed,
+                        measure_rf=False).net.state_dict()
+    trained = result.model.net.state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start if "weight" in k)
+    saved = load_model(tmp_path / "early").config
+    assert saved.training["best_epoch_unfinished"] is True and saved.training["best_epoch"] == 0
+    assert saved.metrics["valid_psnr"] > 0
+
+
+def test_the_budget_estimate_leaves_batchnorm_statistics_alone():
+    from types import SimpleNamespace
+
+    from napari_decrappify.train import _epochs_for_budget
+
+    model = build_model(ArchConfig(encoder="tiny", scale=1), measure_rf=False).net.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = (torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
+    learn = SimpleNamespace(model=model, dls=SimpleNamespace(train=[batch]),
+                            loss_func=torch.nn.functional.l1_loss)
+    _epochs_for_budget(learn, tiny_config(minutes=1, epochs=None), torch.device("cpu"))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_a_model_whose_encoder_died_is_saved_with_a_warning(hr, tmp_path, monkeypatch):
