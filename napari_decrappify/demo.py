@@ -44,10 +44,8 @@ def run_demo(out: str | Path = "demo-output", model_name: str = "em-4x", *, over
 
     Writes ``out/restored.ome.zarr``, ``out/lr.tif`` and ``out/metrics.json``.
     """
-    import tifffile
-
     from ._bench_quality import TEST_PLANES
-    from .io import open_image, write_ome_zarr
+    from .io import open_image, write_ome_zarr, write_tiff
     from .models import load_model
     from .samples import load_sample
     from .tiling import restore_lazy
@@ -105,7 +103,9 @@ def run_demo(out: str | Path = "demo-output", model_name: str = "em-4x", *, over
     }
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tifffile.imwrite(out / "lr.tif", lr.astype(np.float32))
+    # an OME-TIFF with its pixel size and origin: opened beside restored.ome.zarr, it overlays
+    write_tiff(out / "lr.tif", lr.astype(np.float32), axes=AXES, scale=lr_scale,
+               translate=lr_translate, units=UNITS, overwrite=True)
     geometry = {
         "lr": {"scale": lr_scale, "translate": lr_translate},
         "bicubic": {"scale": hr_scale, "translate": hr_translate},
