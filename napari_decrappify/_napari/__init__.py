@@ -12,10 +12,12 @@ import sys as _sys
 def _keep_triton_out_once_qt_is_up() -> None:
     if "triton" in _sys.modules:
         return  # loaded before the viewer: harmless
-    from qtpy.QtWidgets import QApplication
-
-    if QApplication.instance() is not None:
-        _sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
+    # look only at Qt bindings already loaded: this package's __init__ stays free of Qt imports
+    for binding in ("PyQt5", "PyQt6", "PySide2", "PySide6"):
+        widgets = _sys.modules.get(f"{binding}.QtWidgets")
+        if widgets is not None and widgets.QApplication.instance() is not None:
+            _sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
+            return
 
 
 _keep_triton_out_once_qt_is_up()
