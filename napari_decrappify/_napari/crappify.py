@@ -34,9 +34,16 @@ from qtpy.QtCore import QTimer
 
 from .. import io
 from ..config import CrappifyConfig, Downsample, choices
-from ..crappify import Crappifier, plane_rng
+from ..crappify import Crappifier, intensity_range, plane_rng
 from ..data import write_pairs
 from ._workers import CoreJob
+
+
+def to_layer_units(lr: np.ndarray, dtype) -> np.ndarray:
+    """A crappified plane ([0, 1], :func:`~napari_decrappify.crappify.to_unit`'s scale) back in
+    the intensities of an image of ``dtype``, as float32 (no rounding)."""
+    lo, hi = intensity_range(dtype)
+    return (np.asarray(lr, np.float32) * (hi - lo) + lo).astype(np.float32)
 
 
 def _unit_names(layer) -> tuple[str, ...]:
@@ -239,9 +246,12 @@ class CrappifyWidget(Container):
         if self._closed:
             return
         scale, translate = geometry
-        data = lr.reshape((1,) * len(index) + lr.shape)
+        # in the HR layer's intensity units (the crappifier works on [0, 1]): the preview then
+        # shares the HR's contrast, and restoring it with a model trained on such data works
+        # (a [0, 1] preview of uint8 data restored to garbage)
+        data = to_layer_units(lr, layer.data.dtype).reshape((1,) * len(index) + lr.shape)
         name = f"{layer.name} crappified"
-        limits = self._contrast_limits(layer)
+        limits = tuple(float(c) for c in layer.contrast_limits)
         if name in self.viewer.layers:
             out = self.viewer.layers[name]
             out.data = data
@@ -257,17 +267,6 @@ class CrappifyWidget(Container):
                                       "source": layer.name}
         self.status.value = (f"preview of plane {index or '(2-D)'}: {lr.shape[0]} x {lr.shape[1]} "
                              f"LR pixels")
-
-    @staticmethod
-    def _contrast_limits(layer) -> tuple[float, float]:
-        """The HR layer's contrast limits on the [0, 1] scale the crappifier outputs."""
-        lo, hi = (float(c) for c in layer.contrast_limits)
-        dtype = np.dtype(layer.data.dtype)
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            span = float(info.max - info.min)
-            lo, hi = (lo - info.min) / span, (hi - info.min) / span
-        return (lo, hi) if hi > lo else (0.0, 1.0)
 
     # ------------------------------------------------------------------ save pairs
 
