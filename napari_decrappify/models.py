@@ -154,6 +154,24 @@ def decoder_activation(name: str) -> type[nn.Module] | Any:
     raise ModelFileError(f"unknown decoder activation {name!r}")
 
 
+def pixel_shuffle_icnr(ni: int, nf: int, scale: int, blur: bool) -> nn.Sequential:
+    """fastai's ``PixelShuffle_ICNR`` (weight-normed 1x1 conv, pixel shuffle, optional blur;
+    the same layers and state-dict keys) with the ICNR init done at ``scale``: fastai's calls
+    ``icnr_init`` without it, i.e. for 2x, which fails at 3x, 5x, 7x and does not start as
+    nearest-neighbour upsampling at 4x and 8x."""
+    from fastai.layers import ConvLayer, NormType, icnr_init
+
+    conv = ConvLayer(ni, nf * scale**2, ks=1, norm_type=NormType.Weight, act_cls=None, bias_std=0)
+    layers = [conv, nn.PixelShuffle(scale)]
+    if blur:
+        layers += [nn.ReplicationPad2d((1, 0, 1, 0)), nn.AvgPool2d(2, stride=1)]
+    w = conv[0]
+    with torch.no_grad():
+        w.weight_v.copy_(icnr_init(w.weight_v.data, scale=scale))
+        w.weight_g.copy_((w.weight_v**2).sum(dim=[1, 2, 3]).sqrt()[:, None, None, None])
+    return nn.Sequential(*layers)
+
+
 class RestorationNet(nn.Module):
     """DynamicUnet (+ pixel-shuffle upsampling) mapping ``frames`` LR planes to HR planes.
 
@@ -163,7 +181,7 @@ class RestorationNet(nn.Module):
 
     def __init__(self, arch: ArchConfig, head: Literal["identity", "softmax"] = "identity"):
         super().__init__()
-        from fastai.layers import NormType, PixelShuffle_ICNR
+        from fastai.layers import NormType
         from fastai.vision.models.unet import DynamicUnet
 
         self.arch = arch
@@ -182,9 +200,7 @@ class RestorationNet(nn.Module):
                 norm_type=norm_type, act_cls=act_cls,
             )
             # ICNR init: the shuffled output starts as nearest-neighbour upsampling (no checkerboard).
-            self.upsample = PixelShuffle_ICNR(
-                features, arch.out_channels, scale=arch.scale, blur=arch.blur, act_cls=None
-            )
+            self.upsample = pixel_shuffle_icnr(features, arch.out_channels, arch.scale, arch.blur)
         else:
             self.unet = DynamicUnet(
                 encoder, arch.out_channels, img_size, blur=arch.blur,

@@ -407,3 +407,19 @@ def test_bundled_models_are_small_load_and_record_their_held_out_scores():
     z3 = load_model("em-4x-z3")
     assert z3.frames == 3 and z3.scale == 4
     assert z3.config.training["resumed_from"][-1]["widened_from_frames"] == 1
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 5, 6, 7, 8])
+def test_pixel_shuffle_head_builds_at_every_scale_and_starts_as_nearest_neighbour(scale):
+    """fastai's PixelShuffle_ICNR initialises for 2x whatever the scale: 3x, 5x, 7x models failed
+    to build ("shape '[32, 9, 1, 1]' is invalid") and 4x, 8x did not start as ICNR intends."""
+    from fastai.layers import PixelShuffle_ICNR
+
+    from napari_decrappify.models import pixel_shuffle_icnr
+
+    head = pixel_shuffle_icnr(8, 1, scale, blur=False)
+    y = head(torch.randn(1, 8, 5, 5)).detach()[0, 0].reshape(5, scale, 5, scale)
+    assert float((y - y[:, :1, :, :1]).abs().max()) < 1e-5  # s x s blocks of one value
+    if scale % 2 == 0:  # same layers and state-dict keys as fastai's (saved models load)
+        assert set(head.state_dict()) == set(PixelShuffle_ICNR(8, 1, scale=scale).state_dict())
+    build_model(ArchConfig(encoder="tiny", scale=scale), measure_rf=False)
