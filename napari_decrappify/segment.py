@@ -679,10 +679,25 @@ def segment(image, model, axes: str | None = None, lazy: bool = False, *, object
     seg = predict(model, image, axes=axes, lazy=lazy, progress=progress, cancel=cancel,
                   **tile_options)
     if objects is not None:
+        if pixel_size is None:  # a file's (or ImageData's) voxel size, as the CLI uses it
+            pixel_size = _file_pixel_size(image, axes, seg.axes)
         seg.objects = instances(np.asarray(seg.labels), objects, classes=seg.classes or None,
                                 min_size=min_size, h=h, axes=_instance_axes(seg.axes),
                                 pixel_size=pixel_size)
     return seg
+
+
+def _file_pixel_size(image, axes: str | None, label_axes: str) -> tuple[float, ...] | None:
+    """The pixel size per axis of ``label_axes`` recorded with ``image`` (a path or an
+    :class:`~napari_decrappify.io.ImageData`), or None for a plain array."""
+    from .io import ImageData, open_image
+
+    if isinstance(image, str | os.PathLike):
+        image = open_image(image, axes=axes)  # lazy: reads the metadata only
+    if not isinstance(image, ImageData):
+        return None
+    size = dict(zip(image.axes, image.scale, strict=True))
+    return tuple(float(size.get(a, 1.0)) for a in label_axes)
 
 
 def _instance_axes(axes: str) -> str | None:

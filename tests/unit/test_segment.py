@@ -166,6 +166,24 @@ def test_segment_and_compare_counts_pass_pixel_size_to_the_watershed(monkeypatch
     assert res["sources"]["img"]["count"] == 2 and res["sources"]["img"]["tp"] == 2
 
 
+def test_segmenting_a_file_uses_its_voxel_size_for_the_watershed(monkeypatch, tmp_path):
+    # nd.segment(path, objects="watershed") split isotropically while `decrappify segment`
+    # used the file's voxel size: 1 object instead of the CLI's 2 on the same file
+    from napari_decrappify.io import write_tiff
+
+    two, _ = _two_spheres(dz=2.0)
+    path = tmp_path / "spheres.tif"
+    write_tiff(path, two.astype(np.uint8), axes="ZYX", scale=(2.0, 0.1, 0.1),
+               units=("um",) * 3)
+
+    def fake_predict(model, image, **kw):
+        return S.Segmentation(probabilities=None, labels=two, classes=["sphere"], axes="ZYX")
+
+    monkeypatch.setattr(S, "predict", fake_predict)
+    assert S.segment(str(path), "m", objects="watershed").objects.max() == 2
+    assert S.segment(two, "m", objects="watershed").objects.max() == 1  # an array: isotropic
+
+
 # --------------------------------------------------------------------------- measurements
 
 
