@@ -493,11 +493,13 @@ def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, 
                 overwrite: bool = False, progress=None, cancel=None) -> dict:
     """Crappify every plane of ``hr`` and write the LR/HR training pair to ``out_dir``.
 
-    Writes ``<name>_lr.<ext>`` (float32 in [0, 1], LR geometry from
+    Writes ``<name>_lr.<ext>`` (float32 in the HR's intensity units: 0..255 for uint8 HR,
+    [0, 1] for float HR; LR geometry from
     :func:`napari_decrappify.io.downscale_geometry`), ``<name>_hr.<ext>`` (the HR as given,
     cropped to a multiple of the scale so that the pair is registered exactly) and
     ``<name>.json`` (degradation, seed, geometry). Plane ``i`` of the LR is
-    ``Crappifier(config)(hr[i], seed=plane_rng(seed, i))``: what the Crappify dock previews.
+    ``Crappifier(config)(hr[i], seed=plane_rng(seed, i))`` in those units: what the Crappify
+    dock previews.
 
     Parameters
     ----------
@@ -553,7 +555,13 @@ def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, 
     s = config.scale
     h, w = hr_d.shape[-2:]
     hr_d = hr_d[..., : h - h % s, : w - w % s].rechunk((1,) * (n - 2) + (-1, -1))
+    # the LR in the HR's intensity units (float32, not rounded): a model trained on this kind of
+    # data restores it, and it shares the HR's contrast ([0, 1] restored to garbage with uint8
+    # models)
+    lo, hi = intensity_range(hr_d.dtype)
     lr_d = crappify_lazy(hr_d, config, seed=seed)
+    if (lo, hi) != (0.0, 1.0):
+        lr_d = (lr_d * np.float32(hi - lo) + np.float32(lo)).astype(np.float32)
     lr_scale, lr_translate = downscale_geometry(scale, translate, axes, s)
     out_dir = Path(out_dir)
     ext = ".tif" if fmt == "tif" else ".zarr"
@@ -572,7 +580,7 @@ def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, 
             "hr": {"file": paths["hr"].name, "shape": list(hr_d.shape), "dtype": str(hr_d.dtype),
                    "scale": list(scale), "translate": list(translate)},
             "lr": {"file": paths["lr"].name, "shape": list(lr_d.shape), "dtype": "float32",
-                   "range": [0.0, 1.0], "scale": list(lr_scale), "translate": list(lr_translate)}}
+                   "range": [lo, hi], "scale": list(lr_scale), "translate": list(lr_translate)}}
     complete = False
     # Our own thread pool (dask's threaded scheduler takes it from the config): when a cancel
     # stops the computation, chunk writes already running finish in the background; shutting

@@ -114,9 +114,10 @@ def test_save_pairs_and_read_them_back(dock, tmp_path, fmt):
     np.testing.assert_array_equal(np.asarray(hr_back.data), hr)
     assert lr.data.shape == (3, 32, 32)
     config = widget.config()
-    for z in range(3):
-        np.testing.assert_array_equal(np.asarray(lr.data[z]),
-                                      Crappifier(config)(hr[z], seed=plane_rng(9, (z,))))
+    for z in range(3):  # in the HR's units (uint8: 0..255)
+        np.testing.assert_allclose(np.asarray(lr.data[z]),
+                                   Crappifier(config)(hr[z], seed=plane_rng(9, (z,))) * 255,
+                                   rtol=1e-6)
     if fmt == "zarr":
         assert lr.scale == (40, 8, 8) and lr.translate == (0, 12, 22)
         assert hr_back.scale == (40, 4, 4) and hr_back.translate == (0, 10, 20)
@@ -129,8 +130,8 @@ def test_save_pairs_and_read_them_back(dock, tmp_path, fmt):
     assert widget.save_pairs() is not None
     qtbot.waitUntil(lambda: widget._save_job is None, timeout=20000)
     assert "saved" in widget.status.value
-    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / f"em_lr.{ext}").data[0]),
-                                  Crappifier(config)(hr[0], seed=plane_rng(10, (0,))))
+    np.testing.assert_allclose(np.asarray(open_image(tmp_path / f"em_lr.{ext}").data[0]),
+                               Crappifier(config)(hr[0], seed=plane_rng(10, (0,))) * 255, rtol=1e-6)
 
 
 def test_errors_go_to_the_status_line(dock):

@@ -474,10 +474,13 @@ def test_write_pairs(tmp_path, fmt):
     assert hr_back.data.shape == (3, 66, 64)
     np.testing.assert_array_equal(np.asarray(hr_back.data), hr[:, :66, :64])
     expected = Crappifier(config)(hr[2, :66, :64], seed=plane_rng(5, (2,)))
-    np.testing.assert_array_equal(np.asarray(lr.data[2]), expected)
+    # in the HR's units (uint8: 0..255), so that models trained on such data restore it
+    assert hr.dtype == np.uint8
+    np.testing.assert_allclose(np.asarray(lr.data[2]), expected * 255, rtol=1e-6)
     meta = json.loads((tmp_path / "em.json").read_text())
     assert meta["lr"]["scale"] == [40, 8, 8] and meta["lr"]["translate"] == [0, 12, 22]
     assert meta["crappify"]["photons"] == 100 and meta["seed"] == 5
+    assert meta["lr"]["range"] == [0.0, 255.0]
     if fmt == "zarr":
         assert lr.scale == (40, 8, 8) and lr.translate == (0, 12, 22)
     else:
