@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -38,18 +39,53 @@ def _not_built(name: str):
     return run
 
 
-def parse_planes(text: str | None) -> list[int] | None:
+def parse_planes(text: str | None, option: str = "--train-planes") -> list[int] | None:
     """``"0-17"``, ``"0-13,15-17"`` or ``"18,19"`` -> list of plane indices."""
     if not text:
         return None
     out: list[int] = []
     for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if m is None or (m[2] is not None and int(m[2]) < int(m[1])):
+            raise ValueError(f"{option} {text!r}: expected plane numbers and ranges FIRST-LAST "
+                             f"separated by commas, e.g. 0-13,15-17 or 18,19")
+        out.extend(range(int(m[1]), int(m[2] if m[2] is not None else m[1]) + 1))
     return out
+
+
+SAMPLE_FORM = "sample:KEY or sample:KEY[START:STOP], e.g. sample:cremi[0:20]"
+
+
+def parse_sample(spec: str):
+    """``"sample:KEY"`` or ``"sample:KEY[a:b]"`` -> ``(Sample, slice or None)``."""
+    from .samples import SAMPLES
+
+    text = spec[len("sample:"):]
+    m = re.fullmatch(r"([^\[\]]+)(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?", text)
+    if m is None:
+        raise ValueError(f"bad sample argument {spec!r}: expected {SAMPLE_FORM}")
+    key = m[1]
+    if key not in SAMPLES:
+        raise ValueError(f"unknown sample {key!r}: known samples are {', '.join(SAMPLES)}")
+    sl = None
+    if m[2] is not None:
+        sl = slice(int(m[2]) if m[2] else None, int(m[3]) if m[3] else None)
+    return SAMPLES[key], sl
+
+
+def _load_sample(spec: str):
+    """``(array, Sample, first plane)`` of a ``sample:KEY[a:b]`` argument."""
+    from .samples import load_sample
+
+    sample, sl = parse_sample(spec)
+    data, _ = load_sample(sample.key)
+    if sl is None:
+        return data, sample, 0
+    start, stop, _ = sl.indices(len(data))
+    if stop <= start:
+        raise ValueError(f"{spec}: the plane range selects no planes (the sample has "
+                         f"{len(data)} planes along {sample.axes[0]})")
+    return data[start:stop], sample, start
 
 
 def read_input(spec: str):
@@ -57,19 +93,39 @@ def read_input(spec: str):
     import numpy as np
 
     if spec.startswith("sample:"):
-        from .samples import load_sample
-
-        key = spec[len("sample:"):]
-        sl = None
-        if "[" in key:
-            key, rng = key.rstrip("]").split("[")
-            a, b = rng.split(":")
-            sl = slice(int(a) if a else None, int(b) if b else None)
-        data, _ = load_sample(key)
-        return data[sl] if sl is not None else data
+        return _load_sample(spec)[0]
     from .io import open_image
 
     return np.asarray(open_image(spec).data)
+
+
+def open_input(spec: str, axes: str | None = None, scale=None):
+    """An image argument as :class:`~napari_decrappify.io.ImageData` (lazy for files), with the
+    sample's axes and pixel size for ``sample:KEY``; a plane range ``[a:b]`` puts the origin
+    of the first axis at ``a`` x its pixel size (``metadata["first_plane"] = a``)."""
+    from .io import open_image
+
+    if not spec.startswith("sample:"):
+        return open_image(spec, axes=axes, scale=scale)
+    data, sample, start = _load_sample(spec)
+    scale = tuple(scale) if scale is not None else sample.scale
+    image = open_image(data, axes=axes or sample.axes, scale=scale,
+                       translate=_sample_origin(start, scale, data.ndim), units=sample.units,
+                       name=sample.key)
+    image.metadata["first_plane"] = start
+    return image
+
+
+def _sample_origin(start: int, scale, ndim: int) -> tuple[float, ...]:
+    """Origin of planes ``start:`` of a sample: ``start`` x the pixel size on the first axis."""
+    first = float(start) * float(scale[0]) if len(scale) else 0.0
+    return (first,) + (0.0,) * (ndim - 1)
+
+
+def _not_a_folder(path, option: str) -> None:
+    """Refuse an output file path that is an existing folder (before computing anything)."""
+    if path and Path(path).is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give a file path")
 
 
 # --------------------------------------------------------------------------- commands
@@ -81,6 +137,20 @@ def cmd_train(args) -> int:
     from .config import ArchConfig, CrappifyConfig, TrainConfig
     from .train import train
 
+    for option, values in (("--photons", args.photons), ("--read-noise", args.read_noise)):
+        if len(values) not in (1, 2):
+            raise ValueError(f"{option} takes one value or a range LO HI (two values), "
+                             f"got {len(values)}: {' '.join(f'{v:g}' for v in values)}")
+    if args.lr and not args.pair_hr:
+        print("decrappify train: --lr needs --pair-hr (the registered HR of the pair)",
+              file=sys.stderr)
+        return 2
+    if args.pair_hr and not args.lr:
+        print("decrappify train: --pair-hr needs --lr (the real LR of the pair)", file=sys.stderr)
+        return 2
+    for spec in [*args.hr, args.lr, args.pair_hr]:
+        if spec and spec.startswith("sample:"):
+            parse_sample(spec)  # a malformed or unknown sample fails before any training
     photons = tuple(args.photons) if len(args.photons) == 2 else args.photons[0]
     read = tuple(args.read_noise) if len(args.read_noise) == 2 else args.read_noise[0]
     if photons == 0:
@@ -97,7 +167,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch, epochs=args.epochs, minutes=args.minutes,
         iterations_per_epoch=args.iters, seed=args.seed, device=args.device,
         precision=args.precision, train_planes=parse_planes(args.train_planes),
-        valid_planes=parse_planes(args.valid_planes),
+        valid_planes=parse_planes(args.valid_planes, "--valid-planes"),
         **({} if args.lr_max is None else {"lr_max": args.lr_max}),
         **({} if args.any_offset is None else {"any_offset": args.any_offset}),
     )
@@ -110,10 +180,6 @@ def cmd_train(args) -> int:
         return 0
     pairs = None
     if args.lr:
-        if not args.pair_hr:
-            print("decrappify train: --lr needs --pair-hr (the registered HR of the pair)",
-                  file=sys.stderr)
-            return 2
         pairs = (read_input(args.lr), read_input(args.pair_hr))
     bar = tqdm(total=None, unit="it", disable=args.quiet)
 
@@ -151,6 +217,7 @@ def cmd_demo(args) -> int:
 
     t0 = time.monotonic()
     result = run_demo(args.out, args.model)
+    written = ["restored.ome.zarr", "lr.tif", "metrics.json"]
     print(metrics_table(result.metrics))
     headless = args.headless or not os.environ.get("DISPLAY")
     # The CLI is the composition root: the napari view is looked up at run time so that the
@@ -161,11 +228,11 @@ def cmd_demo(args) -> int:
         view = importlib.import_module("napari_decrappify._napari.demo_view")
         shot = view.render(result, headless=headless)
         print(f"[demo] screenshot: {shot}")
+        written.append(Path(shot).name)
     wall = time.monotonic() - t0
     result.metrics["timings_s"]["demo_wall_s"] = round(wall, 1)
-    (result.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
-    print(f"[demo] wrote {result.out}/ (restored.ome.zarr, lr.tif, metrics.json, screenshot.png) "
-          f"in {wall:.0f} s")
+    _write_text(result.out / "metrics.json", json.dumps(result.metrics, indent=2))
+    print(f"[demo] wrote {result.out}/ ({', '.join(written)}) in {wall:.0f} s")
     return 0
 
 
@@ -180,14 +247,8 @@ def cmd_crappify(args) -> int:
         blur_sigma=args.blur, salt_pepper=args.salt_pepper, downsample=args.downsample)
     source, pixel_size, units, axes = args.hr, args.pixel_size, args.units, args.axes
     if source.startswith("sample:"):
-        from .samples import SAMPLES
-
-        sample = SAMPLES.get(source[len("sample:"):].split("[")[0])
-        source = read_input(args.hr)
-        if sample is not None:
-            axes = axes or sample.axes
-            pixel_size = pixel_size or sample.scale
-            units = units or sample.units
+        # axes, pixel size, units and (for a plane range) origin of the sample
+        source = open_input(args.hr, axes, pixel_size)
     bars = []  # created on the first plane, so that an early error prints no empty bar
 
     def progress(ev):
@@ -210,6 +271,7 @@ def cmd_evaluate(args) -> int:
 
     from .metrics import evaluate
 
+    _not_a_folder(args.json, "--json")
     pred, gt = read_input(args.pred), read_input(args.gt)
     res = evaluate(np.asarray(pred), np.asarray(gt), normalised=args.normalised)
     for row in res["planes"]:
@@ -218,16 +280,26 @@ def cmd_evaluate(args) -> int:
     print(f"mean over {res['n_planes']} non-blank planes: PSNR {res['psnr']:.2f} dB  "
           f"SSIM {res['ssim']:.4f}  NRMSE {res['nrmse']:.4f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        _write_text(Path(args.json), json.dumps(res, indent=2))
     return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a ``.part`` file renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_restore(args) -> int:
     from tqdm import tqdm
 
     from .config import TileConfig
-    from .io import open_image, write_ome_zarr, write_tiff
+    from .io import write_ome_zarr, write_tiff
     from .models import load_model
     from .tiling import restore_image, use_scheduler
 
@@ -236,6 +308,8 @@ def cmd_restore(args) -> int:
     is_tiff = name.endswith((".tif", ".tiff"))
     if not is_tiff and not name.endswith(".zarr"):
         raise ValueError(f"output {out} must end in .zarr (OME-Zarr) or .tif/.tiff")
+    if is_tiff and out.is_dir():
+        raise ValueError(f"output {out} is a folder: a .tif/.tiff output must be a file")
     if is_tiff and out.exists() and not args.overwrite:  # zarr: write_ome_zarr decides (resume)
         raise FileExistsError(f"output {out} exists: pass --overwrite to replace it")
     options = {"halo": args.halo, "device": args.device, "precision": args.precision,
@@ -244,16 +318,7 @@ def cmd_restore(args) -> int:
     if args.tile is not None:  # unset: TileConfig may grow the default tile to fit the halo
         options["tile"] = args.tile
     config = TileConfig(**options)
-    if args.input.startswith("sample:"):
-        from .samples import SAMPLES
-
-        sample = SAMPLES.get(args.input[len("sample:"):].split("[")[0])
-        data = read_input(args.input)
-        image = open_image(data, axes=args.axes or (sample.axes if sample else None),
-                           scale=sample.scale if sample else None,
-                           units=sample.units if sample else None, name=sample.key if sample else None)
-    else:
-        image = open_image(args.input, axes=args.axes)
+    image = open_input(args.input, args.axes)
     model = load_model(args.model)
     bars = []  # created on the first event: a refused output prints no empty bar
 
@@ -296,23 +361,6 @@ def cmd_restore(args) -> int:
     return 0
 
 
-def open_input(spec: str, axes: str | None = None):
-    """An image argument as :class:`~napari_decrappify.io.ImageData` (lazy for files), with the
-    sample's axes and pixel size for ``sample:KEY``."""
-    from .io import open_image
-
-    if spec.startswith("sample:"):
-        from .samples import SAMPLES
-
-        sample = SAMPLES.get(spec[len("sample:"):].split("[")[0])
-        data = read_input(spec)
-        return open_image(data, axes=axes or (sample.axes if sample else None),
-                          scale=sample.scale if sample else None,
-                          units=sample.units if sample else None,
-                          name=sample.key if sample else None)
-    return open_image(spec, axes=axes)
-
-
 def cmd_segment(args) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -324,9 +372,23 @@ def cmd_segment(args) -> int:
 
     out = Path(args.output)
     images = [out] + [Path(p) for p in (args.semantic, args.probabilities) if p]
+    named = [("OUT", args.output), ("--semantic", args.semantic),
+             ("--probabilities", args.probabilities), ("--csv", args.csv)]
+    seen: dict[Path, str] = {}
+    for option, path in named:
+        if not path:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {option} are the same path {path}: each output "
+                             f"needs its own path")
+        seen[key] = option
     for path in images:
         if not path.name.lower().endswith((".tif", ".tiff", ".zarr")):
             raise ValueError(f"output {path} must end in .zarr (OME-Zarr) or .tif/.tiff")
+        if path.name.lower().endswith((".tif", ".tiff")) and path.is_dir():
+            raise ValueError(f"output {path} is a folder: a .tif/.tiff output must be a file")
+    _not_a_folder(args.csv, "--csv")
     for path in images + ([Path(args.csv)] if args.csv else []):
         if path.exists() and not args.overwrite:
             raise FileExistsError(f"output {path} exists: pass --overwrite to replace it")
@@ -338,6 +400,9 @@ def cmd_segment(args) -> int:
             raise ValueError(f"--pixel-size needs {image.data.ndim} values (one per axis "
                              f"{image.axes}), got {len(args.pixel_size)}")
         image.scale = tuple(args.pixel_size)
+        if "first_plane" in image.metadata:  # a sample's plane range: origin in the new size
+            image.translate = _sample_origin(image.metadata["first_plane"], image.scale,
+                                             image.data.ndim)
     if args.units:
         image.units = tuple(args.units) * (image.data.ndim if len(args.units) == 1 else 1)
     quiet = args.quiet
@@ -434,14 +499,30 @@ def cmd_segment(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import inspect
+
     from . import bench
 
+    options = {}
+    for kv in args.option or []:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"-o {kv!r}: expected KEY=VALUE, e.g. -o tile=256")
+        options[key.strip()] = value
+    _not_a_folder(args.json, "--json")
     # each benchmark module registers itself on import
     bench.load_all()
     if args.what not in bench.BENCHMARKS:
         print(f"decrappify bench {args.what}: not built yet in this version", file=sys.stderr)
         return EXIT_NOT_BUILT
-    options = dict(kv.split("=", 1) for kv in (args.option or []))
+    params = inspect.signature(bench.BENCHMARKS[args.what]).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        valid = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = [k for k in options if k not in valid]
+        if unknown:
+            raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(unknown)} for bench {args.what}; valid keys: "
+                             f"{', '.join(valid) or '(none)'}")
     result = bench.run(args.what, args.json, **options)
     summary = result.get("summary", {k: v for k, v in result.items() if k != "machine"})
     print(json.dumps(summary, indent=2, default=str)[:4000])
@@ -506,8 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
                    help="input pixel size per axis (default: from the file, else 1)")
     s.add_argument("--units", nargs="+", metavar="U", help="unit per axis, e.g. nm nm nm")
-    s.add_argument("--dtype", default="float32", choices=choices(CrappifyDtype),
-                   help="output dtype: float32 in [0, 1] (default) or integers over their range")
+    s.add_argument("--dtype", default="input", choices=choices(CrappifyDtype),
+                   help="output dtype: input (default: the input's dtype and intensity scale, as "
+                        "a faster acquisition on the same detector would record it, so a model "
+                        "trained on such data restores it), float32 in [0, 1], or uint8/uint16 "
+                        "over their range")
     s.add_argument("--seed", type=int, default=0, help="plane i uses plane_rng(seed, i)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace OUT if it exists (an unfinished OME-Zarr of the same command is "
@@ -662,6 +746,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# config fields whose command line option has another name
+_FIELD_OPTIONS = {"blur_sigma": "blur", "batch_size": "batch", "patch_size": "patch",
+                  "iterations_per_epoch": "iters", "feature_weights": "feature_loss"}
+
+
+def error_message(e: BaseException, options: dict[str, str] | None = None) -> str:
+    """One line for an error: a pydantic ValidationError as ``--option: message`` per field
+    (no URL), an OSError as ``path: reason``, anything else as its text. ``options`` maps
+    argparse ``dest`` names to option strings (:func:`_option_strings`)."""
+    errors = getattr(e, "errors", None)
+    if callable(errors) and type(e).__name__ == "ValidationError":
+        options = options or {}
+        parts = []
+        for err in errors():
+            loc = [str(x) for x in err.get("loc", ())]
+            field = loc[-1] if loc else getattr(e, "title", "value")
+            option = options.get(_FIELD_OPTIONS.get(field, field)) or ".".join(loc) or field
+            msg = str(err.get("msg", "invalid value"))
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            elif "input" in err:
+                msg = f"{msg} (got {err['input']!r})"
+            parts.append(f"{option}: {msg}")
+        return "; ".join(parts)
+    if isinstance(e, OSError) and e.strerror:
+        where = "" if e.filename is None else str(e.filename)
+        if e.filename2 is not None:
+            where = f"{where} -> {e.filename2}"
+        return f"{where}: {e.strerror}" if where else e.strerror
+    text = str(e) or type(e).__name__
+    return " ".join(text.split())  # one line
+
+
+def _option_strings(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """dest -> long option string, for the options of subcommand ``command``."""
+    out: dict[str, str] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps them here
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:  # noqa: SLF001
+            for a in action.choices[command]._actions:  # noqa: SLF001
+                if a.option_strings:
+                    out.setdefault(a.dest, max(a.option_strings, key=len))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -673,8 +801,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"decrappify {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"decrappify {args.command}: error: "
+              f"{error_message(e, _option_strings(parser, args.command))}", file=sys.stderr)
         return 1
     if code == 0 and args.command not in ("models",):
         print(f"[{args.command}] done in {time.monotonic() - t0:.1f} s", file=sys.stderr)

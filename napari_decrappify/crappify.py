@@ -17,6 +17,7 @@ LR statistics, and reports how well they match.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -799,6 +800,6 @@ def crappify_file(source, out, config: CrappifyConfig, *, seed: int = 0, axes: s
             out, lr, axes=image.axes, scale=lr_scale, translate=lr_translate, units=image.units,
             overwrite=overwrite, progress=progress, cancel=cancel, name=f"{image.name} crappified",
             metadata={"crappify": config.model_dump(mode="json"), "seed": int(seed),
-                      "source": str(source) if not hasattr(source, "shape") else None})
+                      "source": str(source) if isinstance(source, str | os.PathLike) else None})
     return {"out": str(path), "shape": tuple(lr.shape), "dtype": str(lr.dtype), "axes": image.axes,
             "scale": lr_scale, "translate": lr_translate, "units": tuple(image.units)}

@@ -50,12 +50,16 @@ def run_demo(out: str | Path = "demo-output", model_name: str = "em-4x", *, over
     from .samples import load_sample
     from .tiling import restore_lazy
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings = {}
     t0 = time.perf_counter()
-    hr_raw, sample = load_sample("cremi")
+    # the model first: a wrong name or kind fails before anything is written
     model = load_model(model_name)
+    if model.kind != "restoration":
+        raise ValueError(f"model {model.name!r} is a {model.kind} model: the demo needs a "
+                         f"restoration model (e.g. em-4x)")
+    out = Path(out)
+    timings = {}
+    hr_raw, sample = load_sample("cremi")
+    out.mkdir(parents=True, exist_ok=True)
     scale = model.scale
     hr = crop_to_multiple(to_unit(hr_raw), scale)
     lr = np.stack([protocol_lr(p, scale, noisy=True, seed=i) for i, p in enumerate(hr)])
