@@ -58,7 +58,10 @@ def _generic(d: dict) -> list[str]:
 
 SECTIONS = [
     ("quality", "Restoration quality vs bicubic (held-out CREMI planes 20-24)",
-     "`decrappify bench quality`: DATA.md protocol, PSNR (dB) / SSIM against the clean HR, "
+     "`decrappify bench quality`: the project's protocol (intensities / 255; LR = block mean "
+     "by the scale, + Poisson(u * 255) / 255 + N(0, 0.01) when noisy, one seeded generator over "
+     "the planes; PSNR and SSIM with data range 1 per plane), PSNR (dB) / SSIM against the "
+     "clean HR, "
      "bicubic computed on the same LR in the same run."),
     ("throughput", "Throughput", "`decrappify bench throughput`: engine output megapixels/s "
      "divided by the raw network rate (same model and tile size, tensors in memory, plain loop)."),

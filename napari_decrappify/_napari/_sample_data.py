@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..crappify import protocol_lr
+from ..crappify import intensity_range, protocol_lr
 from ..io import downscale_geometry
 from ..samples import load_sample
 
@@ -37,8 +37,12 @@ def cremi_hr() -> list[tuple]:
 
 def make_lr(hr: np.ndarray, scale: int = LR_SCALE) -> np.ndarray:
     """The project's benchmark degradation (``crappify.protocol_lr``, noisy), plane ``i``
-    seeded with ``i`` (as the demo does): float32 in [0, 1]."""
-    return np.stack([protocol_lr(p, scale, noisy=True, seed=i) for i, p in enumerate(hr)])
+    seeded with ``i`` (as the demo does), in the HR's intensity units (float32, 0..255 for the
+    uint8 HR): the Restore dock then gives the bundled models what they were trained on
+    ([0, 1] restored to garbage: 5.96 dB for bicubic's 25.28)."""
+    lo, hi = intensity_range(hr.dtype)
+    lr = np.stack([protocol_lr(p, scale, noisy=True, seed=i) for i, p in enumerate(hr)])
+    return (lr * (hi - lo) + lo).astype(np.float32)
 
 
 def cremi_lr_hr() -> list[tuple]:
@@ -53,7 +57,7 @@ def cremi_lr_hr() -> list[tuple]:
         "name": f"CREMI {LR_SCALE}x LR",
         "scale": lr_scale,
         "translate": lr_translate,
-        "contrast_limits": (0.0, 1.0),
+        "contrast_limits": hr_kwargs["contrast_limits"],
         "metadata": {**hr_kwargs["metadata"],
                      "degradation": f"{LR_SCALE}x block mean, Poisson(u*255)/255 + N(0, 0.01), "
                                     "clipped; plane i seeded with i"},
