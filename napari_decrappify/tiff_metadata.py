@@ -29,25 +29,19 @@ UNIT_NAMES = {
 
 # OME-XML unit symbols (UnitsLength, UnitsTime) of the NGFF / pint unit names, with the size of
 # one unit in metres or seconds (to bring a position into the unit of the pixel size)
-OME_LENGTH = {
-    "yottameter": ("Ym", 1e24), "zettameter": ("Zm", 1e21), "exameter": ("Em", 1e18),
-    "petameter": ("Pm", 1e15), "terameter": ("Tm", 1e12), "gigameter": ("Gm", 1e9),
-    "megameter": ("Mm", 1e6), "kilometer": ("km", 1e3), "hectometer": ("hm", 1e2),
-    "decameter": ("dam", 1e1), "meter": ("m", 1.0), "decimeter": ("dm", 1e-1),
-    "centimeter": ("cm", 1e-2), "millimeter": ("mm", 1e-3), "micrometer": ("µm", 1e-6),
-    "nanometer": ("nm", 1e-9), "picometer": ("pm", 1e-12), "femtometer": ("fm", 1e-15),
-    "attometer": ("am", 1e-18), "zeptometer": ("zm", 1e-21), "yoctometer": ("ym", 1e-24),
+_SI_PREFIXES = (
+    ("yotta", "Y", 1e24), ("zetta", "Z", 1e21), ("exa", "E", 1e18), ("peta", "P", 1e15),
+    ("tera", "T", 1e12), ("giga", "G", 1e9), ("mega", "M", 1e6), ("kilo", "k", 1e3),
+    ("hecto", "h", 1e2), ("deca", "da", 1e1), ("", "", 1.0), ("deci", "d", 1e-1),
+    ("centi", "c", 1e-2), ("milli", "m", 1e-3), ("micro", "µ", 1e-6), ("nano", "n", 1e-9),
+    ("pico", "p", 1e-12), ("femto", "f", 1e-15), ("atto", "a", 1e-18), ("zepto", "z", 1e-21),
+    ("yocto", "y", 1e-24),
+)
+OME_LENGTH = {f"{name}meter": (f"{sym}m", f) for name, sym, f in _SI_PREFIXES} | {
     "angstrom": ("Å", 1e-10), "inch": ("in", 0.0254), "foot": ("ft", 0.3048),
     "yard": ("yd", 0.9144), "mile": ("mi", 1609.344), "parsec": ("pc", 3.0856775814913673e16),
 }
-OME_TIME = {
-    "yottasecond": ("Ys", 1e24), "zettasecond": ("Zs", 1e21), "exasecond": ("Es", 1e18),
-    "petasecond": ("Ps", 1e15), "terasecond": ("Ts", 1e12), "gigasecond": ("Gs", 1e9),
-    "megasecond": ("Ms", 1e6), "kilosecond": ("ks", 1e3), "hectosecond": ("hs", 1e2),
-    "decasecond": ("das", 1e1), "second": ("s", 1.0), "decisecond": ("ds", 1e-1),
-    "centisecond": ("cs", 1e-2), "millisecond": ("ms", 1e-3), "microsecond": ("µs", 1e-6),
-    "nanosecond": ("ns", 1e-9), "picosecond": ("ps", 1e-12), "femtosecond": ("fs", 1e-15),
-    "attosecond": ("as", 1e-18), "zeptosecond": ("zs", 1e-21), "yoctosecond": ("ys", 1e-24),
+OME_TIME = {f"{name}second": (f"{sym}s", f) for name, sym, f in _SI_PREFIXES} | {
     "minute": ("min", 60.0), "hour": ("h", 3600.0), "day": ("d", 86400.0),
 }
 # exact OME symbols first: case matters there ("Mm" is a megametre, "mm" a millimetre)
