@@ -46,6 +46,8 @@ def main() -> int:
     viewer.grid.enabled = False
     for dock in ("Restore", "Crappify", "Train", "Segment"):
         widget, _ = viewer.window.add_plugin_dock_widget("napari-decrappify", dock)
+        if dock == "Crappify":  # it offers the first image layer (the LR): crappify the HR
+            widget.layer.value = viewer.layers["HR ground truth"]
         _save(viewer, f"dock-{dock.lower()}")
         viewer.window.remove_dock_widget(widget)
     viewer.close()
