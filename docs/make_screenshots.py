@@ -45,9 +45,9 @@ def main() -> int:
     _save(viewer, "demo")
     viewer.grid.enabled = False
     for dock in ("Restore", "Crappify", "Train", "Segment"):
-        widget, _ = viewer.window.add_plugin_dock_widget("napari-decrappify", dock)
+        widget, body = viewer.window.add_plugin_dock_widget("napari-decrappify", dock)
         if dock == "Crappify":  # it offers the first image layer (the LR): crappify the HR
-            widget.layer.value = viewer.layers["HR ground truth"]
+            body.layer.value = viewer.layers["HR ground truth"]
         _save(viewer, f"dock-{dock.lower()}")
         viewer.window.remove_dock_widget(widget)
     viewer.close()
