@@ -36,6 +36,7 @@ def main() -> int:
 
     from napari_decrappify._napari.demo_view import add_demo_layers
     from napari_decrappify.demo import run_demo
+    from napari_decrappify.models import resolve_model_path
 
     IMAGES.mkdir(exist_ok=True)
     result = run_demo(HERE / "_build" / "demo", "em-4x")
@@ -48,6 +49,8 @@ def main() -> int:
         widget, body = viewer.window.add_plugin_dock_widget("napari-decrappify", dock)
         if dock == "Crappify":  # it offers the first image layer (the LR): crappify the HR
             body.layer.value = viewer.layers["HR ground truth"]
+        if dock == "Restore":  # the model the demo's 4x LR needs, not the first in the list
+            body.model.value = str(resolve_model_path("em-4x"))
         _save(viewer, f"dock-{dock.lower()}")
         viewer.window.remove_dock_widget(widget)
     viewer.close()
