@@ -162,10 +162,15 @@ def bicubic(lr, scale: int) -> np.ndarray:
 
 
 def error_map(restored, gt: GroundTruth):
-    """``|restored - ground truth|`` in [0, 1] units, lazily when ``restored`` is a dask array."""
+    """``|restored - ground truth|`` in [0, 1] units, always lazy (one chunk per plane): napari
+    computes the planes it shows, so the Error map button never works through a whole stack in
+    the UI thread, whether the result is in memory or not."""
     import dask.array as da
 
-    r = restored if isinstance(restored, da.Array) else np.asarray(restored)
+    r = restored
+    if not isinstance(r, da.Array):
+        r = np.asarray(r)
+        r = da.from_array(r, chunks=(1,) * (r.ndim - 2) + r.shape[-2:])
     g = gt.data
     if isinstance(r, da.Array) and not isinstance(g, da.Array):
         g = da.from_array(np.asarray(g), chunks=r.chunks)

@@ -257,6 +257,9 @@ def test_error_map_and_grid_toggle(make_napari_viewer, qtbot, tiny2x):
     _wait(qtbot, dock.run())
     restored = viewer.layers["lr restored (tiny-2x)"]
     err = dock.add_error_map()
+    import dask.array as da
+
+    assert isinstance(err.data, da.Array)  # computed plane by plane as viewed, not in the slot
     want = np.abs(np.clip(restored.data / 255.0, 0, 1) - hr_layer.data / 255.0)
     np.testing.assert_allclose(np.asarray(err.data), want, atol=1e-6)
     np.testing.assert_allclose(err.scale, HR_SCALE)
