@@ -83,6 +83,19 @@ def to_unit(image: np.ndarray) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
+def check_unit_float(image: np.ndarray) -> np.ndarray:
+    """``image``, after checking that a float image is in [0, 1], the scale :func:`to_unit`
+    assumes for floats: a float image in 0..255 was crappified to an all-1 LR, silently."""
+    a = np.asarray(image)
+    if np.issubdtype(a.dtype, np.floating) and a.size:
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"a float image must be in [0, 1] to be crappified (noise levels are "
+                             f"on that scale); this one spans [{lo:.4g}, {hi:.4g}]: divide it by "
+                             "its maximum, or convert it to uint8/uint16")
+    return a
+
+
 def crop_to_multiple(image: np.ndarray, scale: int) -> np.ndarray:
     """Crop Y and X (from the end) to a multiple of ``scale``."""
     h, w = image.shape[-2:]
@@ -290,7 +303,7 @@ def crappify_lazy(image, config: CrappifyConfig | Crappifier, seed: int = 0):
 
     def block(x, block_info=None):
         index = block_info[0]["chunk-location"][:lead] if block_info else (0,) * lead
-        plane = crap(x.reshape(x.shape[-2:]), seed=plane_rng(seed, index))
+        plane = crap(check_unit_float(x.reshape(x.shape[-2:])), seed=plane_rng(seed, index))
         return plane.reshape((1,) * lead + plane.shape)
 
     # a deterministic name (input, degradation, seed): a rerun of an interrupted write of this

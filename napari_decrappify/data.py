@@ -66,7 +66,12 @@ class UnitSpace:
 
     @classmethod
     def of(cls, norm: NormConfig, dtype) -> UnitSpace:
-        return cls(norm, intensity_range(dtype))
+        unit = intensity_range(dtype)
+        if not np.issubdtype(np.dtype(dtype), np.integer) and not 0 <= norm.low < norm.high <= 1:
+            # float data beyond [0, 1] has no scale of its own (to_unit would clip it to 1):
+            # noise levels are relative to its normalised range, as they always were
+            unit = (norm.low, norm.high)
+        return cls(norm, unit)
 
     @property
     def identity(self) -> bool:

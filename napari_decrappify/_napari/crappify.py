@@ -34,7 +34,7 @@ from qtpy.QtCore import QTimer
 
 from .. import io
 from ..config import CrappifyConfig, Downsample, choices
-from ..crappify import Crappifier, intensity_range, plane_rng
+from ..crappify import Crappifier, check_unit_float, intensity_range, plane_rng
 from ..data import write_pairs
 from ._workers import CoreJob
 
@@ -226,7 +226,7 @@ class CrappifyWidget(Container):
         # errors are shown in the status line (not re-raised in the Qt event loop)
         @thread_worker(ignore_errors=True)
         def work():
-            return Crappifier(config)(np.asarray(plane), seed=plane_rng(seed, index))
+            return Crappifier(config)(check_unit_float(plane), seed=plane_rng(seed, index))
 
         worker = work()
         worker.returned.connect(lambda lr: self._show_preview(layer, lr, geometry, index))

@@ -384,3 +384,12 @@ def test_output_dtype_input_keeps_any_integer_dtype_on_its_scale(tmp_path, dtype
     assert np.abs(lr.astype(np.int64) - int(value)).max() <= max(1, (info.max - info.min) >> 24)
     with pytest.raises(ValueError, match="unknown output dtype 'int8'"):
         crappify_file(hr, tmp_path / "x.tif", CrappifyConfig(scale=2), axes="ZYX", dtype="int8")
+
+
+def test_float_images_beyond_the_unit_range_are_refused_not_saturated(tmp_path):
+    # to_unit takes floats as [0, 1]: a float image in 0..255 came out as an all-1 LR
+    hr = np.full((2, 16, 16), 200.0, np.float32)
+    with pytest.raises(ValueError, match=r"float image must be in \[0, 1\].*\[200, 200\]"):
+        crappify_file(hr, tmp_path / "lr.tif", CrappifyConfig(scale=2), axes="ZYX")
+    assert not (tmp_path / "lr.tif").exists()
+    crappify_file(hr / 255, tmp_path / "ok.tif", CrappifyConfig(scale=2), axes="ZYX")

@@ -187,6 +187,20 @@ def test_noise_levels_mean_the_same_in_training_as_in_the_crappify_dock():
     assert UnitSpace.of(U8, np.uint8).identity
 
 
+def test_float_training_data_beyond_the_unit_range_is_not_clipped():
+    # float images in 0..255 (a processed TIFF) have no dtype scale: crappifying them on
+    # [0, 1] would clip every pixel to 1, so their noise stays relative to the normalised range
+    hr = synthetic_em((3, 64, 64), seed=2).astype(np.float32)  # 0..255 floats
+    norm = percentile_norm([hr])
+    space = UnitSpace.of(norm, hr.dtype)
+    assert space.identity
+    train, _, _ = make_stacks([hr], norm, train_planes=[0, 1], valid_planes=[2])
+    lr, target = CrappifiedPatches(train, CLEAN, patch=16, length=1, fixed=True,
+                                   unit_space=space)[0]
+    np.testing.assert_allclose(lr[0].numpy(), downsample(target[0].numpy(), 2), atol=1e-5)
+    assert UnitSpace.of(NormConfig(low=0.01, high=0.9), np.float32).unit == (0.0, 1.0)
+
+
 def test_frames_of_one_sample_share_one_acquisition_setting():
     # ranges are drawn once per sample, not per frame: neighbouring frames of a live
     # acquisition have one noise level, not three
