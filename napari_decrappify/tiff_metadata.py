@@ -178,14 +178,21 @@ def tiff_geometry(path: Path, axes: str) -> tuple[tuple[float, ...] | None, tupl
         return geometry_for_axes(axis_sizes(tif), axes)
 
 
-def _ome_sizes(xml: str) -> dict[str, tuple[float, str]]:
+def _ome_pixels(xml: str):
+    """The ``Pixels`` element of an OME-XML string, or None."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return {}
-    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
-    if pixels is None:
-        return {}
+        return None
+    return next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+
+
+def _ome_sizes(xml: str) -> dict[str, tuple[float, str]]:
+    pixels = _ome_pixels(xml)
+    return {} if pixels is None else _pixel_sizes(pixels)
+
+
+def _pixel_sizes(pixels) -> dict[str, tuple[float, str]]:
     out = {}
     for ax in "XYZ":
         v = pixels.get(f"PhysicalSize{ax}")
@@ -197,18 +204,14 @@ def _ome_sizes(xml: str) -> dict[str, tuple[float, str]]:
 
 
 def _ome_origins(xml: str) -> dict[str, float]:
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return {}
-    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    pixels = _ome_pixels(xml)
     if pixels is None:
         return {}
     planes = [el for el in pixels if el.tag == "Plane" or el.tag.endswith("}Plane")]
     first = next((el for el in planes if all(el.get(f"The{a}", "0") == "0" for a in "CZT")), None)
     if first is None:
         return {}
-    sizes = _ome_sizes(xml)
+    sizes = _pixel_sizes(pixels)
     out = {}
     for ax in "XYZ":
         v = first.get(f"Position{ax}")
