@@ -75,12 +75,17 @@ def to_unit(image: np.ndarray) -> np.ndarray:
     """Map intensities to [0, 1] float32: uint8 / 255, uint16 / 65535, other ints by their
     dtype range, floats unchanged (they are assumed to be normalised already)."""
     a = check_image(image)
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
     if np.issubdtype(a.dtype, np.integer):
-        info = np.iinfo(a.dtype)
-        return ((a.astype(np.float32) - info.min) / float(info.max - info.min)).astype(np.float32)
+        lo, hi = intensity_range(a.dtype)
+        return ((a.astype(np.float32) - lo) / (hi - lo)).astype(np.float32)
     return a.astype(np.float32, copy=False)
+
+
+def from_unit(x, dtype):
+    """The inverse of :func:`to_unit`: [0, 1] values (numpy or dask) back in the intensities
+    of an image of ``dtype``, as float32 (no rounding, no clipping)."""
+    lo, hi = intensity_range(dtype)
+    return (x * np.float32(hi - lo) + np.float32(lo)).astype(np.float32)
 
 
 def check_unit_float(image: np.ndarray) -> np.ndarray:

@@ -545,7 +545,7 @@ def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, 
 
     from . import __version__
     from .config import CrappifyConfig
-    from .crappify import crappify_lazy
+    from .crappify import crappify_lazy, from_unit
     from .io import check_axes, downscale_geometry, guess_axes
 
     if fmt not in ("tif", "zarr"):
@@ -563,10 +563,7 @@ def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, 
     # the LR in the HR's intensity units (float32, not rounded): a model trained on this kind of
     # data restores it, and it shares the HR's contrast ([0, 1] restored to garbage with uint8
     # models)
-    lo, hi = intensity_range(hr_d.dtype)
-    lr_d = crappify_lazy(hr_d, config, seed=seed)
-    if (lo, hi) != (0.0, 1.0):
-        lr_d = (lr_d * np.float32(hi - lo) + np.float32(lo)).astype(np.float32)
+    lr_d = from_unit(crappify_lazy(hr_d, config, seed=seed), hr_d.dtype)
     lr_scale, lr_translate = downscale_geometry(scale, translate, axes, s)
     out_dir = Path(out_dir)
     ext = ".tif" if fmt == "tif" else ".zarr"
@@ -585,7 +582,8 @@ def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, 
             "hr": {"file": paths["hr"].name, "shape": list(hr_d.shape), "dtype": str(hr_d.dtype),
                    "scale": list(scale), "translate": list(translate)},
             "lr": {"file": paths["lr"].name, "shape": list(lr_d.shape), "dtype": "float32",
-                   "range": [lo, hi], "scale": list(lr_scale), "translate": list(lr_translate)}}
+                   "range": list(intensity_range(hr_d.dtype)), "scale": list(lr_scale),
+                   "translate": list(lr_translate)}}
     complete = False
     # Our own thread pool (dask's threaded scheduler takes it from the config): when a cancel
     # stops the computation, chunk writes already running finish in the background; shutting

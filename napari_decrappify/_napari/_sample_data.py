@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..crappify import intensity_range, protocol_lr
+from ..crappify import from_unit, protocol_lr
 from ..io import downscale_geometry
 from ..samples import load_sample
 
@@ -40,9 +40,8 @@ def make_lr(hr: np.ndarray, scale: int = LR_SCALE) -> np.ndarray:
     seeded with ``i`` (as the demo does), in the HR's intensity units (float32, 0..255 for the
     uint8 HR): the Restore dock then gives the bundled models what they were trained on
     ([0, 1] restored to garbage: 5.96 dB for bicubic's 25.28)."""
-    lo, hi = intensity_range(hr.dtype)
     lr = np.stack([protocol_lr(p, scale, noisy=True, seed=i) for i, p in enumerate(hr)])
-    return (lr * (hi - lo) + lo).astype(np.float32)
+    return from_unit(lr, hr.dtype)
 
 
 def cremi_lr_hr() -> list[tuple]:

@@ -34,16 +34,9 @@ from qtpy.QtCore import QTimer
 
 from .. import io
 from ..config import CrappifyConfig, Downsample, choices
-from ..crappify import Crappifier, check_unit_float, intensity_range, plane_rng
+from ..crappify import Crappifier, check_unit_float, from_unit, plane_rng
 from ..data import write_pairs
 from ._workers import CoreJob
-
-
-def to_layer_units(lr: np.ndarray, dtype) -> np.ndarray:
-    """A crappified plane ([0, 1], :func:`~napari_decrappify.crappify.to_unit`'s scale) back in
-    the intensities of an image of ``dtype``, as float32 (no rounding)."""
-    lo, hi = intensity_range(dtype)
-    return (np.asarray(lr, np.float32) * (hi - lo) + lo).astype(np.float32)
 
 
 def _unit_names(layer) -> tuple[str, ...]:
@@ -249,7 +242,7 @@ class CrappifyWidget(Container):
         # in the HR layer's intensity units (the crappifier works on [0, 1]): the preview then
         # shares the HR's contrast, and restoring it with a model trained on such data works
         # (a [0, 1] preview of uint8 data restored to garbage)
-        data = to_layer_units(lr, layer.data.dtype).reshape((1,) * len(index) + lr.shape)
+        data = from_unit(lr, layer.data.dtype).reshape((1,) * len(index) + lr.shape)
         name = f"{layer.name} crappified"
         limits = tuple(float(c) for c in layer.contrast_limits)
         if name in self.viewer.layers:
