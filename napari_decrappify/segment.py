@@ -437,6 +437,7 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
         hardware_description,
         pick_device,
         record_warnings,
+        resumed_chain,
         run_divergence_warning,
         training_precision,
     )
@@ -541,9 +542,7 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
     record_warnings(model.config.training, [run_divergence_warning(events, config.lr_max)])
     if previous:
         # a resumed run: keep the record of the runs it started from (as train.train does)
-        chain = previous.pop("resumed_from", [])
-        previous.pop("history", None)
-        model.config.training["resumed_from"] = chain + [previous]
+        model.config.training["resumed_from"] = resumed_chain(previous)
     best = events.best_scores()  # an epoch's, or the unfinished last epoch's if it was kept
     if best is not None:
         model.config.metrics.update({"valid_loss": best.get("valid_loss"),

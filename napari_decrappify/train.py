@@ -211,6 +211,13 @@ DIVERGENCE_FACTOR = 100.0
 NONFINITE_BATCHES = 5
 
 
+def resumed_chain(previous: dict) -> list[dict]:
+    """``training["resumed_from"]`` of a run started from a model whose record is ``previous``:
+    that model's own chain, then its run (without its epoch history)."""
+    earlier = {k: v for k, v in previous.items() if k not in ("resumed_from", "history")}
+    return previous.get("resumed_from", []) + [earlier]
+
+
 def record_warnings(training: dict, messages: Sequence[str | None]) -> None:
     """Warn (``RuntimeWarning``) with each message that is not None and list it under
     ``training["warnings"]`` of the model record."""
@@ -586,8 +593,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
             out["best_epoch_unfinished"] = True  # kept: the weights when the run stopped
         if previous:
             # a resumed run: keep the record of the runs it started from
-            earlier = {k: v for k, v in previous.items() if k not in ("resumed_from", "history")}
-            out["resumed_from"] = previous.get("resumed_from", []) + [earlier]
+            out["resumed_from"] = resumed_chain(previous)
         return out
 
     net = model.net.to(device).train()
