@@ -19,13 +19,94 @@ def unit_range(image: np.ndarray, reference: np.ndarray | None = None,
                percentiles=(0.1, 99.9)) -> np.ndarray:
     """Map to [0, 1]: uint8 / 255; otherwise by the percentiles of ``reference`` (or itself)."""
     a = np.asarray(image)
-    ref = np.asarray(reference) if reference is not None else a
-    if ref.dtype == np.uint8:
-        return np.clip(a.astype(np.float32) / 255.0, 0, 1)
-    if np.issubdtype(ref.dtype, np.floating) and ref.min() >= 0 and ref.max() <= 1:
-        return np.clip(a.astype(np.float32), 0, 1)
-    lo, hi = np.percentile(ref, percentiles)
-    return np.clip((a.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
+    mode, lo, hi = reference_range(reference if reference is not None else a, percentiles)
+    return apply_range(a, mode, lo, hi)
+
+
+def apply_range(a, mode: str, lo: float = 0.0, hi: float = 1.0):
+    """Map ``a`` (numpy or dask) to [0, 1] float32 by a :func:`reference_range` result."""
+    if mode == "uint8":
+        return (a.astype(np.float32) / 255.0).clip(0, 1)
+    if mode == "unit":
+        return a.astype(np.float32).clip(0, 1)
+    # in float64 (numpy scalars), then float32: the values unit_range has always given
+    span = np.float64(max(hi - lo, 1e-12))
+    return ((a.astype(np.float32) - np.float64(lo)) / span).clip(0, 1).astype(np.float32)
+
+
+HISTOGRAM_BINS = 1 << 20  # percentiles of out-of-memory float data: within (max - min) / 2**20
+
+
+def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, float]:
+    """How :func:`unit_range` maps to [0, 1] with ``reference``: ``(mode, lo, hi)``.
+
+    ``mode`` is ``"uint8"`` (divide by 255), ``"unit"`` (float data already in [0, 1]: clip) or
+    ``"percentile"`` (``lo``, ``hi``: the ``percentiles`` of ``reference``, as ``np.percentile``).
+
+    A numpy array is used as it is. Anything else (a dask or zarr array, e.g. a ground truth
+    larger than memory) is read one plane (index of the first axis) at a time, so memory stays
+    bounded: uint8 reads nothing; float min/max are streamed; percentiles of integer data of up
+    to 16 bits are exact, from one histogram of all values; those of other data come from a
+    histogram of 2**20 bins between the min and the max (within (max - min) / 2**20 of exact).
+    """
+    dtype = np.dtype(reference.dtype)
+    if dtype == np.uint8:
+        return "uint8", 0.0, 255.0
+    if isinstance(reference, np.ndarray):
+        if np.issubdtype(dtype, np.floating) and reference.min() >= 0 and reference.max() <= 1:
+            return "unit", 0.0, 1.0
+        lo, hi = np.percentile(reference, percentiles)
+        return "percentile", float(lo), float(hi)
+
+    def planes():
+        if reference.ndim == 0:
+            yield np.asarray(reference)
+            return
+        for i in range(reference.shape[0]):
+            yield np.asarray(reference[i])
+
+    n, vmin, vmax = 0, np.inf, -np.inf
+    for plane in planes():
+        if plane.size:
+            n += plane.size
+            vmin, vmax = min(vmin, float(plane.min())), max(vmax, float(plane.max()))
+    if n == 0:
+        raise ValueError("the reference image is empty: no intensity range")
+    if np.issubdtype(dtype, np.floating) and vmin >= 0 and vmax <= 1:
+        return "unit", 0.0, 1.0
+    exact = np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2
+    if exact:  # one bin per integer value
+        offset, bins, width = int(vmin), int(vmax) - int(vmin) + 1, 1.0
+    else:
+        offset, bins = vmin, HISTOGRAM_BINS
+        width = (vmax - vmin) / bins if vmax > vmin else 1.0
+    counts = np.zeros(bins, np.int64)
+    for plane in planes():
+        if exact:
+            idx = plane.astype(np.int64).ravel() - offset
+        else:
+            idx = np.minimum(((plane.astype(np.float64).ravel() - offset) / width).astype(np.int64),
+                             bins - 1)
+        counts += np.bincount(idx, minlength=bins)
+    cum = np.cumsum(counts)
+
+    def order_stat(k: int) -> float:
+        """The k-th smallest value (0-based): exact for one-value bins, else the bin's value
+        interpolated by rank."""
+        b = int(np.searchsorted(cum, k, side="right"))
+        if exact:
+            return float(offset + b)
+        before = int(cum[b - 1]) if b else 0
+        return float(offset + width * (b + (k - before + 0.5) / max(int(counts[b]), 1)))
+
+    out = []
+    for q in percentiles:  # np.percentile's default ("linear"): rank q/100 * (n - 1)
+        r = q / 100 * (n - 1)
+        k = int(np.floor(r))
+        a = order_stat(k)
+        b = order_stat(min(k + 1, n - 1))
+        out.append(a + (r - k) * (b - a))
+    return "percentile", out[0], out[1]
 
 
 def psnr(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:

@@ -21,25 +21,19 @@ class UnitMap:
     """:func:`metrics.unit_range` with its reference statistics computed once.
 
     ``UnitMap(ref)(a)`` equals ``metrics.unit_range(a, ref)`` for numpy arrays, and also works
-    lazily on dask arrays (for error maps of lazy results).
+    lazily on dask arrays (for error maps of lazy results). A reference that is not a numpy
+    array (a lazy ground truth) is read plane by plane (:func:`metrics.reference_range`).
     """
 
     def __init__(self, reference, percentiles=(0.1, 99.9)):
-        ref = np.asarray(reference)
-        if ref.dtype == np.uint8:
-            self.mode = "uint8"
-        elif np.issubdtype(ref.dtype, np.floating) and ref.min() >= 0 and ref.max() <= 1:
-            self.mode = "unit"
-        else:
-            self.mode = "percentile"
-            self.lo, self.hi = np.percentile(ref, percentiles)
+        from ..metrics import reference_range
+
+        self.mode, self.lo, self.hi = reference_range(reference, percentiles)
 
     def __call__(self, a):
-        if self.mode == "uint8":
-            return (a.astype(np.float32) / 255.0).clip(0, 1)
-        if self.mode == "unit":
-            return a.astype(np.float32).clip(0, 1)
-        return ((a.astype(np.float32) - self.lo) / max(self.hi - self.lo, 1e-12)).clip(0, 1)
+        from ..metrics import apply_range
+
+        return apply_range(a, self.mode, self.lo, self.hi)
 
 
 class GroundTruth:
@@ -48,7 +42,8 @@ class GroundTruth:
 
     Made by :func:`ground_truth`, it reads nothing: ``data`` (``hr`` cropped on Y, X to the
     result's shape), ``gt_map`` and ``pred_map`` are built on first use, which reads the whole
-    ground truth (and the input when their dtypes differ) and computes percentiles. Use them,
+    ground truth (and the input when their dtypes differ; a lazy one plane by plane, so a
+    ground truth larger than memory works) and computes percentiles. Use them,
     or call :meth:`prepare`, in a worker thread, never in napari's UI thread.
     """
 
@@ -78,14 +73,13 @@ class GroundTruth:
         """Build the intensity maps now (reads the data: call it in a worker thread)."""
         data = self.data
         with self._lock:
-            if self._gt_map is None:
-                hr_ref = np.asarray(data)
-                self._gt_map = UnitMap(hr_ref)
+            if self._gt_map is None:  # a lazy ground truth is read plane by plane
+                self._gt_map = UnitMap(data)
                 if self._pred_map is None and (self._lr is None
-                                               or np.dtype(self._lr.dtype) == hr_ref.dtype):
+                                               or np.dtype(self._lr.dtype) == np.dtype(data.dtype)):
                     self._pred_map = self._gt_map
             if self._pred_map is None:
-                self._pred_map = UnitMap(np.asarray(self._lr))
+                self._pred_map = UnitMap(self._lr)
         return self
 
     @property

@@ -45,6 +45,57 @@ def test_unit_range():
     assert u.min() == 0 and u.max() == 1 and u.dtype == np.float32
 
 
+class _PlaneByPlane:
+    """An array-like that hands out one plane at a time and fails if read whole, like a
+    ground truth larger than memory would."""
+
+    def __init__(self, a):
+        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
+
+    def __getitem__(self, i):
+        assert isinstance(i, int), f"read {i!r}: more than one plane"
+        return self.a[i]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole array was read")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32, np.int32])
+def test_reference_range_of_lazy_data_plane_by_plane_matches_numpy(rng, dtype):
+    """A lazy ground truth's intensity range is streamed plane by plane: percentiles exact for
+    integers up to 16 bits, within (max - min) / 2**20 otherwise. (It was read whole.)"""
+    import dask.array as da
+
+    from napari_decrappify.metrics import reference_range
+
+    if np.issubdtype(dtype, np.floating):
+        a = (rng.gamma(2.0, 300.0, (6, 40, 50)) - 50).astype(dtype)
+    else:
+        lo = 0 if dtype == np.uint16 else -3000
+        a = rng.integers(lo, 20000, (6, 40, 50)).astype(dtype)
+    want = reference_range(a)
+    assert want[0] == "percentile"
+    np.testing.assert_allclose(want[1:], np.percentile(a, (0.1, 99.9)), rtol=1e-12)
+    tol = 0.0 if dtype in (np.uint16, np.int16) else float(a.max() - a.min()) / 2**20
+    for lazy in (_PlaneByPlane(a), da.from_array(a, chunks=(1, 20, 25))):
+        got = reference_range(lazy)
+        assert got[0] == "percentile"
+        np.testing.assert_allclose(got[1:], want[1:], rtol=0, atol=tol + 1e-9)
+    # float data in [0, 1] and uint8 are recognised without percentiles; empty is an error
+    assert reference_range(_PlaneByPlane(rng.random((3, 4, 4)).astype(np.float32)))[0] == "unit"
+    assert reference_range(_PlaneByPlane(np.zeros((3, 4, 4), np.uint8)))[0] == "uint8"
+    with pytest.raises(ValueError, match="empty"):
+        reference_range(_PlaneByPlane(np.zeros((0, 4, 4), np.uint16)))
+
+
+def test_unit_range_values_unchanged_by_the_range_split(rng):
+    """unit_range maps in float64 then casts to float32, as it did before reference_range."""
+    a = rng.integers(0, 4000, (2, 16, 16)).astype(np.uint16)
+    lo, hi = np.percentile(a, (0.1, 99.9))
+    old = np.clip((a.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
+    assert np.array_equal(unit_range(a), old)
+
+
 def test_bicubic_matches_skimage_protocol(rng):
     from skimage.transform import resize
 
@@ -75,3 +126,23 @@ def test_normalised_scoring_refuses_data_outside_the_unit_range(rng):
     assert evaluate(gt.astype(np.float32), gt, normalised=False)["ssim"] == pytest.approx(1.0)
     unit = gt.astype(np.float32) / 255
     assert evaluate(unit * 1.05 - 0.02, unit)["psnr"] > 20  # a small overshoot is scored
+
+
+def test_ground_truth_intensity_maps_of_a_lazy_stack_match_in_memory(rng):
+    """The Restore dock's ground-truth scoring reads a lazy uint16 HR plane by plane for its
+    range (it read the whole stack into memory) and scores exactly as with the array."""
+    import dask.array as da
+
+    from napari_decrappify._napari import _compare
+
+    hr = rng.integers(100, 5000, (3, 32, 32)).astype(np.uint16)
+    lr = hr.reshape(3, 16, 2, 16, 2).mean(axis=(2, 4)).astype(np.uint16)
+    pred = rng.normal(2500, 800, (3, 32, 32)).astype(np.float32)
+    eager = _compare.ground_truth(hr, lr, (3, 32, 32), 2).prepare()
+    lazy = _compare.ground_truth(_PlaneByPlane(hr), lr, (3, 32, 32), 2).prepare()
+    assert (lazy.gt_map.lo, lazy.gt_map.hi) == (eager.gt_map.lo, eager.gt_map.hi)
+    assert lazy.pred_map is lazy.gt_map  # same dtype as the input: the HR's range for both
+    want = _compare.score(pred, eager)
+    assert _compare.score(pred, _compare.ground_truth(da.from_array(hr, chunks=(1, 32, 32)), lr,
+                                                      (3, 32, 32), 2))["psnr"] == want["psnr"]
+    np.testing.assert_array_equal(lazy.gt_map(hr), unit_range(hr))
