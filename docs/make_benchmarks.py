@@ -73,6 +73,13 @@ SECTIONS = [
      "planes at the model's input pixel size."),
     ("seams-noise", "Seams on white noise", "`decrappify bench seams -o input=noise`: the same on "
      "uniform noise over the model's whole input range, a stress test outside any training data."),
+    ("training", "Training at an equal wall-clock budget (CREMI 4x with noise)",
+     "`decrappify bench training`: the default recipe (`decrappify train`'s defaults: LR-grid "
+     "U-Net, L1, one-cycle at 3e-3, 64 px LR patches, batch 8; the bundled models' noise range) "
+     "trained for the same minutes per encoder on planes 0-17 (validation 18-19), then scored "
+     "on planes 20-24 by the quality protocol beside bicubic on the same LR. The peer row is "
+     "DATA.md's PSSR2 figure on the same protocol and machine kind. It is also the regression "
+     "check for changes to training: a change that trains worse shows here."),
     ("segmentation", "Segmentation counts on LR, restored and HR",
      "`decrappify bench segmentation`: object counts and F1 (IoU >= 0.5) against ground-truth masks."),
 ]

@@ -1,4 +1,4 @@
-"""Benchmarks that write JSON: ``decrappify bench quality|throughput|memory|seams|segmentation``.
+"""Benchmarks that write JSON: ``decrappify bench quality|throughput|memory|seams|segmentation|training``.
 
 Benchmarks are not tests: they measure speed, memory and quality and write the figures (with
 the machine and library versions) to JSON; nothing here is asserted in the test suite. Figures
@@ -70,7 +70,7 @@ def load_all() -> None:
     """Import the modules that define benchmarks (each registers itself with @benchmark)."""
     import importlib
 
-    for mod in ("_bench_engine", "_bench_quality", "_bench_segmentation"):
+    for mod in ("_bench_engine", "_bench_quality", "_bench_segmentation", "_bench_training"):
         try:
             importlib.import_module(f"napari_decrappify.{mod}")
         except ModuleNotFoundError as e:

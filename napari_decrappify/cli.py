@@ -734,7 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks that write JSON")
-    s.add_argument("what", choices=["quality", "throughput", "memory", "seams", "segmentation"])
+    s.add_argument("what", choices=["quality", "throughput", "memory", "seams", "segmentation",
+                                    "training"])
     s.add_argument("--json", help="write the results to this JSON file")
     s.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="benchmark-specific option (repeatable)")

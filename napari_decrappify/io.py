@@ -262,6 +262,14 @@ def _open_tiff(path: Path, named: bool = False):
         c = tif_axes.index("C")
         data = data.reshape(data.shape[:c] + (data.shape[c] * data.shape[c + 1],)
                             + data.shape[c + 2:])
+    if (not named and tif_axes is not None and "Z" not in tif_axes and "Y" in tif_axes
+            and ("Z" in origins or "Z" in sizes)):
+        # one plane placed in z (a z pixel size or plane PositionZ, e.g. write_tiff of a ZYX
+        # stack with a single plane): tifffile squeezes its Z axis away, and the z origin with
+        # it; it stays a one-plane Z axis, so it overlays the stack it came from
+        at = tif_axes.index("Y")
+        data = data[(slice(None),) * at + (None,)]
+        tif_axes = tif_axes[:at] + "Z" + tif_axes[at:]
     return data, tif_axes, sizes, origins
 
 

@@ -210,7 +210,7 @@ class RestorationNet(nn.Module):
                 encoder, features, img_size, blur=arch.blur, self_attention=arch.self_attention,
                 norm_type=norm_type, act_cls=act_cls,
             )
-            # ICNR init: the shuffled output starts as nearest-neighbour upsampling (no checkerboard).
+            # ICNR init (fastai's, in 2x2 sub-blocks; see pixel_shuffle_icnr) and blur: no checkerboard
             self.upsample = pixel_shuffle_icnr(features, arch.out_channels, arch.scale, arch.blur)
         else:
             self.unet = DynamicUnet(

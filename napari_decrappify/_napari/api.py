@@ -36,22 +36,41 @@ _MODEL_LOCK = threading.Lock()
 _GRID_STATE: dict[int, dict] = {}
 
 
+def _model_key(model) -> tuple:
+    from ..models import WEIGHTS_FILE, resolve_model_path
+
+    path = resolve_model_path(model).resolve()
+    wfile = path / WEIGHTS_FILE
+    return (str(path), wfile.stat().st_mtime_ns if wfile.exists() else None)
+
+
+def loaded_model(model):
+    """The model if it is loaded already (a model object, or in :func:`resolve_model`'s cache),
+    else ``None``: lets a dock load weights in a worker instead of the UI thread."""
+    if not isinstance(model, str | os.PathLike):
+        return model
+    try:
+        key = _model_key(model)
+    except (OSError, ValueError):  # unknown name: resolve_model raises the clear error
+        return None
+    # no lock: a worker may hold it while loading, and a dict read is atomic
+    return _MODEL_CACHE.get(key)
+
+
 def resolve_model(model):
     """A loaded model from a model object, a model folder or a bundled / user model name.
 
     Loaded models are cached (keyed by folder and weights file time), so switching back and
     forth in the dock does not reload them.
     """
-    from ..models import WEIGHTS_FILE, load_model, resolve_model_path
+    from ..models import load_model
 
     if not isinstance(model, str | os.PathLike):
         return model
-    path = resolve_model_path(model).resolve()
-    wfile = path / WEIGHTS_FILE
-    key = (str(path), wfile.stat().st_mtime_ns if wfile.exists() else None)
+    key = _model_key(model)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = load_model(path)
+            _MODEL_CACHE[key] = load_model(key[0])
         return _MODEL_CACHE[key]
 
 

@@ -363,19 +363,41 @@ class RestoreWidget(DockBody):
         show_error(f"Decrappify: {exc}")
 
     def _finished(self) -> None:
+        if self.job is not None and self.job.running:  # a job chained from the one that ended
+            return
         self.cancel_button.enabled = False
         self.restore_button.enabled = True
 
     def _set_status(self, text: str) -> None:
         self.status.value = text
 
+    def _load_model_first(self, action):
+        """Load the chosen model's weights in a worker when they are not loaded yet, then call
+        ``action`` again (in the UI thread): returns that loading job, or ``None`` when there is
+        nothing to load (the model is loaded, or the inputs are incomplete: ``action`` reports)."""
+        if self.image.value is None or not self.model.value:
+            return None
+        if api.loaded_model(self.model.value) is not None:
+            return None
+        path = self.model.value
+        return self._start(_load_model_job, path, description=f"Loading model {Path(path).name}",
+                           on_result=lambda _model: action(), cancelled_if=lambda _model: True,
+                           cancelled_text="cancelled before the model was loaded, nothing was added")
+
     # ------------------------------------------------------------------ restore
     def run(self, *_args):
-        """Restore the input with the model: a lazy layer at once, or a worker job (returned)."""
+        """Restore the input with the model: a lazy layer at once, or a worker job (returned).
+
+        A model not loaded yet is loaded in a worker first: the job returned is then that
+        loading job, which restores when it is done.
+        """
         from .. import tiling
 
         if self._busy():
             return None
+        loading = self._load_model_first(self.run)
+        if loading is not None:
+            return loading
         try:
             source, model, axes, config, gt_layer = self._inputs()
             lr = base_data(source)
@@ -589,6 +611,9 @@ class RestoreWidget(DockBody):
         show LR / bicubic / restored / HR crops side by side, with scores (a worker job)."""
         if self._busy():
             return None
+        loading = self._load_model_first(self.inspect)
+        if loading is not None:
+            return loading
         try:
             source, model, axes, config, gt_layer = self._inputs()
             lr = base_data(source)
@@ -750,6 +775,11 @@ def _score_job(restored, lr, scale, gt, index, *, progress=None, cancel=None):
     out["bicubic"] = _compare.score(_compare.bicubic(low, scale), gt, index)
     progress({"event": "scoring", "done": 2, "total": 2})
     return {k: _summary(v) for k, v in out.items()}
+
+
+def _load_model_job(path, *, progress=None, cancel=None):
+    """Worker: load (and cache) a model's weights, so that the UI thread never does."""
+    return api.resolve_model(path)
 
 
 def _prepare_ground_truth(gt, *, progress=None, cancel=None):

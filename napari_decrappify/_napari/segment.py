@@ -241,7 +241,23 @@ class SegmentWidget(DockBody):
 
         return check_classes(self.classes.value)
 
+    def _load_model_first(self, action):
+        """Load the chosen model's weights in a worker when they are not loaded yet, then call
+        ``action`` again (in the UI thread): returns that loading job, or ``None`` when there is
+        nothing to load."""
+        from .api import loaded_model
+
+        path = self.model_choice.value
+        if path is None or loaded_model(path) is not None:
+            return None
+        return self._start_job(_load_model_job, path, description=f"Loading model {Path(path).name}",
+                               on_result=lambda _model: action(), cancelled_if=lambda _model: True,
+                               on_cancelled=lambda: self._set_status("cancelled before the model "
+                                                                     "was loaded"))
+
     def current_model(self):
+        """The chosen segmentation model (loaded in the UI thread if it is not loaded yet: the
+        dock's buttons load it in a worker first, :meth:`_load_model_first`)."""
         from .api import resolve_model
 
         path = self.model_choice.value
@@ -294,6 +310,8 @@ class SegmentWidget(DockBody):
         return self.job
 
     def _finished(self) -> None:
+        if self.job is not None and self.job.running:  # a job chained from the one that ended
+            return
         for b in (self.train_button, self.predict_button, self.compare_button):
             b.enabled = True
         self.cancel_button.enabled = False
@@ -405,6 +423,9 @@ class SegmentWidget(DockBody):
 
         if self._busy():
             return None
+        loading = self._load_model_first(self.start_prediction)
+        if loading is not None:
+            return loading
         try:
             image = self.image.value
             if image is None:
@@ -557,6 +578,9 @@ class SegmentWidget(DockBody):
 
         if self._busy():
             return None
+        loading = self._load_model_first(self.start_comparison)
+        if loading is not None:
+            return loading
         try:
             model = self.current_model()
             layers = list(self.compare_sources.value or [])
@@ -605,6 +629,13 @@ class SegmentWidget(DockBody):
                          "matched at IoU >= 0.5")
 
 
+def _load_model_job(path, *, progress=None, cancel=None):
+    """Worker: load (and cache) a model's weights, so that the UI thread never does."""
+    from .api import resolve_model
+
+    return resolve_model(path)
+
+
 def _grid_factor(layer, grid: tuple[int, ...]) -> int:
     """The integer factor that puts ``layer`` on the reference ``grid`` (1: already on it)."""
     shape = tuple(base_data(layer).shape)
@@ -648,11 +679,16 @@ def _compare_counts_job(sources, reference, norm, *, progress=None, cancel=None,
 
 def _train_segmenter_job(image, labels, *args, cancel=None, **kwargs):
     """Worker side of "Train": the image is read here (a lazy layer computes in the worker,
-    and Cancel stops it)."""
+    and Cancel stops it); the saved model is loaded back here too, so that Predict finds it
+    loaded (:func:`api.resolve_model`'s cache) instead of loading it first."""
     from .. import segment
+    from .api import resolve_model
 
-    return segment.train_segmenter(compute_array(image, cancel), labels, *args, cancel=cancel,
-                                   **kwargs)
+    result = segment.train_segmenter(compute_array(image, cancel), labels, *args, cancel=cancel,
+                                     **kwargs)
+    if result.path is not None:
+        resolve_model(result.path)
+    return result
 
 
 def _default_model_dir() -> Path:

@@ -349,4 +349,9 @@ def _train_job(hr, config, *, pairs=None, start_from=None, **kwargs):
     hr = [np.asarray(h) for h in hr]
     if pairs is not None:
         pairs = (np.asarray(pairs[0]), np.asarray(pairs[1]))
-    return train_mod.train(hr, config, pairs=pairs, **kwargs)
+    result = train_mod.train(hr, config, pairs=pairs, **kwargs)
+    if result.path is not None:  # loaded back here, so the Restore dock finds it loaded
+        from .api import resolve_model
+
+        resolve_model(result.path)
+    return result

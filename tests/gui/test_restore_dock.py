@@ -289,6 +289,9 @@ def test_inspect_region_from_shapes(make_napari_viewer, qtbot, model_dir, tmp_pa
     model = build_model(ArchConfig(encoder="tiny", scale=2), name="tiny-2x-rf", seed=1, measure_rf=False)
     model.config.receptive_field = measure_receptive_field(model.net, model.config.arch, size=192)
     folder = save_model(model, tmp_path / "elsewhere" / "tiny-2x-rf")
+    from napari_decrappify._napari import api
+
+    api.resolve_model(folder)  # loaded, as after a first use (loading first: tested below)
     halo = model.receptive_field + 3
     viewer = make_napari_viewer()
     lr, hr = lr_hr(8, shape=(3, 256, 256))
@@ -644,3 +647,76 @@ def test_rerun_replaces_the_result_layer(make_napari_viewer, qtbot, tiny2x):
     np.testing.assert_allclose(out.scale, HR_SCALE)
     np.testing.assert_allclose(out.translate, HR_TRANSLATE)
     assert dock.result["layer"] is out
+
+
+def _recording_loads(monkeypatch, gate=None):
+    """Patch models.load_model to log, per call, whether it ran in the UI (main) thread, and
+    optionally to wait on ``gate`` first."""
+    import threading
+
+    from napari_decrappify import models
+
+    original, log = models.load_model, []
+
+    def recording(*args, **kwargs):
+        log.append(threading.current_thread() is threading.main_thread())
+        if gate is not None:
+            gate.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", recording)
+    return log
+
+
+def test_model_weights_load_in_a_worker_then_restore(make_napari_viewer, qtbot, model_dir,
+                                                     monkeypatch):
+    from _tiny import save_tiny
+
+    save_tiny(model_dir / "cold-2x", scale=2, preload=False)
+    loads = _recording_loads(monkeypatch)
+    viewer = make_napari_viewer()
+    dock, _, _ = _setup(viewer, 21, with_hr=False)
+    dock.model.value = str(model_dir / "cold-2x")
+    dock.lazy.value = True
+    job = dock.run()  # not loaded yet: the slot starts a loading job and returns
+    assert job is not None and job.description == "Loading model cold-2x"
+    assert "lr restored (cold-2x)" not in viewer.layers
+    qtbot.waitUntil(lambda: "lr restored (cold-2x)" in viewer.layers, timeout=30_000)
+    qtbot.waitUntil(lambda: dock.job.finished, timeout=30_000)
+    assert loads == [False], "the model's weights were loaded in the UI thread"
+    assert dock.restore_button.enabled and not dock.cancel_button.enabled
+    # loaded now: Restore (in memory) and Inspect start their jobs without loading again
+    dock.lazy.value = False
+    job = dock.run()
+    assert job.description == "Restoring lr"
+    _wait(qtbot, job)
+    assert job.status == "done", dock.status.value
+    assert dock.inspect().description == "Inspecting region"
+    _wait(qtbot, dock.job)
+    assert loads == [False]
+
+
+def test_cancel_while_the_model_loads_adds_nothing(make_napari_viewer, qtbot, model_dir,
+                                                   monkeypatch):
+    import threading
+
+    from _tiny import save_tiny
+
+    save_tiny(model_dir / "cold-2x", scale=2, preload=False)
+    gate = threading.Event()
+    loads = _recording_loads(monkeypatch, gate)
+    viewer = make_napari_viewer()
+    dock, _, _ = _setup(viewer, 22, with_hr=False)
+    dock.model.value = str(model_dir / "cold-2x")
+    dock.lazy.value = False
+    n_layers = len(viewer.layers)
+    job = dock.run()
+    qtbot.waitUntil(lambda: loads == [False], timeout=10_000)
+    dock.cancel()
+    gate.set()
+    _wait(qtbot, job)
+    assert job.status == "cancelled"
+    assert dock.job is job, "a restore was started after Cancel"
+    assert len(viewer.layers) == n_layers
+    assert "cancelled before the model was loaded" in dock.status.value
+    assert dock.restore_button.enabled and not dock.cancel_button.enabled

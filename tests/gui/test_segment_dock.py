@@ -257,6 +257,11 @@ def test_segment_dock_reads_lazy_layers_in_the_worker_not_the_ui_thread(
             _paint(painted)
             job = dock.start_training()
         assert job is not None, dock.status.value
+        if action != "train":  # the model's weights are loaded in a worker first
+            assert job.description == "Loading model seg"
+            qtbot.waitUntil(lambda: job.finished, timeout=120_000)
+            assert job.status == "done" and dock.job is not job, dock.status.value
+            job = dock.job
         qtbot.waitUntil(lambda: job.finished, timeout=120_000)
     assert job.status == "done", (job.status, job.error)
     assert readers and "MainThread" not in readers, readers

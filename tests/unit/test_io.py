@@ -389,6 +389,24 @@ def test_tiff_round_trips_the_origin(tmp_path):
            'PositionYUnit="µm" PositionZ="14.0"' in xml
 
 
+@pytest.mark.parametrize("z0", [800.0, 0.0])
+def test_a_single_plane_z_stack_tiff_keeps_its_z_axis_and_origin(tmp_path, z0):
+    """Restoring plane 20 of a stack (``sample:cremi[20:21]``) writes a one-plane ZYX TIFF:
+    it read back as YX, losing its z position (napari then showed it on every plane). A
+    2-D image stays 2-D."""
+    one = write_tiff(tmp_path / "one.tif", np.zeros((1, 8, 8), np.uint8), axes="ZYX",
+                     scale=(40.0, 4.0, 4.0), translate=(z0, 2.0, 2.0), units=("nm",) * 3)
+    img = open_image(one)
+    assert img.axes == "ZYX" and img.data.shape == (1, 8, 8)
+    assert img.scale == (40.0, 4.0, 4.0) and img.translate == (z0, 2.0, 2.0)
+    flat = write_tiff(tmp_path / "flat.tif", np.zeros((8, 8), np.uint8), axes="YX",
+                      scale=(4.0, 4.0), translate=(2.0, 2.0), units=("nm",) * 2)
+    img = open_image(flat)
+    assert img.axes == "YX" and img.data.shape == (8, 8) and img.translate == (2.0, 2.0)
+    # axes named by the caller: the file's array as stored
+    assert open_image(one, axes="YX").data.shape == (8, 8)
+
+
 def test_tiff_origin_in_another_unit_is_converted(tmp_path):
     import tifffile
 
