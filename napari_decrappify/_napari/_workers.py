@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker
@@ -290,3 +291,40 @@ class CoreJob:
         if self._on_finished is not None:
             self._on_finished()
         self.finished = True
+
+
+def _load_model_job(path, *, progress=None, cancel=None):
+    """Worker: load (and cache) a model's weights, so that the UI thread never does."""
+    from .api import resolve_model
+
+    return resolve_model(path)
+
+
+class LoadsModelFirst:
+    """For docks whose buttons need a model's weights: load them in a worker job first.
+
+    ``_load_then(path, action, start, **kwargs)`` returns ``None`` when the model at
+    ``path`` is loaded (:func:`api.loaded_model`) and ``action`` can go on; otherwise it starts
+    a loading job with the dock's ``start`` (its CoreJob starter, given ``kwargs``) whose
+    result calls ``action()`` again, in the UI thread, and returns that job.
+    """
+
+    _loaded_just_now = None  # the model path a loading job has just loaded
+
+    def _load_then(self, path, action, start, **kwargs):
+        from .api import loaded_model
+
+        if not path or loaded_model(path) is not None or self._loaded_just_now == path:
+            return None
+        return start(_load_model_job, path, description=f"Loading model {Path(path).name}",
+                     on_result=lambda _model: self._after_load(path, action),
+                     cancelled_if=lambda _model: True, **kwargs)
+
+    def _after_load(self, path, action) -> None:
+        """Run ``action`` once the model is loaded; never a second load for the same click
+        (a weights file replaced meanwhile is then loaded by ``action`` itself)."""
+        self._loaded_just_now = path
+        try:
+            action()
+        finally:
+            self._loaded_just_now = None

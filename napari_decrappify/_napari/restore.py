@@ -41,7 +41,7 @@ from magicgui.widgets import (
 from . import _compare, api
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, mode_text
 from ._ui import DockBody, devices, layer_choices, note
-from ._workers import CoreJob, compute_array, model_events
+from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events
 
 CURRENT_VIEW = "current view"
 INSPECT_PANELS = ("LR", "bicubic", "restored", "HR")
@@ -55,7 +55,7 @@ def _fmt(scores: dict | None) -> str:
     return f"{scores['psnr']:.2f} dB / {scores['ssim']:.4f}"
 
 
-class RestoreWidget(DockBody):
+class RestoreWidget(LoadsModelFirst, DockBody):
     """Restore: denoise and upsample an image layer with a model.
 
     Parameters
@@ -372,17 +372,13 @@ class RestoreWidget(DockBody):
         self.status.value = text
 
     def _load_model_first(self, action):
-        """Load the chosen model's weights in a worker when they are not loaded yet, then call
-        ``action`` again (in the UI thread): returns that loading job, or ``None`` when there is
-        nothing to load (the model is loaded, or the inputs are incomplete: ``action`` reports)."""
-        if self.image.value is None or not self.model.value:
+        """The loading job when the chosen model is not loaded yet (:class:`LoadsModelFirst`);
+        ``None`` also when the inputs are incomplete (``action`` then says so)."""
+        if self.image.value is None:
             return None
-        if api.loaded_model(self.model.value) is not None:
-            return None
-        path = self.model.value
-        return self._start(_load_model_job, path, description=f"Loading model {Path(path).name}",
-                           on_result=lambda _model: action(), cancelled_if=lambda _model: True,
-                           cancelled_text="cancelled before the model was loaded, nothing was added")
+        return self._load_then(
+            self.model.value, action, self._start,
+            cancelled_text="cancelled before the model was loaded, nothing was added")
 
     # ------------------------------------------------------------------ restore
     def run(self, *_args):
@@ -775,11 +771,6 @@ def _score_job(restored, lr, scale, gt, index, *, progress=None, cancel=None):
     out["bicubic"] = _compare.score(_compare.bicubic(low, scale), gt, index)
     progress({"event": "scoring", "done": 2, "total": 2})
     return {k: _summary(v) for k, v in out.items()}
-
-
-def _load_model_job(path, *, progress=None, cancel=None):
-    """Worker: load (and cache) a model's weights, so that the UI thread never does."""
-    return api.resolve_model(path)
 
 
 def _prepare_ground_truth(gt, *, progress=None, cancel=None):

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 from ..io import RestoreCancelled
 from ._layers import base_data, current_plane, layer_axes, layer_geometry
 from ._ui import STOP_TEXT, DockBody, layer_choices
-from ._workers import CoreJob, compute_array, model_events
+from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events
 
 WHOLE = "whole image / stack"
 PLANE = "current plane"
@@ -63,7 +63,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-class SegmentWidget(DockBody):
+class SegmentWidget(LoadsModelFirst, DockBody):
     """Segment: train from painted labels, predict, split into objects, measure, count.
 
     Parameters
@@ -242,18 +242,10 @@ class SegmentWidget(DockBody):
         return check_classes(self.classes.value)
 
     def _load_model_first(self, action):
-        """Load the chosen model's weights in a worker when they are not loaded yet, then call
-        ``action`` again (in the UI thread): returns that loading job, or ``None`` when there is
-        nothing to load."""
-        from .api import loaded_model
-
-        path = self.model_choice.value
-        if path is None or loaded_model(path) is not None:
-            return None
-        return self._start_job(_load_model_job, path, description=f"Loading model {Path(path).name}",
-                               on_result=lambda _model: action(), cancelled_if=lambda _model: True,
-                               on_cancelled=lambda: self._set_status("cancelled before the model "
-                                                                     "was loaded"))
+        """The loading job when the chosen model is not loaded yet (:class:`LoadsModelFirst`)."""
+        return self._load_then(
+            self.model_choice.value, action, self._start_job,
+            on_cancelled=lambda: self._set_status("cancelled before the model was loaded"))
 
     def current_model(self):
         """The chosen segmentation model (loaded in the UI thread if it is not loaded yet: the
@@ -627,13 +619,6 @@ class SegmentWidget(DockBody):
         self.compare_table.resizeColumnsToContents()
         self._set_status(f"reference ({res['reference']}): {res['reference_count']} objects; "
                          "matched at IoU >= 0.5")
-
-
-def _load_model_job(path, *, progress=None, cancel=None):
-    """Worker: load (and cache) a model's weights, so that the UI thread never does."""
-    from .api import resolve_model
-
-    return resolve_model(path)
 
 
 def _grid_factor(layer, grid: tuple[int, ...]) -> int:

@@ -720,3 +720,22 @@ def test_cancel_while_the_model_loads_adds_nothing(make_napari_viewer, qtbot, mo
     assert len(viewer.layers) == n_layers
     assert "cancelled before the model was loaded" in dock.status.value
     assert dock.restore_button.enabled and not dock.cancel_button.enabled
+
+
+def test_a_model_replaced_while_loading_is_not_loaded_in_a_loop(make_napari_viewer, qtbot,
+                                                                 tiny2x, monkeypatch):
+    """If the weights change on disk while they load, the cache never holds the new file; the
+    click still restores after one loading job (not a chain of loading jobs)."""
+    from napari_decrappify._napari import api
+
+    monkeypatch.setattr(api, "loaded_model", lambda _model: None)  # never "loaded"
+    viewer = make_napari_viewer()
+    dock, _, _ = _setup(viewer, 23, with_hr=False)
+    dock.lazy.value = False
+    first = dock.run()
+    assert first.description == "Loading model tiny-2x"
+    qtbot.waitUntil(lambda: first.finished, timeout=30_000)
+    assert dock.job is not first and dock.job.description == "Restoring lr"
+    _wait(qtbot, dock.job)
+    assert dock.job.status == "done" and "lr restored (tiny-2x)" in viewer.layers
+    assert dock._loaded_just_now is None
