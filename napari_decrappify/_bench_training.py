@@ -27,15 +27,17 @@ PEER_BASELINE = {"name": "PSSR2 ResUNet (pssr 2.4.0), 600 s, DATA.md", "psnr": 2
 
 @benchmark("training")
 def bench_training(minutes: str = "10", scale: str = "4", encoders: str = "resnet18s",
-                   frames: str = "1", loss: str = "l1", lr_max: str = "", seed: str = "0",
-                   precision: str = "auto", device: str = "auto", out: str = "") -> dict:
+                   frames: str = "1", loss: str = "l1", lr_max: str = "", patch: str = "",
+                   batch: str = "", seed: str = "0", precision: str = "auto",
+                   device: str = "auto", out: str = "") -> dict:
     """Train for ``minutes`` of wall clock with the default recipe, then score held-out planes.
 
     Options (``-o key=value``): ``minutes`` (10, per encoder), ``scale`` (4), ``encoders``
     ("resnet18s"; several, comma-separated, train one after another at the same budget: the
-    figure is their side-by-side comparison), ``frames`` (1), ``loss`` (l1), ``lr_max`` (the
-    TrainConfig default), ``seed``, ``precision`` / ``device`` (auto), ``out`` (keep the trained
-    models in this folder, one sub-folder per encoder; by default they are removed).
+    figure is their side-by-side comparison), ``frames`` (1), ``loss`` (l1), ``lr_max``,
+    ``patch`` (LR px) and ``batch`` (the TrainConfig defaults: 3e-3, 64, 8), ``seed``,
+    ``precision`` / ``device`` (auto), ``out`` (keep the trained models in this folder, one
+    sub-folder per encoder; by default they are removed).
     """
     from ._bench_quality import protocol_pairs
     from .metrics import bicubic_upsample, evaluate
@@ -48,7 +50,8 @@ def bench_training(minutes: str = "10", scale: str = "4", encoders: str = "resne
     bic = evaluate(bicubic_upsample(lr, s), hr)
     rows = [_train_and_score(hr_stack, lr, hr, clean_lr, bic, encoder=e, minutes=float(minutes),
                              scale=s, frames=int(frames), loss=loss, lr_max=lr_max,
-                             seed=int(seed), precision=precision, device=device, out=out)
+                             patch=patch, batch=batch, seed=int(seed), precision=precision,
+                             device=device, out=out)
             for e in filter(None, (x.strip() for x in encoders.split(",")))]
     return {
         "summary": summary_rows(rows, bic),
@@ -62,8 +65,8 @@ def bench_training(minutes: str = "10", scale: str = "4", encoders: str = "resne
 
 
 def _train_and_score(hr_stack, lr, hr, clean_lr, bic, *, encoder: str, minutes: float,
-                     scale: int, frames: int, loss: str, lr_max: str, seed: int, precision: str,
-                     device: str, out: str) -> dict:
+                     scale: int, frames: int, loss: str, lr_max: str, patch: str, batch: str,
+                     seed: int, precision: str, device: str, out: str) -> dict:
     from ._bench_quality import score_model
     from .config import ArchConfig, CrappifyConfig, TrainConfig
     from .train import train
@@ -76,6 +79,8 @@ def _train_and_score(hr_stack, lr, hr, clean_lr, bic, *, encoder: str, minutes: 
         seed=seed, precision=precision, device=device,
         train_planes=TRAIN_PLANES, valid_planes=VALID_PLANES,
         **({"lr_max": float(lr_max)} if lr_max else {}),
+        **({"patch_size": int(patch)} if patch else {}),
+        **({"batch_size": int(batch)} if batch else {}),
     )
     with tempfile.TemporaryDirectory(prefix="decrappify-bench-") as tmp:
         folder = f"{out}/{encoder}" if out else f"{tmp}/{encoder}"
@@ -109,7 +114,8 @@ def summary_rows(rows: list[dict], bic: dict) -> list[dict]:
     for r in rows:
         t, m, g = r["training"], r["model"], r["gain_over_bicubic"]
         out.append({
-            "model": f"{r['encoder']} ({t['parameters'] / 1e6:.1f} M parameters)",
+            "model": f"{r['encoder']} ({t['parameters'] / 1e6:.1f} M parameters), "
+                     f"patch {r['recipe']['patch_size']}, batch {r['recipe']['batch_size']}",
             "iterations": t["iterations"], "s / iteration": round(t["seconds_per_iteration"], 3),
             "stopped": t["stop_reason"],
             "test PSNR / SSIM": f"{m['psnr']:.2f} dB / {m['ssim']:.3f}",

@@ -147,13 +147,15 @@ def test_training_bench_trains_the_default_recipe_on_the_protocol_split(cremi, t
     """``bench training``: each encoder trains for the same budget on the protocol's split
     (0-17 / 18-19, 14 blank) and is scored on 20-24 beside one bicubic on the same LR."""
     result = bench.run("training", tmp_path / "training.json", minutes="0.05", encoders="tiny",
-                       out=str(tmp_path / "kept"))
+                       patch="48", batch="4", out=str(tmp_path / "kept"))
     record = json.loads((tmp_path / "kept" / "tiny" / "model.json").read_text())["training"]
     assert record["config"]["train_planes"] == list(range(18))
     assert record["split"]["planes_valid"] == [[18, 19]] and record["split"]["blank"] == [[14]]
     (row,) = result["results"]
     assert record["stop_reason"] == "budget" and row["training"]["stop_reason"] == "budget"
     assert row["encoder"] == "tiny" and row["recipe"]["arch"]["encoder"] == "tiny"
+    assert (row["recipe"]["patch_size"], row["recipe"]["batch_size"]) == (48, 4)
+    assert record["config"]["patch_size"] == 48
     assert row["training"]["iterations"] >= 1 and row["training"]["parameters"] > 0
     assert [p["plane"] for p in row["model"]["per_plane"]] == [20, 21, 22, 23, 24]
     assert result["bicubic"]["psnr"] == pytest.approx(24.66, abs=0.01)  # DATA.md's baseline
