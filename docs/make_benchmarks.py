@@ -80,6 +80,9 @@ SECTIONS = [
      "on planes 20-24 by the quality protocol beside bicubic on the same LR. The peer row is "
      "DATA.md's PSSR2 figure on the same protocol and machine kind. It is also the regression "
      "check for changes to training: a change that trains worse shows here."),
+    ("training-patch128", "Training at an equal budget: larger patches, same pixels per step",
+     "`decrappify bench training -o patch=128 -o batch=2`: as above, with 128 px LR patches in "
+     "batches of 2 instead of 64 px patches in batches of 8."),
     ("segmentation", "Segmentation counts on LR, restored and HR",
      "`decrappify bench segmentation`: object counts and F1 (IoU >= 0.5) against ground-truth masks."),
 ]

@@ -25,6 +25,7 @@ from .config import (
     RestorationLoss,
     SegmentationLoss,
     Strategy,
+    TrainConfig,
     choices,
 )
 
@@ -623,11 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--feature-loss", metavar="WEIGHTS_OR_SEG_MODEL_DIR",
                    help="encoder weights (safetensors) or a segmentation model folder for the "
                         "perceptual loss; implies --loss perceptual")
-    s.add_argument("--patch", type=int, default=64, help="LR patch size")
+    s.add_argument("--patch", type=int, default=TrainConfig.model_fields["patch_size"].default,
+                   help="LR patch size (default %(default)s; at 4x on images of 512 px or more "
+                        "--patch 128 --batch 2 scored better: docs/training.md)")
     s.add_argument("--any-offset", dest="any_offset", action=argparse.BooleanOptionalAction,
                    help="cut training patches at any HR offset (all scale^2 LR block phases) "
                         "instead of on the LR grid only (default: TrainConfig's)")
-    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--batch", type=int, default=TrainConfig.model_fields["batch_size"].default)
     s.add_argument("--lr-max", dest="lr_max", type=float,
                    help="peak learning rate of the one-cycle schedule (default 3e-3, the best "
                         "measured with L1; docs/training.md)")
