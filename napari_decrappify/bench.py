@@ -11,7 +11,6 @@ import json
 import os
 import platform
 from collections.abc import Callable
-from pathlib import Path
 
 BENCHMARKS: dict[str, Callable[..., dict]] = {}
 
@@ -58,11 +57,9 @@ def run(name: str, json_path: str | os.PathLike | None = None, **options) -> dic
     result = {"benchmark": name, "command": command, "options": dict(options),
               "machine": machine_info(), **body}
     if json_path is not None:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+        from .io import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(result, indent=2))
     return result
 
 

@@ -215,6 +215,7 @@ def cmd_demo(args) -> int:
     import os
 
     from .demo import metrics_table, run_demo
+    from .io import write_text_atomic
 
     t0 = time.monotonic()
     result = run_demo(args.out, args.model)
@@ -232,7 +233,7 @@ def cmd_demo(args) -> int:
         written.append(Path(shot).name)
     wall = time.monotonic() - t0
     result.metrics["timings_s"]["demo_wall_s"] = round(wall, 1)
-    _write_text(result.out / "metrics.json", json.dumps(result.metrics, indent=2))
+    write_text_atomic(result.out / "metrics.json", json.dumps(result.metrics, indent=2))
     print(f"[demo] wrote {result.out}/ ({', '.join(written)}) in {wall:.0f} s")
     return 0
 
@@ -270,6 +271,7 @@ def cmd_crappify(args) -> int:
 def cmd_evaluate(args) -> int:
     import numpy as np
 
+    from .io import write_text_atomic
     from .metrics import evaluate
 
     _not_a_folder(args.json, "--json")
@@ -281,19 +283,8 @@ def cmd_evaluate(args) -> int:
     print(f"mean over {res['n_planes']} non-blank planes: PSNR {res['psnr']:.2f} dB  "
           f"SSIM {res['ssim']:.4f}  NRMSE {res['nrmse']:.4f}")
     if args.json:
-        _write_text(Path(args.json), json.dumps(res, indent=2))
+        write_text_atomic(args.json, json.dumps(res, indent=2))
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a ``.part`` file renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def cmd_restore(args) -> int:

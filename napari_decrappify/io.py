@@ -362,6 +362,20 @@ def ngff_unit(unit: str | None, axis: str) -> str | None:
     return u if u in known else None
 
 
+def write_text_atomic(path, text: str) -> Path:
+    """Write a whole text file or nothing: a hidden ``.NAME.part`` beside ``path``, renamed over
+    it when written (a failed write leaves no half file, and no ``.part``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _output_error(e: OSError, path: Path) -> OutputError:
     if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
         msg = (f"the disk is full while writing {path}: free some space, then rerun the same "

@@ -65,19 +65,20 @@ def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, flo
         for i in range(reference.shape[0]):
             yield np.asarray(reference[i])
 
-    n, vmin, vmax = 0, np.inf, -np.inf
-    for plane in planes():
-        if plane.size:
-            n += plane.size
-            vmin, vmax = min(vmin, float(plane.min())), max(vmax, float(plane.max()))
-    if n == 0:
-        raise ValueError("the reference image is empty: no intensity range")
-    if np.issubdtype(dtype, np.floating) and vmin >= 0 and vmax <= 1:
-        return "unit", 0.0, 1.0
     exact = np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2
-    if exact:  # one bin per integer value
-        offset, bins, width = int(vmin), int(vmax) - int(vmin) + 1, 1.0
-    else:
+    if exact:  # one bin per value of the dtype: a single pass over the data
+        info = np.iinfo(dtype)
+        offset, bins, width = int(info.min), int(info.max) - int(info.min) + 1, 1.0
+    else:  # a first pass for the range (and the "unit" test), then the histogram
+        n, vmin, vmax = 0, np.inf, -np.inf
+        for plane in planes():
+            if plane.size:
+                n += plane.size
+                vmin, vmax = min(vmin, float(plane.min())), max(vmax, float(plane.max()))
+        if n == 0:
+            raise ValueError("the reference image is empty: no intensity range")
+        if np.issubdtype(dtype, np.floating) and vmin >= 0 and vmax <= 1:
+            return "unit", 0.0, 1.0
         offset, bins = vmin, HISTOGRAM_BINS
         width = (vmax - vmin) / bins if vmax > vmin else 1.0
     counts = np.zeros(bins, np.int64)
@@ -89,6 +90,9 @@ def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, flo
                              bins - 1)
         counts += np.bincount(idx, minlength=bins)
     cum = np.cumsum(counts)
+    n = int(cum[-1])
+    if n == 0:
+        raise ValueError("the reference image is empty: no intensity range")
 
     def order_stat(k: int) -> float:
         """The k-th smallest value (0-based): exact for one-value bins, else the bin's value

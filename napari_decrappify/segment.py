@@ -1379,11 +1379,10 @@ class CountingStudy:
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the study (atomically) as JSON; the clicks so far are kept for resuming."""
-        path = Path(path or self.path or "counting-study.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
+        from .io import write_text_atomic
+
+        path = write_text_atomic(path or self.path or "counting-study.json",
+                                 json.dumps(self.to_dict(), indent=1))
         self.path = path
         return path
 

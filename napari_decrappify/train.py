@@ -589,7 +589,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
             "hardware": hardware_description(device), "precision": precision,
             "best_epoch": events.best[2], "history": events.history,
         }
-        if events.partial is not None and events.best[2] == events.partial["epoch"]:
+        best = events.best_scores()
+        if best is not None and best.get("partial"):
             out["best_epoch_unfinished"] = True  # kept: the weights when the run stopped
         if previous:
             # a resumed run: keep the record of the runs it started from

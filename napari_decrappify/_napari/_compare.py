@@ -166,7 +166,7 @@ def error_map(restored, gt: GroundTruth):
         r = np.asarray(r)
         r = da.from_array(r, chunks=(1,) * (r.ndim - 2) + r.shape[-2:])
     g = gt.data
-    if isinstance(r, da.Array) and not isinstance(g, da.Array):
+    if not isinstance(g, da.Array):
         g = da.from_array(np.asarray(g), chunks=r.chunks)
     return abs(gt.pred_map(r) - gt.gt_map(g))
 

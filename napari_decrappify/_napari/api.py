@@ -68,6 +68,9 @@ def resolve_model(model):
     if not isinstance(model, str | os.PathLike):
         return model
     key = _model_key(model)
+    cached = _MODEL_CACHE.get(key)  # a hit never waits for another model loading in a worker
+    if cached is not None:
+        return cached
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = load_model(key[0])
