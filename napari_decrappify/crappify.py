@@ -62,18 +62,23 @@ def check_image(image: np.ndarray, name: str = "image", min_ndim: int = 2) -> np
 
 
 def intensity_range(dtype) -> tuple[float, float]:
-    """The intensities that :func:`to_unit` maps to 0 and 1 for ``dtype``: an integer type's
-    full range, ``(0, 1)`` for floats. The crappifier's noise levels are defined on that scale."""
+    """The intensities that :func:`to_unit` maps to 0 and 1 for ``dtype``: 0 and the integer
+    type's maximum, ``(0, 1)`` for floats. The crappifier's noise levels are defined on that scale.
+
+    Zero is zero photons for signed integers too: mapping int16's full range (-32768 to 0.5)
+    gave a dark int16 background the shot noise of a half-bright pixel. Negative values
+    (an offset-subtracted background) count as no signal.
+    """
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return float(info.min), float(info.max)
+        return 0.0, float(np.iinfo(dtype).max)
     return 0.0, 1.0
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
-    """Map intensities to [0, 1] float32: uint8 / 255, uint16 / 65535, other ints by their
-    dtype range, floats unchanged (they are assumed to be normalised already)."""
+    """Map intensities to [0, 1] float32: uint8 / 255, uint16 / 65535, int16 / 32767 (other
+    integers by their maximum; negative values stay negative), floats unchanged (they are
+    assumed to be normalised already)."""
     a = check_image(image)
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = intensity_range(a.dtype)
@@ -742,7 +747,7 @@ def _wls_line(x: np.ndarray, v: np.ndarray, n: np.ndarray) -> tuple[float, float
 
 
 def _to_dtype(lr, dtype: str, input_dtype):
-    """float32 [0, 1] LR -> the requested output dtype (integers scaled to their full range)."""
+    """float32 [0, 1] LR -> the requested output dtype (0..1 scaled to 0..the integer's maximum)."""
     if dtype == "input":
         # any integer input dtype (int16 EM, uint32 ...): the inverse of to_unit's mapping
         dtype = str(np.dtype(input_dtype)) if np.issubdtype(input_dtype, np.integer) else "float32"
@@ -782,7 +787,7 @@ def crappify_file(source, out, config: CrappifyConfig, *, seed: int = 0, axes: s
     pixel_size, units : sequence, optional
         Override the input's pixel size / units per axis.
     dtype : {"float32", "uint8", "uint16", "input"}
-        Output dtype: float32 in [0, 1], or integers over their full range.
+        Output dtype: float32 in [0, 1], or integers from 0 to their maximum.
     overwrite : bool
         Replace ``out``. Without it an existing ``out`` is an error, except an unfinished
         OME-Zarr of the same computation (same input file, parameters and seed), which is

@@ -137,8 +137,20 @@ def test_dtypes_give_float32_in_unit_range(dtype, top):
     np.testing.assert_allclose(lr, ref, atol=2e-3)
 
 
-def test_signed_integers_use_their_full_range():
-    assert to_unit(np.array([[-32768, 32767]], np.int16)).tolist() == [[0.0, 1.0]]
+def test_signed_integers_count_photons_from_zero():
+    # zero intensity is zero photons: int16 used to map -32768..32767 to 0..1, so a dark
+    # int16 background (0 -> 0.5) was given the shot noise of a half-bright pixel
+    assert to_unit(np.array([[-32767, 0, 32767]], np.int16)).tolist() == [[-1.0, 0.0, 1.0]]
+    dark = np.zeros((64, 64), np.int16)
+    assert not crappify(dark, 2, photons=50, read_noise=0.0, seed=0).any()
+    # an int16 image crappifies as its values over 32767 do, like any unsigned type
+    hr = (synthetic_em((64, 64)).astype(np.float64) / 255 * 20000).astype(np.int16)
+    np.testing.assert_allclose(crappify(hr, 2, photons=100, read_noise=0.02, seed=3),
+                               crappify(hr / 32767, 2, photons=100, read_noise=0.02, seed=3),
+                               atol=1e-6)
+    # negative values (an offset-subtracted background) are no signal: 0 in the LR
+    hr[:, :32] = -500
+    assert not crappify(hr, 2, photons=100, read_noise=0.0, seed=0)[:, :16].any()
 
 
 def test_same_seed_same_output_and_generators():
@@ -374,14 +386,14 @@ def test_output_dtype_input_keeps_any_integer_dtype_on_its_scale(tmp_path, dtype
     import tifffile
 
     info = np.iinfo(dtype)
-    value = info.min + (info.max - info.min) // 3
+    value = info.max // 3
     hr = np.full((2, 16, 16), value, dtype)
     out = tmp_path / "lr.tif"
     crappify_file(hr, out, CrappifyConfig(scale=2, photons=None, read_noise=0.0), axes="ZYX",
                   dtype="input")
     lr = tifffile.imread(out)
     assert lr.dtype == dtype and lr.shape == (2, 8, 8)
-    assert np.abs(lr.astype(np.int64) - int(value)).max() <= max(1, (info.max - info.min) >> 24)
+    assert np.abs(lr.astype(np.int64) - int(value)).max() <= max(1, info.max >> 24)
     with pytest.raises(ValueError, match="unknown output dtype 'int8'"):
         crappify_file(hr, tmp_path / "x.tif", CrappifyConfig(scale=2), axes="ZYX", dtype="int8")
 
