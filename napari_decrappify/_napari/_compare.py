@@ -167,7 +167,9 @@ def error_map(restored, gt: GroundTruth):
         r = da.from_array(r, chunks=(1,) * (r.ndim - 2) + r.shape[-2:])
     g = gt.data
     if not isinstance(g, da.Array):
-        g = da.from_array(np.asarray(g), chunks=r.chunks)
+        # a lazy array that is not dask (zarr, h5py, a memmap) is wrapped, not read: np.asarray
+        # here read a whole ground truth in the UI thread
+        g = da.from_array(g if hasattr(g, "shape") else np.asarray(g), chunks=r.chunks)
     return abs(gt.pred_map(r) - gt.gt_map(g))
 
 

@@ -146,3 +146,36 @@ def test_ground_truth_intensity_maps_of_a_lazy_stack_match_in_memory(rng):
     assert _compare.score(pred, _compare.ground_truth(da.from_array(hr, chunks=(1, 32, 32)), lr,
                                                       (3, 32, 32), 2))["psnr"] == want["psnr"]
     np.testing.assert_array_equal(lazy.gt_map(hr), unit_range(hr))
+
+
+class _OnePlaneReads(_PlaneByPlane):
+    """Slices of at most one plane, each recorded in ``reads``. Module level: dask may copy
+    the array it wraps, and a copied local class would record into a copied list."""
+
+    reads: list = []
+
+    def __getitem__(self, key):
+        out = self.a[key]
+        assert out.ndim < 3 or out.shape[0] <= 1, f"read {key!r}: more than one plane"
+        if out.size:
+            type(self).reads.append(key)
+        return out
+
+
+def test_error_map_wraps_a_lazy_ground_truth_without_reading_it(rng):
+    """The Error map button read a ground truth that is lazy but not dask (a zarr or h5py
+    array) whole, with np.asarray, in napari's UI thread; it now reads the planes shown."""
+    import dask.array as da
+
+    from napari_decrappify._napari import _compare
+
+    hr = rng.integers(100, 5000, (3, 32, 32)).astype(np.uint16)
+    lr = hr.reshape(3, 16, 2, 16, 2).mean(axis=(2, 4)).astype(np.uint16)
+    pred = rng.normal(2500, 800, (3, 32, 32)).astype(np.float32)
+    gt = _compare.ground_truth(_OnePlaneReads(hr), lr, (3, 32, 32), 2).prepare()
+    _OnePlaneReads.reads.clear()
+    err = _compare.error_map(pred, gt)
+    assert isinstance(err, da.Array) and not _OnePlaneReads.reads
+    np.testing.assert_allclose(err[1].compute(), np.abs(gt.pred_map(pred[1]) - gt.gt_map(hr[1])),
+                               rtol=1e-6)
+    assert len(_OnePlaneReads.reads) == 1
