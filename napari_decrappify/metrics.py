@@ -29,12 +29,42 @@ def apply_range(a, mode: str, lo: float = 0.0, hi: float = 1.0):
         return (a.astype(np.float32) / 255.0).clip(0, 1)
     if mode == "unit":
         return a.astype(np.float32).clip(0, 1)
-    # in float64 (numpy scalars), then float32: the values unit_range has always given
+    # in float64 (numpy scalars), then float32: the values unit_range has always given. Data
+    # that float32 cannot hold exactly (float64, 32/64-bit integers: 1e8 + k) is subtracted in
+    # float64 too, or an offset image collapsed to a few levels
+    exact32 = np.dtype(a.dtype) == np.float32 or np.dtype(a.dtype).itemsize <= 2
     span = np.float64(max(hi - lo, 1e-12))
-    return ((a.astype(np.float32) - np.float64(lo)) / span).clip(0, 1).astype(np.float32)
+    x = a.astype(np.float32 if exact32 else np.float64)
+    return ((x - np.float64(lo)) / span).clip(0, 1).astype(np.float32)
 
 
 HISTOGRAM_BINS = 1 << 20  # percentiles of out-of-memory float data: within (max - min) / 2**20
+STREAM_VALUES = 1 << 22  # values per read when streaming a lazy reference (then chunk-aligned)
+
+
+def _slabs(reference):
+    """``reference`` as numpy slabs along its first axis of about :data:`STREAM_VALUES` values,
+    aligned to its chunks there: reading a 2-D image row by row made one dask computation (and
+    one decompression of every chunk it crosses) per row."""
+    if reference.ndim == 0:
+        yield np.asarray(reference)
+        return
+    n = reference.shape[0]
+    per_index = max(1, int(np.prod(reference.shape[1:], dtype=np.int64)))
+    step = max(1, STREAM_VALUES // per_index)
+    chunks = getattr(reference, "chunks", None)
+    if chunks:  # dask: a tuple of tuples; zarr: a tuple of ints
+        c = chunks[0][0] if isinstance(chunks[0], tuple) else chunks[0]
+        if c and c > 1:
+            step = max(1, step // c) * c
+    for i in range(0, n, step):
+        yield np.asarray(reference[i: i + step] if step > 1 else reference[i])
+
+
+def _check_finite(plane: np.ndarray) -> None:
+    if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
+        raise ValueError("the reference image (ground truth) contains NaN or inf values: no "
+                         "intensity range; replace them (e.g. np.nan_to_num) first")
 
 
 def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, float]:
@@ -44,26 +74,25 @@ def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, flo
     ``"percentile"`` (``lo``, ``hi``: the ``percentiles`` of ``reference``, as ``np.percentile``).
 
     A numpy array is used as it is. Anything else (a dask or zarr array, e.g. a ground truth
-    larger than memory) is read one plane (index of the first axis) at a time, so memory stays
-    bounded: uint8 reads nothing; float min/max are streamed; percentiles of integer data of up
-    to 16 bits are exact, from one histogram of all values; those of other data come from a
-    histogram of 2**20 bins between the min and the max (within (max - min) / 2**20 of exact).
+    larger than memory) is read in slabs of the first axis (:data:`STREAM_VALUES` values,
+    chunk-aligned), so memory stays bounded: uint8 reads nothing; float min/max are streamed;
+    percentiles of integer data of up to 16 bits are exact, from one histogram of all values;
+    those of other data come from a histogram of 2**20 bins between the min and the max (within
+    (max - min) / 2**20 of exact; a constant image is exact). Float data with NaN or inf is
+    refused with a ValueError.
     """
     dtype = np.dtype(reference.dtype)
     if dtype == np.uint8:
         return "uint8", 0.0, 255.0
     if isinstance(reference, np.ndarray):
+        _check_finite(reference)
         if np.issubdtype(dtype, np.floating) and reference.min() >= 0 and reference.max() <= 1:
             return "unit", 0.0, 1.0
         lo, hi = np.percentile(reference, percentiles)
         return "percentile", float(lo), float(hi)
 
     def planes():
-        if reference.ndim == 0:
-            yield np.asarray(reference)
-            return
-        for i in range(reference.shape[0]):
-            yield np.asarray(reference[i])
+        return _slabs(reference)
 
     exact = np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2
     if exact:  # one bin per value of the dtype: a single pass over the data
@@ -73,14 +102,17 @@ def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, flo
         n, vmin, vmax = 0, np.inf, -np.inf
         for plane in planes():
             if plane.size:
+                _check_finite(plane)
                 n += plane.size
                 vmin, vmax = min(vmin, float(plane.min())), max(vmax, float(plane.max()))
         if n == 0:
             raise ValueError("the reference image is empty: no intensity range")
         if np.issubdtype(dtype, np.floating) and vmin >= 0 and vmax <= 1:
             return "unit", 0.0, 1.0
+        if vmax == vmin:  # every percentile is that value (a made-up bin width shifted it)
+            return "percentile", vmin, vmin
         offset, bins = vmin, HISTOGRAM_BINS
-        width = (vmax - vmin) / bins if vmax > vmin else 1.0
+        width = (vmax - vmin) / bins
     counts = np.zeros(bins, np.int64)
     for plane in planes():
         if exact:

@@ -60,8 +60,16 @@ class _PlaneByPlane:
         raise AssertionError("the whole array was read")
 
 
+@pytest.fixture
+def one_plane_reads(monkeypatch):
+    """Lazy references streamed one plane at a time (by default, slabs of ~4M values)."""
+    from napari_decrappify import metrics
+
+    monkeypatch.setattr(metrics, "STREAM_VALUES", 1)
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32, np.int32])
-def test_reference_range_of_lazy_data_plane_by_plane_matches_numpy(rng, dtype):
+def test_reference_range_of_lazy_data_plane_by_plane_matches_numpy(rng, dtype, one_plane_reads):
     """A lazy ground truth's intensity range is streamed plane by plane: percentiles exact for
     integers up to 16 bits, within (max - min) / 2**20 otherwise. (It was read whole.)"""
     import dask.array as da
@@ -128,7 +136,7 @@ def test_normalised_scoring_refuses_data_outside_the_unit_range(rng):
     assert evaluate(unit * 1.05 - 0.02, unit)["psnr"] > 20  # a small overshoot is scored
 
 
-def test_ground_truth_intensity_maps_of_a_lazy_stack_match_in_memory(rng):
+def test_ground_truth_intensity_maps_of_a_lazy_stack_match_in_memory(rng, one_plane_reads):
     """The Restore dock's ground-truth scoring reads a lazy uint16 HR plane by plane for its
     range (it read the whole stack into memory) and scores exactly as with the array."""
     import dask.array as da
@@ -162,7 +170,7 @@ class _OnePlaneReads(_PlaneByPlane):
         return out
 
 
-def test_error_map_wraps_a_lazy_ground_truth_without_reading_it(rng):
+def test_error_map_wraps_a_lazy_ground_truth_without_reading_it(rng, one_plane_reads):
     """The Error map button read a ground truth that is lazy but not dask (a zarr or h5py
     array) whole, with np.asarray, in napari's UI thread; it now reads the planes shown."""
     import dask.array as da
@@ -179,3 +187,62 @@ def test_error_map_wraps_a_lazy_ground_truth_without_reading_it(rng):
     np.testing.assert_allclose(err[1].compute(), np.abs(gt.pred_map(pred[1]) - gt.gt_map(hr[1])),
                                rtol=1e-6)
     assert len(_OnePlaneReads.reads) == 1
+
+
+class _ChunkedReads:
+    """A zarr-like 2-D array (``chunks`` of ints) that records the rows of every read."""
+
+    def __init__(self, a, chunks):
+        self.a, self.shape, self.dtype, self.ndim, self.chunks = a, a.shape, a.dtype, a.ndim, chunks
+        self.reads = []
+
+    def __getitem__(self, key):
+        k = key if isinstance(key, slice) else slice(key, key + 1)
+        self.reads.append(range(*k.indices(self.shape[0])))
+        return self.a[key]
+
+
+def test_a_lazy_2d_reference_is_read_in_chunk_aligned_slabs(rng, monkeypatch):
+    """A 2-D lazy ground truth was read one row at a time: one dask computation, and one
+    decompression of every chunk it crosses, per row (9 s for a 1024 x 1024 float zarr)."""
+    from napari_decrappify import metrics
+
+    a = rng.normal(100, 20, (64, 64)).astype(np.float32)
+    lazy = _ChunkedReads(a, (4, 64))
+    got = metrics.reference_range(lazy)
+    assert len(lazy.reads) == 2  # min/max pass and histogram pass, each one read
+    np.testing.assert_allclose(got[1:], np.percentile(a, (0.1, 99.9)), atol=float(np.ptp(a)) / 2**20)
+    monkeypatch.setattr(metrics, "STREAM_VALUES", 300)  # 4.7 rows: rounded to the 4-row chunks
+    lazy.reads.clear()
+    assert metrics.reference_range(lazy) == got
+    assert all(len(r) == 4 and r.start % 4 == 0 for r in lazy.reads) and len(lazy.reads) == 32
+
+
+def test_reference_range_of_constant_and_non_finite_data(rng):
+    """A constant lazy float or uint32 image got a range 1.0 wide (a made-up bin width); NaN or
+    inf gave numpy (nan, nan) and, lazily, a bincount error that did not name the problem."""
+    import dask.array as da
+
+    from napari_decrappify.metrics import reference_range
+
+    for a in (np.full((3, 8, 8), 5.0, np.float32), np.full((3, 8, 8), 7, np.uint32)):
+        v = float(a.flat[0])
+        assert reference_range(a) == reference_range(da.from_array(a)) == ("percentile", v, v)
+    for bad in (np.nan, np.inf):
+        a = rng.normal(100, 20, (3, 8, 8)).astype(np.float32)
+        a[1, 2, 3] = bad
+        for ref in (a, da.from_array(a, chunks=(1, 8, 8))):
+            with pytest.raises(ValueError, match="NaN or inf"):
+                reference_range(ref)
+
+
+def test_apply_range_keeps_the_precision_of_offset_data():
+    """float64 / int32 data far from zero was cast to float32 before the offset was taken away:
+    1e8 + k mapped to three levels instead of a ramp."""
+    from napari_decrappify.metrics import apply_range
+
+    ramp = np.arange(16) / 15
+    for a in (1e8 + np.arange(16, dtype=np.float64), (20_000_000 + np.arange(16)).astype(np.int32)):
+        out = apply_range(a, "percentile", float(a[0]), float(a[-1]))
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, ramp, atol=1e-6)
