@@ -146,16 +146,18 @@ class TrainConfig(_Config):
     crappify: CrappifyConfig = Field(default_factory=CrappifyConfig)
     loss: RestorationLoss = "l1"
     feature_weights: str | None = None
-    patch_size: int = 64  # on the LR grid
-    batch_size: int = 8
-    epochs: int | None = 1
-    minutes: float | None = None
-    iterations_per_epoch: int = 100
+    # bounds checked here: 0 or inf minutes, or a 0 batch, failed deep inside fastai's
+    # scheduler with a message that did not name the option
+    patch_size: int = Field(64, gt=0)  # on the LR grid
+    batch_size: int = Field(8, gt=0)
+    epochs: int | None = Field(1, gt=0)
+    minutes: float | None = Field(None, gt=0, allow_inf_nan=False)
+    iterations_per_epoch: int = Field(100, gt=0)
     # CREMI 4x, resnet18s, L1, 10 CPU minutes: 3e-3 scored 0.15 dB over 1e-3 (ReLU decoder);
     # with the leaky decoder 3e-3 gives 25.58 dB with a live 176 px field (docs/training.md)
-    lr_max: float = 3e-3
-    weight_decay: float = 1e-4
-    pct_start: float = 0.1
+    lr_max: float = Field(3e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    pct_start: float = Field(0.1, gt=0, lt=1)
     precision: Precision = "auto"
     device: str = "auto"
     seed: int = 0

@@ -167,3 +167,32 @@ def test_training_bench_trains_the_default_recipe_on_the_protocol_split(cremi, t
     assert result["peer_baseline"]["psnr"] == 25.34
     saved = json.loads((tmp_path / "training.json").read_text())
     assert saved["command"].startswith("decrappify bench training -o minutes=0.05")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"encoders": "tiny,resnet18z"}, "encoder"),  # a typo in the second encoder
+    ({"encoders": " , "}, "names no encoder"),
+    ({"encoders": "tiny", "minutes": "-5"}, "minutes"),
+    ({"encoders": "tiny", "minutes": "inf"}, "minutes"),
+])
+def test_training_bench_checks_every_recipe_before_training(monkeypatch, options, message):
+    """A typo in the second encoder used to surface only after the first had trained for its
+    whole budget (and no JSON was written); an empty list "succeeded" with no results; 0 or
+    inf minutes failed deep inside fastai's scheduler."""
+    from napari_decrappify import _bench_training
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("started before every recipe was checked")
+
+    monkeypatch.setattr(_bench_training, "_train_and_score", must_not_run)
+    monkeypatch.setattr("napari_decrappify.samples.load_sample", must_not_run)
+    with pytest.raises(ValueError, match=message):
+        bench.run("training", **options)
+
+
+def test_training_bench_shows_the_4x_peer_baseline_only_at_4x():
+    from napari_decrappify._bench_training import summary_rows
+
+    bic = {"psnr": 27.3, "ssim": 0.79}
+    assert [r["model"] for r in summary_rows([], bic, scale=2)] == ["bicubic (same LR)"]
+    assert len(summary_rows([], bic, scale=4)) == 2

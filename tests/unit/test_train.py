@@ -407,3 +407,17 @@ def test_lr_find_suggests_a_learning_rate(hr):
     assert 1e-6 <= found["valley"] <= 1e-1
     assert len(found["lrs"]) == len(found["losses"]) >= 5
     assert found["lrs"] == sorted(found["lrs"])  # an increasing sweep
+
+
+@pytest.mark.parametrize("field, value", [("minutes", 0), ("minutes", float("inf")),
+                                          ("minutes", float("nan")), ("epochs", 0),
+                                          ("batch_size", 0), ("patch_size", -64),
+                                          ("iterations_per_epoch", 0), ("lr_max", 0.0),
+                                          ("pct_start", 1.0)])
+def test_train_config_refuses_budgets_and_sizes_that_cannot_train(field, value):
+    """These failed deep inside fastai (e.g. "max(): Expected reduction dim" for minutes <= 0,
+    "cannot convert float NaN to integer" for inf) instead of naming the option."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=field):
+        TrainConfig(**{field: value})
