@@ -294,7 +294,8 @@ class CoreJob:
 
 
 def _load_model_job(path, *, progress=None, cancel=None):
-    """Worker: load (and cache) a model's weights, so that the UI thread never does."""
+    """Worker: load (and cache) a model's weights, so that the UI thread never does; the
+    loaded model is the job's result, handed on to the action that waited for it."""
     from .api import resolve_model
 
     return resolve_model(path)
@@ -306,25 +307,50 @@ class LoadsModelFirst:
     ``_load_then(path, action, start, **kwargs)`` returns ``None`` when the model at
     ``path`` is loaded (:func:`api.loaded_model`) and ``action`` can go on; otherwise it starts
     a loading job with the dock's ``start`` (its CoreJob starter, given ``kwargs``) whose
-    result calls ``action()`` again, in the UI thread, and returns that job.
+    result calls ``action()`` again, in the UI thread, and returns that job. The action takes
+    its model from :meth:`_model_at`, which never loads weights.
     """
 
-    _loaded_just_now = None  # the model path a loading job has just loaded
+    _loaded_just_now = None  # (path, model) that a loading job has just loaded, for its action
 
     def _load_then(self, path, action, start, **kwargs):
         from .api import loaded_model
 
-        if not path or loaded_model(path) is not None or self._loaded_just_now == path:
+        if not path or self._just_loaded(path) is not None or loaded_model(path) is not None:
             return None
         return start(_load_model_job, path, description=f"Loading model {Path(path).name}",
-                     on_result=lambda _model: self._after_load(path, action),
+                     on_result=lambda model: self._after_load(path, model, action),
                      cancelled_if=lambda _model: True, **kwargs)
 
-    def _after_load(self, path, action) -> None:
-        """Run ``action`` once the model is loaded; never a second load for the same click
-        (a weights file replaced meanwhile is then loaded by ``action`` itself)."""
-        self._loaded_just_now = path
+    def _after_load(self, path, model, action) -> None:
+        """Run ``action`` with the ``model`` the job loaded; never a second load for the same
+        click, even when the weights file was replaced meanwhile (the cache misses then)."""
+        self._loaded_just_now = (path, model)
         try:
             action()
         finally:
             self._loaded_just_now = None
+
+    def _just_loaded(self, path):
+        just = self._loaded_just_now
+        return just[1] if just is not None and just[0] == path else None
+
+    def _model_at(self, path):
+        """The loaded model at ``path`` for an action: the one its loading job handed on, else
+        the cached one. Never loads weights, which would block napari's UI thread (also while
+        another dock's worker holds the loading lock); the action calls :meth:`_load_then` first.
+
+        Raises
+        ------
+        ValueError
+            The model is not loaded: its weights file changed on disk since the check.
+        """
+        from .api import loaded_model
+
+        model = self._just_loaded(path)
+        if model is None:
+            model = loaded_model(path)
+        if model is None:
+            raise ValueError(f"model {Path(path).name!r} changed on disk just now: "
+                             "run again to load it")
+        return model

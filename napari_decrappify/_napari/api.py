@@ -61,7 +61,18 @@ def resolve_model(model):
     """A loaded model from a model object, a model folder or a bundled / user model name.
 
     Loaded models are cached (keyed by folder and weights file time), so switching back and
-    forth in the dock does not reload them.
+    forth in the dock does not reload them. The cache holds one version per folder: loading
+    weights saved anew into a folder drops its older ones.
+
+    Parameters
+    ----------
+    model : RestorationModel, str or os.PathLike
+        A loaded model (returned as is), a model folder, or a model name.
+
+    Returns
+    -------
+    RestorationModel
+        The loaded model.
     """
     from ..models import load_model
 
@@ -71,10 +82,16 @@ def resolve_model(model):
     cached = _MODEL_CACHE.get(key)  # a hit never waits for another model loading in a worker
     if cached is not None:
         return cached
-    with _MODEL_LOCK:
-        if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = load_model(key[0])
-        return _MODEL_CACHE[key]
+    with _MODEL_LOCK:  # every write to the cache holds it; reads need not
+        cached = _MODEL_CACHE.get(key)
+        if cached is None:
+            cached = load_model(key[0])
+            # re-saving a model into its folder (Train dock) would otherwise keep every old
+            # version's weights in memory for the session
+            for old in [k for k in _MODEL_CACHE if k[0] == key[0]]:
+                del _MODEL_CACHE[old]
+            _MODEL_CACHE[key] = cached
+        return cached
 
 
 def _layer(viewer, layer):

@@ -325,7 +325,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         if not self.model.value:
             raise ValueError("choose a model (or train one in the Train dock)")
         axes = layer_axes(source, self.axes.value or None)
-        model = api.resolve_model(self.model.value)
+        model = self._model_at(self.model.value)  # loaded in a worker first (_load_model_first)
         if model.kind != "restoration":
             raise ValueError(f"model {model.name!r} is a {model.kind} model, not a restoration model")
         gt = self.ground_truth.value

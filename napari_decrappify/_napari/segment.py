@@ -248,16 +248,14 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             on_cancelled=lambda: self._set_status("cancelled before the model was loaded"))
 
     def current_model(self):
-        """The chosen segmentation model (loaded in the UI thread if it is not loaded yet: the
-        dock's buttons load it in a worker first, :meth:`_load_model_first`)."""
-        from .api import resolve_model
-
+        """The chosen segmentation model, loaded by :meth:`_load_model_first` (in a worker):
+        never loaded here, in the UI thread; a ValueError when it is not loaded."""
         path = self.model_choice.value
         if path is None:
             if self.model is None:
                 raise ValueError("no segmentation model: train one or choose a model folder")
             return self.model
-        model = resolve_model(path)
+        model = self._model_at(path)
         if model.kind != "segmentation":
             raise ValueError(f"model {model.name!r} is not a segmentation model")
         self.model = model

@@ -739,3 +739,83 @@ def test_a_model_replaced_while_loading_is_not_loaded_in_a_loop(make_napari_view
     _wait(qtbot, dock.job)
     assert dock.job.status == "done" and "lr restored (tiny-2x)" in viewer.layers
     assert dock._loaded_just_now is None
+
+
+def _bump_mtime(folder) -> None:
+    """A re-saved weights file with a surely different time (the cache key), whatever the
+    file system's timestamp resolution."""
+    import os
+
+    from napari_decrappify.models import WEIGHTS_FILE
+
+    wfile = folder / WEIGHTS_FILE
+    t = wfile.stat().st_mtime_ns + 2_000_000_000
+    os.utime(wfile, ns=(t, t))
+
+
+def test_weights_replaced_while_loading_are_not_loaded_in_the_ui_thread(
+        make_napari_viewer, qtbot, model_dir, monkeypatch):
+    """The Train dock re-saves the chosen model folder while its weights load in a worker: the
+    action goes on with the model that job loaded; it loaded the new weights in napari's UI
+    thread (the cache key, the file time, had changed), waiting on other docks' loads too."""
+    import threading
+
+    from _tiny import save_tiny
+
+    from napari_decrappify import models
+
+    folder = model_dir / "cold-2x"
+    save_tiny(folder, scale=2, preload=False)
+    original, loads = models.load_model, []
+
+    def load_and_resave(*args, **kwargs):
+        loads.append(threading.current_thread() is threading.main_thread())
+        model = original(*args, **kwargs)
+        if len(loads) == 1:  # the worker's load: the folder is re-saved meanwhile
+            save_tiny(folder, scale=2, seed=1, preload=False)
+            _bump_mtime(folder)
+        return model
+
+    monkeypatch.setattr(models, "load_model", load_and_resave)
+    viewer = make_napari_viewer()
+    dock, _, _ = _setup(viewer, 24, with_hr=False)
+    dock.model.value = str(folder)
+    dock.lazy.value = True
+    job = dock.run()
+    assert job.description == "Loading model cold-2x"
+    qtbot.waitUntil(lambda: "lr restored (cold-2x)" in viewer.layers, timeout=30_000)
+    assert loads == [False], "the model's weights were loaded in the UI thread"
+    old_hash = job.result.weights_hash
+    meta = viewer.layers["lr restored (cold-2x)"].metadata["decrappify"]
+    assert meta["weights_sha256"] == old_hash  # exactly the model the loading job returned
+    assert dock._loaded_just_now is None
+    _wait(qtbot, job)
+    # the next click loads the new weights, in a worker again (never a stale model)
+    job = dock.run()
+    assert job is not None and job.description == "Loading model cold-2x"
+    _wait(qtbot, job)
+    qtbot.waitUntil(lambda: dock.result["model"] is job.result, timeout=30_000)
+    assert loads == [False, False]
+    meta = viewer.layers["lr restored (cold-2x)"].metadata["decrappify"]
+    assert meta["weights_sha256"] == job.result.weights_hash != old_hash
+
+
+def test_model_cache_keeps_one_version_per_folder(model_dir):
+    """Re-saving a model into its folder (the Train dock does) replaces the cached weights
+    instead of keeping every old version in memory; other folders stay cached."""
+    from _tiny import save_tiny
+
+    from napari_decrappify._napari import api
+
+    other = save_tiny(model_dir / "other-2x", scale=2)
+    folder = model_dir / "resaved-2x"
+    first = save_tiny(folder, scale=2)
+    assert api.resolve_model(folder) is first
+    save_tiny(folder, scale=2, seed=1, preload=False)
+    _bump_mtime(folder)
+    second = api.resolve_model(folder)
+    assert second is not first and second.weights_hash != first.weights_hash
+    entries = [k for k in list(api._MODEL_CACHE) if k[0] == str(folder.resolve())]
+    assert len(entries) == 1, "an old version of the folder's weights is still cached"
+    assert api.loaded_model(folder) is second
+    assert api.loaded_model(model_dir / "other-2x") is other

@@ -265,3 +265,55 @@ def test_segment_dock_reads_lazy_layers_in_the_worker_not_the_ui_thread(
         qtbot.waitUntil(lambda: job.finished, timeout=120_000)
     assert job.status == "done", (job.status, job.error)
     assert readers and "MainThread" not in readers, readers
+
+
+def test_weights_replaced_while_loading_are_not_loaded_in_the_ui_thread(
+        make_napari_viewer, qtbot, model_dir, monkeypatch):
+    """The chosen model folder is re-saved while its weights load in a worker: Predict goes on
+    with the model that job loaded; it loaded the new weights in napari's UI thread."""
+    import os
+    import threading
+
+    from napari_decrappify import models
+    from napari_decrappify._napari.segment import SegmentWidget
+    from napari_decrappify.segment import segmentation_arch
+
+    folder = model_dir / "seg"
+
+    def save(seed):
+        seg = models.build_model(segmentation_arch("tiny"), kind="segmentation", name="seg",
+                                 classes=["background", "disc"], measure_rf=False, seed=seed)
+        seg.config.receptive_field = 8
+        models.save_model(seg, folder)
+
+    save(0)
+    original, loads = models.load_model, []
+
+    def load_and_resave(*args, **kwargs):
+        loads.append(threading.current_thread() is threading.main_thread())
+        model = original(*args, **kwargs)
+        if len(loads) == 1:  # the worker's load: the folder is re-saved meanwhile
+            save(1)
+            wfile = folder / models.WEIGHTS_FILE  # a surely different time: the cache key
+            t = wfile.stat().st_mtime_ns + 2_000_000_000
+            os.utime(wfile, ns=(t, t))
+        return model
+
+    monkeypatch.setattr(models, "load_model", load_and_resave)
+    viewer = make_napari_viewer()
+    img, _ = _scene()
+    dock = SegmentWidget(viewer)
+    dock.image.value = viewer.add_image(img, name="cells")
+    dock.model_choice.reset_choices()
+    dock.model_choice.value = str(folder)
+    job = dock.start_prediction()
+    assert job is not None and job.description == "Loading model seg", dock.status.value
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.status == "done" and dock.job is not job, dock.status.value
+    assert loads == [False], "the model's weights were loaded in the UI thread"
+    assert dock.model is job.result  # exactly the model the loading job returned
+    qtbot.waitUntil(lambda: dock.job.finished, timeout=60_000)
+    assert dock.job.status == "done", dock.status.value
+    meta = viewer.layers["cells classes (seg)"].metadata["decrappify"]
+    assert meta["weights_sha256"] == job.result.weights_hash
+    assert dock._loaded_just_now is None
