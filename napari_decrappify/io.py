@@ -20,6 +20,7 @@ positions, which :func:`open_image` reads back.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -166,7 +167,18 @@ def open_image(source, axes: str | None = None, scale=None, translate=None, unit
             raise FileNotFoundError(f"input {path} does not exist")
         name = name or path.name.split(".")[0]
         if path.suffix.lower() in (".tif", ".tiff"):
-            data, tif_axes, tif_sizes, tif_origins = _open_tiff(path, named=axes is not None)
+            data, tif_axes, tif_sizes, tif_origins, flat_z = _open_tiff(
+                path, named=axes is not None)
+            if flat_z is not None and (axes is None or (
+                    isinstance(axes, str) and len(axes) == data.ndim + 1
+                    and axes[flat_z].upper() == "Z")):
+                # one plane placed in z (a z pixel size or plane PositionZ, e.g. write_tiff of
+                # a ZYX stack with a single plane): tifffile squeezes its Z axis away, and the
+                # z origin with it; it stays a one-plane Z axis, so it overlays the stack it
+                # came from. Named axes get it too when they name it where it is shown
+                # ("ZYX" for a file shown as ZYX); named as stored ("YX"), the file is as stored
+                data = data[(slice(None),) * flat_z + (None,)]
+                tif_axes = tif_axes[:flat_z] + "Z" + tif_axes[flat_z:]
             axes = check_axes(axes or tif_axes or guess_axes(data.ndim), data.ndim)
             meta_scale, meta_units = geometry_for_axes(tif_sizes, axes)
             meta_translate = origin_for_axes(tif_origins, axes)
@@ -220,7 +232,9 @@ def _file_token(path: Path, *extra) -> str:
 
 def _open_tiff(path: Path, named: bool = False):
     """A TIFF's first series (level 0) as a lazy dask array with Y, X last, its ``TCZYX`` axes
-    (None when the file does not say), and its pixel sizes and origins per axis letter.
+    (None when the file does not say), its pixel sizes and origins per axis letter, and where a
+    one-plane Z axis that tifffile squeezed away belongs (an index into those axes; None when
+    the file places no single plane in z).
 
     ``named``: the caller names the axes itself, so axis codes we cannot map are not an error
     (the array is then returned as stored).
@@ -262,15 +276,11 @@ def _open_tiff(path: Path, named: bool = False):
         c = tif_axes.index("C")
         data = data.reshape(data.shape[:c] + (data.shape[c] * data.shape[c + 1],)
                             + data.shape[c + 2:])
-    if (not named and tif_axes is not None and "Z" not in tif_axes and "Y" in tif_axes
+    flat_z = None
+    if (tif_axes is not None and "Z" not in tif_axes and "Y" in tif_axes
             and ("Z" in origins or "Z" in sizes)):
-        # one plane placed in z (a z pixel size or plane PositionZ, e.g. write_tiff of a ZYX
-        # stack with a single plane): tifffile squeezes its Z axis away, and the z origin with
-        # it; it stays a one-plane Z axis, so it overlays the stack it came from
-        at = tif_axes.index("Y")
-        data = data[(slice(None),) * at + (None,)]
-        tif_axes = tif_axes[:at] + "Z" + tif_axes[at:]
-    return data, tif_axes, sizes, origins
+        flat_z = tif_axes.index("Y")  # a z size or position, no Z axis: one plane (open_image)
+    return data, tif_axes, sizes, origins, flat_z
 
 
 class _TiffArray:
@@ -363,16 +373,30 @@ def ngff_unit(unit: str | None, axis: str) -> str | None:
 
 
 def write_text_atomic(path, text: str) -> Path:
-    """Write a whole text file or nothing: a hidden ``.NAME.part`` beside ``path``, renamed over
-    it when written (a failed write leaves no half file, and no ``.part``)."""
+    """Write a whole text file or nothing: a hidden ``.NAME.XXXX.part`` beside ``path``,
+    renamed over it when written (a failed write leaves no half file, and no ``.part``).
+
+    Each call writes its own uniquely named temporary file, so concurrent writers of the same
+    path (two processes saving the same JSON) do not delete or truncate each other's: the last
+    rename wins and the file always holds one complete text. The file is created with mode
+    ``0o644``, as a plain write would under the usual umask.
+    """
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: readable by others, as it was before
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # only our own temporary file: another writer's is theirs
+        raise
     return path
 
 
@@ -920,7 +944,8 @@ def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=Non
         PositionX/Y/Z``: each plane's position, read back by :func:`open_image` as the
         translate; the origin in time is not stored) and units (written as OME symbols:
         ``"nm"``, ``"µm"``, ``"Å"``...). A pixel size in ``pixel`` units is stored with the
-        OME unit ``pixel`` (omitted when it is 1): OME's default would read it as micrometres.
+        OME unit ``pixel`` (omitted when it is 1, except on a one-plane Z axis, which would
+        otherwise read back as a 2-D image): OME's default would read it as micrometres.
         A unit with no OME equivalent is not stored (with a warning).
     overwrite : bool
         Replace an existing file.
@@ -998,9 +1023,14 @@ def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=Non
 def _ome_metadata(axes: str, lead: tuple[int, ...], scale, translate, units) -> dict:
     """tifffile's OME metadata for an image with ``axes`` in OME order (planes: the ``lead``
     axes, row-major, as tifffile writes them): pixel sizes, time increment and, when the
-    origin is not 0, every plane's position (Z advances by the Z pixel size)."""
+    origin is not 0, every plane's position (Z advances by the Z pixel size).
+
+    A Z axis of one plane always has its ``PhysicalSizeZ`` (1 pixel when there is nothing
+    else to say): tifffile squeezes that axis away, and the z size is what tells
+    :func:`open_image` to restore it."""
     meta: dict = {"axes": axes}
     symbols = {}
+    one_z = "Z" in axes and lead[axes.index("Z")] == 1
     for a, s, u in zip(axes, scale, units, strict=True):
         if a not in "TZYX":
             continue
@@ -1010,9 +1040,12 @@ def _ome_metadata(axes: str, lead: tuple[int, ...], scale, translate, units) -> 
                 warnings.warn(f"unit {u!r} of axis {a} has no OME-TIFF equivalent: its pixel size "
                               "and origin are not stored (use OME-Zarr to keep them)",
                               stacklevel=3)
+            if a == "Z" and one_z:
+                # the reader's default (1 pixel), written only to keep the axis
+                meta["PhysicalSizeZ"], meta["PhysicalSizeZUnit"] = 1.0, "pixel"
             continue
         symbols[a] = sym
-        if sym == "pixel" and s == 1.0:
+        if sym == "pixel" and s == 1.0 and not (a == "Z" and one_z):
             continue  # nothing to say: a reader's default is 1 pixel
         key = "TimeIncrement" if a == "T" else f"PhysicalSize{a}"
         meta[key], meta[f"{key}Unit"] = s, sym

@@ -457,3 +457,140 @@ def test_tiff_pixel_units_stay_pixels(tmp_path):
                           scale=(1.0, 3.0), units=("nm", "furlong"))
     img = open_image(path)
     assert img.scale == (1.0, 1.0) and img.units == ("nanometer", "pixel")
+
+
+@pytest.mark.parametrize("kw", [
+    {},  # default geometry: 1 pixel, origin 0
+    {"scale": (1.0, 0.5, 0.5)},  # z in pixel units, no translate
+    {"scale": (1.0, 1.0, 1.0), "units": ("nm",) * 3},
+    {"scale": (2.0, 0.5, 0.5), "translate": (3.0, 0.0, 0.0)},
+])
+def test_a_one_plane_z_stack_tiff_keeps_its_z_axis_whatever_its_geometry(tmp_path, kw):
+    """write_tiff stored neither PhysicalSizeZ nor PositionZ for a one-plane ZYX stack in
+    pixel units at z 0 (the defaults): tifffile squeezed the Z axis and it read back as YX."""
+    data = np.arange(64, dtype=np.uint16).reshape(1, 8, 8)
+    path = write_tiff(tmp_path / "one.tif", data, axes="ZYX", **kw)
+    img = open_image(path)
+    assert img.axes == "ZYX" and img.data.shape == (1, 8, 8)
+    assert img.scale == tuple(kw.get("scale", (1.0, 1.0, 1.0)))
+    assert img.translate == tuple(kw.get("translate", (0.0, 0.0, 0.0)))
+    expected_units = ("nanometer",) * 3 if "units" in kw else ("pixel",) * 3
+    assert img.units == expected_units
+    np.testing.assert_array_equal(img.data.compute(), data)
+    # one Z plane among other axes, and a Z unit OME cannot express (its size is not stored)
+    img = open_image(write_tiff(tmp_path / "tz.tif", np.zeros((2, 1, 8, 8), np.uint8),
+                                axes="TZYX"))
+    assert img.axes == "TZYX" and img.data.shape == (2, 1, 8, 8)
+    with pytest.warns(UserWarning, match="'furlong' of axis Z"):
+        path = write_tiff(tmp_path / "f.tif", data, axes="ZYX", scale=(3.0, 1.0, 1.0),
+                          units=("furlong", "nm", "nm"))
+    img = open_image(path)
+    assert img.axes == "ZYX" and img.data.shape == (1, 8, 8) and img.scale == (1.0, 1.0, 1.0)
+    # a 2-D image stays 2-D
+    img = open_image(write_tiff(tmp_path / "yx.tif", data[0], axes="YX"))
+    assert img.axes == "YX" and img.data.shape == (8, 8)
+
+
+def test_named_axes_may_name_the_one_plane_z_axis_the_reader_shows(tmp_path):
+    """A one-plane stack is shown as ZYX: naming its axes 'ZYX' raised "axes 'ZYX' name 3
+    dimensions but the image has 2" (the file stores 2)."""
+    data = np.arange(64, dtype=np.uint16).reshape(1, 8, 8)
+    path = write_tiff(tmp_path / "one.tif", data, axes="ZYX", scale=(2.0, 0.5, 0.5),
+                      translate=(10.0, 1.0, 1.0), units=("nm",) * 3)
+    shown = open_image(path)
+    for axes in ("ZYX", "zyx"):
+        img = open_image(path, axes=axes)
+        assert img.axes == shown.axes == "ZYX" and img.data.shape == (1, 8, 8)
+        assert img.scale == shown.scale and img.translate == shown.translate
+        assert img.units == shown.units
+        np.testing.assert_array_equal(img.data.compute(), data)
+    # named as stored: as stored
+    assert open_image(path, axes="YX").data.shape == (8, 8)
+    # other mismatches keep their error
+    for axes in ("TYX", "TZYX"):
+        with pytest.raises(ValueError, match=f"axes '{axes}' name {len(axes)} dimensions but "
+                                             "the image has 2"):
+            open_image(path, axes=axes)
+    # not leading: a one-plane Z among other axes, named where the reader shows it
+    path = write_tiff(tmp_path / "tz.tif", np.zeros((2, 1, 8, 8), np.uint8), axes="TZYX",
+                      scale=(1.0, 2.0, 0.5, 0.5))
+    img = open_image(path, axes="TZYX")
+    assert img.axes == "TZYX" and img.data.shape == (2, 1, 8, 8)
+    assert img.scale == (1.0, 2.0, 0.5, 0.5)
+    with pytest.raises(ValueError, match="name 4 dimensions but the image has 3"):
+        open_image(path, axes="ZTYX")
+    # a 2-D file that places nothing in z stays 2-D, named or not
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "flat.tif", data[0])
+    with pytest.raises(ValueError, match="name 3 dimensions but the image has 2"):
+        open_image(tmp_path / "flat.tif", axes="ZYX")
+
+
+# --------------------------------------------------------------------------- text files
+
+
+def test_concurrent_atomic_text_writers_of_one_path_all_succeed(tmp_path, monkeypatch):
+    """write_text_atomic used one temporary name per target (``.NAME.part``): two writers of
+    the same file (two processes saving the same JSON) truncated, renamed and deleted each
+    other's temporary file (FileNotFoundError, torn files)."""
+    import os
+
+    path = tmp_path / "out.json"
+    first, second = json.dumps({"writer": 1}), json.dumps({"writer": 2, "pad": "2" * 1000})
+    real_replace = os.replace
+    interleaved = []
+
+    def replace(src, dst):
+        # another writer does its whole write while this one is about to rename
+        if not interleaved:
+            interleaved.append(src)
+            io.write_text_atomic(path, second)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)  # Path.replace goes through os.replace too
+    io.write_text_atomic(path, first)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert interleaved and path.read_text() == first  # the last rename wins, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no .part left
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+    # a failed write removes its own temporary file only, never another writer's
+    others = [tmp_path / ".out.json.part", tmp_path / ".out.json.abc123.part"]
+    for other in others:
+        other.write_text("another writer's")
+
+    def failing_replace(src, dst):
+        raise OSError(errno.EIO, "simulated I/O error")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        io.write_text_atomic(path, second)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert path.read_text() == first
+    assert all(other.read_text() == "another writer's" for other in others)
+    assert len(list(tmp_path.iterdir())) == 3
+    for other in others:
+        other.unlink()
+
+    # real threads writing the same path: all succeed, one complete payload at the end
+    texts = [json.dumps({"writer": i, "pad": str(i) * 200_000}) for i in range(4)]
+    errors = []
+    start = threading.Barrier(len(texts))
+
+    def write(i):
+        start.wait()
+        for _ in range(10):
+            try:
+                io.write_text_atomic(path, texts[i])
+            except Exception as e:  # noqa: BLE001 - any failure is the defect
+                errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert path.read_text() in texts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
