@@ -55,8 +55,11 @@ def _slabs(reference):
     chunks = getattr(reference, "chunks", None)
     if chunks:  # dask: a tuple of tuples; zarr: a tuple of ints
         c = chunks[0][0] if isinstance(chunks[0], tuple) else chunks[0]
-        if c and c > 1:
-            step = max(1, step // c) * c
+        if c and c > 1 and step >= c:
+            step = step // c * c
+        elif c and c > 1 and c * per_index <= 4 * STREAM_VALUES:
+            step = c  # a whole chunk, if not much more than the budget (thick z chunks of
+            # large planes stay partial reads: memory first)
     for i in range(0, n, step):
         yield np.asarray(reference[i: i + step] if step > 1 else reference[i])
 

@@ -216,6 +216,11 @@ def test_a_lazy_2d_reference_is_read_in_chunk_aligned_slabs(rng, monkeypatch):
     lazy.reads.clear()
     assert metrics.reference_range(lazy) == got
     assert all(len(r) == 4 and r.start % 4 == 0 for r in lazy.reads) and len(lazy.reads) == 32
+    # a chunk far larger than the budget is not read whole: memory first
+    monkeypatch.setattr(metrics, "STREAM_VALUES", 32)  # a chunk is 8x that
+    lazy.reads.clear()
+    assert metrics.reference_range(lazy) == got
+    assert {len(r) for r in lazy.reads} == {1}
 
 
 def test_reference_range_of_constant_and_non_finite_data(rng):
