@@ -65,8 +65,8 @@ def intensity_range(dtype) -> tuple[float, float]:
     """The intensities that :func:`to_unit` maps to 0 and 1 for ``dtype``: 0 and the integer
     type's maximum, ``(0, 1)`` for floats. The crappifier's noise levels are defined on that scale.
 
-    Zero is zero photons for signed integers too: mapping int16's full range (-32768 to 0.5)
-    gave a dark int16 background the shot noise of a half-bright pixel. Negative values
+    Zero is zero photons for signed integers too: mapping int16's full range put 0 at 0.5,
+    which gave a dark int16 background the shot noise of a half-bright pixel. Negative values
     (an offset-subtracted background) count as no signal.
     """
     dtype = np.dtype(dtype)

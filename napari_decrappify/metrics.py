@@ -94,16 +94,13 @@ def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, flo
         lo, hi = np.percentile(reference, percentiles)
         return "percentile", float(lo), float(hi)
 
-    def planes():
-        return _slabs(reference)
-
     exact = np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2
     if exact:  # one bin per value of the dtype: a single pass over the data
         info = np.iinfo(dtype)
         offset, bins, width = int(info.min), int(info.max) - int(info.min) + 1, 1.0
     else:  # a first pass for the range (and the "unit" test), then the histogram
         n, vmin, vmax = 0, np.inf, -np.inf
-        for plane in planes():
+        for plane in _slabs(reference):
             if plane.size:
                 _check_finite(plane)
                 n += plane.size
@@ -117,7 +114,7 @@ def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, flo
         offset, bins = vmin, HISTOGRAM_BINS
         width = (vmax - vmin) / bins
     counts = np.zeros(bins, np.int64)
-    for plane in planes():
+    for plane in _slabs(reference):
         if exact:
             idx = plane.astype(np.int64).ravel() - offset
         else:
