@@ -70,7 +70,8 @@ def _check_finite(plane: np.ndarray) -> None:
                          "intensity range; replace them (e.g. np.nan_to_num) first")
 
 
-def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, float]:
+def reference_range(reference, percentiles=(0.1, 99.9), *, shortcuts: bool = True,
+                    ) -> tuple[str, float, float]:
     """How :func:`unit_range` maps to [0, 1] with ``reference``: ``(mode, lo, hi)``.
 
     ``mode`` is ``"uint8"`` (divide by 255), ``"unit"`` (float data already in [0, 1]: clip) or
@@ -82,14 +83,16 @@ def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, flo
     percentiles of integer data of up to 16 bits are exact, from one histogram of all values;
     those of other data come from a histogram of 2**20 bins between the min and the max (within
     (max - min) / 2**20 of exact; a constant image is exact). Float data with NaN or inf is
-    refused with a ValueError.
+    refused with a ValueError. ``shortcuts=False`` always measures the percentiles (mode
+    ``"percentile"``), for uint8 and [0, 1] float data too.
     """
     dtype = np.dtype(reference.dtype)
-    if dtype == np.uint8:
+    if dtype == np.uint8 and shortcuts:
         return "uint8", 0.0, 255.0
     if isinstance(reference, np.ndarray):
         _check_finite(reference)
-        if np.issubdtype(dtype, np.floating) and reference.min() >= 0 and reference.max() <= 1:
+        if (shortcuts and np.issubdtype(dtype, np.floating) and reference.min() >= 0
+                and reference.max() <= 1):
             return "unit", 0.0, 1.0
         lo, hi = np.percentile(reference, percentiles)
         return "percentile", float(lo), float(hi)
@@ -107,7 +110,7 @@ def reference_range(reference, percentiles=(0.1, 99.9)) -> tuple[str, float, flo
                 vmin, vmax = min(vmin, float(plane.min())), max(vmax, float(plane.max()))
         if n == 0:
             raise ValueError("the reference image is empty: no intensity range")
-        if np.issubdtype(dtype, np.floating) and vmin >= 0 and vmax <= 1:
+        if shortcuts and np.issubdtype(dtype, np.floating) and vmin >= 0 and vmax <= 1:
             return "unit", 0.0, 1.0
         if vmax == vmin:  # every percentile is that value (a made-up bin width shifted it)
             return "percentile", vmin, vmin
