@@ -122,12 +122,32 @@ class ArchConfig(_Config):
         return v
 
 
-class NormConfig(_Config):
-    """Intensity normalisation stored with a model: ``(x - low) / (high - low)``."""
+NormMode = Literal["fixed", "percentile"]
+# CSBDeep/CARE's convention: robust to a few saturated or dead pixels and to noise tails
+INPUT_PERCENTILES = (1.0, 99.8)
 
+
+class NormConfig(_Config):
+    """Intensity normalisation stored with a model.
+
+    ``mode="fixed"``: network input ``(x - low) / (high - low)`` whatever the data, for data whose
+    absolute intensity matters (the model's units must then be the input's units).
+
+    ``mode="percentile"`` (the field's convention, CSBDeep/N2V): the input's own
+    ``input_percentiles`` (over the whole image or stack) are mapped to ``input_levels``, the
+    network values those percentiles had on the model's training inputs (recorded at
+    training), and the output is mapped back to the input's units by the inverse. A model
+    trained on uint8 then restores uint16 or float versions of the same image to the same
+    result, up to the units. ``low`` / ``high`` stay the training data's normalisation (the
+    units the model was trained in; informational here).
+    """
+
+    mode: NormMode = "fixed"
     low: float = 0.0
     high: float = 1.0
-    percentiles: tuple[float, float] | None = None
+    percentiles: tuple[float, float] | None = None  # how low/high were found on the training HR
+    input_percentiles: tuple[float, float] = INPUT_PERCENTILES
+    input_levels: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _order(self):
@@ -135,7 +155,27 @@ class NormConfig(_Config):
             raise ValueError(f"normalisation bounds must be finite, got low={self.low}, high={self.high}")
         if not self.high > self.low:
             raise ValueError(f"normalisation needs high > low, got low={self.low}, high={self.high}")
+        q0, q1 = self.input_percentiles
+        if not 0 <= q0 < q1 <= 100:
+            raise ValueError(f"input_percentiles need 0 <= low < high <= 100, got {self.input_percentiles}")
+        if self.mode == "percentile":
+            if self.input_levels is None:
+                raise ValueError("percentile normalisation needs input_levels (the network values "
+                                 "of the training inputs' percentiles)")
+            l0, l1 = self.input_levels
+            if not (math.isfinite(l0) and math.isfinite(l1) and l1 > l0):
+                raise ValueError(f"input_levels need finite low < high, got {self.input_levels}")
         return self
+
+    def for_input(self, p_low: float, p_high: float) -> NormConfig:
+        """The fixed normalisation that maps an input whose percentiles are ``p_low`` and
+        ``p_high`` to this model's ``input_levels`` (percentile mode; fixed mode: itself)."""
+        if self.mode == "fixed":
+            return self
+        l0, l1 = self.input_levels
+        span = (p_high - p_low) / (l1 - l0)
+        low = p_low - l0 * span
+        return NormConfig(low=low, high=low + span)
 
 
 class TrainConfig(_Config):
@@ -167,6 +207,9 @@ class TrainConfig(_Config):
     num_workers: int = 0
     # training patches at any HR pixel offset (all scale**2 LR block phases), not only on the LR grid
     any_offset: bool = False
+    # "percentile": the model normalises each input from its own percentiles (any intensity
+    # units); "fixed": from the training data's fixed range (absolute intensities matter)
+    normalisation: NormMode = "percentile"
 
     @field_validator("scale", mode="before")
     @classmethod
@@ -203,12 +246,22 @@ class TileConfig(_Config):
     output_dtype: OutputDtype = "float32"
     # test-time augmentation: mean of the 8 rotations/flips of each tile (8x the compute)
     tta: bool = False
+    # the input intensities a data-normalised model maps to its training percentiles; None:
+    # measured on the whole input (set it to restore a crop exactly as in the whole result)
+    input_range: tuple[float, float] | None = None
 
     @field_validator("tile")
     @classmethod
     def _tile(cls, v):
         if v < 32 or v % 32:
             raise ValueError(f"tile must be a multiple of 32 and >= 32, got {v}")
+        return v
+
+    @field_validator("input_range")
+    @classmethod
+    def _input_range(cls, v):
+        if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[1] >= v[0]):
+            raise ValueError(f"input_range needs finite low <= high, got {v!r}")
         return v
 
     @field_validator("halo")

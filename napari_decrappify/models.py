@@ -301,17 +301,34 @@ class RestorationModel:
         return self._hash
 
     # -- intensities
-    def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Input units -> network units (float32)."""
-        n = self.config.norm
-        return ((np.asarray(x, dtype=np.float32) - n.low) / (n.high - n.low)).astype(np.float32)
+    def input_norm(self, image=None, given: tuple[float, float] | None = None) -> NormConfig:
+        """The fixed normalisation this model applies to ``image`` (the whole input): its own
+        for a fixed-range model, else one from the input's percentiles (or ``given``, the
+        input's range measured beforehand), see :mod:`napari_decrappify.normalization`."""
+        from .normalization import resolve
 
-    def denormalize(self, y: np.ndarray) -> np.ndarray:
-        """Network units -> input units (restoration models only)."""
+        return resolve(self.config.norm, image, given)
+
+    def normalize(self, x: np.ndarray, norm: NormConfig | None = None) -> np.ndarray:
+        """Input units -> network units (float32), by ``norm`` (from :meth:`input_norm`);
+        default: the model's own for a fixed range, else from ``x``'s own percentiles."""
+        from .normalization import normalize
+
+        return normalize(x, norm if norm is not None else self.input_norm(np.asarray(x)))
+
+    def denormalize(self, y: np.ndarray, norm: NormConfig | None = None) -> np.ndarray:
+        """Network units -> input units (restoration models only), by the ``norm`` the input
+        was normalised with (required when the model normalises from the data)."""
+        from .normalization import denormalize
+
         if self.kind != "restoration":
             return y
-        n = self.config.norm
-        return (np.asarray(y, dtype=np.float32) * (n.high - n.low) + n.low).astype(np.float32)
+        if norm is None:
+            if self.config.norm.mode != "fixed":
+                raise ValueError("this model normalises its input from the data: pass the "
+                                 "input's normalisation (model.input_norm(image)) to denormalize")
+            norm = self.config.norm
+        return denormalize(y, norm)
 
     # -- evaluation
     @torch.inference_mode()

@@ -44,6 +44,7 @@ from __future__ import annotations
 import atexit
 import bisect
 import copy
+import dataclasses
 import functools
 import itertools
 import math
@@ -62,8 +63,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import TileConfig
+from .config import NormConfig, TileConfig
 from .io import ImageData, RestoreCancelled, check_axes, open_image, upscale_geometry
+from .normalization import denormalize, describe, input_range, normalize, resolve
 
 __all__ = [
     "AxisTiling", "DeviceWorker", "ModelRef", "RestoreCancelled", "output_axes", "reflect_index",
@@ -778,6 +780,8 @@ class _Plan:
     tta: bool
     run_id: str
     pid: int
+    norm: NormConfig  # the fixed normalisation of this input (data-normalised models: resolved)
+    input_range: tuple[float, float] | None  # the input's measured range (percentile models)
 
     def box(self, plane: dict[int, int], ky: int, kx: int):
         """Per input axis, the source indices the tile reads: an index array (Y, X, frame
@@ -875,7 +879,7 @@ def _tile_task(plan: _Plan, out_idx: tuple[int, ...], parts: list) -> np.ndarray
     run = _local_run(plan)
     if run is not None and run.cancel is not None and run.cancel.is_set():
         raise RestoreCancelled("restore cancelled")
-    model = _lookup(plan.ref)
+    _lookup(plan.ref)  # the registered model (loaded here in a distributed worker)
     plane, ky, kx = _split_out_index(plan, out_idx)
     box = plan.box(plane, ky, kx)
     raw = _gather(plan, box, parts)
@@ -894,12 +898,12 @@ def _tile_task(plan: _Plan, out_idx: tuple[int, ...], parts: list) -> np.ndarray
         else:
             y = np.full((plan.out_channels, oh, ow), float(lo), np.float32)
     else:
-        x = model.normalize(raw)
+        x = normalize(raw, plan.norm)
         worker = get_worker(plan.ref, plan.device, plan.precision, plan.batch_size, plan.tta)
         geom = (h, plan.ty.core, plan.tx.core)
         y = worker.submit(x, geom, run.cancel if run is not None else None).result()
         y = y[:, h * s:h * s + oh, h * s:h * s + ow]
-        y = model.denormalize(y) if plan.kind == "restoration" else y
+        y = denormalize(y, plan.norm) if plan.kind == "restoration" else y
     y = _cast(y, plan.out_dtype)
     if run is not None:
         run.tick(oh * ow)
@@ -1022,6 +1026,11 @@ def _build(model, image, config: TileConfig | None, axes, progress, cancel) -> _
         out_dtype = np.dtype(x.dtype).str
     else:
         out_dtype = np.dtype(np.float32).str
+    # the whole input's percentiles (one streamed pass), unless given: every tile then maps
+    # intensities alike, and a crop restores as in the whole result when given its range
+    given = config.input_range if config.input_range is not None else \
+        input_range(model.config.norm, x)
+    norm = resolve(model.config.norm, x, given)
     ref = _register(model, need_file=_distributed_active())
     run_id = uuid.uuid4().hex
     plan = _Plan(ref=ref, in_name=x.name, in_axes=in_axes, in_shape=tuple(int(v) for v in x.shape),
@@ -1029,10 +1038,11 @@ def _build(model, image, config: TileConfig | None, axes, progress, cancel) -> _
                  out_dtype=out_dtype, ty=ty, tx=tx, scale=s, frames=model.frames,
                  frame_axis=frame_axis, kind=model.kind, out_channels=model.out_channels,
                  skip_empty=config.skip_empty, device=config.device, precision=config.precision,
-                 batch_size=config.batch_size, tta=config.tta, run_id=run_id, pid=os.getpid())
+                 batch_size=config.batch_size, tta=config.tta, run_id=run_id, pid=os.getpid(),
+                 norm=norm, input_range=given)
     # the normalisation and architecture too: the same weights with another norm (an edited
     # model.json) compute other tiles, and a dask cache or a resumed store must not mix them
-    token = tokenize(model.weights_hash, model.config.norm.model_dump_json(),
+    token = tokenize(model.weights_hash, norm.model_dump_json(),
                      model.config.arch.model_dump_json(), x.name, in_axes, out_ax, out_dtype, ty,
                      tx, model.frames, config.skip_empty, config.precision, config.tta, model.kind)
     name = f"restore-{token}"
@@ -1106,12 +1116,37 @@ def restore_lazy(model, image, config: TileConfig | None = None, *, axes: str | 
 
 
 def restore_image(model, image, config: TileConfig | None = None, *, axes: str | None = None,
-                  progress=None, cancel: threading.Event | None = None) -> ImageData:
+                  progress=None, cancel: threading.Event | None = None,
+                  pixel_size_mismatch: str = "resample") -> ImageData:
     """:func:`restore_lazy` with the output's axes and physical geometry (scale, translate and
-    units per :func:`napari_decrappify.io.upscale_geometry`), ready for a layer or a writer."""
+    units per :func:`napari_decrappify.io.upscale_geometry`), ready for a layer or a writer.
+
+    The input's pixel size (from its metadata, or the geometry of an :class:`ImageData`) is
+    compared with the model's (:mod:`napari_decrappify.pixel_size`): beyond 15%,
+    ``pixel_size_mismatch="resample"`` resamples the input to the model's grid and the result
+    to the input's grid times the scale (same field of view, same geometry as without
+    resampling); ``"warn"`` restores as it is; ``"error"`` raises a ValueError. The result's
+    ``metadata`` says what was done (``pixel_size``, ``normalisation``, ``input_range``).
+    """
+    from .pixel_size import check, model_grid_shape, resample_yx
+
     model = _as_model(model)
-    b = _build(model, image, config, axes, progress, cancel)
-    img = b.image
+    img = open_image(image, axes=axes)
+    ps = check(model, img.scale, img.units, img.axes, pixel_size_mismatch)
+    source = img
+    if ps.action == "resample":
+        iy, ix = img.axes.index("Y"), img.axes.index("X")
+        yx = (img.data.shape[iy], img.data.shape[ix])
+        grid = model_grid_shape(yx, ps.factor)
+        order = 1 if grid[0] < yx[0] or grid[1] < yx[1] else 3
+        source = dataclasses.replace(img, data=resample_yx(img.data, img.axes, grid, order))
+    b = _build(model, source, config, img.axes, progress, cancel)
+    data = b.data
+    if ps.action == "resample":
+        s = model.scale
+        # bicubic up to the asked grid; linear with anti-aliasing down to it
+        order = 3 if yx[0] >= grid[0] and yx[1] >= grid[1] else 1
+        data = resample_yx(data, b.out_axes, (yx[0] * s, yx[1] * s), order=order)
     scale, translate = upscale_geometry(img.scale, img.translate, img.axes, model.scale)
     units = img.units
     if b.out_axes != img.axes:  # a C axis in front (and the input's C consumed)
@@ -1120,10 +1155,14 @@ def restore_image(model, image, config: TileConfig | None = None, *, axes: str |
         scale = (1.0,) + tuple(scale[i] for i in keep)
         translate = (0.0,) + tuple(translate[i] for i in keep)
         units = ("pixel",) + tuple(units[i] for i in keep)
-    return ImageData(data=b.data, axes=b.out_axes, scale=tuple(scale), translate=tuple(translate),
+    return ImageData(data=data, axes=b.out_axes, scale=tuple(scale), translate=tuple(translate),
                      units=tuple(units), name=f"{img.name} restored ({model.name})",
                      metadata={"model": model.name, "weights_sha256": model.weights_hash,
-                               "kind": model.kind, "halo": b.plan.ty.halo, "tile": b.plan.ty.core})
+                               "kind": model.kind, "halo": b.plan.ty.halo, "tile": b.plan.ty.core,
+                               "normalisation": describe(model.config.norm, b.plan.norm,
+                                                         b.plan.input_range),
+                               "input_range": b.plan.input_range,
+                               "pixel_size": ps.as_dict()})
 
 
 def restore(model, image, config: TileConfig | None = None, *, axes: str | None = None,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import TrainConfig
+from .config import NormConfig, TrainConfig
 from .crappify import Crappifier
 from .data import (
     CrappifiedPatches,
@@ -43,6 +43,7 @@ from .models import (
     measure_receptive_field,
     save_model,
 )
+from .normalization import input_levels
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -477,7 +478,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
           pairs: tuple[np.ndarray, np.ndarray] | None = None,
           progress: ProgressFn | None = None, cancel: threading.Event | None = None,
           init_from: RestorationModel | None = None, command: str = "",
-          fp16: bool = False, checkpoint_dir: str | Path | None = None) -> TrainResult:
+          fp16: bool = False, checkpoint_dir: str | Path | None = None,
+          pixel_size_nm: Sequence[float] | None = None) -> TrainResult:
     """Train a restoration model on HR images crappified on the fly.
 
     Parameters
@@ -509,6 +511,9 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         After every epoch the current weights are written (atomically) as a model folder
         ``checkpoint_dir/last``; resume with ``init_from=load_model(checkpoint_dir / "last")``.
         (Optimiser state is not kept: a resumed run starts a new one-cycle schedule.)
+    pixel_size_nm : (float, float), optional
+        The HR images' pixel size (Y, X) in nm, recorded in the model: restoring checks an
+        input's pixel size against it times the scale (:mod:`napari_decrappify.pixel_size`).
 
     Returns
     -------
@@ -576,6 +581,9 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     else:
         model = build_model(arch, name=name, norm=norm, seed=config.seed, measure_rf=False)
     model.config.crappifier = crappifier.config
+    # the HR's (Y, X) pixel size: restore compares inputs with it x scale (none: not checked)
+    model.config.pixel_size_nm = None if pixel_size_nm is None else \
+        [float(v) for v in pixel_size_nm][-2:]
     data_fingerprint = fingerprint(hr_images)
     precision = training_precision(config.precision, device)
 
@@ -730,6 +738,14 @@ def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_trai
         hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
     # noise levels mean what they mean in the Crappify dock: on the HR dtype's range
     unit_space = UnitSpace.of(norm, hr_images[0].dtype)
+    if config.normalisation == "percentile":
+        # what the network sees of its training inputs: inputs are mapped there at inference.
+        # Its own patches (fixed seed, apart from the training draws, which stay as they were)
+        probe = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
+                                  length=256, seed=config.seed + 2, fixed=True,
+                                  unit_space=unit_space)
+        norm = NormConfig.model_validate({**norm.model_dump(), "mode": "percentile",
+                                          "input_levels": input_levels(probe)})
     train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
                                  length=n_train, seed=config.seed, any_offset=config.any_offset,
                                  unit_space=unit_space)

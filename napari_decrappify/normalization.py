@@ -1,0 +1,111 @@
+"""Input normalisation that follows the data (CSBDeep/CARE's convention).
+
+A restoration model records, at training, the network values of its training inputs' 1st and
+99.8th percentiles (:attr:`~napari_decrappify.config.NormConfig.input_levels`). At inference the
+same percentiles are measured on the *input itself* (the whole image or stack, streamed when it
+is lazy) and mapped to those values; the output is mapped back by the inverse. So a model
+trained on uint8 EM restores a uint16, float [0, 1] or float 0..255 version of the same image
+to the same result, in each input's own units, instead of silently mangling it.
+
+Models with ``mode="fixed"`` (absolute intensities matter) are applied as they always were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .config import INPUT_PERCENTILES, NormConfig
+
+
+def measure_percentiles(image, percentiles: Sequence[float]) -> tuple[float, float]:
+    """``percentiles`` of all values of ``image`` (numpy: exact; a lazy array is streamed in
+    bounded memory by :func:`napari_decrappify.metrics.reference_range`)."""
+    from .metrics import reference_range
+
+    if np.dtype(image.dtype) == np.bool_:
+        raise ValueError("a boolean (mask) image has no intensities to restore: convert it to "
+                         "uint8 if it really is an image")
+    if int(np.prod(image.shape, dtype=np.int64)) == 0:
+        raise ValueError(f"the image is empty (shape {tuple(image.shape)}): nothing to restore")
+    _, lo, hi = reference_range(image, tuple(percentiles), shortcuts=False)
+    return float(lo), float(hi)
+
+
+def input_range(norm: NormConfig, image) -> tuple[float, float] | None:
+    """The input intensities that ``norm`` maps to its ``input_levels``: the input's own
+    percentiles (its min and max when those coincide, e.g. a sparse image); ``None`` for a
+    fixed normalisation, which does not depend on the input."""
+    if norm.mode == "fixed":
+        return None
+    lo, hi = measure_percentiles(image, norm.input_percentiles)
+    if not hi > lo:  # mostly one value: fall back on the full range
+        lo, hi = measure_percentiles(image, (0.0, 100.0))
+    return lo, hi
+
+
+def resolve(norm: NormConfig, image=None, given: tuple[float, float] | None = None,
+            ) -> NormConfig:
+    """The fixed normalisation to apply to ``image``.
+
+    Parameters
+    ----------
+    norm : NormConfig
+        The model's normalisation.
+    image : array-like, optional
+        The whole input (numpy, dask or zarr; read once when lazy). Not read when ``given``.
+    given : (float, float), optional
+        The input's intensity range to use instead of measuring it (e.g. the whole stack's,
+        when restoring a crop of it, so that the crop restores exactly as in the full result).
+
+    Returns
+    -------
+    NormConfig
+        ``norm`` itself when fixed; otherwise a fixed ``NormConfig`` mapping the input's
+        percentiles to the model's ``input_levels``.
+    """
+    if norm.mode == "fixed":
+        return norm
+    lo, hi = given if given is not None else input_range(norm, image)
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError(f"the input's intensity range ({lo}, {hi}) is not finite: the image "
+                         "contains NaN or inf values; replace them (e.g. numpy.nan_to_num)")
+    if not hi > lo:  # a constant image: any span keeps the constant
+        hi = lo + 1.0
+    return norm.for_input(lo, hi)
+
+
+def input_levels(dataset, percentiles: Sequence[float] = INPUT_PERCENTILES,
+                 n_items: int = 256) -> tuple[float, float]:
+    """``percentiles`` of the network inputs of a training ``dataset`` (its first ``n_items``
+    ``(input, target)`` items): the values a data-normalised model maps its inputs' own
+    percentiles to (:attr:`NormConfig.input_levels`)."""
+    xs = [np.asarray(dataset[i][0], dtype=np.float32).ravel() for i in range(min(n_items, len(dataset)))]
+    if not xs:
+        raise ValueError("no training inputs to measure the normalisation on")
+    lo, hi = np.percentile(np.concatenate(xs), percentiles)
+    if not hi > lo:
+        raise ValueError("the training inputs are constant: nothing to learn from")
+    return float(lo), float(hi)
+
+
+def normalize(x: np.ndarray, norm: NormConfig) -> np.ndarray:
+    """Input units -> network units by a fixed ``norm`` (float32)."""
+    return ((np.asarray(x, dtype=np.float32) - norm.low) / (norm.high - norm.low)).astype(np.float32)
+
+
+def denormalize(y: np.ndarray, norm: NormConfig) -> np.ndarray:
+    """Network units -> input units by a fixed ``norm`` (float32)."""
+    return (np.asarray(y, dtype=np.float32) * (norm.high - norm.low) + norm.low).astype(np.float32)
+
+
+def describe(norm: NormConfig, resolved: NormConfig, given: tuple[float, float] | None) -> str:
+    """One line saying how the input was normalised (for the dock, the CLI and reports)."""
+    if norm.mode == "fixed":
+        return (f"fixed intensity range {norm.low:g}..{norm.high:g} (the model's units: the input "
+                "must be in them)")
+    q0, q1 = norm.input_percentiles
+    lo, hi = given
+    return (f"input intensities normalised from the data: its {q0:g}th..{q1:g}th percentiles "
+            f"{lo:.6g}..{hi:.6g} mapped to the training data's")
