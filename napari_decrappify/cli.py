@@ -269,14 +269,21 @@ def cmd_crappify(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """Scores by :func:`metrics.evaluate`: without ``--normalised``, the package's one rule
+    (:func:`metrics.intensity_maps`, as the Restore dock scores): both mapped by the ground
+    truth's range, a float prediction in [0, 1] beside an integer ground truth first put back
+    into the ground truth's units (``crappify.from_unit``), any other taken to be in them."""
     import numpy as np
 
     from .io import write_text_atomic
-    from .metrics import evaluate
+    from .metrics import evaluate, prediction_units
 
     _not_a_folder(args.json, "--json")
-    pred, gt = read_input(args.pred), read_input(args.gt)
-    res = evaluate(np.asarray(pred), np.asarray(gt), normalised=args.normalised)
+    pred, gt = np.asarray(read_input(args.pred)), np.asarray(read_input(args.gt))
+    res = evaluate(pred, gt, normalised=args.normalised)
+    if not args.normalised and prediction_units(pred, gt.dtype) == "unit":
+        print(f"the prediction is float in [0, 1] and the ground truth {gt.dtype}: the prediction "
+              f"is taken as in [0, 1] units (crappify.to_unit of {gt.dtype}) and scaled back")
     for row in res["planes"]:
         print(f"plane {row['plane']:>4}: PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  "
               f"NRMSE {row['nrmse']:.4f}")

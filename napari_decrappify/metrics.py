@@ -3,6 +3,16 @@
 Protocol (../shared/DATA.md): intensities in [0, 1] (uint8 / 255; other dtypes: global
 0.1/99.9 percentiles of the ground truth, clipped), metrics per 2-D plane with
 ``data_range=1``, averaged over non-blank planes.
+
+One rule maps everything that is scored (:func:`intensity_maps`; used by :func:`evaluate`, the
+Restore dock, ``add_restored`` / ``score_result`` and ``decrappify evaluate``): the ground truth
+(HR) defines the range. Predictions (restored, bicubic) are in the units of the LR input they
+were made from; they are first brought into the HR's units (:func:`prediction_units`: a float
+LR in [0, 1] beside an integer HR is in the crappifier's unit space, ``crappify.to_unit`` of
+the HR's dtype, and is put back with ``crappify.from_unit``; otherwise LR and HR share units),
+then the HR, bicubic and restored are all mapped by the HR's range (:func:`reference_range`).
+A float LR in 0..255 beside a uint8 HR is therefore scored / 255 like the HR, not by the LR's
+own percentiles.
 """
 
 from __future__ import annotations
@@ -10,9 +20,13 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
 
-from .crappify import check_image
+from .crappify import check_image, from_unit
 
 BLANK_STD = 1e-3
+# float data within [-UNIT_SLACK, 1 + UNIT_SLACK] counts as in [0, 1] (the crappifier's unit
+# space) beside an integer ground truth: room for unclipped noise and a restoration's overshoot.
+# Data in an integer HR's own units within that span would be black (at most 1.5 of 255)
+UNIT_SLACK = 0.5
 
 
 def unit_range(image: np.ndarray, reference: np.ndarray | None = None,
@@ -148,6 +162,116 @@ def reference_range(reference, percentiles=(0.1, 99.9), *, shortcuts: bool = Tru
     return "percentile", out[0], out[1]
 
 
+def _min_max(a) -> tuple[float, float]:
+    """Min and max of ``a``: numpy directly, anything else (dask, zarr) streamed in slabs."""
+    if isinstance(a, np.ndarray):
+        return (float(a.min()), float(a.max())) if a.size else (np.inf, -np.inf)
+    vmin, vmax = np.inf, -np.inf
+    for slab in _slabs(a):
+        if slab.size:
+            vmin, vmax = min(vmin, float(slab.min())), max(vmax, float(slab.max()))
+    return vmin, vmax
+
+
+def prediction_units(lr, hr_dtype) -> str:
+    """The units of predictions made from ``lr``, next to a ground truth of dtype ``hr_dtype``.
+
+    Parameters
+    ----------
+    lr : array-like (numpy, dask, zarr ...) or None
+        The LR input that the predictions (restored result, bicubic) were made from; they are
+        in its intensity units. Without it (``None``), pass the prediction itself: the same
+        test then looks at the prediction's values (what :func:`evaluate` does).
+    hr_dtype : dtype
+        The ground truth's dtype.
+
+    Returns
+    -------
+    str
+        ``"unit"`` when ``lr`` is a float image within [0, 1] (give or take
+        :data:`UNIT_SLACK`) and the ground truth an integer image: ``lr`` is then in the
+        crappifier's unit space (``crappify.to_unit`` of ``hr_dtype``: uint8 / 255,
+        uint16 / 65535, int16 / 32767 ...), and predictions are brought into the HR's units
+        with ``crappify.from_unit(x, hr_dtype)``. ``"reference"`` otherwise (also for
+        ``None``): LR and HR share units (e.g. a float 0..255 LR beside a uint8 HR, or the same
+        dtype), and predictions are used as they are.
+
+    Notes
+    -----
+    Reads ``lr`` only when it is float and the ground truth integer: its min and max, a numpy
+    array at once, anything else in slabs of its first axis as :func:`reference_range` reads a
+    lazy reference (memory stays bounded). The answer does not depend on how a model normalises
+    its input: a model's output is in the units of the input it was given.
+    """
+    hr_dtype = np.dtype(hr_dtype)
+    if lr is None or not np.issubdtype(hr_dtype, np.integer):
+        return "reference"
+    if not np.issubdtype(np.dtype(lr.dtype), np.floating):
+        return "reference"
+    vmin, vmax = _min_max(lr)
+    return "unit" if vmin >= -UNIT_SLACK and vmax <= 1 + UNIT_SLACK else "reference"
+
+
+class IntensityMap:
+    """A map of intensities to [0, 1] by a ground truth's range, for numpy or dask arrays.
+
+    ``IntensityMap(mode, lo, hi)(a)`` is :func:`apply_range`; with ``unit_dtype`` (predictions
+    in the crappifier's unit space, :func:`prediction_units`), ``a`` is first brought into the
+    intensities of an image of that dtype by ``crappify.from_unit``. Build them with
+    :func:`intensity_maps`.
+
+    Parameters
+    ----------
+    mode, lo, hi
+        A :func:`reference_range` result.
+    unit_dtype : dtype, optional
+        The ground truth's dtype, when the mapped data is in [0, 1] unit space.
+    """
+
+    def __init__(self, mode: str, lo: float = 0.0, hi: float = 1.0, unit_dtype=None):
+        self.mode, self.lo, self.hi = mode, float(lo), float(hi)
+        self.unit_dtype = None if unit_dtype is None else np.dtype(unit_dtype)
+
+    def __call__(self, a):
+        if self.unit_dtype is not None:
+            a = from_unit(a, self.unit_dtype)
+        return apply_range(a, self.mode, self.lo, self.hi)
+
+    def __repr__(self) -> str:
+        units = f", unit_dtype={self.unit_dtype}" if self.unit_dtype is not None else ""
+        return f"IntensityMap({self.mode!r}, {self.lo:g}, {self.hi:g}{units})"
+
+
+def intensity_maps(hr, lr=None, percentiles=(0.1, 99.9)) -> tuple[IntensityMap, IntensityMap]:
+    """The intensity maps for scoring against ``hr``: ``(pred_map, gt_map)``.
+
+    The one rule of this package (module doc): ``gt_map`` maps the ground truth to [0, 1] by
+    its own range (:func:`reference_range`: uint8 / 255, float in [0, 1] kept, else its
+    ``percentiles``); ``pred_map`` maps predictions made from ``lr`` by the same range, after
+    bringing them into the HR's units (:func:`prediction_units`).
+
+    Parameters
+    ----------
+    hr : array-like (numpy, dask, zarr ...)
+        The ground truth; a lazy one is streamed (:func:`reference_range`).
+    lr : array-like, optional
+        The input the predictions were made from (or, without one, a prediction: see
+        :func:`prediction_units`). ``None``: predictions are taken to be in the HR's units.
+    percentiles : tuple of float
+        Of the ground truth, for dtypes other than uint8 and float in [0, 1].
+
+    Returns
+    -------
+    pred_map, gt_map : IntensityMap
+        Callables on numpy or dask arrays, returning float32 in [0, 1]; the same object when
+        predictions are in the HR's units.
+    """
+    gt_map = IntensityMap(*reference_range(hr, percentiles))
+    if prediction_units(lr, hr.dtype) == "unit":
+        return IntensityMap(gt_map.mode, gt_map.lo, gt_map.hi, unit_dtype=hr.dtype), gt_map
+    return gt_map, gt_map
+
+
 def psnr(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:
     """PSNR in dB of one plane (prediction clipped to the data range)."""
     pred = np.clip(np.asarray(pred, np.float64), 0, data_range)
@@ -188,18 +312,37 @@ def _check_unit_range(pred: np.ndarray, gt: np.ndarray) -> None:
                          "0.1/99.9 percentiles)")
 
 
-def evaluate(pred: np.ndarray, gt: np.ndarray, *, normalised: bool = True) -> dict:
+def evaluate(pred: np.ndarray, gt: np.ndarray, *, normalised: bool = True, lr=None) -> dict:
     """PSNR / SSIM / NRMSE per 2-D plane and their mean over non-blank ground-truth planes.
 
     Parameters
     ----------
     pred, gt : arrays of the same shape ``(..., Y, X)``
-        With ``normalised=True`` both are already in [0, 1]; otherwise they are mapped with
-        :func:`unit_range` using the ground truth's range.
+        With ``normalised=True`` both are already in [0, 1]. Otherwise they are mapped by the
+        package's one rule (:func:`intensity_maps`): both by the ground truth's range
+        (uint8 / 255, float in [0, 1] kept, else its 0.1/99.9 percentiles), ``pred`` after being
+        brought into the ground truth's units. Without ``lr`` that is decided from ``pred``
+        itself: a float ``pred`` within [0, 1] (give or take :data:`UNIT_SLACK`, for overshoot)
+        beside an integer ``gt`` is in the crappifier's unit space and is put back with
+        ``crappify.from_unit(pred, gt.dtype)``; any other ``pred`` is taken to be in ``gt``'s
+        units (e.g. a float 0..255 restoration beside a uint8 ground truth).
+    normalised : bool
+        Whether ``pred`` and ``gt`` are in [0, 1] already (default); a ValueError says so when
+        they clearly are not.
+    lr : array-like, optional
+        With ``normalised=False``: the input ``pred`` was restored from. Its units decide
+        (:func:`prediction_units`), as in the Restore dock, instead of ``pred``'s values.
+
+    Returns
+    -------
+    dict
+        ``psnr``, ``ssim``, ``nrmse`` (means), ``n_planes`` and ``planes`` (one row per scored
+        plane, with its flat index ``plane``).
     """
     pred, gt = _check_pair(pred, gt)
     if not normalised:
-        pred, gt = unit_range(pred, gt), unit_range(gt)
+        pred_map, gt_map = intensity_maps(gt, pred if lr is None else lr)
+        pred, gt = pred_map(pred), gt_map(gt)
     else:
         _check_unit_range(pred, gt)
     p = pred.reshape(-1, *pred.shape[-2:])

@@ -1,11 +1,17 @@
 """Restored result against HR ground truth: intensity mapping, scores, error maps, regions.
 
-Scores are those of :mod:`napari_decrappify.metrics` (DATA.md protocol): intensities mapped to
-[0, 1] by the ground truth's convention (uint8 / 255, floats in [0, 1] kept, otherwise the
-ground truth's global 0.1/99.9 percentiles), then PSNR / SSIM per plane with ``data_range=1``,
-averaged over non-blank planes. When the LR input and the ground truth have different dtypes
-(e.g. a float [0, 1] crappified input beside a uint8 HR), predictions are in the *input's*
-units and are mapped by the input's convention instead.
+Scores are those of :mod:`napari_decrappify.metrics` (DATA.md protocol), with its one rule for
+intensities (:func:`metrics.intensity_maps`): the ground truth's range defines [0, 1] (uint8 /
+255, floats in [0, 1] kept, otherwise the ground truth's global 0.1/99.9 percentiles), and the
+ground truth, the bicubic baseline and the restored result are all mapped by it; then PSNR /
+SSIM per plane with ``data_range=1``, averaged over non-blank planes. Predictions (restored,
+bicubic) are in the LR input's units, so they are first brought into the ground truth's
+(:func:`metrics.prediction_units`): a float input in [0, 1] beside an integer ground truth is
+in the crappifier's unit space (``crappify.to_unit`` of the HR's dtype) and predictions are
+put back with ``crappify.from_unit``; in every other case (e.g. the ``cremi-4x`` sample's float
+0..255 LR beside its uint8 HR) input and ground truth share units. The error map uses the same
+maps. ``metrics.evaluate(restored, hr, normalised=False)`` and ``decrappify evaluate`` give the
+same numbers.
 """
 
 from __future__ import annotations
@@ -15,40 +21,24 @@ import threading
 import numpy as np
 
 from .. import metrics
-
-
-class UnitMap:
-    """:func:`metrics.unit_range` with its reference statistics computed once.
-
-    ``UnitMap(ref)(a)`` equals ``metrics.unit_range(a, ref)`` for numpy arrays, and also works
-    lazily on dask arrays (for error maps of lazy results). A reference that is not a numpy
-    array (a lazy ground truth) is read plane by plane (:func:`metrics.reference_range`).
-    """
-
-    def __init__(self, reference, percentiles=(0.1, 99.9)):
-        from ..metrics import reference_range
-
-        self.mode, self.lo, self.hi = reference_range(reference, percentiles)
-
-    def __call__(self, a):
-        from ..metrics import apply_range
-
-        return apply_range(a, self.mode, self.lo, self.hi)
+from ..metrics import IntensityMap
 
 
 class GroundTruth:
     """A ground-truth stack matched to a restored result, and the intensity maps for
-    predictions (``pred_map``) and for the ground truth (``gt_map``).
+    predictions (``pred_map``) and for the ground truth (``gt_map``), by
+    :func:`metrics.intensity_maps` (module doc).
 
     Made by :func:`ground_truth`, it reads nothing: ``data`` (``hr`` cropped on Y, X to the
     result's shape), ``gt_map`` and ``pred_map`` are built on first use, which reads the whole
-    ground truth (and the input when their dtypes differ; a lazy one plane by plane, so a
-    ground truth larger than memory works) and computes percentiles. Use them,
-    or call :meth:`prepare`, in a worker thread, never in napari's UI thread.
+    ground truth (a lazy one in slabs, so a ground truth larger than memory works) and computes
+    its percentiles, and reads the input's min and max when the input is float and the ground
+    truth integer. Use them, or call :meth:`prepare`, in a worker thread, never in napari's UI
+    thread.
     """
 
-    def __init__(self, data, pred_map: UnitMap | None = None, gt_map: UnitMap | None = None, *,
-                 lr=None, yx: tuple[int, int] | None = None):
+    def __init__(self, data, pred_map: IntensityMap | None = None,
+                 gt_map: IntensityMap | None = None, *, lr=None, yx: tuple[int, int] | None = None):
         self._hr, self._yx, self._lr = data, yx, lr
         self._data = None if yx is not None else data
         self._pred_map, self._gt_map = pred_map, gt_map
@@ -73,21 +63,20 @@ class GroundTruth:
         """Build the intensity maps now (reads the data: call it in a worker thread)."""
         data = self.data
         with self._lock:
-            if self._gt_map is None:  # a lazy ground truth is read plane by plane
-                self._gt_map = UnitMap(data)
-                if self._pred_map is None and (self._lr is None
-                                               or np.dtype(self._lr.dtype) == np.dtype(data.dtype)):
-                    self._pred_map = self._gt_map
-            if self._pred_map is None:
-                self._pred_map = UnitMap(self._lr)
+            if self._gt_map is None or self._pred_map is None:
+                pred_map, gt_map = metrics.intensity_maps(data, self._lr)
+                if self._gt_map is None:
+                    self._gt_map = gt_map
+                if self._pred_map is None:
+                    self._pred_map = pred_map if pred_map is not gt_map else self._gt_map
         return self
 
     @property
-    def gt_map(self) -> UnitMap:
+    def gt_map(self) -> IntensityMap:
         return self.prepare()._gt_map
 
     @property
-    def pred_map(self) -> UnitMap:
+    def pred_map(self) -> IntensityMap:
         return self.prepare()._pred_map
 
 

@@ -180,7 +180,9 @@ def add_restored(viewer, layer, model, *, lazy: bool = True, ground_truth=None,
         The HR version of the input. PSNR / SSIM of the restored result and of the bicubic
         baseline (:mod:`napari_decrappify.metrics`) are stored in
         ``result.metadata["decrappify"]["metrics"]``; this computes the whole result, also
-        when ``lazy``.
+        when ``lazy``. Intensities follow :func:`napari_decrappify.metrics.intensity_maps`:
+        all three are mapped to [0, 1] by the ground truth's range, predictions after being
+        brought from the input's units into the ground truth's (see :func:`score_result`).
     axes : str, optional
         Axes of the input (``"ZYX"``); read from the layer (axis labels, metadata) or guessed.
     name : str, optional
@@ -219,7 +221,23 @@ def add_restored(viewer, layer, model, *, lazy: bool = True, ground_truth=None,
 
 
 def score_result(restored, lr, hr_layer, scale: int) -> dict:
-    """PSNR / SSIM (whole stack) of a restored result and of bicubic against an HR layer."""
+    """PSNR / SSIM (whole stack) of a restored result and of bicubic against an HR layer.
+
+    The Restore dock's numbers, by the package's one intensity rule
+    (:func:`napari_decrappify.metrics.intensity_maps`): the HR layer's range maps the HR, the
+    bicubic baseline and ``restored`` to [0, 1] (uint8 / 255, float in [0, 1] kept, else its
+    0.1/99.9 percentiles). ``restored`` and bicubic are in the units of ``lr``: a float ``lr``
+    in [0, 1] beside an integer HR is in the crappifier's unit space (put back into the HR's
+    units with ``crappify.from_unit``); otherwise (e.g. a float 0..255 ``lr`` beside a uint8
+    HR) they share the HR's units. ``metrics.evaluate(restored, hr, normalised=False, lr=lr)``
+    gives the same figures.
+
+    Returns
+    -------
+    dict
+        ``ground_truth`` (the layer's name), ``restored`` and ``bicubic``
+        (:func:`napari_decrappify.metrics.evaluate` results).
+    """
     gt = _compare.ground_truth(base_data(hr_layer), lr, restored.shape, scale, name=hr_layer.name)
     return {
         "ground_truth": hr_layer.name,

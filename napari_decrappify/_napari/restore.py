@@ -14,9 +14,11 @@ What the dock does, each step in a thread worker with a napari progress bar and 
   written store.
 * **Ground truth**: with an HR layer chosen, PSNR / SSIM of the bicubic baseline and of the
   restored result (current plane and whole stack, plane by plane; numbers from
-  :mod:`napari_decrappify.metrics`), an error-map layer, and a grid ``LR | restored | HR``. The
-  button slots only check shapes: the ground truth (and its intensity range) is read in the
-  workers (:class:`_compare.GroundTruth`).
+  :mod:`napari_decrappify.metrics`, whose one rule maps all three to [0, 1] by the ground
+  truth's range, predictions after being brought from the input's units into the ground
+  truth's: :func:`napari_decrappify.metrics.intensity_maps`), an error-map layer (the same
+  maps), and a grid ``LR | restored | HR``. The button slots only check shapes: the ground
+  truth (and its intensity range) is read in the workers (:class:`_compare.GroundTruth`).
 * **Inspect region**: restore only a rectangle (a Shapes layer) or the current view, with a
   halo, and show LR / bicubic / restored / HR crops side by side with their scores.
 """
@@ -514,7 +516,8 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             f"{rows}</table>")
 
     def add_error_map(self, *_args):
-        """Add (or update) ``|restored - HR|`` (in [0, 1] units) as a layer over the result.
+        """Add (or update) ``|restored - HR|`` (in [0, 1] units: the scores' intensity maps,
+        :func:`_compare.error_map`) as a layer over the result.
 
         Returns the layer; or, when the ground truth's intensity maps are not known yet (they
         read the whole ground truth), the worker job that reads them and then adds the layer.
