@@ -70,7 +70,9 @@ class ModelFile(BaseModel):
     alignment: int = Field(32, ge=1)
     classes: list[str] = Field(default_factory=list)
     crappifier: CrappifyConfig | None = None
-    pixel_size_nm: list[float] | None = None
+    pixel_size_nm: list[float] | None = None  # the HR's (Y, X): inputs are expected at x scale
+    # statistics of the training inputs (napari_decrappify.domain): out-of-domain warnings
+    domain: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)

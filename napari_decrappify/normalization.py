@@ -107,5 +107,5 @@ def describe(norm: NormConfig, resolved: NormConfig, given: tuple[float, float] 
                 "must be in them)")
     q0, q1 = norm.input_percentiles
     lo, hi = given
-    return (f"input intensities normalised from the data: its {q0:g}th..{q1:g}th percentiles "
+    return (f"input intensities normalised from the data: its {q0:g} and {q1:g} percentiles "
             f"{lo:.6g}..{hi:.6g} mapped to the training data's")

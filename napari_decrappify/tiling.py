@@ -1117,7 +1117,7 @@ def restore_lazy(model, image, config: TileConfig | None = None, *, axes: str | 
 
 def restore_image(model, image, config: TileConfig | None = None, *, axes: str | None = None,
                   progress=None, cancel: threading.Event | None = None,
-                  pixel_size_mismatch: str = "resample") -> ImageData:
+                  pixel_size_mismatch: str = "resample", check_domain: bool = True) -> ImageData:
     """:func:`restore_lazy` with the output's axes and physical geometry (scale, translate and
     units per :func:`napari_decrappify.io.upscale_geometry`), ready for a layer or a writer.
 
@@ -1125,8 +1125,10 @@ def restore_image(model, image, config: TileConfig | None = None, *, axes: str |
     compared with the model's (:mod:`napari_decrappify.pixel_size`): beyond 15%,
     ``pixel_size_mismatch="resample"`` resamples the input to the model's grid and the result
     to the input's grid times the scale (same field of view, same geometry as without
-    resampling); ``"warn"`` restores as it is; ``"error"`` raises a ValueError. The result's
-    ``metadata`` says what was done (``pixel_size``, ``normalisation``, ``input_range``).
+    resampling); ``"warn"`` restores as it is; ``"error"`` raises a ValueError. With
+    ``check_domain``, a few hundred 64 x 64 patches of the input are compared with the model's
+    training inputs (:mod:`napari_decrappify.domain`). The result's ``metadata`` says what was
+    done and found (``pixel_size``, ``normalisation``, ``input_range``, ``domain``).
     """
     from .pixel_size import check, model_grid_shape, resample_yx
 
@@ -1162,7 +1164,17 @@ def restore_image(model, image, config: TileConfig | None = None, *, axes: str |
                                "normalisation": describe(model.config.norm, b.plan.norm,
                                                          b.plan.input_range),
                                "input_range": b.plan.input_range,
-                               "pixel_size": ps.as_dict()})
+                               "pixel_size": ps.as_dict(),
+                               "domain": _domain(model, source, b.plan, check_domain)})
+
+
+def _domain(model, source: ImageData, plan: _Plan, check_domain: bool) -> dict:
+    """The out-of-domain verdict on what the network sees (the resampled input, if so)."""
+    from .domain import check
+
+    if not check_domain or model.kind != "restoration":
+        return {"in_domain": None, "findings": [], "message": "not checked"}
+    return check(model, source.data, source.axes, plan.input_range)
 
 
 def restore(model, image, config: TileConfig | None = None, *, axes: str | None = None,

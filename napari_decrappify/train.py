@@ -35,6 +35,7 @@ from .data import (
     make_stacks,
     percentile_norm,
 )
+from .domain import training_statistics
 from .models import (
     RestorationModel,
     build_model,
@@ -542,7 +543,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     if not hr_images:
         raise ValueError("no HR images given")
     n_train = config.iterations_per_epoch * config.batch_size
-    norm, crappifier, train_ds, valid_ds, split = _crappified_datasets(
+    norm, crappifier, train_ds, valid_ds, split, domain = _crappified_datasets(
         hr_images, config, arch, axis, n_train, max(config.batch_size * 4, 32))
     if pairs is not None:
         # a pair whose HR is the first training stack (the Train dock allows it) must not
@@ -581,6 +582,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     else:
         model = build_model(arch, name=name, norm=norm, seed=config.seed, measure_rf=False)
     model.config.crappifier = crappifier.config
+    model.config.domain = domain  # what the network saw: the out-of-domain check's reference
     # the HR's (Y, X) pixel size: restore compares inputs with it x scale (none: not checked)
     model.config.pixel_size_nm = None if pixel_size_nm is None else \
         [float(v) for v in pixel_size_nm][-2:]
@@ -746,13 +748,16 @@ def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_trai
                                   unit_space=unit_space)
         norm = NormConfig.model_validate({**norm.model_dump(), "mode": "percentile",
                                           "input_levels": input_levels(probe)})
+        domain = training_statistics(probe, norm.input_levels)
+    else:
+        domain = {}
     train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
                                  length=n_train, seed=config.seed, any_offset=config.any_offset,
                                  unit_space=unit_space)
     valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
                                  length=n_valid, seed=config.seed + 1, fixed=True,
                                  unit_space=unit_space)
-    return norm, crappifier, train_ds, valid_ds, split
+    return norm, crappifier, train_ds, valid_ds, split, domain
 
 
 def find_lr(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *, axis: int = 0,
@@ -772,7 +777,7 @@ def find_lr(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, 
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     hr_images = [np.asarray(im) for im in hr_images]
-    norm, _, train_ds, valid_ds, _ = _crappified_datasets(
+    norm, _, train_ds, valid_ds, _, _ = _crappified_datasets(
         hr_images, config, arch, axis, num_it * config.batch_size, config.batch_size)
     dls = make_dataloaders(train_ds, valid_ds, config.batch_size, device=device)
     model = build_model(arch, norm=norm, seed=config.seed, measure_rf=False)

@@ -58,7 +58,7 @@ def test_the_whole_inputs_percentiles_map_to_the_models_levels(model, em):
     assert (hi - norm.low) / (norm.high - norm.low) == pytest.approx(0.8)
     meta = restore_image(model, em, TileConfig(tile=64, halo=16), axes="ZYX").metadata
     assert meta["input_range"] == pytest.approx((lo, hi))
-    assert "99.8th percentiles" in meta["normalisation"]
+    assert "1 and 99.8 percentiles" in meta["normalisation"]
 
 
 def test_a_crop_given_the_whole_inputs_range_restores_with_it(model, em):

@@ -1,0 +1,143 @@
+"""Out-of-domain check: is this input like what the model was trained on?
+
+At training, a model records statistics of the inputs its network saw (``model.json``:
+``domain``), measured on 64 x 64 patches in normalised units, where 0 and 1 are the input's
+1st and 99.8th percentiles (so intensity units do not matter):
+
+* ``noise``: the noise level (scikit-image's wavelet ``estimate_sigma``), median over patches;
+* ``slope``: the slope of the radially averaged power spectrum (log power vs log frequency,
+  0.06-0.45 cycles/pixel): how much fine structure there is per pixel, which moves with the
+  pixel size and the modality;
+* ``quantiles``: the 5/25/50/75/95th percentiles of the intensities (histogram shape).
+
+Restoring measures the same on patches of the input (a few planes, spread over the stack) and
+:func:`compare` says which differ beyond tolerances measured on CREMI (``bench trust``: silent
+on held-out CREMI planes, firing on other pixel sizes, noise levels and modalities). The pixel
+size itself is checked by :mod:`napari_decrappify.pixel_size`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PATCH = 64
+# tolerances from ``decrappify bench trust`` on em-4x (docs/benchmarks.md): held-out CREMI
+# planes under the benchmark's noise stay within 1.03x / 0.02 / 0.010 of the training inputs
+# (two noise seeds); the tolerances keep a margin of 3-5x over that and still fire on 2x other
+# pixel sizes, 2.5x other photon counts, noise-free inputs and fluorescence
+NOISE_RATIO = 1.12  # noise level more than 1.12x or less than 1/1.12 of the training inputs'
+SLOPE_DIFF = 0.25  # power-spectrum slope (log-log) differs by more than this
+QUANTILE_DIFF = 0.05  # a histogram quantile moved by more than this (in 1st..99.8th spans)
+FREQ = (0.06, 0.45)
+
+
+def spectrum_slope(patches: list[np.ndarray]) -> float:
+    """Log-log slope of the mean radially averaged power spectrum of equal-sized patches."""
+    from .crappify import radial_power_spectrum
+
+    same = [p for p in patches if p.shape == patches[0].shape]
+    f, power = radial_power_spectrum(np.stack(same))
+    keep = (f >= FREQ[0]) & (f <= FREQ[1]) & (power > 0)
+    if keep.sum() < 3:
+        return float("nan")
+    return float(np.polyfit(np.log(f[keep]), np.log(power[keep]), 1)[0])
+
+
+def statistics(patches: list[np.ndarray]) -> dict:
+    """The domain statistics (module docstring) of 2-D patches in normalised units."""
+    from skimage.restoration import estimate_sigma
+
+    patches = [np.asarray(p, np.float64) for p in patches if p.size and np.ptp(p) > 0]
+    if not patches:
+        raise ValueError("no non-constant patches to measure")
+    values = np.concatenate([p.ravel() for p in patches])
+    return {"noise": float(np.median([estimate_sigma(p) for p in patches])),
+            "slope": spectrum_slope(patches),
+            "quantiles": [float(v) for v in np.percentile(values, (5, 25, 50, 75, 95))],
+            "patch": PATCH, "n_patches": len(patches)}
+
+
+def training_statistics(dataset, levels: tuple[float, float], n_items: int = 256) -> dict:
+    """:func:`statistics` of a training dataset's network inputs (centre plane, central
+    64 x 64), in units where the recorded ``levels`` are 0 and 1."""
+    l0, l1 = levels
+    patches = []
+    for i in range(min(n_items, len(dataset))):
+        x = np.asarray(dataset[i][0], np.float64)
+        x = x[x.shape[0] // 2] if x.ndim == 3 else x
+        h, w = x.shape
+        y0, x0 = max(0, (h - PATCH) // 2), max(0, (w - PATCH) // 2)
+        patches.append((x[y0:y0 + PATCH, x0:x0 + PATCH] - l0) / (l1 - l0))
+    return statistics(patches)
+
+
+def input_statistics(image, axes: str, input_range: tuple[float, float], max_planes: int = 6,
+                     per_plane: int = 48, seed: int = 0) -> dict:
+    """:func:`statistics` of an input (numpy or lazy, axes ``axes``), in units where its
+    ``input_range`` (its own percentiles) is 0..1: ``per_plane`` random 64 x 64 patches from
+    each of up to ``max_planes`` planes spread over the stack (only the patches are read)."""
+    lo, hi = input_range
+    span = hi - lo if hi > lo else 1.0
+    iy, ix = axes.index("Y"), axes.index("X")
+    lead = [i for i, a in enumerate(axes) if a not in "YX"]
+    shape = [image.shape[i] for i in lead]
+    n = int(np.prod(shape)) if shape else 1
+    picks = np.unique(np.linspace(0, n - 1, min(n, max_planes)).round().astype(int))
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[iy], image.shape[ix]
+    ph, pw = min(PATCH, h), min(PATCH, w)
+    patches = []
+    for k in picks:
+        idx = [0] * len(axes)  # a C axis: the first channel
+        for i, v in zip(lead, np.unravel_index(k, shape) if shape else (), strict=True):
+            idx[i] = int(v)
+        for y, x in zip(rng.integers(0, h - ph + 1, per_plane), rng.integers(0, w - pw + 1, per_plane),
+                        strict=True):
+            idx[iy], idx[ix] = slice(int(y), int(y) + ph), slice(int(x), int(x) + pw)
+            patches.append((np.asarray(image[tuple(idx)], np.float64) - lo) / span)
+    return statistics(patches)
+
+
+def compare(trained: dict, seen: dict) -> list[str]:
+    """What differs between the training inputs' statistics and an input's: one short
+    sentence per finding (empty: in domain)."""
+    out = []
+    if not trained or not seen:
+        return out
+    r = seen["noise"] / max(trained["noise"], 1e-9)
+    if r > NOISE_RATIO:
+        out.append(f"noisier than the training data ({r:.2f}x its noise level)")
+    elif r < 1 / NOISE_RATIO:
+        out.append(f"less noisy than the training data ({r:.2f}x its noise level)")
+    d = seen["slope"] - trained["slope"]
+    if np.isfinite(d) and abs(d) > SLOPE_DIFF:
+        # not "finer" or "coarser": blur under the same noise flattens the slope too
+        out.append(f"another balance of fine and coarse structure (power-spectrum slope "
+                   f"{seen['slope']:.2f} vs {trained['slope']:.2f}: another pixel size, blur, "
+                   "signal-to-noise ratio or modality)")
+    q = np.abs(np.asarray(seen["quantiles"]) - np.asarray(trained["quantiles"]))
+    if q.max() > QUANTILE_DIFF:
+        out.append(f"another intensity distribution (a histogram quantile moved by {q.max():.2f} "
+                   "of the 1st..99.8th percentile span)")
+    return out
+
+
+def check(model, image, axes: str, input_range: tuple[float, float] | None) -> dict:
+    """The out-of-domain verdict for ``image``: ``{"in_domain", "findings", "message",
+    "input", "training"}``. Models without recorded statistics are not checked."""
+    trained = model.config.domain
+    if not trained or input_range is None:
+        return {"in_domain": None, "findings": [], "training": trained or None, "input": None,
+                "message": "not checked (the model records no training statistics)"}
+    seen = input_statistics(image, axes, input_range)
+    findings = compare(trained, seen)
+    if findings:
+        msg = (f"⚠ this input looks unlike the training data of {model.name!r}: "
+               + "; ".join(findings)
+               + ". Results may be unreliable: check the LR consistency, and consider "
+               "fine-tuning on your own HR data (decrappify train --resume "
+               f"{model.name} ...)")
+    else:
+        msg = f"input statistics within {model.name!r}'s training range"
+    return {"in_domain": not findings, "findings": findings, "message": msg, "input": seen,
+            "training": trained}
