@@ -1,4 +1,5 @@
-"""Benchmarks that write JSON: ``decrappify bench quality|throughput|memory|seams|segmentation|training``.
+"""Benchmarks that write JSON: ``decrappify bench NAME`` (quality, throughput, memory, seams,
+segmentation, training, trust).
 
 Benchmarks are not tests: they measure speed, memory and quality and write the figures (with
 the machine and library versions) to JSON; nothing here is asserted in the test suite. Figures
@@ -67,7 +68,8 @@ def load_all() -> None:
     """Import the modules that define benchmarks (each registers itself with @benchmark)."""
     import importlib
 
-    for mod in ("_bench_engine", "_bench_quality", "_bench_segmentation", "_bench_training"):
+    for mod in ("_bench_engine", "_bench_quality", "_bench_segmentation", "_bench_training",
+                "_bench_trust"):
         try:
             importlib.import_module(f"napari_decrappify.{mod}")
         except ModuleNotFoundError as e:

@@ -20,6 +20,7 @@ from .config import (
     Downsample,
     Encoder,
     InstanceMethod,
+    NormMode,
     OutputDtype,
     Precision,
     RestorationLoss,
@@ -28,6 +29,7 @@ from .config import (
     TrainConfig,
     choices,
 )
+from .pixel_size import POLICIES
 
 EXIT_NOT_BUILT = 2
 
@@ -123,6 +125,34 @@ def _sample_origin(start: int, scale, ndim: int) -> tuple[float, ...]:
     return (first,) + (0.0,) * (ndim - 1)
 
 
+def _with_geometry(image, pixel_size, units, *, yx_alone: bool = False):
+    """``image`` with ``--pixel-size`` (one per axis; with ``yx_alone`` also one value for Y
+    and X, or two for Y, X) and ``--units`` (one for all, or one per axis) applied."""
+    ndim, axes = image.data.ndim, image.axes
+    if pixel_size:
+        scale = list(image.scale)
+        if yx_alone and len(pixel_size) in (1, 2) and len(pixel_size) != ndim:
+            yx = pixel_size * 2 if len(pixel_size) == 1 else pixel_size
+            scale[axes.index("Y")], scale[axes.index("X")] = yx
+        elif len(pixel_size) == ndim:
+            scale = list(pixel_size)
+        else:
+            also = " or 1 for Y and X" if yx_alone else ""
+            raise ValueError(f"--pixel-size needs {ndim} values (one per axis {axes}){also}, "
+                             f"got {len(pixel_size)}")
+        image.scale = tuple(float(v) for v in scale)
+        if "first_plane" in image.metadata:  # a sample's plane range: origin in the new size
+            image.translate = _sample_origin(image.metadata["first_plane"], image.scale, ndim)
+    if units:
+        if len(units) not in (1, ndim):
+            raise ValueError(f"--units needs 1 value or {ndim} (one per axis {axes}), got {len(units)}")
+        image.units = tuple(units) * (ndim if len(units) == 1 else 1)
+    elif pixel_size and yx_alone:  # a pixel size in pixel units would mean nothing: nm
+        image.units = tuple("nm" if a in "YX" and u in ("pixel", None) else u
+                            for a, u in zip(axes, image.units, strict=True))
+    return image
+
+
 def _not_a_folder(path, option: str) -> None:
     """Refuse an output file path that is an existing folder (before computing anything)."""
     if path and Path(path).is_dir():
@@ -132,7 +162,27 @@ def _not_a_folder(path, option: str) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _training_pixel_size(images) -> tuple[float, float] | None:
+    """The HR pixel size (Y, X, nm) the model records: that of the training images (all
+    alike), or None when they have none (then restore does not check inputs)."""
+    from .pixel_size import image_pixel_size_nm
+
+    sizes = [image_pixel_size_nm(im.scale, im.units, im.axes) for im in images]
+    known = [s for s in sizes if s is not None]
+    if not known:
+        print("note: the HR images have no pixel size (give --pixel-size): the model will not "
+              "check the pixel size of what it restores", file=sys.stderr)
+        return None
+    first = known[0]
+    if len(known) != len(sizes) or any(abs(s[0] / first[0] - 1) > 0.01 or abs(s[1] / first[1] - 1) > 0.01
+                                       for s in known):
+        raise ValueError(f"the HR images have different pixel sizes ({sizes}): train on images "
+                         "of one pixel size, or give --pixel-size")
+    return first
+
+
 def cmd_train(args) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from .config import ArchConfig, CrappifyConfig, TrainConfig
@@ -168,11 +218,15 @@ def cmd_train(args) -> int:
         batch_size=args.batch, epochs=args.epochs, minutes=args.minutes,
         iterations_per_epoch=args.iters, seed=args.seed, device=args.device,
         precision=args.precision, train_planes=parse_planes(args.train_planes),
+        normalisation=args.normalisation,
         valid_planes=parse_planes(args.valid_planes, "--valid-planes"),
         **({} if args.lr_max is None else {"lr_max": args.lr_max}),
         **({} if args.any_offset is None else {"any_offset": args.any_offset}),
     )
-    images = [read_input(p) for p in args.hr]
+    opened = [_with_geometry(open_input(p), args.pixel_size, args.units, yx_alone=True)
+              for p in args.hr]
+    pixel_size = _training_pixel_size(opened)
+    images = [np.asarray(im.data) for im in opened]
     if args.lr_find:
         from .train import find_lr
 
@@ -203,7 +257,7 @@ def cmd_train(args) -> int:
         init = load_model(args.resume)
     result = train(images, config, out=args.out, name=Path(args.out).name, pairs=pairs,
                    progress=progress, command=command, fp16=args.fp16, init_from=init,
-                   checkpoint_dir=args.checkpoint_dir)
+                   checkpoint_dir=args.checkpoint_dir, pixel_size_nm=pixel_size)
     bar.close()
     print(f"saved {result.path} ({result.stop_reason}, {result.seconds:.0f} s, "
           f"{result.iterations} iterations)")
@@ -311,14 +365,23 @@ def cmd_restore(args) -> int:
         raise ValueError(f"output {out} is a folder: a .tif/.tiff output must be a file")
     if is_tiff and out.exists() and not args.overwrite:  # zarr: write_ome_zarr decides (resume)
         raise FileExistsError(f"output {out} exists: pass --overwrite to replace it")
+    if args.report:
+        _not_a_folder(args.report, "--report")
+        if Path(args.report).exists() and not args.overwrite:
+            raise FileExistsError(f"--report {args.report} exists: pass --overwrite to replace it")
+        if Path(args.report).resolve() in (out.resolve(), Path(args.input).resolve()):
+            raise ValueError(f"--report {args.report} is the input or the output: give it its own path")
     options = {"halo": args.halo, "device": args.device, "precision": args.precision,
                "batch_size": args.batch, "skip_empty": args.skip_empty,
                "output_dtype": args.output_dtype, "tta": args.tta}
     if args.tile is not None:  # unset: TileConfig may grow the default tile to fit the halo
         options["tile"] = args.tile
     config = TileConfig(**options)
-    image = open_input(args.input, args.axes)
+    image = _with_geometry(open_input(args.input, args.axes), args.pixel_size, args.units,
+                           yx_alone=True)
     model = load_model(args.model)
+    if model.kind != "restoration":
+        raise ValueError(f"model {model.name!r} is a {model.kind} model: use decrappify segment")
     bars = []  # created on the first event: a refused output prints no empty bar
 
     def progress(ev):
@@ -335,12 +398,19 @@ def cmd_restore(args) -> int:
         bar.refresh()
 
     with use_scheduler(args.scheduler):
-        result = restore_image(model, image, config)
+        result = restore_image(model, image, config, pixel_size_mismatch=args.pixel_size_mismatch)
         if not args.quiet:
             print(f"restoring {image.name} {tuple(image.data.shape)} {image.axes} -> "
                   f"{tuple(result.data.shape)} {result.axes} with {model.name} "
                   f"({model.scale}x, halo {result.metadata['halo']}, tile {result.metadata['tile']})",
                   file=sys.stderr)
+            print(f"pixel size: {result.metadata['pixel_size']['message']}", file=sys.stderr)
+            print(f"intensities: {result.metadata['normalisation']}", file=sys.stderr)
+            print(f"domain: {result.metadata['domain']['message']}", file=sys.stderr)
+        else:  # warnings are printed even when quiet
+            for key in ("pixel_size", "domain"):
+                if result.metadata[key]["message"].startswith("⚠"):
+                    print(result.metadata[key]["message"], file=sys.stderr)
         try:
             if is_tiff:
                 write_tiff(out, result.data, axes=result.axes, scale=result.scale,
@@ -357,7 +427,42 @@ def cmd_restore(args) -> int:
     if not args.quiet:
         print(f"wrote {out}: {tuple(result.data.shape)} {result.axes} {result.data.dtype}, "
               f"pixel size {result.scale}, origin {result.translate} ({', '.join(result.units)})")
+    if args.report:
+        _write_report(args, model, image, out, result)
     return 0
+
+
+def _write_report(args, model, image, out: Path, result) -> None:
+    """``--report``: what restore did and found, and the LR consistency of the written result
+    (read back plane by plane) with its input."""
+    from .consistency import stack_lr_consistency
+    from .io import open_image, write_text_atomic
+
+    if model.scale > 1 and result.axes == image.axes:
+        written = open_image(out).data
+        consistency = stack_lr_consistency(model, written, image.data, image.axes)
+    else:
+        consistency = None
+    meta = result.metadata
+    report = {"input": args.input, "output": str(out), "model": model.name,
+              "weights_sha256": model.weights_hash, "scale": model.scale,
+              "normalisation": meta["normalisation"], "input_range": meta["input_range"],
+              "pixel_size": meta["pixel_size"], "domain": meta["domain"],
+              "lr_consistency": consistency}
+    write_text_atomic(args.report, json.dumps(report, indent=2, allow_nan=False,
+                                              default=_json_default))
+    if consistency is not None and not args.quiet:
+        print(f"LR consistency (result degraded by the model's {consistency['degradation']['method']} "
+              f"{model.scale}x vs the input): PSNR {consistency['psnr']:.2f} dB, SSIM "
+              f"{consistency['ssim']:.3f} over {consistency['n_planes']} planes; report {args.report}")
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def cmd_segment(args) -> int:
@@ -393,17 +498,7 @@ def cmd_segment(args) -> int:
             raise FileExistsError(f"output {path} exists: pass --overwrite to replace it")
     if args.csv and not args.instances:
         args.instances = "cc"  # a per-object table needs objects
-    image = open_input(args.input, args.axes)
-    if args.pixel_size:
-        if len(args.pixel_size) != image.data.ndim:
-            raise ValueError(f"--pixel-size needs {image.data.ndim} values (one per axis "
-                             f"{image.axes}), got {len(args.pixel_size)}")
-        image.scale = tuple(args.pixel_size)
-        if "first_plane" in image.metadata:  # a sample's plane range: origin in the new size
-            image.translate = _sample_origin(image.metadata["first_plane"], image.scale,
-                                             image.data.ndim)
-    if args.units:
-        image.units = tuple(args.units) * (image.data.ndim if len(args.units) == 1 else 1)
+    image = _with_geometry(open_input(args.input, args.axes), args.pixel_size, args.units)
     quiet = args.quiet
     if args.train_labels:
         if not args.classes:
@@ -647,6 +742,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-find", action="store_true",
                    help="run fastai's learning-rate finder, print a suggestion and exit")
     s.add_argument("--checkpoint-dir", help="write the weights after every epoch to DIR/last")
+    s.add_argument("--normalisation", "--norm", dest="normalisation", default="percentile",
+                   choices=choices(NormMode),
+                   help="percentile (default): the model normalises every input from its own "
+                        "1st/99.8th percentiles, so any intensity units work; fixed: the "
+                        "training data's fixed range, where absolute intensity matters")
+    s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
+                   help="HR pixel size: one value for Y and X, two (Y X), or one per axis "
+                        "(default: from the file; nm unless --units says otherwise)")
+    s.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
     s.add_argument("--resume", metavar="MODEL_DIR",
                    help="start from these weights: a checkpoint, or a single-frame model to "
                         "widen to --frames (its weights on the centre plane)")
@@ -678,6 +782,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(8x slower, usually a little better)")
     s.add_argument("--output-dtype", default="float32", choices=choices(OutputDtype))
     s.add_argument("--levels", type=int, default=1, help="OME-Zarr resolution levels (2x each)")
+    s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
+                   help="pixel size of IN: one value for Y and X, two (Y X), or one per axis "
+                        "(default: from the file; nm unless --units says otherwise)")
+    s.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
+    s.add_argument("--report", metavar="JSON",
+                   help="write what was done and found: normalisation, pixel size, the "
+                        "out-of-domain check and the LR consistency (the result degraded like "
+                        "the model's training LR, compared with IN)")
+    s.add_argument("--pixel-size-mismatch", default="resample", choices=POLICIES,
+                   help="when IN's pixel size differs from the model's by more than 15%%: "
+                        "resample IN to the model's grid and the result back (default), warn "
+                        "and restore as it is, or stop with an error")
     s.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_restore)

@@ -43,7 +43,7 @@ def model_degradation(model) -> dict:
 
 
 def lr_consistency(restored, lr, scale: int, method: str = "mean", blur_sigma: float = 0.0,
-                   *, with_map: bool = False) -> dict:
+                   *, with_map: bool = False, lr_range: tuple | None = None) -> dict:
     """PSNR / SSIM of the degraded restoration against the LR input, per plane and mean.
 
     Parameters
@@ -56,6 +56,8 @@ def lr_consistency(restored, lr, scale: int, method: str = "mean", blur_sigma: f
         The degradation (:func:`model_degradation`).
     with_map : bool
         Also return ``"map"``: ``|degraded - lr|`` in [0, 1] units, on the LR grid.
+    lr_range : (mode, lo, hi), optional
+        :func:`metrics.reference_range` of the whole LR, when ``lr`` is a part of it.
 
     Returns
     -------
@@ -69,7 +71,7 @@ def lr_consistency(restored, lr, scale: int, method: str = "mean", blur_sigma: f
         raise ValueError(f"the restored image {restored.shape} is not the LR {lr.shape} "
                          f"x {scale} on Y, X")
     low, ref = degrade(restored, scale, method, blur_sigma), lr
-    mode, lo, hi = metrics.reference_range(lr)
+    mode, lo, hi = lr_range if lr_range is not None else metrics.reference_range(lr)
     a, b = metrics.apply_range(low, mode, lo, hi), metrics.apply_range(ref, mode, lo, hi)
     res = metrics.evaluate(a, b, normalised=True)
     out = {"psnr": res["psnr"], "ssim": res["ssim"], "n_planes": res["n_planes"],
@@ -83,3 +85,34 @@ def lr_consistency(restored, lr, scale: int, method: str = "mean", blur_sigma: f
 def model_lr_consistency(model, restored, lr, *, with_map: bool = False) -> dict:
     """:func:`lr_consistency` with ``model``'s own degradation."""
     return lr_consistency(restored, lr, **model_degradation(model), with_map=with_map)
+
+
+def stack_lr_consistency(model, restored, lr, axes: str, progress=None) -> dict:
+    """:func:`model_lr_consistency` of a (lazy) stack, one 2-D plane at a time (memory: one
+    plane of each), e.g. a written result read back from disk. ``axes`` of ``lr`` (``restored``
+    has the same, Y and X times the scale)."""
+    lr_range = metrics.reference_range(lr)
+    lead = [i for i, a in enumerate(axes) if a not in "YX"]
+    shape = [lr.shape[i] for i in lead]
+    rows, n = [], int(np.prod(shape)) if shape else 1
+    deg = model_degradation(model)
+    for k in range(n):
+        idx = [slice(None)] * len(axes)
+        for i, v in zip(lead, np.unravel_index(k, shape) if shape else (), strict=True):
+            idx[i] = int(v)
+        a, b = np.asarray(restored[tuple(idx)]), np.asarray(lr[tuple(idx)])
+        a, b = a.reshape(-1, *a.shape[-2:])[:1], b.reshape(-1, *b.shape[-2:])[:1]  # C: the first
+        try:
+            one = lr_consistency(a, b, **deg, lr_range=lr_range)
+        except ValueError as e:
+            if "blank" not in str(e):
+                raise
+            continue
+        rows.append({"plane": k, "psnr": one["psnr"], "ssim": one["ssim"]})
+        if progress is not None:
+            progress({"event": "consistency", "done": k + 1, "total": n})
+    if not rows:
+        raise ValueError("every input plane is blank: no LR consistency")
+    return {"psnr": float(np.mean([r["psnr"] for r in rows])),
+            "ssim": float(np.mean([r["ssim"] for r in rows])), "n_planes": len(rows),
+            "planes": rows, "degradation": deg}
