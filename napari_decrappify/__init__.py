@@ -9,6 +9,8 @@ Headless API (no napari or Qt is imported by this package's core)::
     lr = nd.crappify(hr_stack, scale=4, seed=0)
     result = nd.train([hr_stack], config, out="my-4x")
     scores = nd.evaluate(restored_plane, ground_truth_plane, normalised=False)  # in input units
+    report = nd.check_input(image, model, axes="ZYX")  # intensities, pixel size, out of domain?
+    fidelity = nd.lr_consistency(restored, image, model)  # no ground truth needed
     seg = nd.segment(image, "my-segmenter", axes="YX", objects="watershed")  # labels + objects
 
 In a running napari (console, notebook, script), ``napari_decrappify._napari.api`` adds
@@ -23,7 +25,8 @@ import types as _types
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "crappify", "evaluate", "load_model", "restore", "segment", "train"]
+__all__ = ["__version__", "check_input", "crappify", "evaluate", "load_model", "lr_consistency",
+           "restore", "segment", "train"]
 
 # facade name -> (submodule, attribute), imported on first use (PEP 562)
 _LAZY = {
@@ -107,6 +110,40 @@ def restore(image, model, axes=None, lazy=True, *, progress=None, cancel=None, *
     if lazy:
         return tiling.restore_lazy(model, image, config, axes=axes, progress=progress, cancel=cancel)
     return tiling.restore(model, image, config, axes=axes, progress=progress, cancel=cancel)
+
+
+def check_input(image, model, axes=None, *, pixel_size_mismatch="resample") -> dict:
+    """What restoring ``image`` with ``model`` would do, and whether it fits, without restoring.
+
+    Returns
+    -------
+    dict
+        ``normalisation`` (one line), ``input_range`` (the input intensities mapped to the
+        model's training percentiles), ``pixel_size`` (the input's and the model's, and the
+        action: ``none``, ``resample`` or ``warn``; a ``message``), ``domain`` (the
+        out-of-domain check: ``in_domain``, ``findings``, ``message``). Reads the input's
+        intensity range and a few hundred small patches; a mismatch under
+        ``pixel_size_mismatch="error"`` raises a ValueError.
+    """
+    from .tiling import restore_image
+
+    meta = restore_image(model, image, axes=axes, pixel_size_mismatch=pixel_size_mismatch).metadata
+    return {k: meta[k] for k in ("normalisation", "input_range", "pixel_size", "domain")}
+
+
+def lr_consistency(restored, lr, model, *, with_map: bool = False) -> dict:
+    """How well ``restored`` reproduces its input ``lr`` once degraded like ``model``'s
+    training LR (no noise): PSNR / SSIM per plane and mean, and optionally the error map on
+    the LR grid. A check without ground truth: see :mod:`napari_decrappify.consistency` for
+    what it can and cannot catch."""
+    import numpy as np
+
+    from .consistency import model_lr_consistency
+    from .models import load_model
+
+    if not hasattr(model, "config"):
+        model = load_model(model)
+    return model_lr_consistency(model, np.asarray(restored), np.asarray(lr), with_map=with_map)
 
 
 _sys.modules[__name__].__class__ = _Package

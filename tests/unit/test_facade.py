@@ -103,3 +103,23 @@ def test_restore_rejects_bad_options(tiny2x):
         nd.restore(np.zeros((32, 32)), tiny2x, tilesize=32)
     with pytest.raises(ValueError, match="must end with YX"):
         nd.restore(np.zeros((2, 32, 32)), tiny2x, axes="YXZ")
+
+
+def test_check_input_and_lr_consistency_facade():
+    import numpy as np
+
+    import napari_decrappify as nd
+    from napari_decrappify.config import ArchConfig, NormConfig
+    from napari_decrappify.models import build_model
+    from napari_decrappify.samples import synthetic_em
+
+    m = build_model(ArchConfig(encoder="tiny", scale=2), seed=0, measure_rf=False,
+                    norm=NormConfig(mode="percentile", low=0, high=255, input_levels=(0.2, 0.8)))
+    m.config.pixel_size_nm = [4.0, 4.0]
+    em = synthetic_em((1, 64, 64), seed=0)[0]
+    report = nd.check_input(em, m, axes="YX")
+    assert set(report) == {"normalisation", "input_range", "pixel_size", "domain"}
+    assert report["pixel_size"]["action"] == "none"  # no pixel size: assumed, and said
+    restored = nd.restore(em, m, axes="YX", lazy=False, tile=64, halo=16)
+    res = nd.lr_consistency(restored, em, m, with_map=True)
+    assert np.isfinite(res["psnr"]) and res["map"].shape == em.shape
