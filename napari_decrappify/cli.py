@@ -248,6 +248,10 @@ def cmd_train(args) -> int:
                       f"valid {ev.get('valid_loss', float('nan')):.4f} "
                       f"PSNR {ev.get('batch_psnr', float('nan')):.2f} dB "
                       f"SSIM {ev.get('batch_ssim', float('nan')):.3f}")
+        elif ev["event"] == "recovered":
+            bar.write(f"epoch {ev['epoch']}: training diverged (loss {ev['train_loss']:.3g}); back "
+                      f"to the weights of epoch {ev['back_to_epoch']}, going on at peak learning "
+                      f"rate {ev['lr_max']:.2g}")
 
     command = "decrappify " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     init = None
@@ -261,6 +265,10 @@ def cmd_train(args) -> int:
     bar.close()
     print(f"saved {result.path} ({result.stop_reason}, {result.seconds:.0f} s, "
           f"{result.iterations} iterations)")
+    if result.stop_reason == "diverged":  # saved (its best weights), but not a success
+        print(f"decrappify train: error: {result.model.config.training['warnings'][-1]}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

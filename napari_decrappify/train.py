@@ -211,6 +211,11 @@ def batch_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 DIVERGENCE_FACTOR = 100.0
 #: this many non-finite batch losses in a row stop a run as diverged
 NONFINITE_BATCHES = 5
+#: a diverged run goes back to its best weights and on at a third of the peak learning rate,
+#: this many times at most (then it stops as diverged, keeping its best weights)
+MAX_RECOVERIES = 3
+#: a recovery needs at least this much of a wall-clock budget left to be worth it
+MIN_RECOVERY_SECONDS = 20.0
 
 
 def resumed_chain(previous: dict) -> list[dict]:
@@ -240,9 +245,9 @@ def divergence_warning(epoch: int, loss: float, best_epoch: int, lr_max: float) 
     """The message for a run stopped as ``diverged`` (recorded in ``model.json`` too)."""
     kept = (f"the best weights (epoch {best_epoch})" if best_epoch >= 0 else
             "the weights it started from (no epoch finished before)")
-    return (f"training diverged at epoch {epoch} (training loss {loss:.3g}); stopped there and "
-            f"kept {kept}. Train again with a lower learning rate, e.g. --lr-max "
-            f"{lr_max / 3:.2g}")
+    return (f"training diverged at epoch {epoch} (training loss {loss:.3g}) after "
+            f"{MAX_RECOVERIES} recoveries at ever lower learning rates; stopped there and kept "
+            f"{kept}. Train again with a lower learning rate, e.g. --lr-max {lr_max / 30:.2g}")
 
 
 def _callbacks():
@@ -266,6 +271,28 @@ def _callbacks():
             self.nonfinite_batches = 0
             self.diverged_at: tuple[int, float] | None = None  # (epoch, training loss)
             self.partial: dict | None = None  # scores of the last, unfinished epoch if it was best
+            # after a recovery the next fit counts its epochs from 0 again: epochs of the run
+            # (history rows, best, data seeds) are the fit's epoch + this offset
+            self.epoch_offset = 0
+            self.recoveries: list[dict] = []
+            self.iterations_before = 0  # training iterations of the fits before this one
+
+        @property
+        def run_epoch(self) -> int:
+            return self.epoch + self.epoch_offset
+
+        def recover(self, lr_max: float, iterations: int) -> None:
+            """Record a divergence as recovered from (the caller reloads the best weights and
+            fits again at ``lr_max``): the run goes on, numbering epochs after the last."""
+            epoch, loss = self.diverged_at
+            self.recoveries.append({"epoch": epoch, "train_loss": loss, "back_to_epoch": self.best[2],
+                                    "lr_max": lr_max})
+            self._emit({"event": "recovered", "epoch": epoch, "train_loss": loss,
+                        "back_to_epoch": self.best[2], "lr_max": lr_max})
+            self.stop_reason, self.diverged_at = "completed", None
+            self.epoch_offset = len(self.history)
+            self.iterations_before += iterations
+            self.nonfinite_batches = 0
 
         def _emit(self, event):
             if self.progress is not None:
@@ -285,7 +312,8 @@ def _callbacks():
             return {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
 
         def before_fit(self):
-            self.t0 = time.monotonic()
+            if "t0" not in self.__dict__:  # the run's start (not each fit's: recoveries)
+                self.t0 = time.monotonic()
             self.total = self.n_epoch * len(self.dls.train)
             if self.best[1] is None and not self.history:
                 # the weights to fall back on if the run diverges before an epoch is scored
@@ -294,12 +322,12 @@ def _callbacks():
 
         def before_epoch(self):
             for ds in self.datasets:
-                ds.epoch = self.epoch
+                ds.epoch = self.run_epoch
 
         def after_batch(self):
             if not self.training:
                 return
-            done = self.epoch * len(self.dls.train) + self.iter + 1
+            done = self.iterations_before + self.epoch * len(self.dls.train) + self.iter + 1
             now = time.monotonic()
             elapsed = now - self.t0
             loss = float(self.loss)
@@ -309,14 +337,14 @@ def _callbacks():
                 total = min(self.total, done + round(eta * done / max(elapsed, 1e-9)))
             else:
                 eta, total = elapsed / done * (self.total - done), self.total
-            self._emit({"event": "batch", "epoch": self.epoch, "batch": self.iter,
+            self._emit({"event": "batch", "epoch": self.run_epoch, "batch": self.iter,
                         "iteration": done, "total": total, "loss": loss,
                         "elapsed": elapsed, "eta": eta})
             # weights gone NaN/inf keep every later loss non-finite: stop, the best weights
             # are kept (one fp16 overflow, which the grad scaler skips, is not a divergence)
             self.nonfinite_batches = 0 if math.isfinite(loss) else self.nonfinite_batches + 1
             if self.nonfinite_batches >= NONFINITE_BATCHES:
-                self.stop_reason, self.diverged_at = "diverged", (self.epoch, loss)
+                self.stop_reason, self.diverged_at = "diverged", (self.run_epoch, loss)
                 raise CancelFitException()
             if self.cancel is not None and self.cancel.is_set():
                 self.stop_reason = "cancelled"
@@ -332,19 +360,20 @@ def _callbacks():
             vals = rec.values[-1] if rec.values else []
             names = [n for n in rec.metric_names[1:] if n not in ("epoch", "time")]
             row = dict(zip(names, [float(v) for v in vals], strict=False))
-            row.update({"event": "epoch", "epoch": self.epoch, "elapsed": time.monotonic() - self.t0})
+            row.update({"event": "epoch", "epoch": self.run_epoch,
+                        "elapsed": time.monotonic() - self.t0})
             self.history.append(row)
             self._emit(row)
             vloss = row.get("valid_loss", math.inf)
             if vloss < self.best[0]:
-                self.best = (vloss, self._weights(), self.epoch)
+                self.best = (vloss, self._weights(), self.run_epoch)
             if self.checkpoint is not None:
                 self.checkpoint()
             # a loss blown up far above its lowest (too high a learning rate for the loss) never
             # comes back within the cycle: stop instead of spending the budget on it
             tl = row.get("train_loss", math.nan)
             if not math.isfinite(tl) or tl > DIVERGENCE_FACTOR * self.lowest_train_loss:
-                self.stop_reason, self.diverged_at = "diverged", (self.epoch, tl)
+                self.stop_reason, self.diverged_at = "diverged", (self.run_epoch, tl)
                 raise CancelFitException()
             self.lowest_train_loss = min(self.lowest_train_loss, tl)
 
@@ -602,6 +631,8 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         best = events.best_scores()
         if best is not None and best.get("partial"):
             out["best_epoch_unfinished"] = True  # kept: the weights when the run stopped
+        if events.recoveries:  # diverged, went back to the best weights at a lower rate
+            out["recoveries"] = events.recoveries
         if previous:
             # a resumed run: keep the record of the runs it started from
             out["resumed_from"] = resumed_chain(previous)
@@ -679,11 +710,31 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
     t0 = time.monotonic()
     if hasattr(learn, "progress"):
         learn.remove_cb(learn.progress)  # our own events replace fastprogress bars
-    with learn.no_logging():
-        learn.fit_one_cycle(epochs, lr_max=config.lr_max, pct_start=config.pct_start)
+    lr_max = config.lr_max
+    while True:
+        with learn.no_logging():
+            learn.fit_one_cycle(epochs, lr_max=lr_max, pct_start=config.pct_start,
+                                reset_opt=bool(events.recoveries))
+        # read before validate(): its validation context re-runs before_fit (train_iter = 0)
+        fit_iterations = int(learn.train_iter) if hasattr(learn, "train_iter") else 0
+        left = None if events.deadline is None else events.deadline - time.monotonic()
+        if (events.stop_reason != "diverged" or len(events.recoveries) >= MAX_RECOVERIES
+                or (left is not None and left < MIN_RECOVERY_SECONDS)):
+            break
+        # a divergence is not the end of the budget: back to the best weights (Adam's moments
+        # are reset too), a third of the peak learning rate, and on with what is left
+        lr_max /= 3
+        net.load_state_dict(events.best[1])
+        epochs = epochs - (events.diverged_at[0] - events.epoch_offset + 1) if not \
+            (config.minutes and not config.epochs) else epochs
+        if epochs < 1:
+            break
+        events.recover(lr_max, fit_iterations)
+        for cb in learn.cbs:  # the wall-clock schedule spans what is left of the budget
+            if type(cb).__name__ == "WallClockScheduleCallback" and left is not None:
+                cb.seconds = left
     seconds = time.monotonic() - t0
-    # read before validate(): its validation context re-runs before_fit, which resets train_iter
-    iterations = int(learn.train_iter) if hasattr(learn, "train_iter") else 0
+    iterations = events.iterations_before + fit_iterations
     if events.stop_reason in ("cancelled", "budget"):
         # the last, unfinished epoch (lowest learning rate of the cycle; all the training there
         # is when a run stops in its first epoch) may be the best: score it. A diverged run's

@@ -220,32 +220,79 @@ class _BlowsUp(torch.nn.Module):
 
 
 @pytest.mark.parametrize("factor", [float("nan"), 1e4])
-def test_a_diverging_run_stops_keeps_its_best_weights_and_says_so(hr, tmp_path, monkeypatch,
-                                                                  factor):
-    """NaN losses stop the run within a few batches; a loss blown up 10^4x stops it at the end
-    of that epoch. Either way: the best (finite) weights are saved, the record says diverged
-    and why, and the rest of the budget is not spent."""
+def test_a_run_that_keeps_diverging_stops_after_its_recoveries_and_keeps_its_best_weights(
+        hr, tmp_path, monkeypatch, factor):
+    """NaN losses are seen within a few batches, a loss blown up 10^4x at the end of its epoch.
+    Each time the run goes back to its best weights at a third of the learning rate; when that
+    fails MAX_RECOVERIES times it stops: the best (finite) weights are saved and the record
+    says diverged and why, without spending the rest of the budget."""
     import math
 
-    from napari_decrappify.train import NONFINITE_BATCHES
+    from napari_decrappify.train import MAX_RECOVERIES, NONFINITE_BATCHES
 
     monkeypatch.setattr("napari_decrappify.train.make_loss", lambda config: _BlowsUp(12, factor))
     seen = []
-    with pytest.warns(RuntimeWarning, match="diverged at epoch 2.*--lr-max 0.00033"):
+    with pytest.warns(RuntimeWarning, match=f"diverged at epoch .* after {MAX_RECOVERIES} "
+                                            "recoveries.*--lr-max 3.3e-05"):
         result = train([hr], tiny_config(epochs=30, lr_max=1e-3), progress=seen.append,
                        out=tmp_path / "d")
     assert result.stop_reason == "diverged"
+    recovered = [e for e in seen if e["event"] == "recovered"]
+    assert [r["lr_max"] for r in recovered] == pytest.approx([1e-3 / 3, 1e-3 / 9, 1e-3 / 27])
+    assert all(r["back_to_epoch"] in (0, 1) for r in recovered)
     batches = [e for e in seen if e["event"] == "batch"]
-    if math.isnan(factor):
-        assert len(batches) == 12 + NONFINITE_BATCHES  # 6 per epoch: stopped inside epoch 2
+    if math.isnan(factor):  # 6 batches per epoch: stopped inside epoch 2, then each fit at once
+        assert len(batches) == 12 + NONFINITE_BATCHES * (1 + MAX_RECOVERIES)
         assert [h["epoch"] for h in result.history] == [0, 1]
-    else:
-        assert len(batches) == 18 and result.history[-1]["train_loss"] > 100  # whole epoch 2
-        assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    else:  # the whole epoch 2, then one epoch per recovery
+        assert len(batches) == 18 + 6 * MAX_RECOVERIES
+        assert [h["epoch"] for h in result.history] == list(range(3 + MAX_RECOVERIES))
     saved = load_model(tmp_path / "d")
     assert saved.config.training["best_epoch"] in (0, 1)
+    assert len(saved.config.training["recoveries"]) == MAX_RECOVERIES
     assert "diverged" in saved.config.training["warnings"][0]
     assert all(torch.isfinite(t).all() for t in saved.net.state_dict().values())
+
+
+class _BlowsUpFor(_BlowsUp):
+    """L1 blown up 10^4x for training batches ``after + 1 .. until`` only: a transient."""
+
+    def __init__(self, after: int, until: int):
+        super().__init__(after, 1e4)
+        self.until = until
+
+    def forward(self, pred, target):
+        loss = torch.nn.functional.l1_loss(pred, target)
+        if torch.is_grad_enabled():
+            self.batches += 1
+            if self.after < self.batches <= self.until:
+                return loss * self.factor
+        return loss
+
+
+def test_a_divergence_is_recovered_from_and_the_run_goes_on(hr, tmp_path, monkeypatch):
+    """The default command diverged at epoch 1 in bf16 and stopped after 75 s of a 10-minute
+    budget, exit 0, with an epoch-0 model below bicubic. Now: back to the best weights, a third
+    of the peak rate, and the rest of the run; no warning, the record says what happened."""
+    import warnings
+
+    monkeypatch.setattr("napari_decrappify.train.make_loss", lambda config: _BlowsUpFor(12, 18))
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train([hr], tiny_config(epochs=6, lr_max=1e-3), progress=seen.append,
+                       out=tmp_path / "r")
+    assert not [w for w in caught if "diverged" in str(w.message)]
+    assert result.stop_reason == "completed"
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3, 4, 5]  # 3 epochs after epoch 2
+    assert result.history[2]["train_loss"] > 100 > result.history[-1]["train_loss"]
+    recovered = [e for e in seen if e["event"] == "recovered"]
+    assert len(recovered) == 1 and recovered[0]["epoch"] == 2
+    assert recovered[0]["lr_max"] == pytest.approx(1e-3 / 3)
+    assert result.iterations == 36
+    record = load_model(tmp_path / "r").config.training
+    assert record["stop_reason"] == "completed" and record["recoveries"][0]["back_to_epoch"] in (0, 1)
+    assert "warnings" not in record
 
 
 def test_a_run_diverging_before_its_first_epoch_keeps_the_weights_it_started_from(
