@@ -83,6 +83,12 @@ SECTIONS = [
     ("training-patch128", "Training at an equal budget: larger patches, same pixels per step",
      "`decrappify bench training -o patch=128 -o batch=2`: as above, with 128 px LR patches in "
      "batches of 2 instead of 64 px patches in batches of 8."),
+    ("trust", "Checks without ground truth: LR consistency and the out-of-domain warning",
+     "`decrappify bench trust`: held-out CREMI planes 20-24 degraded in 7 ways (the benchmark's "
+     "noise, other photon counts, no noise, blur, bicubic downsampling, another pixel size), "
+     "restored by bicubic, the models and two broken restorations (the old fixed-range bug, an "
+     "untrained network); true PSNR against the HR beside the LR consistency (no HR), and "
+     "whether the out-of-domain check fires (also on fluorescence samples)."),
     ("segmentation", "Segmentation counts on LR, restored and HR",
      "`decrappify bench segmentation`: object counts and F1 (IoU >= 0.5) against ground-truth masks."),
 ]

@@ -138,6 +138,6 @@ def check(model, image, axes: str, input_range: tuple[float, float] | None) -> d
                "fine-tuning on your own HR data (decrappify train --resume "
                f"{model.name} ...)")
     else:
-        msg = f"input statistics within {model.name!r}'s training range"
+        msg = f"input statistics within those of the training data of {model.name!r}"
     return {"in_domain": not findings, "findings": findings, "message": msg, "input": seen,
             "training": trained}
