@@ -15,6 +15,8 @@ peak learning rate after 400 iterations, and this benchmark does.
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
+from types import SimpleNamespace
 
 from ._bench_quality import TEST_PLANES
 from .bench import benchmark
@@ -29,8 +31,15 @@ PEER_BASELINE = {"name": "PSSR2 ResUNet (pssr 2.4.0), 600 s, DATA.md", "psnr": 2
 def bench_training(minutes: str = "10", scale: str = "4", encoders: str = "resnet18s",
                    frames: str = "1", loss: str = "l1", lr_max: str = "", patch: str = "",
                    batch: str = "", seed: str = "0", precision: str = "auto",
-                   device: str = "auto", out: str = "") -> dict:
+                   device: str = "auto", out: str = "", recipe: str = "user") -> dict:
     """Train for ``minutes`` of wall clock with the default recipe, then score held-out planes.
+
+    ``recipe=user`` (default): exactly the command a user types, through the CLI, on a TIFF of
+    CREMI planes 0-17 without the blank plane 14 (uint8, no metadata): ``decrappify train --hr
+    cremi_planes.tif --scale S --out DIR --minutes M`` (plus ``--encoder`` and the options
+    given here); its own validation split, noise and iterations per epoch. ``recipe=bundled``:
+    the bundled models' recipe through the API (planes 18-19 for validation, the noise range
+    180-360 photons / 0.005-0.015 read noise, 200 iterations per epoch).
 
     Options (``-o key=value``): ``minutes`` (10, per encoder), ``scale`` (4), ``encoders``
     ("resnet18s"; several, comma-separated, train one after another at the same budget: the
@@ -56,11 +65,18 @@ def bench_training(minutes: str = "10", scale: str = "4", encoders: str = "resne
     lr, hr = protocol_pairs(hr_stack, s, True)
     clean_lr, _ = protocol_pairs(hr_stack, s, False)
     bic = evaluate(bicubic_upsample(lr, s), hr)
-    rows = [_train_and_score(hr_stack, lr, hr, clean_lr, bic, config, out=out)
+    if recipe not in ("user", "bundled"):
+        raise ValueError(f"recipe={recipe!r}: user or bundled")
+    train_fn = _train_user_command if recipe == "user" else _train_api
+    options = {"lr_max": lr_max, "patch": patch, "batch": batch, "seed": seed,
+               "precision": precision, "device": device, "loss": loss, "frames": frames}
+    rows = [_train_and_score(hr_stack, lr, hr, clean_lr, bic, config, out=out,
+                             train_fn=lambda folder, c=config: train_fn(hr_stack, c, folder, options))
             for config in recipes]
     return {
         "summary": summary_rows(rows, bic, scale=s),
-        "protocol": {"sample": "cremi", "scale": s, "noisy": True, "train_planes": TRAIN_PLANES,
+        "protocol": {"sample": "cremi", "scale": s, "noisy": True, "recipe": recipe,
+                     "train_planes": TRAIN_PLANES,
                      "valid_planes": VALID_PLANES, "test_planes": list(TEST_PLANES),
                      "minutes_per_encoder": float(minutes)},
         "bicubic": {"psnr": bic["psnr"], "ssim": bic["ssim"], "n_planes": bic["n_planes"]},
@@ -87,18 +103,54 @@ def _recipe(encoder: str, *, minutes: float, scale: int, frames: int, loss: str,
     )
 
 
-def _train_and_score(hr_stack, lr, hr, clean_lr, bic, config, *, out: str) -> dict:
-    from ._bench_quality import score_model
+def _train_api(hr_stack, config, folder: str, options: dict):
+    """The bundled models' recipe through :func:`napari_decrappify.train.train`."""
     from .train import train
+
+    return train([hr_stack], config, out=folder, name=f"bench-{config.arch.encoder}",
+                 command="decrappify bench training").model
+
+
+def _train_user_command(hr_stack, config, folder: str, options: dict):
+    """``decrappify train`` exactly as a user types it, on a TIFF of planes 0-17 (not 14)."""
+    import numpy as np
+    import tifffile
+
+    from . import cli
+    from .data import blank_planes
+    from .models import load_model
+
+    planes = [p for p in TRAIN_PLANES if p not in blank_planes(hr_stack[TRAIN_PLANES])]
+    tif = Path(f"{folder}.hr.tif")
+    tif.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(tif, np.ascontiguousarray(hr_stack[planes]))
+    argv = ["train", "--hr", str(tif), "--scale", str(config.scale), "--out", folder,
+            "--minutes", f"{config.minutes:g}", "--encoder", config.arch.encoder, "--quiet"]
+    for key, flag in (("lr_max", "--lr-max"), ("patch", "--patch"), ("batch", "--batch"),
+                      ("loss", "--loss"), ("frames", "--frames"), ("seed", "--seed"),
+                      ("precision", "--precision"), ("device", "--device")):
+        default = {"loss": "l1", "frames": "1", "seed": "0", "precision": "auto",
+                   "device": "auto"}.get(key, "")
+        if options.get(key) not in (None, "", default):
+            argv += [flag, str(options[key])]
+    code = cli.main(argv)
+    if code not in (0, 1):  # 1: diverged for good, its best weights saved (reported)
+        raise RuntimeError(f"decrappify {' '.join(argv)} failed (exit {code})")
+    return load_model(folder)
+
+
+def _train_and_score(hr_stack, lr, hr, clean_lr, bic, config, *, out: str, train_fn) -> dict:
+    from ._bench_quality import score_model
 
     encoder = config.arch.encoder
     with tempfile.TemporaryDirectory(prefix="decrappify-bench-") as tmp:
         folder = f"{out}/{encoder}" if out else f"{tmp}/{encoder}"
-        result = train([hr_stack], config, out=folder, name=f"bench-{encoder}",
-                       command="decrappify bench training")
-    model = result.model
+        model = train_fn(folder)
+    record = model.config.training  # the run's record, whichever way it trained
+    result = SimpleNamespace(seconds=record["seconds"], iterations=record["iterations"],
+                             stop_reason=record["stop_reason"])
+
     res = score_model(model, lr, hr, clean_lr=clean_lr)
-    record = model.config.training
     gain = (res["psnr"] - bic["psnr"], res["ssim"] - bic["ssim"])
     return {
         "encoder": encoder,
@@ -109,7 +161,9 @@ def _train_and_score(hr_stack, lr, hr, clean_lr, bic, config, *, out: str) -> di
                      "stop_reason": result.stop_reason, "hardware": record.get("hardware"),
                      "precision": record.get("precision"),
                      "parameters": sum(p.numel() for p in model.net.parameters()),
-                     "valid_psnr": model.config.metrics.get("valid_psnr")},
+                     "valid_psnr": model.config.metrics.get("valid_psnr"),
+                     "recoveries": record.get("recoveries", []),
+                     "command": record.get("command")},
         "model": {"psnr": res["psnr"], "ssim": res["ssim"], "lr_psnr": res["lr_psnr"],
                   "seconds_per_plane": res["seconds_per_plane"],
                   # numbered as in the sample (20..24), not 0..4 in the test stack

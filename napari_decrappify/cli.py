@@ -253,7 +253,7 @@ def cmd_train(args) -> int:
                       f"to the weights of epoch {ev['back_to_epoch']}, going on at peak learning "
                       f"rate {ev['lr_max']:.2g}")
 
-    command = "decrappify " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command(args)
     init = None
     if args.resume:
         from .models import load_model
@@ -426,7 +426,7 @@ def cmd_restore(args) -> int:
                            overwrite=args.overwrite, progress=progress)
             else:
                 meta = {"model": model.name, "weights_sha256": model.weights_hash,
-                        "input": args.input, "command": "decrappify " + shlex.join(sys.argv[1:])}
+                        "input": args.input, "command": _command(args)}
                 write_ome_zarr(out, result, overwrite=args.overwrite, progress=progress,
                                levels=args.levels, metadata=meta)
         finally:
@@ -528,7 +528,7 @@ def cmd_segment(args) -> int:
 
         result = train_segmenter(np.asarray(image.data), labels, args.classes, config,
                                  out=args.model, name=Path(args.model).name, progress=train_progress,
-                                 command="decrappify " + shlex.join(sys.argv[1:]))
+                                 command=_command(args))
         bar.close()
         print(f"saved segmentation model {result.path} ({result.stop_reason}, "
               f"{result.seconds:.0f} s, {result.iterations} iterations)")
@@ -916,9 +916,16 @@ def _option_strings(parser: argparse.ArgumentParser, command: str) -> dict[str, 
     return out
 
 
+def _command(args) -> str:
+    """The command line that ran (recorded in models and outputs): ``main``'s own ``argv``
+    when it was called with one (a script, a benchmark), else the process's."""
+    return "decrappify " + shlex.join(args.argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if getattr(args, "feature_loss", None):
         args.loss = "perceptual"
     t0 = time.monotonic()

@@ -147,7 +147,7 @@ def test_training_bench_trains_the_default_recipe_on_the_protocol_split(cremi, t
     """``bench training``: each encoder trains for the same budget on the protocol's split
     (0-17 / 18-19, 14 blank) and is scored on 20-24 beside one bicubic on the same LR."""
     result = bench.run("training", tmp_path / "training.json", minutes="0.05", encoders="tiny",
-                       patch="48", batch="4", out=str(tmp_path / "kept"))
+                       patch="48", batch="4", out=str(tmp_path / "kept"), recipe="bundled")
     record = json.loads((tmp_path / "kept" / "tiny" / "model.json").read_text())["training"]
     assert record["config"]["train_planes"] == list(range(18))
     assert record["split"]["planes_valid"] == [[18, 19]] and record["split"]["blank"] == [[14]]
@@ -167,6 +167,24 @@ def test_training_bench_trains_the_default_recipe_on_the_protocol_split(cremi, t
     assert result["peer_baseline"]["psnr"] == 25.34
     saved = json.loads((tmp_path / "training.json").read_text())
     assert saved["command"].startswith("decrappify bench training -o minutes=0.05")
+
+
+def test_training_bench_runs_the_users_command_by_default(cremi, tmp_path):
+    """The user's ``decrappify train --hr cremi_planes.tif --scale 4 --minutes M`` diverged where
+    the benchmark's own recipe did not: the benchmark now runs exactly that command."""
+    result = bench.run("training", minutes="0.05", encoders="tiny", patch="48", batch="4",
+                       out=str(tmp_path / "kept"))
+    record = json.loads((tmp_path / "kept" / "tiny" / "model.json").read_text())["training"]
+    tif = tmp_path / "kept" / "tiny.hr.tif"
+    assert record["command"].startswith(
+        f"decrappify train --hr {tif} --scale 4 --out {tmp_path / 'kept' / 'tiny'} "
+        "--minutes 0.05 --encoder tiny")
+    assert record["config"]["train_planes"] is None  # the user's own validation split
+    assert sum(len(p) for p in record["split"]["planes_train"] + record["split"]["planes_valid"]) == 17
+    assert record["config"]["crappify"]["photons"] == 255.0  # the CLI's default noise
+    (row,) = result["results"]
+    assert result["protocol"]["recipe"] == "user" and row["training"]["command"] == record["command"]
+    assert [p["plane"] for p in row["model"]["per_plane"]] == [20, 21, 22, 23, 24]
 
 
 @pytest.mark.parametrize("options, message", [
