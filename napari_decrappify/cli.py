@@ -32,6 +32,10 @@ from .config import (
 from .pixel_size import POLICIES
 
 EXIT_NOT_BUILT = 2
+# fine-tuning schedule (--resume without --lr-max): em-4x-z3 was fine-tuned from em-4x at 1e-3;
+# a third of the from-scratch peak, warm-up 5% of the budget (bench adaptation measures it)
+FINE_TUNE_LR_MAX = 1e-3
+FINE_TUNE_PCT_START = 0.05
 
 
 def _not_built(name: str):
@@ -206,6 +210,10 @@ def cmd_train(args) -> int:
     read = tuple(args.read_noise) if len(args.read_noise) == 2 else args.read_noise[0]
     if photons == 0:
         photons = None
+    fine_tune = {}
+    if args.resume and args.lr_max is None:
+        # a fine-tune starts from trained weights: a lower peak and a short warm-up
+        fine_tune = {"lr_max": FINE_TUNE_LR_MAX, "pct_start": FINE_TUNE_PCT_START}
     config = TrainConfig(
         scale=args.scale,
         arch=ArchConfig(encoder=args.encoder, strategy=args.strategy, frames=args.frames,
@@ -221,6 +229,7 @@ def cmd_train(args) -> int:
         normalisation=args.normalisation,
         valid_planes=parse_planes(args.valid_planes, "--valid-planes"),
         **({} if args.lr_max is None else {"lr_max": args.lr_max}),
+        **fine_tune,
         **({} if args.any_offset is None else {"any_offset": args.any_offset}),
     )
     opened = [_with_geometry(open_input(p), args.pixel_size, args.units, yx_alone=True)
@@ -759,9 +768,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HR pixel size: one value for Y and X, two (Y X), or one per axis "
                         "(default: from the file; nm unless --units says otherwise)")
     s.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
-    s.add_argument("--resume", metavar="MODEL_DIR",
-                   help="start from these weights: a checkpoint, or a single-frame model to "
-                        "widen to --frames (its weights on the centre plane)")
+    s.add_argument("--resume", metavar="MODEL",
+                   help="fine-tune: start from these weights, a bundled or user model name "
+                        "(em-4x) or folder, a checkpoint, or a single-frame model to widen to "
+                        "--frames (its weights on the centre plane); without --lr-max the peak "
+                        "learning rate is 1e-3 with a 5%% warm-up")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
@@ -860,7 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="benchmarks that write JSON")
     s.add_argument("what", choices=["quality", "throughput", "memory", "seams", "segmentation",
-                                    "training", "trust"])
+                                    "training", "trust", "adaptation"])
     s.add_argument("--json", help="write the results to this JSON file")
     s.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="benchmark-specific option (repeatable)")

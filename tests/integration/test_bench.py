@@ -214,3 +214,22 @@ def test_training_bench_shows_the_4x_peer_baseline_only_at_4x():
     bic = {"psnr": 27.3, "ssim": 0.79}
     assert [r["model"] for r in summary_rows([], bic, scale=2)] == ["bicubic (same LR)"]
     assert len(summary_rows([], bic, scale=4)) == 2
+
+
+def test_adaptation_bench_runs_the_users_fine_tune_and_scratch_commands(cremi, tmp_path):
+    """``bench adaptation``: the bundled model as it is (resampled: it expects 16 nm inputs, the
+    test LR is 32 nm), then ``decrappify train --resume em-4x`` and the same from scratch."""
+    result = bench.run("adaptation", budgets="0.05", out=str(tmp_path))
+    arms = {(r["arm"], r["minutes"]): r for r in result["results"]}
+    assert set(arms) == {("em-4x as it is", 0), ("fine-tuned", 0.05), ("from scratch", 0.05)}
+    assert arms[("em-4x as it is", 0)]["pixel_size"] == "resample"
+    tuned = arms[("fine-tuned", 0.05)]
+    assert "--resume em-4x" in tuned["command"] and tuned["pixel_size"] == "none"
+    record = json.loads((tmp_path / "fine-tuned-0.05min" / "model.json").read_text())
+    assert record["pixel_size_nm"] == [8.0, 8.0]
+    assert record["training"]["config"]["lr_max"] == 1e-3  # the fine-tune schedule
+    assert record["training"]["config"]["pct_start"] == 0.05
+    scratch = json.loads((tmp_path / "from-scratch-0.05min" / "model.json").read_text())
+    assert scratch["training"]["config"]["lr_max"] == 3e-3
+    assert all(abs(r["gain_db"] - (r["psnr"] - result["bicubic"]["psnr"])) < 1e-9
+               for r in result["results"])
