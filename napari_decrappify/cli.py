@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from .config import (
+    FINE_TUNE_LR_MAX,
+    FINE_TUNE_PCT_START,
     Activation,
     CrappifyDtype,
     Downsample,
@@ -32,10 +34,6 @@ from .config import (
 from .pixel_size import POLICIES
 
 EXIT_NOT_BUILT = 2
-# fine-tuning schedule (--resume without --lr-max): em-4x-z3 was fine-tuned from em-4x at 1e-3;
-# a third of the from-scratch peak, warm-up 5% of the budget (bench adaptation measures it)
-FINE_TUNE_LR_MAX = 1e-3
-FINE_TUNE_PCT_START = 0.05
 
 
 def _not_built(name: str):

@@ -213,6 +213,14 @@ class TrainWidget(DockBody):
             self.frames.value = arch.frames
         for widget in (self.scale, self.encoder, self.activation):
             widget.enabled = not fine_tune
+        # the fine-tune schedule (lower peak, short warm-up) unless the rate was set by hand
+        from ..config import FINE_TUNE_LR_MAX, TrainConfig
+
+        scratch = TrainConfig.model_fields["lr_max"].default
+        if fine_tune and self.lr_max.value == scratch:
+            self.lr_max.value = FINE_TUNE_LR_MAX
+        elif not fine_tune and self.lr_max.value == FINE_TUNE_LR_MAX:
+            self.lr_max.value = scratch
 
     def _model_saved(self, _path: str) -> None:
         try:
@@ -223,7 +231,7 @@ class TrainWidget(DockBody):
     # ------------------------------------------------------------------ parameters
     def config(self):
         """The :class:`TrainConfig` described by the dock (raises ValueError on bad input)."""
-        from ..config import ArchConfig, CrappifyConfig, TrainConfig
+        from ..config import FINE_TUNE_PCT_START, ArchConfig, CrappifyConfig, TrainConfig
 
         scale = int(self.scale.value)
         minutes = epochs = None
@@ -242,6 +250,7 @@ class TrainWidget(DockBody):
             batch_size=int(self.batch_size.value), iterations_per_epoch=int(self.iterations.value),
             epochs=epochs, minutes=minutes, lr_max=float(self.lr_max.value),
             device=self.device.value, seed=int(self.seed.value),
+            **({"pct_start": FINE_TUNE_PCT_START} if self.start_from.value is not None else {}),
         )
 
     def out_path(self) -> Path:
@@ -273,6 +282,7 @@ class TrainWidget(DockBody):
             if self.pair_lr.value is not None:
                 pairs = (base_data(self.pair_lr.value), base_data(self.pair_hr.value))
             hr = [base_data(layer) for layer in layers]  # read in the worker, not the UI thread
+            pixel_size = _pixel_size(layers)
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None
@@ -286,7 +296,7 @@ class TrainWidget(DockBody):
         self._set_status(f"training {name} ({what}) ...")
         self.job = CoreJob(
             _train_job, hr, config, out=out, name=name, pairs=pairs,
-            start_from=self.start_from.value,
+            start_from=self.start_from.value, pixel_size_nm=pixel_size,
             command=f"napari Train dock: {', '.join(layer.name for layer in layers)}",
             description=f"Training {name}",
             on_event=self.plot.add, on_result=self._done, on_error=self._failed,
@@ -327,6 +337,20 @@ class TrainWidget(DockBody):
 
     def _set_status(self, text: str) -> None:
         self.status.value = text
+
+
+def _pixel_size(layers) -> tuple[float, float] | None:
+    """The HR layers' (Y, X) pixel size in nm from their scale and units (recorded in the
+    model); None when they have none, or differ."""
+    from ..pixel_size import image_pixel_size_nm
+    from ._layers import layer_geometry
+
+    sizes = set()
+    for layer in layers:
+        scale, _, units = layer_geometry(layer)
+        axes = "YX" if layer.ndim == 2 else "Z" * (layer.ndim - 2) + "YX"
+        sizes.add(image_pixel_size_nm(scale, units, axes))
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _start_choices(_widget=None) -> list[tuple[str, str | None]]:

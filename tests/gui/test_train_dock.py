@@ -117,7 +117,7 @@ def test_train_dock_fine_tunes_a_trained_model(make_napari_viewer, qtbot, model_
     from napari_decrappify.models import load_model
 
     viewer = make_napari_viewer()
-    hr = viewer.add_image(em_stack, name="hr")
+    hr = viewer.add_image(em_stack, name="hr", scale=(40, 8, 8), units="nm")
     dock = TrainWidget(viewer)
     combo = dock.start_from.native
     labels = {combo.itemData(i): combo.itemText(i) for i in range(combo.count())}
@@ -132,13 +132,18 @@ def test_train_dock_fine_tunes_a_trained_model(make_napari_viewer, qtbot, model_
     dock.start_from.value = tuned_from
     assert dock.scale.value == 2 and dock.encoder.value == "tiny" and dock.frames.value == 1
     assert not dock.scale.enabled and not dock.encoder.enabled
+    assert dock.lr_max.value == pytest.approx(1e-3)  # the fine-tune schedule
     job = dock.start()
     assert "fine-tuning tiny-2x" in dock.status.value
     qtbot.waitUntil(lambda: job.finished, timeout=120_000)
     assert job.status == "done", dock.status.value
-    record = load_model(model_dir / "tuned").config.training
+    tuned = load_model(model_dir / "tuned").config
+    record = tuned.training
     assert record["resumed_from"][-1]["weights_from"] == tuned_from
+    assert record["config"]["pct_start"] == 0.05 and record["config"]["lr_max"] == pytest.approx(1e-3)
+    assert tuned.pixel_size_nm == [8.0, 8.0]  # from the HR layer's scale and units
     # the new model is offered for the next fine-tuning; "new network" unlocks the choices
     qtbot.waitUntil(lambda: str(model_dir / "tuned") in dock.start_from.choices, timeout=10_000)
     dock.start_from.value = None
     assert dock.scale.enabled and dock.encoder.enabled
+    assert dock.lr_max.value == pytest.approx(3e-3)
