@@ -80,6 +80,11 @@ SECTIONS = [
      "on planes 20-24 by the quality protocol beside bicubic on the same LR. The peer row is "
      "DATA.md's PSSR2 figure on the same protocol and machine kind. It is also the regression "
      "check for changes to training: a change that trains worse shows here."),
+    ("training-user", "The user's default training command, 10 CPU minutes",
+     "`decrappify bench training` (recipe=user, the default since the user's path diverged "
+     "where the benchmark's own recipe did not): exactly `decrappify train --hr "
+     "cremi_planes.tif --scale 4 --out DIR --minutes 10` on a TIFF of CREMI planes 0-17 without "
+     "14, through the CLI, auto precision (bf16 on this CPU); scored on planes 20-24 as above."),
     ("training-patch128", "Training at an equal budget: larger patches, same pixels per step",
      "`decrappify bench training -o patch=128 -o batch=2`: as above, with 128 px LR patches in "
      "batches of 2 instead of 64 px patches in batches of 8."),
