@@ -21,13 +21,33 @@ What the dock does, each step in a thread worker with a napari progress bar and 
   truth (and its intensity range) is read in the workers (:class:`_compare.GroundTruth`).
 * **Inspect region**: restore only a rectangle (a Shapes layer) or the current view, with a
   halo, and show LR / bicubic / restored / HR crops side by side with their scores.
+
+What the dock checks, without ground truth (also in workers; the UI thread reads no data):
+
+* **Intensities**: models normalised from the data (:mod:`napari_decrappify.normalization`)
+  map the input's 1st / 99.8th percentiles, measured once on the *whole layer* in a worker
+  before the (lazy or in-memory) result is built, and remembered per layer data, model
+  normalisation and pixel grid: restoring again, or inspecting a region, reads nothing more,
+  and an inspected region gets exactly the full result's normalisation.
+* **Pixel size** (:mod:`napari_decrappify.pixel_size`): the layer's scale and units (or the
+  *pixel size* field) against what the model was trained for; by default a mismatch is
+  restored through the model's grid and back (:func:`napari_decrappify.tiling.restore_image`),
+  and the result layer keeps the geometry it has without resampling.
+* **Out of domain** (:mod:`napari_decrappify.domain`): patches of the input compared with the
+  model's training inputs; a ⚠ line in the dock when they differ.
+* **LR consistency** (:mod:`napari_decrappify.consistency`): the result degraded back to the
+  input's grid against the input: PSNR / SSIM per plane and for the stack, and an optional map
+  layer on the input's grid.
 """
 
 from __future__ import annotations
 
+import html
 import math
 import time
+import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from magicgui.widgets import (
@@ -35,11 +55,13 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     LineEdit,
     PushButton,
     SpinBox,
 )
 
+from ..pixel_size import POLICIES
 from . import _compare, api
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, mode_text
 from ._ui import DockBody, devices, layer_choices, note
@@ -49,12 +71,54 @@ CURRENT_VIEW = "current view"
 INSPECT_PANELS = ("LR", "bicubic", "restored", "HR")
 QUICK_HALO = 32  # context of a "quick" region inspection, input pixels
 LAZY_PIXELS = 64_000_000  # results larger than this (output pixels) default to lazy mode
+WARN_COLOR = "#f0a030"  # ⚠ lines in the dock
 
 
 def _fmt(scores: dict | None) -> str:
     if not scores:
         return "—"
     return f"{scores['psnr']:.2f} dB / {scores['ssim']:.4f}"
+
+
+def _fmt_consistency(scores: dict | None) -> str:
+    if not scores or scores.get("psnr") is None:
+        return "— (blank)"
+    return f"{scores['psnr']:.2f} dB / {scores['ssim']:.3f}"
+
+
+def _norm_key(norm) -> tuple | None:
+    """What an input range measured for ``norm`` depends on (None: fixed, nothing measured)."""
+    return None if norm.mode == "fixed" else (norm.mode, tuple(float(q) for q in norm.input_percentiles))
+
+
+class _Measured:
+    """Values measured on a layer's data in workers (the input range, the out-of-domain
+    verdict, the LR's intensity range for consistency), keyed by the data's identity (the
+    array object, held weakly when it can be) and by what they depend on: restoring again or
+    inspecting a region reads nothing more. Used in the UI thread only."""
+
+    def __init__(self, size: int = 32):
+        self._items: dict = {}
+        self._size = size
+
+    def get(self, data, key):
+        hit = self._items.get((id(data), key))
+        if hit is None or hit[0]() is not data:
+            return None
+        return hit[1]
+
+    def put(self, data, key, value) -> None:
+        if value is None:
+            return
+        try:
+            ref = weakref.ref(data)
+        except TypeError:  # not weak-referenceable: held (a few entries at most)
+            def ref(d=data):
+                return d
+        self._items.pop((id(data), key), None)
+        self._items[(id(data), key)] = (ref, value)
+        while len(self._items) > self._size:
+            self._items.pop(next(iter(self._items)))
 
 
 class RestoreWidget(LoadsModelFirst, DockBody):
@@ -72,7 +136,9 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.extra_models: list[str] = []  # folders chosen by hand
         self.result: dict | None = None  # source, layer, model, axes, lazy, gt_layer
         self.metrics: dict = {}  # {"stack": {...}, "plane": {...}} as shown in the dock
+        self.consistency: dict = {}  # LR consistency {"stack": {...}, "plane": {...}}
         self.inspection: dict | None = None
+        self.measured = _Measured()  # input ranges, domain verdicts, LR ranges per layer data
 
         # -- input
         self.image = ComboBox(label="input", choices=layer_choices(v))
@@ -86,8 +152,21 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self._lazy_by_hand = False  # the user ticked / unticked it: model changes keep it
         self._setting_lazy = False
         self.ground_truth = ComboBox(label="HR ground truth", choices=layer_choices(v, optional=True))
+        self.pixel_size = FloatSpinBox(
+            label="pixel size (nm)", value=0.0, min=0.0, max=1e7, step=0.5,
+            tooltip="the input's pixel size on Y and X in nanometres; 0 (\"from layer\") takes "
+                    "it from the layer's scale and units. Compared with the pixel size the model "
+                    "was trained for")
+        self.pixel_size.native.setSpecialValueText("from layer")  # shown for 0
+        self.pixel_policy = ComboBox(
+            label="pixel-size mismatch", choices=list(POLICIES), value="resample",
+            tooltip="when the input's pixel size differs from the model's by more than 15%: "
+                    "resample it to the model's grid and the result back (same geometry), "
+                    "restore it as it is with a warning, or refuse")
+        self.pixel_note = note()
         self.main = Container(widgets=[self.image, self.model, self.folder_button, self.mode,
-                                       self.axes, self.lazy, self.ground_truth])
+                                       self.axes, self.lazy, self.ground_truth, self.pixel_size,
+                                       self.pixel_policy, self.pixel_note])
 
         # -- advanced
         self.tile = SpinBox(label="tile (input px; 0: auto)", value=0, min=0, max=8192, step=32)
@@ -96,8 +175,9 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.device = ComboBox(label="device", choices=devices(), value="auto")
         self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16", "fp16"],
                                   value="auto")
-        self.tta = CheckBox(label="test-time augmentation (8 rotations/flips, 8x slower)",
-                            value=False)
+        self.tta = CheckBox(label="test-time augmentation (8x slower)", value=False,
+                            tooltip="each tile restored in its 8 rotations / flips and the "
+                                    "results averaged: a little better, 8 times the compute")
         self.advanced = Container(widgets=[self.tile, self.halo, self.batch, self.device,
                                            self.precision, self.tta])
 
@@ -105,8 +185,11 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.restore_button = PushButton(text="Restore")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = note()
-        self.actions = Container(widgets=[self.restore_button, self.cancel_button, self.status],
-                                 labels=False)
+        # what the restore found: normalisation, pixel size, out-of-domain check (wraps; the
+        # plain text is the tooltip)
+        self.info = note()
+        self.actions = Container(widgets=[self.restore_button, self.cancel_button, self.status,
+                                          self.info], labels=False)
 
         # -- lazy result -> OME-Zarr
         self.render_path = FileEdit(label="OME-Zarr", mode="w", filter="*.zarr")
@@ -123,9 +206,22 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.score_stack_button = PushButton(text="Score whole stack")
         self.error_button = PushButton(text="Error map layer")
         self.grid_button = PushButton(text="Grid: LR | restored | HR")
+        self.consistency_label = note("LR consistency (no ground truth needed): restore first.")
+        self.consistency_label.tooltip = (
+            "the result degraded back to the input's grid (the model's own noise-free "
+            "degradation) against the input: PSNR / SSIM. Low values mean the restoration "
+            "does not reproduce its input (made-up or lost structure); a perfect restoration "
+            "of a noisy input scores the input's own noise level")
+        self.consistency_button = PushButton(
+            text="Check consistency",
+            tooltip="LR consistency of the plane on screen (for a lazy result, that plane is "
+                    "computed in the background)")
+        self.consistency_map_button = PushButton(text="LR consistency map layer")
         self.gt_box = Container(widgets=[self.metrics_label, self.score_plane_button,
                                          self.score_stack_button, self.error_button,
-                                         self.grid_button], labels=False)
+                                         self.grid_button, self.consistency_label,
+                                         self.consistency_button, self.consistency_map_button],
+                                labels=False)
 
         # -- inspect
         self.region = ComboBox(label="region", choices=self._region_choices)
@@ -159,11 +255,16 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.error_button.changed.connect(self.add_error_map)
         self.grid_button.changed.connect(self.toggle_grid)
         self.inspect_button.changed.connect(self.inspect)
+        self.consistency_button.changed.connect(self.check_consistency)
+        self.consistency_map_button.changed.connect(self.add_consistency_map)
+        for w in (self.image, self.model, self.axes, self.pixel_size, self.pixel_policy):
+            w.changed.connect(self._update_pixel_note)
         self.follow_layers(v)
         v.dims.events.current_step.connect(self._plane_changed)
         model_events.saved.connect(self._model_saved)
         self._image_changed()
         self._model_changed()
+        self._update_pixel_note()
 
     # ------------------------------------------------------------------ choices
     def model_entries(self) -> list[dict]:
@@ -335,6 +436,80 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             raise ValueError("the ground truth cannot be the input layer itself")
         return source, model, axes, self.tile_config(), gt
 
+    # ------------------------------------------------------------------ pixel size, measured
+    def _input_geometry(self, source, axes: str):
+        """``(scale, translate, units)`` of the input: the layer's, with Y, X in nm from the
+        *pixel size* field when it is set."""
+        scale, translate, units = layer_geometry(source)
+        if self.pixel_size.value > 0:
+            scale, units = list(scale), list(units)
+            for ax in "YX":
+                i = axes.index(ax)
+                scale[i], units[i] = float(self.pixel_size.value), "nanometer"
+        return tuple(scale), tuple(translate), tuple(units)
+
+    def _pixel_check(self, source, model, axes: str):
+        """:func:`pixel_size.check` of the input against ``model`` (a loaded model, or anything
+        with ``config``, ``scale`` and ``name``) under the chosen policy; a ValueError under
+        ``error``. Reads no data."""
+        from .. import pixel_size
+
+        scale, _translate, units = self._input_geometry(source, axes)
+        return pixel_size.check(model, scale, units, axes, self.pixel_policy.value)
+
+    @staticmethod
+    def _resample_plan(check, yx: tuple[int, int]) -> dict | None:
+        """How the input is resampled to the model's grid (as
+        :func:`napari_decrappify.tiling.restore_image` does), or None."""
+        from ..pixel_size import model_grid_shape
+
+        if check.action != "resample":
+            return None
+        grid = model_grid_shape(yx, check.factor)
+        order = 1 if grid[0] < yx[0] or grid[1] < yx[1] else 3
+        return {"grid": grid, "order": order, "factor": tuple(check.factor)}
+
+    def _update_pixel_note(self, *_args) -> None:
+        """The pixel-size verdict for the chosen input and model, before restoring (reads the
+        model's ``model.json`` and the layer's scale, no data)."""
+        from ..models import read_model_config
+
+        layer, path = self.image.value, self.model.value
+        if layer is None or not path:
+            self.pixel_note.value = ""
+            return
+        try:
+            cfg = read_model_config(Path(path))
+            axes = layer_axes(layer, self.axes.value or None)
+            check = self._pixel_check(layer, SimpleNamespace(config=cfg, scale=cfg.arch.scale,
+                                                             name=cfg.name), axes)
+            text = check.message
+        except ValueError as e:
+            text = f"⚠ {e}"
+        self.pixel_note.value = _html_line(text)
+        self.pixel_note.tooltip = text
+
+    def _keys(self, model, resample: dict | None) -> dict:
+        grid = None if resample is None else tuple(resample["grid"])
+        norm = _norm_key(model.config.norm)
+        return {"range": ("range", norm, grid),
+                "domain": ("domain", model.weights_hash, norm, grid),
+                "lr_range": ("lr_range",)}
+
+    def _known(self, data, model, resample: dict | None) -> dict:
+        """What was measured on ``data`` before (for ``model``'s normalisation and grid)."""
+        out = {}
+        for name, key in self._keys(model, resample).items():
+            value = self.measured.get(data, key)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def _remember(self, data, model, resample: dict | None, measured: dict) -> None:
+        for name, key in self._keys(model, resample).items():
+            if measured.get(name) is not None:
+                self.measured.put(data, key, measured[name])
+
     def _busy(self) -> bool:
         if self.job is not None and self.job.running:
             self._set_status("busy: wait for the current job or cancel it")
@@ -384,12 +559,17 @@ class RestoreWidget(LoadsModelFirst, DockBody):
 
     # ------------------------------------------------------------------ restore
     def run(self, *_args):
-        """Restore the input with the model: a lazy layer at once, or a worker job (returned).
+        """Restore the input with the model: a worker job (returned) that measures the input
+        (intensity range, out-of-domain check; each once per layer data) and then either builds
+        the lazy result, added as a layer whose tiles are computed as they are viewed, or
+        computes the whole result (with its LR consistency and, with a ground truth, scores).
 
-        A model not loaded yet is loaded in a worker first: the job returned is then that
-        loading job, which restores when it is done.
+        An input whose pixel size differs from the model's is resampled to the model's grid
+        and the result back (*pixel-size mismatch* ``resample``), restored as it is (``warn``)
+        or refused (``error``). A model not loaded yet is loaded in a worker first: the job
+        returned is then that loading job, which restores when it is done.
         """
-        from .. import tiling
+        from ..io import ImageData
 
         if self._busy():
             return None
@@ -400,6 +580,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             source, model, axes, config, gt_layer = self._inputs()
             lr = base_data(source)
             out_shape = tuple(lr.shape[:-2]) + (lr.shape[-2] * model.scale, lr.shape[-1] * model.scale)
+            check = self._pixel_check(source, model, axes)
             gt = None
             if gt_layer is not None:  # a shape check: the data is read in the worker
                 gt = _compare.ground_truth(base_data(gt_layer), lr, out_shape, model.scale,
@@ -407,39 +588,70 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         except ValueError as e:  # includes ModelFileError and pydantic's ValidationError
             self._set_status(f"⚠ {e}")
             return None
-        params = {"tile_config": config.model_dump(), "lazy": bool(self.lazy.value)}
+        lazy = bool(self.lazy.value)
+        policy = self.pixel_policy.value
+        resample = self._resample_plan(check, tuple(lr.shape[-2:]))
+        scale, translate, units = self._input_geometry(source, axes)
+        image = ImageData(data=lr, axes=axes, scale=scale, translate=translate, units=units,
+                          name=source.name)
+        params = {"tile_config": config.model_dump(), "lazy": lazy,
+                  "pixel_size_mismatch": policy,
+                  "pixel_size_nm": float(self.pixel_size.value) or None}
+        known = self._known(lr, model, resample)
         self.metrics = {}
-        if self.lazy.value:
-            try:
-                data = tiling.restore_lazy(model, lr, config, axes=axes)
-            except ValueError as e:
-                self._set_status(f"⚠ {e}")
-                return None
-            layer = api.add_result_layer(self.viewer, source, model, data, axes, params, lazy=True,
-                                         replace=True)
-            self._set_result(source, layer, model, axes, gt_layer, gt, lazy=True)
-            self._set_status(f"added lazy layer {layer.name!r}: tiles are computed as you view them")
-            if gt is not None:
-                self.score("plane")
-            return layer
-
         t0 = time.monotonic()
 
         def done(value):
-            restored, scores = value
-            layer = api.add_result_layer(self.viewer, source, model, restored, axes, params,
+            self._remember(lr, model, resample, value["measured"])
+            self.consistency = {}
+            checks = value["checks"]
+            params["tile_config"]["input_range"] = checks["input_range"]
+            data = value["data"] if lazy else value["restored"]
+            layer = api.add_result_layer(self.viewer, source, model, data, axes, params, lazy=lazy,
                                          replace=True)
-            self._set_result(source, layer, model, axes, gt_layer, gt, lazy=False)
+            layer.metadata["decrappify"]["checks"] = _jsonable(checks)
+            self._set_result(source, layer, model, axes, gt_layer, gt, lazy=lazy)
+            self.result.update(checks=checks, resample=resample)
+            if value.get("consistency") is not None:
+                self.consistency["stack"] = value["consistency"]
+                layer.metadata["decrappify"]["lr_consistency"] = _summary(value["consistency"])
+            scores = value.get("scores")
             if scores is not None:
                 self.metrics["stack"] = scores
                 layer.metadata["decrappify"]["metrics"] = {
                     "ground_truth": gt_layer.name,
                     **{k: _summary(v) for k, v in scores.items()}}
-                self._plane_changed()
-            self._set_status(f"restored {source.name!r} in {time.monotonic() - t0:.1f} s")
+            self._plane_changed()
+            self._show_checks(checks)
+            if lazy:
+                text = f"added lazy layer {layer.name!r}: tiles are computed as you view them"
+            else:
+                text = f"restored {source.name!r} in {time.monotonic() - t0:.1f} s"
+            if resample is not None:
+                text += ("; resampled to the model's pixel size and the result back "
+                         f"({_factor_text(resample['factor'])})")
+            warned = [m for m in _check_messages(checks) if m.startswith("⚠")]
+            if warned:
+                text += f" — ⚠ {len(warned)} warning{'s' if len(warned) > 1 else ''} below"
+            self._set_status(text)
+            if lazy and gt is not None:
+                self.score("plane")
 
-        return self._start(_restore_and_score, model, lr, config, axes, gt,
-                           description=f"Restoring {source.name}", on_result=done)
+        what = "Preparing" if lazy else "Restoring"
+        return self._start(_restore_job, model, image, config, policy, resample, known, lazy, gt,
+                           description=f"{what} {source.name}", on_result=done)
+
+    def _show_checks(self, checks: dict | None) -> None:
+        """The restore's findings, one line each (⚠ lines in colour); the tooltip has them as
+        plain text."""
+        if not checks:
+            self.info.value, self.info.tooltip = "", ""
+            return
+        titles = ("intensities", "pixel size", "training data")
+        lines = _check_messages(checks)
+        self.info.value = "<br>".join(f"<i>{t}</i>: {_html_line(m)}" for t, m in zip(titles, lines,
+                                                                                      strict=True))
+        self.info.tooltip = "\n".join(f"{t}: {m}" for t, m in zip(titles, lines, strict=True))
 
     def _set_result(self, source, layer, model, axes, gt_layer, gt, lazy) -> None:
         self.result = {"source": source, "layer": layer, "model": model, "axes": axes,
@@ -456,49 +668,121 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             return False
         return True
 
+    def _lr_range(self):
+        """The LR's intensity range for LR consistency, if measured already (else the job
+        measures it)."""
+        return self.measured.get(base_data(self.result["source"]), ("lr_range",))
+
     def score(self, scope: str = "plane"):
-        """Score the current plane or the whole stack against the ground truth (a worker job)."""
+        """Score the current plane or the whole stack against the ground truth (a worker job);
+        the LR consistency of the same planes comes with it."""
         if self._busy() or not self._result_ready():
             return None
         r = self.result
         data = base_data(r["layer"])
         lr = base_data(r["source"])
-        scale = r["model"].scale
-        if scope == "plane":
-            index = current_plane(self.viewer, r["source"], r["axes"])
-            job_args = (data, lr, scale, r["gt"], index)
-        else:
-            index = None
-            job_args = (data, lr, scale, r["gt"], None)
+        index = current_plane(self.viewer, r["source"], r["axes"]) if scope == "plane" else None
 
-        def done(scores):
+        def done(value):
+            scores, cons, lr_range = value
+            self.measured.put(lr, ("lr_range",), lr_range)
             if scope == "plane":
                 self.metrics["plane"] = {"index": index, **scores}
+                self.consistency["plane"] = {"index": index, **(cons or {"psnr": None})}
             else:
                 self.metrics["stack"] = scores
                 self.metrics.pop("plane", None)
+                if cons is not None:
+                    self.consistency["stack"] = cons
                 self._plane_changed()
             self._show_metrics()
             self._set_status(f"scored the {'current plane' if scope == 'plane' else 'whole stack'}")
 
-        return self._start(_score_job, *job_args, description=f"Scoring ({scope})", on_result=done)
+        return self._start(_score_job, data, lr, r["model"], r["gt"], index, self._lr_range(),
+                           description=f"Scoring ({scope})", on_result=done)
+
+    def check_consistency(self, *_args):
+        """LR consistency of the current plane (a worker job: a lazy result's plane is computed
+        there), without any ground truth."""
+        if self._busy() or not self._result_ready(need_gt=False):
+            return None
+        r = self.result
+        lr = base_data(r["source"])
+        index = current_plane(self.viewer, r["source"], r["axes"])
+
+        def done(value):
+            cons, lr_range = value
+            self.measured.put(lr, ("lr_range",), lr_range)
+            self.consistency["plane"] = {"index": index, **(cons or {"psnr": None})}
+            self._show_metrics()
+            self._set_status("checked the LR consistency of the current plane")
+
+        return self._start(_consistency_job, base_data(r["layer"]), lr, r["model"], index,
+                           self._lr_range(), description="LR consistency", on_result=done)
+
+    def add_consistency_map(self, *_args):
+        """Add (or update) the LR consistency map: ``|degraded result - input|`` in [0, 1]
+        units (the input's intensity range) on the input's grid, with the input layer's
+        geometry; lazy, one plane at a time as viewed.
+
+        Returns the layer; or, when the input's intensity range is not known yet (it may read
+        the whole input), the worker job that measures it and then adds the layer.
+        """
+        if not self._result_ready(need_gt=False):
+            return None
+        r = self.result
+        lr = base_data(r["source"])
+        lr_range = self._lr_range()
+        if lr_range is None:
+            if self._busy():
+                return None
+
+            def measured(value):
+                self.measured.put(lr, ("lr_range",), value)
+                self.add_consistency_map()
+
+            return self._start(_lr_range_job, lr, description="Measuring the input's range",
+                               on_result=measured, cancelled_text="cancelled, no map")
+        cmap = _consistency_map(base_data(r["layer"]), lr, r["model"], lr_range)
+        name = f"{r['layer'].name} LR consistency"
+        scale, translate, units = layer_geometry(r["source"])
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = cmap
+            layer.scale, layer.translate, layer.units = scale, translate, units
+        else:
+            layer = self.viewer.add_image(cmap, name=name, scale=scale, translate=translate,
+                                          units=units, colormap="magma", contrast_limits=(0, 0.25),
+                                          blending="additive",
+                                          metadata={"decrappify": {"lr_consistency_of": r["layer"].name,
+                                                                   "input": r["source"].name}})
+        return layer
 
     def _plane_changed(self, *_args) -> None:
-        """Current-plane scores from the whole-stack scores, when those exist."""
-        if self.result is None or "stack" not in self.metrics:
+        """Current-plane scores and LR consistency from the whole-stack ones, when those exist;
+        a lazy result's plane consistency is checked on request (it computes the plane)."""
+        if self.result is None:
             self._show_metrics()
             return
         r = self.result
         index = current_plane(self.viewer, r["source"], r["axes"])
         lead = base_data(r["source"]).shape[:-2]
         flat = int(np.ravel_multi_index(index, lead)) if lead else 0
-        plane = {"index": index}
-        for k, v in self.metrics["stack"].items():
-            plane[k] = next((p for p in v["planes"] if p["plane"] == flat), None) if v else None
-        self.metrics["plane"] = plane
+        if "stack" in self.metrics:
+            plane = {"index": index}
+            for k, v in self.metrics["stack"].items():
+                plane[k] = next((p for p in v["planes"] if p["plane"] == flat), None) if v else None
+            self.metrics["plane"] = plane
+        stack = self.consistency.get("stack")
+        if stack is not None:
+            row = next((p for p in stack["planes"] if p["plane"] == flat), None)
+            self.consistency["plane"] = {"index": index, **(row or {"psnr": None})}
+        elif (self.consistency.get("plane") or {}).get("index") != index:
+            self.consistency.pop("plane", None)  # another plane: check it again
         self._show_metrics()
 
     def _show_metrics(self) -> None:
+        self._show_consistency()
         if self.result is None or self.result.get("gt") is None:
             self.metrics_label.value = "Choose an HR ground-truth layer, then restore, to score."
             return
@@ -514,6 +798,21 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             f"PSNR / SSIM vs <b>{self.result['gt_layer'].name}</b><table cellspacing='4'>"
             f"<tr><th></th><th>plane [{where}]</th><th>stack{f' ({n} planes)' if n else ''}</th></tr>"
             f"{rows}</table>")
+
+    def _show_consistency(self) -> None:
+        """``LR consistency: xx.xx dB / 0.xxx (plane [i]); stack: ... (n planes)``."""
+        if self.result is None:
+            self.consistency_label.value = "LR consistency (no ground truth needed): restore first."
+            return
+        plane, stack = self.consistency.get("plane"), self.consistency.get("stack")
+        if plane is not None:
+            where = ", ".join(str(i) for i in plane["index"]) or "–"
+            text = f"LR consistency: {_fmt_consistency(plane)} (plane [{where}])"
+        else:
+            text = "LR consistency: press <i>Check consistency</i> for the current plane"
+        if stack is not None:
+            text += f"; stack: {_fmt_consistency(stack)} ({stack['n_planes']} planes)"
+        self.consistency_label.value = text
 
     def add_error_map(self, *_args):
         """Add (or update) ``|restored - HR|`` (in [0, 1] units: the scores' intensity maps,
@@ -624,11 +923,15 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                        else _compare.shape_corners_world(shapes, self.viewer))
             box = _compare.bbox_from_world(corners, source, yx)
             index = current_plane(self.viewer, source, axes)
+            resample = self._resample_plan(self._pixel_check(source, model, axes), yx)
             halo = config.halo if config.halo is not None else model.receptive_field
             if self.inspect_quick.value:
                 halo = min(halo, QUICK_HALO)
                 config = config.model_copy(update={"halo": halo})
-            hbox = _compare.halo_box(box, halo, yx, math.lcm(32, int(model.alignment or 32)))
+            context = halo  # input pixels around the region
+            if resample is not None:  # the halo is on the model's grid; a few more for resizing
+                context = math.ceil(halo / min(resample["factor"])) + 4
+            hbox = _compare.halo_box(box, context, yx, math.lcm(32, int(model.alignment or 32)))
             gt = None
             if gt_layer is not None:  # a shape check: the crop is read in the worker
                 out_shape = tuple(lr.shape[:-2]) + (yx[0] * model.scale, yx[1] * model.scale)
@@ -641,12 +944,16 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         quick = bool(self.inspect_quick.value)
 
         def done(value):
-            value["plane"], value["quick"] = index, quick
+            self._remember(lr, model, resample, value.pop("measured"))
+            value["plane"], value["quick"], value["resampled"] = index, quick, resample is not None
             self.inspection = value
             self._show_inspection(source, model, box, value, gt_layer)
 
-        return self._start(_inspect_job, model, lr, axes, index, config, box, hbox, gt,
-                           description="Inspecting region", on_result=done)
+        # the whole layer's intensity range (measured in the job if not known yet): the region
+        # is normalised exactly as in the full result
+        return self._start(_inspect_job, model, lr, axes, index, config, box, hbox, gt, resample,
+                           self._known(lr, model, resample), description="Inspecting region",
+                           on_result=done)
 
     def _show_inspection(self, source, model, box, value, gt_layer=None) -> None:
         s = model.scale
@@ -696,7 +1003,9 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         sc = value["scores"]
         lines = [f"region y {y0}:{y1}, x {x0}:{x1} (plane {', '.join(map(str, value['plane'])) or '–'})"
                  f", restored in {value['seconds']:.2f} s"
-                 + (" (quick: edges approximate)" if value.get("quick") else "")]
+                 + (" (quick: edges approximate)" if value.get("quick") else "")
+                 + (" (resampled to the model's pixel size and back: approximate)"
+                    if value.get("resampled") else "")]
         if value["hr"] is not None:
             lines.append(f"bicubic: {_fmt(sc.get('bicubic'))}")
             lines.append(f"restored: {_fmt(sc.get('restored'))}")
@@ -729,51 +1038,229 @@ def _check_cancel(cancel) -> None:
         raise tiling.RestoreCancelled("cancelled while scoring")
 
 
-def _score_planes(restored, lr, scale: int, gt, *, progress, cancel) -> dict:
-    """Worker: :func:`_compare.score` of the restored result and of bicubic over the whole
-    stack, computed plane by plane (a lazy result's tiles included): a ``scoring`` progress
-    event per plane, and Cancel checked between planes (and between a lazy plane's tiles).
-    The same numbers as scoring the whole stack at once."""
+def _html_line(text: str) -> str:
+    """A message for a rich-text label: escaped, a ⚠ one in colour."""
+    esc = html.escape(text, quote=False)
+    return f"<span style='color:{WARN_COLOR}'>{esc}</span>" if text.startswith("⚠") else esc
+
+
+def _check_messages(checks: dict) -> list[str]:
+    """The normalisation, pixel-size and out-of-domain lines of a restore's checks."""
+    return [checks["normalisation"], checks["pixel_size"]["message"], checks["domain"]["message"]]
+
+
+def _factor_text(factor) -> str:
+    fy, fx = factor
+    return f"{fy:.2f}x" if abs(fy - fx) < 1e-6 * max(fy, fx) else f"{fy:.2f} x {fx:.2f}"
+
+
+class _Planes:
+    """A (lazy) array read for measurements one whole (Y, X) plane at a time, the last plane
+    kept: an input resampled to the model's grid (whose chunks are whole planes) is computed
+    once per plane however many patches are taken from it, and Cancel is checked per plane."""
+
+    def __init__(self, data, cancel=None):
+        self.data, self.cancel = data, cancel
+        self.shape, self.dtype, self.ndim = tuple(data.shape), np.dtype(data.dtype), len(data.shape)
+        self._key, self._plane = None, None
+
+    def __getitem__(self, idx):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        lead = self.ndim - 2
+        head = idx[:lead]
+        if len(head) == lead and all(isinstance(i, int | np.integer) for i in head):
+            key = tuple(int(i) for i in head)
+            if key != self._key:
+                _check_cancel(self.cancel)
+                self._plane, self._key = np.asarray(self.data[key]), key
+            return self._plane[idx[lead:]] if len(idx) > lead else self._plane
+        _check_cancel(self.cancel)
+        return np.asarray(self.data[idx])
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.data, dtype=dtype)
+
+
+def _measure(model, lr, axes: str, resample: dict | None, known: dict, *, domain: bool = True,
+             progress=None, cancel=None) -> dict:
+    """Worker: the input range that ``model``'s normalisation maps (the whole input's, median
+    over planes: :func:`normalization.input_range`) and the out-of-domain verdict
+    (:func:`domain.check`), each on what the network sees (the input resampled to the
+    model's grid when ``resample``), unless ``known``."""
+    from .. import domain as domain_check
+    from .. import normalization
+
+    out = dict(known)
+    need_range = "range" not in out and _norm_key(model.config.norm) is not None
+    need_domain = domain and "domain" not in out
+    if not (need_range or need_domain):
+        return out
+    source = lr
+    if resample is not None:
+        from ..pixel_size import resample_yx
+
+        source = resample_yx(lr, axes, resample["grid"], resample["order"])
+    # numpy planes, each read (or resampled) once: exact percentiles, Cancel between planes
+    source = np.asarray(source) if len(source.shape) == 2 else _Planes(source, cancel)
+    if need_range:
+        if progress is not None:  # (the restore's tile events follow)
+            progress({"event": "measuring the input", "done": 0, "total": 1})
+        out["range"] = normalization.input_range(model.config.norm, source)
+    if need_domain:
+        try:
+            out["domain"] = domain_check.check(model, source, axes, out.get("range"))
+        except ValueError as e:  # e.g. no non-constant patch
+            out["domain"] = {"in_domain": None, "findings": [], "message": f"not checked ({e})"}
+    return out
+
+
+def _restore_job(model, image, config, policy, resample, known, lazy, gt, *, progress=None,
+                 cancel=None) -> dict:
+    """Worker: measure the input (:func:`_measure`), then :func:`tiling.restore_image` with
+    that range (resampling to the model's grid and back as the pixel-size check says): the
+    lazy result as it is, or computed, with its LR consistency per plane and, with a ground
+    truth, its scores and bicubic's."""
+    from .. import tiling
+
+    measured = _measure(model, image.data, image.axes, resample, known, progress=progress,
+                        cancel=cancel)
+    config = config.model_copy(update={"input_range": measured.get("range")})
+    # a lazy graph outlives the job: no progress callback or cancel event of this job in it
+    res = tiling.restore_image(model, image, config, axes=image.axes,
+                               progress=None if lazy else progress,
+                               cancel=None if lazy else cancel,
+                               pixel_size_mismatch=policy, check_domain=False)
+    meta = res.metadata
+    checks = {"normalisation": meta["normalisation"], "input_range": meta["input_range"],
+              "pixel_size": meta["pixel_size"], "domain": measured["domain"]}
+    out = {"measured": measured, "checks": checks}
+    if lazy:
+        out["data"] = res.data
+        return out
+    restored = compute_array(res.data, cancel)
+    _check_cancel(cancel)
+    out["restored"] = restored
+    lr_range = measured.get("lr_range")
+    if lr_range is None:
+        lr_range = measured["lr_range"] = _lr_range_job(image.data)
+    planes = _score_planes(restored, image.data, model, gt, lr_range, progress=progress,
+                           cancel=cancel)
+    out["consistency"] = planes.pop("consistency")
+    out["scores"] = planes if gt is not None else None
+    return out
+
+
+def _lr_range_job(lr, *, progress=None, cancel=None):
+    """Worker: the LR's intensity range for LR consistency (:func:`metrics.reference_range`
+    of the whole input: uint8 reads nothing, other data are streamed)."""
+    from .. import metrics
+
+    return metrics.reference_range(lr)
+
+
+def _plane_consistency(model, restored_plane, lr_plane, lr_range) -> dict | None:
+    """LR consistency (:func:`consistency.lr_consistency`, the model's degradation) of one 2-D
+    plane, in the whole input's intensity range; None for a blank plane."""
+    from .. import consistency
+
+    try:
+        one = consistency.lr_consistency(np.asarray(restored_plane), np.asarray(lr_plane),
+                                         **consistency.model_degradation(model), lr_range=lr_range)
+    except ValueError as e:
+        if "blank" in str(e):
+            return None
+        raise
+    return {"psnr": float(one["psnr"]), "ssim": float(one["ssim"])}
+
+
+def _consistency_job(restored, lr, model, index, lr_range, *, progress=None, cancel=None):
+    """Worker: LR consistency of the plane at ``index`` (a lazy result's plane computed here)."""
+    if lr_range is None:
+        lr_range = _lr_range_job(lr)
+    _check_cancel(cancel)
+    r = compute_array(restored[index], cancel)
+    _check_cancel(cancel)
+    return _plane_consistency(model, r, np.asarray(lr[index]), lr_range), lr_range
+
+
+def _consistency_map(restored, lr, model, lr_range):
+    """``|degraded result - input|`` in [0, 1] units (the input's intensity range), on the
+    input's grid: lazy, one chunk per plane, so napari computes only the planes it shows."""
+    import dask.array as da
+
+    from .. import consistency, metrics
+
+    deg = consistency.model_degradation(model)
+    mode, lo, hi = lr_range
+    lead = lr.ndim - 2
+    r = restored if isinstance(restored, da.Array) else da.from_array(
+        np.asarray(restored), chunks=(1,) * lead + tuple(restored.shape[-2:]))
+    r = r.rechunk((1,) * lead + (-1, -1))
+    low = lr if isinstance(lr, da.Array) else da.from_array(
+        lr if hasattr(lr, "shape") else np.asarray(lr), chunks=(1,) * lead + tuple(lr.shape[-2:]))
+    low = low.rechunk((1,) * lead + (-1, -1))
+
+    def one(lr_block, r_block):
+        a = metrics.apply_range(consistency.degrade(r_block, **deg), mode, lo, hi)
+        b = metrics.apply_range(np.asarray(lr_block, dtype=np.float32), mode, lo, hi)
+        return np.abs(a - b).astype(np.float32)
+
+    # block k of the input with block k of the result (Y, X times the scale): the input's chunks
+    index = "".join(chr(ord("a") + i) for i in range(lr.ndim))
+    return da.blockwise(one, index, low, index, r, index, dtype=np.float32, align_arrays=False)
+
+
+def _score_planes(restored, lr, model, gt, lr_range=None, *, progress, cancel) -> dict:
+    """Worker: plane by plane over the whole stack (a lazy result's tiles included),
+    :func:`_compare.score` of the restored result and of bicubic when ``gt`` is given
+    (``restored``, ``bicubic``) and the LR consistency when ``lr_range`` is (``consistency``,
+    summed up like the scores): a ``scoring`` progress event per plane, and Cancel checked
+    between planes (and between a lazy plane's tiles). The same numbers as scoring the whole
+    stack at once."""
     lead = tuple(restored.shape[:-2])
     n = int(np.prod(lead)) if lead else 1
-    planes: dict[str, list] = {"restored": [], "bicubic": []}
+    planes: dict[str, list] = {"restored": [], "bicubic": [], "consistency": []}
     progress({"event": "scoring", "done": 0, "total": n})
     for flat, idx in enumerate(np.ndindex(*lead)):
         _check_cancel(cancel)
         r = compute_array(restored[idx], cancel)
         _check_cancel(cancel)
         low = np.asarray(lr[idx])
-        for key, pred in (("restored", r), ("bicubic", _compare.bicubic(low, scale))):
-            one = _compare.score(pred, gt, idx)
-            if one is not None:
-                planes[key].extend({**p, "plane": flat} for p in one["planes"])
+        if gt is not None:
+            for key, pred in (("restored", r), ("bicubic", _compare.bicubic(low, model.scale))):
+                one = _compare.score(pred, gt, idx)
+                if one is not None:
+                    planes[key].extend({**p, "plane": flat} for p in one["planes"])
+        if lr_range is not None:
+            cons = _plane_consistency(model, r, low, lr_range)
+            if cons is not None:
+                planes["consistency"].append({**cons, "plane": flat})
         progress({"event": "scoring", "done": flat + 1, "total": n})
-    return {k: _compare.combine(v) for k, v in planes.items()}
+    out = {k: _compare.combine(planes[k]) for k in ("restored", "bicubic")} if gt is not None else {}
+    rows = planes["consistency"]
+    out["consistency"] = None if not rows else {
+        "psnr": float(np.mean([p["psnr"] for p in rows])),
+        "ssim": float(np.mean([p["ssim"] for p in rows])), "n_planes": len(rows), "planes": rows}
+    return out
 
 
-def _restore_and_score(model, lr, config, axes, gt, *, progress=None, cancel=None):
-    """Worker: restore in memory, then score it and the bicubic baseline when ``gt`` is given."""
-    from .. import tiling
-
-    restored = tiling.restore(model, lr, config, axes=axes, progress=progress, cancel=cancel)
-    scores = None
-    if gt is not None:
-        scores = _score_planes(restored, lr, model.scale, gt, progress=progress, cancel=cancel)
-    return restored, scores
-
-
-def _score_job(restored, lr, scale, gt, index, *, progress=None, cancel=None):
-    """Worker: scores of the restored result and of bicubic (a plane, or the whole stack)."""
+def _score_job(restored, lr, model, gt, index, lr_range, *, progress=None, cancel=None):
+    """Worker: scores of the restored result and of bicubic, and the LR consistency (a plane,
+    or the whole stack): ``(scores, consistency, lr_range)``."""
+    if lr_range is None:
+        lr_range = _lr_range_job(lr)
     if index is None:
-        return _score_planes(restored, lr, scale, gt, progress=progress, cancel=cancel)
+        out = _score_planes(restored, lr, model, gt, lr_range, progress=progress, cancel=cancel)
+        return out, out.pop("consistency"), lr_range
     progress({"event": "scoring", "done": 0, "total": 2})
     r, low = compute_array(restored[index], cancel), np.asarray(lr[index])
     out = {"restored": _compare.score(r, gt, index)}
     progress({"event": "scoring", "done": 1, "total": 2})
     _check_cancel(cancel)
-    out["bicubic"] = _compare.score(_compare.bicubic(low, scale), gt, index)
+    out["bicubic"] = _compare.score(_compare.bicubic(low, model.scale), gt, index)
+    cons = _plane_consistency(model, r, low, lr_range)
     progress({"event": "scoring", "done": 2, "total": 2})
-    return {k: _summary(v) for k, v in out.items()}
+    return {k: _summary(v) for k, v in out.items()}, cons, lr_range
 
 
 def _prepare_ground_truth(gt, *, progress=None, cancel=None):
@@ -802,11 +1289,32 @@ def _window(lr, axes: str, index: tuple[int, ...], frames: int, hbox):
     return crop, axes[frame_ax] + "YX", (index[frame_ax] - lo,)
 
 
-def _inspect_job(model, lr, axes, index, config, box, hbox, gt, *, progress=None, cancel=None):
-    """Worker: read the haloed crop (and the HR crop), restore it, trim the halo, bicubic of
-    the same crop, scores."""
+def _restore_crop(model, crop, crop_axes: str, config, resample: dict | None, progress, cancel):
+    """Restore a crop; with ``resample``, through the model's grid and back as
+    :func:`tiling.restore_image` does (the crop resampled by the same factor)."""
     from .. import tiling
 
+    if resample is None:
+        return tiling.restore(model, crop, config, axes=crop_axes, progress=progress, cancel=cancel)
+    from ..pixel_size import model_grid_shape, resample_yx
+
+    yx = tuple(crop.shape[-2:])
+    grid = model_grid_shape(yx, resample["factor"])
+    src = resample_yx(crop, crop_axes, grid, resample["order"]).compute()
+    out = tiling.restore(model, src, config, axes=crop_axes, progress=progress, cancel=cancel)
+    s = model.scale
+    order = 3 if yx[0] >= grid[0] and yx[1] >= grid[1] else 1
+    return np.asarray(resample_yx(out, crop_axes, (yx[0] * s, yx[1] * s), order=order).compute())
+
+
+def _inspect_job(model, lr, axes, index, config, box, hbox, gt, resample=None, known=None, *,
+                 progress=None, cancel=None):
+    """Worker: the whole input's intensity range unless known (the region is normalised as
+    in the full result), then read the haloed crop (and the HR crop), restore it, trim the
+    halo, bicubic of the same crop, scores."""
+    measured = _measure(model, lr, axes, resample, known or {}, domain=False, progress=progress,
+                        cancel=cancel)
+    config = config.model_copy(update={"input_range": measured.get("range")})
     crop, crop_axes, pick = _window(lr, axes, index, model.frames, hbox)
     s = model.scale
     y0, y1, x0, x1 = box
@@ -814,7 +1322,7 @@ def _inspect_job(model, lr, axes, index, config, box, hbox, gt, *, progress=None
     if gt is not None:
         hr_crop = np.asarray(gt.data[index][y0 * s: y1 * s, x0 * s: x1 * s])
     t0 = time.monotonic()
-    restored = tiling.restore(model, crop, config, axes=crop_axes, progress=progress, cancel=cancel)
+    restored = _restore_crop(model, crop, crop_axes, config, resample, progress, cancel)
     seconds = time.monotonic() - t0
     if pick:
         restored, crop = restored[pick], crop[pick]
@@ -829,4 +1337,4 @@ def _inspect_job(model, lr, axes, index, config, box, hbox, gt, *, progress=None
         for key, pred in (("bicubic", bic), ("restored", restored)):
             scores[key] = _summary(_compare.score(pred, crop_gt))
     return {"lr": lr_crop, "bicubic": bic, "restored": restored, "hr": hr_crop, "scores": scores,
-            "seconds": seconds}
+            "seconds": seconds, "measured": measured}

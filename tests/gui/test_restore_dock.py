@@ -49,6 +49,22 @@ def _wait(qtbot, job, timeout=60_000):
     qtbot.waitUntil(lambda: job.finished, timeout=timeout)
 
 
+def _idle(qtbot, dock, timeout=60_000):
+    """Wait for the dock's job and the jobs chained from it (a lazy restore's job adds the
+    layer, then scores the current plane when there is a ground truth)."""
+    qtbot.waitUntil(lambda: dock.job is not None and dock.job.finished, timeout=timeout)
+
+
+def _lazy(qtbot, dock):
+    """A lazy restore: the slot starts a job that measures the input in a worker, whose result
+    adds the lazy layer."""
+    job = dock.run()
+    assert job is not None, dock.status.value
+    _idle(qtbot, dock)
+    assert job.status == "done", dock.status.value
+    return dock.result["layer"]
+
+
 def test_dock_lists_models_and_shows_mode(make_napari_viewer, tiny2x, model_dir):
     dock, lr_layer, _ = _setup(make_napari_viewer(), 1, with_hr=False)
     assert dock.model.value == str(model_dir / "tiny-2x")
@@ -113,7 +129,7 @@ def test_lazy_layer_computes_only_viewed_planes(make_napari_viewer, qtbot, tiny2
     viewer = make_napari_viewer()
     dock, lr_layer, _ = _setup(viewer, 4, with_hr=False)
     dock.lazy.value = True
-    layer = dock.run()
+    layer = _lazy(qtbot, dock)
     qtbot.wait(100)
     assert layer.name == "lr restored (tiny-2x)"
     assert layer.multiscale and layer.data[0].shape == (3, 128, 128)
@@ -143,7 +159,7 @@ def test_lazy_multiscale_shows_input_zoomed_out_and_computes_tiles_in_view(
     dock = RestoreWidget(viewer)
     dock.image.value = viewer.layers["big"]
     dock.lazy.value, dock.tile.value, dock.halo.value = True, 64, 8
-    layer = dock.run()
+    layer = _lazy(qtbot, dock)
     qtbot.wait(100)
     # the 1280 x 1280 result does not fit the canvas: napari shows the input level, no network call
     assert layer.data_level == 1 and sum(forward_calls) == 0
@@ -162,7 +178,7 @@ def test_render_all_to_ome_zarr_swaps_layer_data(make_napari_viewer, qtbot, tiny
     viewer = make_napari_viewer()
     dock, lr_layer, _ = _setup(viewer, 5, with_hr=False)
     dock.lazy.value = True
-    layer = dock.run()
+    layer = _lazy(qtbot, dock)
     dock.render_path.value = tmp_path / "restored.ome.zarr"
     job = dock.render_to_zarr()
     _wait(qtbot, job)
@@ -193,7 +209,7 @@ def test_render_cancel_keeps_layer_and_resumes(make_napari_viewer, qtbot, tiny2x
     viewer = make_napari_viewer()
     dock, *_ = _setup(viewer, 12, with_hr=False)
     dock.lazy.value = True
-    layer = dock.run()
+    layer = _lazy(qtbot, dock)
     lazy_data = layer.data[0]
     dock.render_path.value = tmp_path / "partial.ome.zarr"
     job = dock.render_to_zarr()
@@ -426,8 +442,7 @@ def test_run_reads_ground_truth_in_the_worker(make_napari_viewer, qtbot, tiny2x)
     from napari_decrappify._napari import _compare
 
     dock.lazy.value = True
-    dock.run()
-    _wait(qtbot, dock.job)
+    _lazy(qtbot, dock)  # and the automatic plane scoring
     dock.result["gt"] = _compare.ground_truth(hr_layer.data, lr, (3, 128, 128), 2)
     assert not dock.result["gt"].prepared
     log.clear()
@@ -492,8 +507,7 @@ def test_score_whole_lazy_stack_reports_planes_and_cancels(make_napari_viewer, q
     dock.image.value, dock.ground_truth.value = viewer.layers["lr"], viewer.layers["hr"]
     dock.lazy.value = True
     dock.halo.value, dock.tile.value = 8, 32
-    dock.run()  # a lazy layer and the automatic "score current plane" job
-    _wait(qtbot, dock.job)
+    _lazy(qtbot, dock)  # a lazy layer and the automatic "score current plane" job
     slow[0] = True
     n0 = len(calls)
     job = dock.score("stack")  # 6 planes x 4 tiles, about 7 s uncancelled
@@ -626,10 +640,10 @@ def test_rerun_replaces_the_result_layer(make_napari_viewer, qtbot, tiny2x):
     viewer = make_napari_viewer()
     dock, lr_layer, _ = _setup(viewer, 17, with_hr=False)
     dock.lazy.value = True
-    first = dock.run()
+    first = _lazy(qtbot, dock)
     first.contrast_limits = (10.0, 200.0)  # the user's display settings
     first.visible = False
-    second = dock.run()
+    second = _lazy(qtbot, dock)
     names = [layer.name for layer in viewer.layers]
     assert names == ["lr", "lr restored (tiny-2x)"]
     assert second is first and second.visible
