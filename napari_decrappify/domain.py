@@ -29,6 +29,7 @@ NOISE_RATIO = 1.12  # noise level more than 1.12x or less than 1/1.12 of the tra
 SLOPE_DIFF = 0.25  # power-spectrum slope (log-log) differs by more than this
 QUANTILE_DIFF = 0.05  # a histogram quantile moved by more than this (in 1st..99.8th spans)
 FREQ = (0.06, 0.45)
+WHOLE_PLANE_PIXELS = 64_000_000
 
 
 def spectrum_slope(patches: list[np.ndarray]) -> float:
@@ -86,15 +87,26 @@ def input_statistics(image, axes: str, input_range: tuple[float, float], max_pla
     rng = np.random.default_rng(seed)
     h, w = image.shape[iy], image.shape[ix]
     ph, pw = min(PATCH, h), min(PATCH, w)
+    # planes up to this size are read once and cut in memory: a lazy plane computed as a whole
+    # (a resampled input) was computed again for each of its 48 patches
+    whole = h * w <= WHOLE_PLANE_PIXELS
     patches = []
     for k in picks:
         idx = [0] * len(axes)  # a C axis: the first channel
         for i, v in zip(lead, np.unravel_index(k, shape) if shape else (), strict=True):
             idx[i] = int(v)
+        if whole:
+            idx[iy], idx[ix] = slice(None), slice(None)
+            plane = np.asarray(image[tuple(idx)])
         for y, x in zip(rng.integers(0, h - ph + 1, per_plane), rng.integers(0, w - pw + 1, per_plane),
                         strict=True):
-            idx[iy], idx[ix] = slice(int(y), int(y) + ph), slice(int(x), int(x) + pw)
-            patches.append((np.asarray(image[tuple(idx)], np.float64) - lo) / span)
+            ys, xs = slice(int(y), int(y) + ph), slice(int(x), int(x) + pw)
+            if whole:
+                patch = plane[ys, xs]
+            else:
+                idx[iy], idx[ix] = ys, xs
+                patch = image[tuple(idx)]
+            patches.append((np.asarray(patch, np.float64) - lo) / span)
     return statistics(patches)
 
 

@@ -34,6 +34,7 @@ def measure_percentiles(image, percentiles: Sequence[float]) -> tuple[float, flo
 
 
 MAX_PLANES = 100  # planes measured for a stack's range (evenly spaced beyond this)
+WHOLE_PLANE_PIXELS = 64_000_000  # planes up to this size are read whole (else streamed)
 
 
 def input_range(norm: NormConfig, image) -> tuple[float, float] | None:
@@ -55,8 +56,11 @@ def input_range(norm: NormConfig, image) -> tuple[float, float] | None:
     n = int(np.prod(lead)) if lead else 1
     picks = np.unique(np.linspace(0, n - 1, min(n, MAX_PLANES)).round().astype(int))
     ranges = []
+    whole = int(np.prod(image.shape[-2:])) <= WHOLE_PLANE_PIXELS
     for k in picks:
         plane = image[np.unravel_index(k, lead)] if lead else image
+        if whole:  # read once: a lazy plane computed whole (a resampled input) was recomputed
+            plane = np.asarray(plane)  # for every slab that the streamed percentiles read
         lo, hi = measure_percentiles(plane, norm.input_percentiles)
         if not hi > lo:  # mostly one value: the full range, unless the plane is blank
             lo, hi = measure_percentiles(plane, (0.0, 100.0))

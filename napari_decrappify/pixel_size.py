@@ -135,10 +135,13 @@ def resample_yx(data, axes: str, yx: tuple[int, int], order: int = 1):
     dtype = np.float32
 
     def one(block):
-        shape = list(block.shape)
-        shape[iy], shape[ix] = yx
-        return resize(block.astype(np.float32), shape, order=order, mode="reflect",
-                      anti_aliasing=shrink, preserve_range=True).astype(dtype)
+        # plane by plane in 2-D: a spline over the block's size-1 axes too cost 6x the time
+        planes = np.moveaxis(block, (iy, ix), (-2, -1))
+        lead = planes.shape[:-2]
+        flat = planes.reshape((-1,) + planes.shape[-2:]).astype(np.float32)
+        out = np.stack([resize(p, yx, order=order, mode="reflect", anti_aliasing=shrink,
+                               preserve_range=True) for p in flat]).astype(dtype)
+        return np.moveaxis(out.reshape(lead + tuple(yx)), (-2, -1), (iy, ix))
 
     out_chunks = tuple((yx[0],) if i == iy else (yx[1],) if i == ix else c
                        for i, c in enumerate(data.chunks))
