@@ -155,6 +155,14 @@ def _with_geometry(image, pixel_size, units, *, yx_alone: bool = False):
     return image
 
 
+def _geometry_arguments(parser, what: str) -> None:
+    """``--pixel-size`` (Y and X at least) and ``--units`` of an image argument."""
+    parser.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
+                        help=f"pixel size of {what}: one value for Y and X, two (Y X), or one "
+                             "per axis (default: from the file; nm unless --units says otherwise)")
+    parser.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
+
+
 def _not_a_folder(path, option: str) -> None:
     """Refuse an output file path that is an existing folder (before computing anything)."""
     if path and Path(path).is_dir():
@@ -762,10 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="percentile (default): the model normalises every input from its own "
                         "1st/99.8th percentiles, so any intensity units work; fixed: the "
                         "training data's fixed range, where absolute intensity matters")
-    s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
-                   help="HR pixel size: one value for Y and X, two (Y X), or one per axis "
-                        "(default: from the file; nm unless --units says otherwise)")
-    s.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
+    _geometry_arguments(s, "HR")
     s.add_argument("--resume", metavar="MODEL",
                    help="fine-tune: start from these weights, a bundled or user model name "
                         "(em-4x) or folder, a checkpoint, or a single-frame model to widen to "
@@ -799,10 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(8x slower, usually a little better)")
     s.add_argument("--output-dtype", default="float32", choices=choices(OutputDtype))
     s.add_argument("--levels", type=int, default=1, help="OME-Zarr resolution levels (2x each)")
-    s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
-                   help="pixel size of IN: one value for Y and X, two (Y X), or one per axis "
-                        "(default: from the file; nm unless --units says otherwise)")
-    s.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
+    _geometry_arguments(s, "IN")
     s.add_argument("--report", metavar="JSON",
                    help="write what was done and found: normalisation, pixel size, the "
                         "out-of-domain check and the LR consistency (the result degraded like "

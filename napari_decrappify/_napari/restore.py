@@ -744,19 +744,21 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             return self._start(_lr_range_job, lr, description="Measuring the input's range",
                                on_result=measured, cancelled_text="cancelled, no map")
         cmap = _consistency_map(base_data(r["layer"]), lr, r["model"], lr_range)
-        name = f"{r['layer'].name} LR consistency"
-        scale, translate, units = layer_geometry(r["source"])
+        return self._map_layer(f"{r['layer'].name} LR consistency", cmap, r["source"], "magma",
+                               {"lr_consistency_of": r["layer"].name, "input": r["source"].name})
+
+    def _map_layer(self, name: str, data, geometry_of, colormap: str, meta: dict):
+        """Add (or update) a difference-map layer with ``geometry_of``'s scale, translate and
+        units."""
+        scale, translate, units = layer_geometry(geometry_of)
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
-            layer.data = cmap
+            layer.data = data
             layer.scale, layer.translate, layer.units = scale, translate, units
-        else:
-            layer = self.viewer.add_image(cmap, name=name, scale=scale, translate=translate,
-                                          units=units, colormap="magma", contrast_limits=(0, 0.25),
-                                          blending="additive",
-                                          metadata={"decrappify": {"lr_consistency_of": r["layer"].name,
-                                                                   "input": r["source"].name}})
-        return layer
+            return layer
+        return self.viewer.add_image(data, name=name, scale=scale, translate=translate,
+                                     units=units, colormap=colormap, contrast_limits=(0, 0.25),
+                                     blending="additive", metadata={"decrappify": meta})
 
     def _plane_changed(self, *_args) -> None:
         """Current-plane scores and LR consistency from the whole-stack ones, when those exist;
@@ -832,18 +834,8 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                                cancelled_text="cancelled, no error map")
         r = self.result
         err = _compare.error_map(base_data(r["layer"]), r["gt"])
-        name = f"{r['layer'].name} error"
-        scale, translate, units = layer_geometry(r["layer"])
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = err
-        else:
-            layer = self.viewer.add_image(err, name=name, scale=scale, translate=translate,
-                                          units=units, colormap="inferno", contrast_limits=(0, 0.25),
-                                          blending="additive",
-                                          metadata={"decrappify": {"error_of": r["layer"].name,
-                                                                   "ground_truth": r["gt_layer"].name}})
-        return layer
+        return self._map_layer(f"{r['layer'].name} error", err, r["layer"], "inferno",
+                               {"error_of": r["layer"].name, "ground_truth": r["gt_layer"].name})
 
     def toggle_grid(self, *_args) -> None:
         """Grid of LR | restored | HR, or back to the overlay."""
