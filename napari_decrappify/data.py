@@ -17,6 +17,7 @@ import torch
 
 from .config import NormConfig, check_scale
 from .crappify import Crappifier, RngLike, _rng, check_image, infer_scale, intensity_range
+from .normalization import normalize
 
 BLANK_STD = 1e-3  # a plane or patch whose std (normalised units) is below this is blank
 
@@ -42,12 +43,6 @@ def percentile_norm(images: Sequence[np.ndarray], percentiles=(0.1, 99.9)) -> No
     if not hi > lo:
         raise ValueError("the training images are constant: nothing to learn from")
     return NormConfig(low=float(lo), high=float(hi), percentiles=tuple(percentiles))
-
-
-def normalize(image: np.ndarray, norm: NormConfig) -> np.ndarray:
-    return ((np.asarray(image, dtype=np.float32) - norm.low) / (norm.high - norm.low)).astype(
-        np.float32
-    )
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .normalization import WHOLE_PLANE_PIXELS
+
 PATCH = 64
 # tolerances from ``decrappify bench trust`` on em-4x (docs/benchmarks.md): held-out CREMI
 # planes under the benchmark's noise stay within 1.03x / 0.02 / 0.010 of the training inputs
@@ -29,7 +31,6 @@ NOISE_RATIO = 1.12  # noise level more than 1.12x or less than 1/1.12 of the tra
 SLOPE_DIFF = 0.25  # power-spectrum slope (log-log) differs by more than this
 QUANTILE_DIFF = 0.05  # a histogram quantile moved by more than this (in 1st..99.8th spans)
 FREQ = (0.06, 0.45)
-WHOLE_PLANE_PIXELS = 64_000_000
 
 
 def spectrum_slope(patches: list[np.ndarray]) -> float:
@@ -58,13 +59,13 @@ def statistics(patches: list[np.ndarray]) -> dict:
             "patch": PATCH, "n_patches": len(patches)}
 
 
-def training_statistics(dataset, levels: tuple[float, float], n_items: int = 256) -> dict:
-    """:func:`statistics` of a training dataset's network inputs (centre plane, central
-    64 x 64), in units where the recorded ``levels`` are 0 and 1."""
+def training_statistics(inputs, levels: tuple[float, float]) -> dict:
+    """:func:`statistics` of a model's training ``inputs`` (network-unit arrays; centre plane,
+    central 64 x 64), in units where the recorded ``levels`` are 0 and 1."""
     l0, l1 = levels
     patches = []
-    for i in range(min(n_items, len(dataset))):
-        x = np.asarray(dataset[i][0], np.float64)
+    for x in inputs:
+        x = np.asarray(x, np.float64)
         x = x[x.shape[0] // 2] if x.ndim == 3 else x
         h, w = x.shape
         y0, x0 = max(0, (h - PATCH) // 2), max(0, (w - PATCH) // 2)
@@ -89,7 +90,7 @@ def input_statistics(image, axes: str, input_range: tuple[float, float], max_pla
     ph, pw = min(PATCH, h), min(PATCH, w)
     # planes up to this size are read once and cut in memory: a lazy plane computed as a whole
     # (a resampled input) was computed again for each of its 48 patches
-    whole = h * w <= WHOLE_PLANE_PIXELS
+    whole = h * w <= WHOLE_PLANE_PIXELS  # normalization's bound: one rule for reading planes
     patches = []
     for k in picks:
         idx = [0] * len(axes)  # a C axis: the first channel

@@ -104,12 +104,10 @@ def resolve(norm: NormConfig, image=None, given: tuple[float, float] | None = No
     return norm.for_input(lo, hi)
 
 
-def input_levels(dataset, percentiles: Sequence[float] = INPUT_PERCENTILES,
-                 n_items: int = 256) -> tuple[float, float]:
-    """``percentiles`` of the network inputs of a training ``dataset`` (its first ``n_items``
-    ``(input, target)`` items): the values a data-normalised model maps its inputs' own
-    percentiles to (:attr:`NormConfig.input_levels`)."""
-    xs = [np.asarray(dataset[i][0], dtype=np.float32).ravel() for i in range(min(n_items, len(dataset)))]
+def input_levels(inputs, percentiles: Sequence[float] = INPUT_PERCENTILES) -> tuple[float, float]:
+    """``percentiles`` of a model's training ``inputs`` (network-unit arrays): the values a
+    data-normalised model maps its inputs' own percentiles to (:attr:`NormConfig.input_levels`)."""
+    xs = [np.asarray(x, dtype=np.float32).ravel() for x in inputs]
     if not xs:
         raise ValueError("no training inputs to measure the normalisation on")
     lo, hi = np.percentile(np.concatenate(xs), percentiles)
@@ -128,7 +126,7 @@ def denormalize(y: np.ndarray, norm: NormConfig) -> np.ndarray:
     return (np.asarray(y, dtype=np.float32) * (norm.high - norm.low) + norm.low).astype(np.float32)
 
 
-def describe(norm: NormConfig, resolved: NormConfig, given: tuple[float, float] | None) -> str:
+def describe(norm: NormConfig, given: tuple[float, float] | None) -> str:
     """One line saying how the input was normalised (for the dock, the CLI and reports)."""
     if norm.mode == "fixed":
         return (f"fixed intensity range {norm.low:g}..{norm.high:g} (the model's units: the input "

@@ -1161,8 +1161,7 @@ def restore_image(model, image, config: TileConfig | None = None, *, axes: str |
                      units=tuple(units), name=f"{img.name} restored ({model.name})",
                      metadata={"model": model.name, "weights_sha256": model.weights_hash,
                                "kind": model.kind, "halo": b.plan.ty.halo, "tile": b.plan.ty.core,
-                               "normalisation": describe(model.config.norm, b.plan.norm,
-                                                         b.plan.input_range),
+                               "normalisation": describe(model.config.norm, b.plan.input_range),
                                "input_range": b.plan.input_range,
                                "pixel_size": ps.as_dict(),
                                "domain": _domain(model, source, b.plan, check_domain)})

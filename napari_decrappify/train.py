@@ -704,7 +704,8 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
         for cb in _cpu_callbacks(prec):
             learn.add_cb(cb)
     epochs = config.epochs or 1
-    if config.minutes and not config.epochs:
+    wall_clock = bool(config.minutes and not config.epochs)
+    if wall_clock:
         # an upper bound: the wall-clock schedule and the deadline end the run on time
         epochs = 10 * _epochs_for_budget(learn, config, device) + 10
     t0 = time.monotonic()
@@ -725,10 +726,10 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
         # are reset too), a third of the peak learning rate, and on with what is left
         lr_max /= 3
         net.load_state_dict(events.best[1])
-        epochs = epochs - (events.diverged_at[0] - events.epoch_offset + 1) if not \
-            (config.minutes and not config.epochs) else epochs
-        if epochs < 1:
-            break
+        if not wall_clock:  # an epoch budget: the epochs it has not run yet
+            epochs -= events.diverged_at[0] - events.epoch_offset + 1
+            if epochs < 1:
+                break
         events.recover(lr_max, fit_iterations)
         for cb in learn.cbs:  # the wall-clock schedule spans what is left of the budget
             if type(cb).__name__ == "WallClockScheduleCallback" and left is not None:
@@ -782,7 +783,7 @@ def _epochs_for_budget(learn, config: TrainConfig, device: torch.device) -> int:
 
 
 def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_train: int,
-                         n_valid: int):
+                         n_valid: int, *, measure_inputs: bool = True):
     """Normalisation, crappifier, split by plane and the train/validation patch datasets that
     :func:`train` and :func:`find_lr` share."""
     norm = percentile_norm(hr_images)
@@ -791,17 +792,18 @@ def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_trai
         hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
     # noise levels mean what they mean in the Crappify dock: on the HR dtype's range
     unit_space = UnitSpace.of(norm, hr_images[0].dtype)
-    if config.normalisation == "percentile":
+    domain = {}
+    if config.normalisation == "percentile" and measure_inputs:
         # what the network sees of its training inputs: inputs are mapped there at inference.
-        # Its own patches (fixed seed, apart from the training draws, which stay as they were)
+        # Its own patches (fixed seed, apart from the training draws, which stay as they were),
+        # crappified once for both measurements
         probe = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
                                   length=256, seed=config.seed + 2, fixed=True,
                                   unit_space=unit_space)
+        inputs = [probe[i][0] for i in range(len(probe))]
         norm = NormConfig.model_validate({**norm.model_dump(), "mode": "percentile",
-                                          "input_levels": input_levels(probe)})
-        domain = training_statistics(probe, norm.input_levels)
-    else:
-        domain = {}
+                                          "input_levels": input_levels(inputs)})
+        domain = training_statistics(inputs, norm.input_levels)
     train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
                                  length=n_train, seed=config.seed, any_offset=config.any_offset,
                                  unit_space=unit_space)
@@ -829,7 +831,8 @@ def find_lr(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, 
     device = pick_device(config.device)
     hr_images = [np.asarray(im) for im in hr_images]
     norm, _, train_ds, valid_ds, _, _ = _crappified_datasets(
-        hr_images, config, arch, axis, num_it * config.batch_size, config.batch_size)
+        hr_images, config, arch, axis, num_it * config.batch_size, config.batch_size,
+        measure_inputs=False)  # the weights are not kept: no levels or statistics to record
     dls = make_dataloaders(train_ds, valid_ds, config.batch_size, device=device)
     model = build_model(arch, norm=norm, seed=config.seed, measure_rf=False)
     learn = Learner(dls, model.net.to(device).train(), loss_func=make_loss(config), opt_func=Adam,
