@@ -195,10 +195,11 @@ def cmd_train(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .config import ArchConfig, CrappifyConfig, TrainConfig
+    from .config import GENERAL_AUGMENT, ArchConfig, AugmentConfig, CrappifyConfig, TrainConfig
     from .train import train
 
-    for option, values in (("--photons", args.photons), ("--read-noise", args.read_noise)):
+    for option, values in (("--photons", args.photons), ("--read-noise", args.read_noise),
+                           ("--blur", args.blur)):
         if len(values) not in (1, 2):
             raise ValueError(f"{option} takes one value or a range LO HI (two values), "
                              f"got {len(values)}: {' '.join(f'{v:g}' for v in values)}")
@@ -214,6 +215,11 @@ def cmd_train(args) -> int:
             parse_sample(spec)  # a malformed or unknown sample fails before any training
     photons = tuple(args.photons) if len(args.photons) == 2 else args.photons[0]
     read = tuple(args.read_noise) if len(args.read_noise) == 2 else args.read_noise[0]
+    blur = tuple(args.blur) if len(args.blur) == 2 else args.blur[0]
+    augment = GENERAL_AUGMENT if args.augment == "general" else AugmentConfig()
+    ranges = {k: tuple(getattr(args, k)) for k in ("zoom", "gamma", "contrast", "brightness")
+              if getattr(args, k) is not None}
+    augment = AugmentConfig.model_validate({**augment.model_dump(), **ranges})
     if photons == 0:
         photons = None
     fine_tune = {}
@@ -227,7 +233,8 @@ def cmd_train(args) -> int:
                         head_features=args.head_features,
                         **({"activation": args.activation} if args.activation else {})),
         crappify=CrappifyConfig(scale=args.scale, photons=photons, read_noise=read,
-                                blur_sigma=args.blur),
+                                blur_sigma=blur),
+        augment=augment,
         loss=args.loss, feature_weights=args.feature_loss, patch_size=args.patch,
         batch_size=args.batch, epochs=args.epochs, minutes=args.minutes,
         iterations_per_epoch=args.iters, seed=args.seed, device=args.device,
@@ -753,7 +760,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--photons", type=float, nargs="+", default=[255.0],
                    help="photon count at intensity 1 (one value or a range LO HI; 0 = no shot noise)")
     s.add_argument("--read-noise", type=float, nargs="+", default=[0.01])
-    s.add_argument("--blur", type=float, default=0.0)
+    s.add_argument("--blur", type=float, nargs="+", default=[0.0],
+                   help="Gaussian PSF sigma in HR pixels (one value or a range LO HI)")
+    s.add_argument("--augment", choices=["none", "general"], default="none",
+                   help="vary the HR during training: general = zoom 0.5-2x (other pixel "
+                        "sizes), gamma 0.7-1.4, contrast 0.7-1.3, offset +-0.1 (docs/training.md); "
+                        "--zoom/--gamma/--contrast/--brightness set one range")
+    for flag, what in (("--zoom", "HR rescale factor (2: as at half the pixel size)"),
+                       ("--gamma", "gamma on [0, 1] intensities"),
+                       ("--contrast", "contrast factor about the patch mean"),
+                       ("--brightness", "offset on [0, 1] intensities")):
+        s.add_argument(flag, type=float, nargs=2, metavar=("LO", "HI"),
+                       help=f"augmentation: {what}, drawn per sample")
     s.add_argument("--train-planes", help="e.g. 0-13,15-17")
     s.add_argument("--valid-planes", help="e.g. 18-19")
     s.add_argument("--seed", type=int, default=0)

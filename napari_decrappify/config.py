@@ -88,6 +88,61 @@ class CrappifyConfig(_Config):
         return v
 
 
+def _range(v, name: str, low: float, high: float) -> tuple[float, float]:
+    lo, hi = (float(x) for x in v)
+    if not (low <= lo <= hi <= high):
+        raise ValueError(f"{name} range needs {low:g} <= LO <= HI <= {high:g}, got ({lo:g}, {hi:g})")
+    return lo, hi
+
+
+class AugmentConfig(_Config):
+    """Variation of the HR during training, so a model copes with data unlike its training
+    data. Each range ``(lo, hi)`` is drawn once per training sample (every frame of a sample
+    shares it: one acquisition); the defaults leave the HR as it is.
+
+    ``zoom`` rescales the HR by a factor drawn log-uniformly (2: structures twice as large in
+    pixels, as at half the pixel size); ``gamma`` (log-uniform), ``contrast`` (about the
+    patch mean) and ``brightness`` (an offset) act on intensities in [0, 1], clipped.
+    Rotations by 90 degrees and flips are always on.
+    """
+
+    zoom: tuple[float, float] = (1.0, 1.0)
+    gamma: tuple[float, float] = (1.0, 1.0)
+    contrast: tuple[float, float] = (1.0, 1.0)
+    brightness: tuple[float, float] = (0.0, 0.0)
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom(cls, v):
+        return _range(v, "zoom", 0.25, 4.0)
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma(cls, v):
+        return _range(v, "gamma", 0.25, 4.0)
+
+    @field_validator("contrast")
+    @classmethod
+    def _contrast(cls, v):
+        return _range(v, "contrast", 0.1, 10.0)
+
+    @field_validator("brightness")
+    @classmethod
+    def _brightness(cls, v):
+        return _range(v, "brightness", -0.5, 0.5)
+
+    @property
+    def active(self) -> bool:
+        """Whether any range differs from leaving the HR as it is."""
+        return self != AugmentConfig()
+
+
+# ``decrappify train --augment general`` and the bundled em-4x: pixel sizes about 0.5x-2x the
+# training data's, other histograms (gamma, contrast, offset)
+GENERAL_AUGMENT = AugmentConfig(zoom=(0.5, 2.0), gamma=(0.7, 1.4), contrast=(0.7, 1.3),
+                                brightness=(-0.1, 0.1))
+
+
 class ArchConfig(_Config):
     """Network architecture of a restoration or segmentation model."""
 
@@ -190,6 +245,8 @@ class TrainConfig(_Config):
     scale: int = 4
     arch: ArchConfig = Field(default_factory=ArchConfig)
     crappify: CrappifyConfig = Field(default_factory=CrappifyConfig)
+    # variation of the HR (pixel size, histogram); off unless asked for (``--augment``)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     loss: RestorationLoss = "l1"
     feature_weights: str | None = None
     # bounds checked here: 0 or inf minutes, or a 0 batch, failed deep inside fastai's

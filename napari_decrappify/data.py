@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import NormConfig, check_scale
+from .augmentation import Variation
+from .config import AugmentConfig, NormConfig, check_scale
 from .crappify import Crappifier, RngLike, _rng, check_image, infer_scale, intensity_range
 from .normalization import normalize
 
@@ -225,6 +226,12 @@ class CrappifiedPatches(torch.utils.data.Dataset):
     unit_space : UnitSpace, optional
         Crappify on the HR dtype's [0, 1] scale (where the noise levels are defined) and hand
         the LR back in the planes' normalisation. Default: the planes are on that scale.
+    augmentation : AugmentConfig, optional
+        A zoom and intensity variation drawn per sample and applied to the HR before it is
+        crappified (the target is the varied HR). Not given to validation sets.
+    group : int
+        Draw the degradation and the variation once per ``group`` consecutive indices (one
+        acquisition per group: what the out-of-domain reference measures); 0: per sample.
 
     Every frame of a sample gets the same degradation parameters (one acquisition setting),
     drawn per sample from the crappifier's ranges; the noise itself is independent per frame.
@@ -233,7 +240,8 @@ class CrappifiedPatches(torch.utils.data.Dataset):
     def __init__(self, stacks: list[PlaneStack], crappifier: Crappifier, patch: int,
                  frames: int = 1, length: int = 800, seed: int = 0, fixed: bool = False,
                  max_tries: int = 20, any_offset: bool = False,
-                 unit_space: UnitSpace | None = None):
+                 unit_space: UnitSpace | None = None,
+                 augmentation: AugmentConfig | None = None, group: int = 0):
         self.stacks = stacks
         self.crappifier = crappifier
         self.unit_space = None if unit_space is None or unit_space.identity else unit_space
@@ -245,6 +253,9 @@ class CrappifiedPatches(torch.utils.data.Dataset):
         self.epoch = 0
         self.max_tries = max_tries
         self.any_offset = any_offset and not fixed
+        self.augmentation = (augmentation if augmentation is not None and augmentation.active
+                             else None)
+        self.group = group
         hr_size = patch * crappifier.scale
         for s in stacks:
             h, w = s.planes.shape[-2:]
@@ -263,20 +274,32 @@ class CrappifiedPatches(torch.utils.data.Dataset):
         rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
         s = self.crappifier.scale
         hp = self.patch * s
+        # the acquisition: this sample's own, or its group's
+        acquisition = rng if not self.group else np.random.default_rng(
+            np.random.SeedSequence([self.seed, 1 << 20, index // self.group]))
+        variation = (None if self.augmentation is None
+                     else Variation.draw(self.augmentation, acquisition))
         for _ in range(self.max_tries):
             si, i = self.choices[int(rng.integers(len(self.choices)))]
             stack = self.stacks[si]
             h, w = stack.planes.shape[-2:]
+            # HR pixels to cut: zoomed to the patch size afterwards
+            src = hp if variation is None else variation.source_size(hp, min(h, w))
             # top-left on the LR grid (block means line up with the full-image LR) unless any
-            # offset is allowed
-            step = 1 if self.any_offset else s
-            y = int(rng.integers((h - hp) // step + 1)) * step
-            x = int(rng.integers((w - hp) // step + 1)) * step
-            hr_win = stack.window(i, self.frames)[:, y : y + hp, x : x + hp]
+            # offset is allowed (a zoomed window has no grid to line up with)
+            step = 1 if self.any_offset or variation is not None else s
+            y = int(rng.integers((h - src) // step + 1)) * step
+            x = int(rng.integers((w - src) // step + 1)) * step
+            hr_win = stack.window(i, self.frames)[:, y : y + src, x : x + src]
+            if variation is not None:
+                hr_win = variation.resize(hr_win, hp)
             if hr_win[self.frames // 2].std() > 2 * BLANK_STD:
                 break
-        crappify = self.crappifier.fixed(rng)
+        crappify = self.crappifier.fixed(acquisition)
         frames = hr_win if self.unit_space is None else self.unit_space.to_unit(hr_win)
+        if variation is not None:
+            frames = variation.intensities(frames)
+            hr_win = frames if self.unit_space is None else self.unit_space.from_unit(frames)
         lr = np.stack([crappify(p, seed=rng) for p in frames])
         if self.unit_space is not None:
             lr = self.unit_space.from_unit(lr)

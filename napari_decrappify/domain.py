@@ -73,6 +73,24 @@ def training_statistics(inputs, levels: tuple[float, float]) -> dict:
     return statistics(patches)
 
 
+def training_spans(inputs, group: int) -> dict:
+    """The range of :func:`training_statistics` over groups of ``group`` consecutive inputs,
+    each group one draw of an augmented model's acquisition (zoom, histogram, noise, blur):
+    ``{"noise": [lo, hi], "slope": [lo, hi], "quantiles": [[lows], [highs]], "groups": n}``.
+    Each group is measured in units of its own 1st/99.8th percentiles, as an input is at
+    restore time (an offset or a contrast change alone is no shift). An input is in domain when
+    its statistics fall inside the spans (within the tolerances)."""
+    from .normalization import input_levels
+
+    groups = [inputs[k:k + group] for k in range(0, len(inputs) - group + 1, group)]
+    stats = [training_statistics(g, input_levels(g)) for g in groups]
+    slopes = [s["slope"] for s in stats if np.isfinite(s["slope"])]
+    q = np.array([s["quantiles"] for s in stats])
+    return {"noise": [min(s["noise"] for s in stats), max(s["noise"] for s in stats)],
+            "slope": [min(slopes), max(slopes)] if slopes else [float("nan")] * 2,
+            "quantiles": [q.min(axis=0).tolist(), q.max(axis=0).tolist()], "groups": len(stats)}
+
+
 def input_statistics(image, axes: str, input_range: tuple[float, float], max_planes: int = 6,
                      per_plane: int = 48, seed: int = 0) -> dict:
     """:func:`statistics` of an input (numpy or lazy, axes ``axes``), in units where its
@@ -117,18 +135,30 @@ def compare(trained: dict, seen: dict) -> list[str]:
     out = []
     if not trained or not seen:
         return out
-    r = seen["noise"] / max(trained["noise"], 1e-9)
-    if r > NOISE_RATIO:
-        out.append(f"noisier than the training data ({r:.2f}x its noise level)")
-    elif r < 1 / NOISE_RATIO:
-        out.append(f"less noisy than the training data ({r:.2f}x its noise level)")
-    d = seen["slope"] - trained["slope"]
-    if np.isfinite(d) and abs(d) > SLOPE_DIFF:
+    # an augmented model saw a span of each statistic (training_spans); others one value
+    spans = trained.get("spans") or {}
+    noise_lo, noise_hi = spans.get("noise") or (trained["noise"], trained["noise"])
+    if seen["noise"] > noise_hi * NOISE_RATIO:
+        r = seen["noise"] / max(noise_hi, 1e-9)
+        out.append(f"noisier than the training data ({r:.2f}x its "
+                   f"{'highest ' if spans else ''}noise level)")
+    elif seen["noise"] < noise_lo / NOISE_RATIO:
+        r = seen["noise"] / max(noise_lo, 1e-9)
+        out.append(f"less noisy than the training data ({r:.2f}x its "
+                   f"{'lowest ' if spans else ''}noise level)")
+    slope_lo, slope_hi = spans.get("slope") or (trained["slope"], trained["slope"])
+    d = max(slope_lo - seen["slope"], seen["slope"] - slope_hi)
+    if np.isfinite(d) and d > SLOPE_DIFF:
         # not "finer" or "coarser": blur under the same noise flattens the slope too
+        seen_range = (f"{slope_lo:.2f}..{slope_hi:.2f}" if slope_hi > slope_lo
+                      else f"{slope_lo:.2f}")
         out.append(f"another balance of fine and coarse structure (power-spectrum slope "
-                   f"{seen['slope']:.2f} vs {trained['slope']:.2f}: another pixel size, blur, "
+                   f"{seen['slope']:.2f} vs {seen_range}: another pixel size, blur, "
                    "signal-to-noise ratio or modality)")
-    q = np.abs(np.asarray(seen["quantiles"]) - np.asarray(trained["quantiles"]))
+    q_lo, q_hi = (np.asarray(v) for v in (spans.get("quantiles")
+                                          or (trained["quantiles"], trained["quantiles"])))
+    sq = np.asarray(seen["quantiles"])
+    q = np.maximum(q_lo - sq, sq - q_hi)
     if q.max() > QUANTILE_DIFF:
         out.append(f"another intensity distribution (a histogram quantile moved by {q.max():.2f} "
                    "of the 1st..99.8th percentile span)")

@@ -35,7 +35,7 @@ from .data import (
     make_stacks,
     percentile_norm,
 )
-from .domain import training_statistics
+from .domain import training_spans, training_statistics
 from .models import (
     RestorationModel,
     build_model,
@@ -207,6 +207,9 @@ def batch_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- callbacks
 
 
+# the out-of-domain reference of an augmented model: statistics of 16 drawn acquisitions
+# (zoom, histogram, noise, blur), 32 patches each
+SPAN_GROUPS, SPAN_GROUP = 16, 32
 #: an epoch whose mean training loss exceeds this many times the lowest so far has diverged
 DIVERGENCE_FACTOR = 100.0
 #: this many non-finite batch losses in a row stop a run as diverged
@@ -804,9 +807,17 @@ def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_trai
         norm = NormConfig.model_validate({**norm.model_dump(), "mode": "percentile",
                                           "input_levels": input_levels(inputs)})
         domain = training_statistics(inputs, norm.input_levels)
+        if config.augment.active:
+            # what an augmented network saw is a span: one statistic per drawn acquisition
+            varied = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
+                                       length=SPAN_GROUPS * SPAN_GROUP, seed=config.seed + 3,
+                                       fixed=True, unit_space=unit_space,
+                                       augmentation=config.augment, group=SPAN_GROUP)
+            domain["spans"] = training_spans([varied[i][0] for i in range(len(varied))],
+                                             SPAN_GROUP)
     train_ds = CrappifiedPatches(train_stacks, crappifier, config.patch_size, arch.frames,
                                  length=n_train, seed=config.seed, any_offset=config.any_offset,
-                                 unit_space=unit_space)
+                                 unit_space=unit_space, augmentation=config.augment)
     valid_ds = CrappifiedPatches(valid_stacks, crappifier, config.patch_size, arch.frames,
                                  length=n_valid, seed=config.seed + 1, fixed=True,
                                  unit_space=unit_space)

@@ -30,6 +30,25 @@ def test_cli_train_writes_a_loadable_model(tmp_path, monkeypatch, capsys):
     assert "m " in capsys.readouterr().out
 
 
+def test_cli_train_records_the_augmentation_and_its_domain_span(tmp_path):
+    hr = synthetic_em((5, 128, 128), seed=3)
+    tifffile.imwrite(tmp_path / "hr.tif", hr)
+    out = tmp_path / "m"
+    code = cli.main(["train", "--hr", str(tmp_path / "hr.tif"), "--scale", "2", "--out", str(out),
+                     "--epochs", "1", "--iters", "3", "--encoder", "tiny", "--patch", "32",
+                     "--batch", "4", "--augment", "general", "--zoom", "0.8", "1.25",
+                     "--blur", "0", "1", "--quiet"])
+    assert code == 0
+    meta = json.loads((out / "model.json").read_text())
+    config = meta["training"]["config"]
+    assert config["augment"] == {"zoom": [0.8, 1.25], "gamma": [0.7, 1.4],
+                                 "contrast": [0.7, 1.3], "brightness": [-0.1, 0.1]}
+    assert config["crappify"]["blur_sigma"] == [0.0, 1.0]
+    spans = meta["domain"]["spans"]
+    assert spans["groups"] == 16 and spans["noise"][0] < meta["domain"]["noise"] * 1.5
+    assert spans["slope"][0] <= spans["slope"][1]
+
+
 def test_cli_evaluate_writes_json(tmp_path, capsys):
     rng = np.random.default_rng(0)
     gt = (rng.random((2, 32, 32)) * 255).astype(np.uint8)
