@@ -329,6 +329,12 @@ def _callbacks():
 
         def after_batch(self):
             if not self.training:
+                # Cancel answers within a validation batch too (a validation can take as long
+                # as many training batches); the interrupted epoch is not scored. The scoring
+                # after the fit (recording off) is bounded by fit_learner instead.
+                if self.recording and self.cancel is not None and self.cancel.is_set():
+                    self.stop_reason = "cancelled"
+                    raise CancelFitException()
                 return
             done = self.iterations_before + self.epoch * len(self.dls.train) + self.iter + 1
             now = time.monotonic()
@@ -739,12 +745,16 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
                 cb.seconds = left
     seconds = time.monotonic() - t0
     iterations = events.iterations_before + fit_iterations
-    if events.stop_reason in ("cancelled", "budget"):
+    cancelled = events.stop_reason == "cancelled"
+    if events.stop_reason == "budget" or (cancelled and not events.history):
         # the last, unfinished epoch (lowest learning rate of the cycle; all the training there
         # is when a run stops in its first epoch) may be the best: score it. A diverged run's
-        # current weights are not worth it.
+        # current weights are not worth it. Cancel must answer within a batch: a cancelled run
+        # keeps its best scored epoch, and one cancelled before any scores its weights on one
+        # validation batch only (better than the random starting weights, known to be noisy).
         events.recording = False
-        values = [float(v) for v in learn.validate()]
+        valid = [next(iter(learn.dls.valid))] if cancelled else None
+        values = [float(v) for v in learn.validate(dl=valid)]
         names = ["valid_loss"] + [getattr(m, "name", str(m)) for m in learn.metrics]
         if values[0] < events.best[0]:
             epoch = len(events.history)

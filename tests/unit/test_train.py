@@ -202,6 +202,44 @@ def test_cancel_from_another_thread_stops_between_batches_and_keeps_weights(hr, 
     assert load_model(tmp_path / "c").config.training["stop_reason"] == "cancelled"
 
 
+def test_cancel_during_validation_stops_within_a_validation_batch(hr, tmp_path):
+    """Cancel answered only after the epoch's whole validation and a second, full scoring of
+    the unfinished epoch (~19 s in the Train dock): now the validation batch at hand ends it,
+    and the best scored epoch is kept without scoring again."""
+    cancel = threading.Event()
+    seen, valid_batches = [], []
+    config = tiny_config(epochs=50, batch_size=2, iterations_per_epoch=3)  # 16 validation batches
+
+    def progress(e):
+        seen.append(e)
+        if e["event"] == "batch" and e["iteration"] == 6:  # the second epoch's validation is next
+            cancel.set()
+
+    def count(module, _inputs, _output):
+        if cancel.is_set() and not module.training:
+            valid_batches.append(1)
+
+    from napari_decrappify import train as train_mod
+
+    real_build = train_mod.build_model
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.net.register_forward_hook(count)
+        return model
+
+    train_mod.build_model = build
+    try:
+        result = train([hr], config, progress=progress, cancel=cancel, out=tmp_path / "v")
+    finally:
+        train_mod.build_model = real_build
+    assert result.stop_reason == "cancelled"
+    assert [e["epoch"] for e in seen if e["event"] == "epoch"] == [0]  # epoch 1 not scored
+    assert len(valid_batches) <= 1, len(valid_batches)  # not the 16 of a whole validation
+    saved = load_model(tmp_path / "v").config
+    assert saved.training["best_epoch"] == 0 and "best_epoch_unfinished" not in saved.training
+
+
 class _BlowsUp(torch.nn.Module):
     """L1 that, from training batch ``after`` on, is multiplied by ``factor`` (NaN: poisons the
     weights); validation (no grad) stays plain L1."""
