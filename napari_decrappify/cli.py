@@ -169,6 +169,53 @@ def _not_a_folder(path, option: str) -> None:
         raise ValueError(f"{option} {path}: is a folder; give a file path")
 
 
+def _json_output(path, option: str, overwrite: bool) -> None:
+    """Refuse, before any work, a JSON output path that is not ``*.json`` (a typo must not
+    replace an image) or that exists without ``--overwrite``."""
+    if not path:
+        return
+    _not_a_folder(path, option)
+    if Path(path).suffix.lower() != ".json":
+        raise ValueError(f"{option} {path}: the file name must end in .json")
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{option} {path} exists: pass --overwrite to replace it")
+
+
+def _standard_json(value):
+    """``value`` with non-finite floats as ``null``: JSON has no Infinity or NaN (the PSNR of
+    identical images is infinite), and other tools refuse files that contain them."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _standard_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_standard_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _model_output(path, overwrite: bool) -> None:
+    """Refuse, before training, an ``--out`` that cannot take the model: a file, a file name
+    (``m.tif``), a folder that is not a model, or an existing model without ``--overwrite``
+    (a finished run must never be thrown away at the end, nor replace a model silently)."""
+    from .models import CONFIG_FILE
+
+    out = Path(path)
+    if out.suffix.lower() in (".tif", ".tiff", ".zarr", ".json", ".png", ".npy", ".h5"):
+        raise ValueError(f"--out {path}: a model is a folder; give a folder name without a file "
+                         "extension")
+    if out.is_file():
+        raise FileExistsError(f"--out {path} is a file; a model is a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / CONFIG_FILE).is_file():
+            raise FileExistsError(f"--out {path} is a folder that is not a model folder (no "
+                                  f"{CONFIG_FILE}); choose another output folder")
+        if not overwrite:
+            raise FileExistsError(f"--out {path}: a model exists there; pass --overwrite to "
+                                  "replace it")
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -210,6 +257,7 @@ def cmd_train(args) -> int:
     if args.pair_hr and not args.lr:
         print("decrappify train: --pair-hr needs --lr (the real LR of the pair)", file=sys.stderr)
         return 2
+    _model_output(args.out, args.overwrite)
     for spec in [*args.hr, args.lr, args.pair_hr]:
         if spec and spec.startswith("sample:"):
             parse_sample(spec)  # a malformed or unknown sample fails before any training
@@ -362,7 +410,7 @@ def cmd_evaluate(args) -> int:
     from .io import write_text_atomic
     from .metrics import evaluate, prediction_units
 
-    _not_a_folder(args.json, "--json")
+    _json_output(args.json, "--json", args.overwrite)
     pred, gt = np.asarray(read_input(args.pred)), np.asarray(read_input(args.gt))
     res = evaluate(pred, gt, normalised=args.normalised)
     if not args.normalised and prediction_units(pred, gt.dtype) == "unit":
@@ -374,7 +422,8 @@ def cmd_evaluate(args) -> int:
     print(f"mean over {res['n_planes']} non-blank planes: PSNR {res['psnr']:.2f} dB  "
           f"SSIM {res['ssim']:.4f}  NRMSE {res['nrmse']:.4f}")
     if args.json:
-        write_text_atomic(args.json, json.dumps(res, indent=2))
+        write_text_atomic(args.json, json.dumps(_standard_json(res), indent=2, allow_nan=False,
+                                                default=_json_default))
     return 0
 
 
@@ -794,6 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(em-4x) or folder, a checkpoint, or a single-frame model to widen to "
                         "--frames (its weights on the centre plane); without --lr-max the peak "
                         "learning rate is 1e-3 with a 5%% warm-up")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model folder --out (checked before training)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
@@ -881,7 +932,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="PSNR / SSIM / NRMSE of a prediction against ground truth")
     s.add_argument("pred")
     s.add_argument("gt")
-    s.add_argument("--json", help="write per-plane and mean metrics to this JSON file")
+    s.add_argument("--json", help="write per-plane and mean metrics to this JSON file "
+                                  "(*.json; an infinite PSNR is written as null)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     s.add_argument("--normalised", action="store_true",
                    help="inputs are already in [0, 1] (default: map both by the ground truth's "
                         "range: uint8 / 255, else its 0.1/99.9 percentiles)")
@@ -889,7 +942,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="benchmarks that write JSON")
     s.add_argument("what", choices=["quality", "throughput", "memory", "seams", "segmentation",
-                                    "training", "trust", "adaptation"])
+                                    "training", "trust", "adaptation", "generalisation",
+                                    "napari"])
     s.add_argument("--json", help="write the results to this JSON file")
     s.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="benchmark-specific option (repeatable)")

@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,10 @@ class RestorationModel:
     config: ModelFile
     path: Path | None = None
     _hash: str | None = field(default=None, repr=False)
+    # fastai's U-Net keeps the encoder's activations in hooks on the module: two threads in one
+    # forward pass read each other's (outputs off by up to 68 grey levels, no error)
+    _forward_lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
+                                          compare=False)
 
     # -- conveniences
     @property
@@ -345,7 +350,8 @@ class RestorationModel:
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect")
         device = next(self.net.parameters()).device
-        y = self.net(x.to(device)).float().cpu().numpy()[0]
+        with self._forward_lock:  # one forward pass at a time through this module
+            y = self.net(x.to(device)).float().cpu().numpy()[0]
         s = self.scale
         return y[:, : h * s, : w * s]
 

@@ -303,3 +303,48 @@ def test_demo_unknown_model_leaves_no_folder(tmp_path, capsys):
     out = tmp_path / "d"
     _fails(capsys, ["demo", "--model", tmp_path / "nosuch", "--out", out, "--no-view"], "nosuch")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ output paths checked first
+
+
+def test_evaluate_json_never_replaces_another_file_and_writes_standard_json(tmp_path, capsys):
+    gt = (np.random.default_rng(0).random((2, 32, 32)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    precious = tmp_path / "precious.tif"
+    tifffile.imwrite(precious, gt)
+    before = precious.read_bytes()
+    _fails(capsys, ["evaluate", tmp_path / "gt.tif", tmp_path / "gt.tif", "--json", precious],
+           "--json", "must end in .json")
+    assert precious.read_bytes() == before
+    scores = tmp_path / "scores.json"
+    # identical images: an infinite PSNR, written as null (JSON has no Infinity)
+    assert cli.main(["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif"),
+                     "--json", str(scores)]) == 0
+    text = scores.read_text()
+    assert "Infinity" not in text and json.loads(text)["psnr"] is None
+    capsys.readouterr()
+    _fails(capsys, ["evaluate", tmp_path / "gt.tif", tmp_path / "gt.tif", "--json", scores],
+           "exists", "--overwrite")
+    assert cli.main(["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif"),
+                     "--json", str(scores), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("target", ["file.tif", "a-file", "other-folder", "model"])
+def test_train_checks_its_output_before_training(tmp_path, capsys, target):
+    hr = tmp_path / "hr.tif"
+    tifffile.imwrite(hr, np.zeros((2, 64, 64), np.uint8))
+    (tmp_path / "a-file").write_text("keep me")
+    (tmp_path / "other-folder").mkdir()
+    (tmp_path / "other-folder" / "notes.txt").write_text("keep me")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.json").write_text("{}")
+    expected = {"file.tif": "a model is a folder", "a-file": "is a file",
+                "other-folder": "not a model folder", "model": "--overwrite"}[target]
+    # the HR is all zeros: training would fail, so a refusal proves the check came first
+    _fails(capsys, ["train", "--hr", hr, "--scale", "2", "--out", tmp_path / target,
+                    "--encoder", "tiny", "--epochs", "1", "--iters", "1", "--quiet"],
+           "--out", expected)
+    assert (tmp_path / "a-file").read_text() == "keep me"
+    assert (tmp_path / "other-folder" / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "model" / "model.json").read_text() == "{}"

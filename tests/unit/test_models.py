@@ -41,6 +41,18 @@ def test_round_trip_is_bit_exact(saved):
     assert loaded.weights_hash == model.weights_hash
 
 
+def test_predict_plane_from_many_threads_matches_one_thread(saved):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = load_model(saved[1])
+    planes = [_plane(seed, size=96) for seed in range(12)]
+    expected = [model.predict_plane(p) for p in planes]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(model.predict_plane, planes * 3))
+    for i, y in enumerate(got):
+        np.testing.assert_array_equal(y, expected[i % len(planes)])
+
+
 def test_files_are_json_and_safetensors_not_pickle(saved):
     _, path = saved
     assert sorted(p.name for p in path.iterdir()) == ["model.json", "model.safetensors"]
