@@ -296,6 +296,12 @@ class TrainConfig(_Config):
         return self
 
 
+# bounds of the tiled engine's geometry (input pixels): a halo of 10^7 asked for a 364 TiB
+# window; the deepest bundled encoder sees about 450 px, the receptive-field probe stops at 1536
+MAX_HALO = 4096
+MAX_TILE = 16384
+
+
 class TileConfig(_Config):
     """How the tiled engine cuts an image (sizes on the input grid)."""
 
@@ -316,8 +322,8 @@ class TileConfig(_Config):
     @field_validator("tile")
     @classmethod
     def _tile(cls, v):
-        if v < 32 or v % 32:
-            raise ValueError(f"tile must be a multiple of 32 and >= 32, got {v}")
+        if v < 32 or v % 32 or v > MAX_TILE:
+            raise ValueError(f"tile must be a multiple of 32 in 32..{MAX_TILE}, got {v}")
         return v
 
     @field_validator("input_range")
@@ -330,6 +336,6 @@ class TileConfig(_Config):
     @field_validator("halo")
     @classmethod
     def _halo(cls, v):
-        if v is not None and v < 0:
-            raise ValueError(f"halo must be >= 0, got {v}")
+        if v is not None and not 0 <= v <= MAX_HALO:
+            raise ValueError(f"halo must be in 0..{MAX_HALO} pixels, got {v}")
         return v

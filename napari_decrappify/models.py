@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ArchConfig, CrappifyConfig, NormConfig
+from .config import MAX_HALO, ArchConfig, CrappifyConfig, NormConfig
 
 SCHEMA_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -67,7 +67,7 @@ class ModelFile(BaseModel):
     description: str = ""
     arch: ArchConfig = Field(default_factory=ArchConfig)
     norm: NormConfig = Field(default_factory=NormConfig)
-    receptive_field: int = Field(0, ge=0)
+    receptive_field: int = Field(0, ge=0, le=MAX_HALO)  # measured; used as the tiling halo
     alignment: int = Field(32, ge=1)
     classes: list[str] = Field(default_factory=list)
     crappifier: CrappifyConfig | None = None
@@ -674,7 +674,12 @@ def read_model_config(path: Path) -> ModelFile:
     try:
         return ModelFile.model_validate(raw)
     except ValidationError as e:
-        raise ModelFileError(f"{cfg_path} does not match the model schema:\n{e}") from e
+        # one line per field, without pydantic's help URL (the CLI prints errors as one line)
+        fields = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}"
+                           + (f" (got {err['input']!r})" if "input" in err
+                              and not isinstance(err["input"], dict) else "")
+                           for err in e.errors())
+        raise ModelFileError(f"{cfg_path} does not match the model schema: {fields}") from e
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",

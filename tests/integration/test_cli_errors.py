@@ -348,3 +348,20 @@ def test_train_checks_its_output_before_training(tmp_path, capsys, target):
     assert (tmp_path / "a-file").read_text() == "keep me"
     assert (tmp_path / "other-folder" / "notes.txt").read_text() == "keep me"
     assert (tmp_path / "model" / "model.json").read_text() == "{}"
+
+
+def test_absurd_halo_or_receptive_field_is_a_clear_error(tmp_path, capsys, tiny_model_dir, img):
+    model_dir = tiny_model_dir / "tiny-2x"
+    out = tmp_path / "o.tif"
+    _fails(capsys, ["restore", model_dir, img, out, "--halo", "10000000", "--quiet"],
+           "halo must be in 0..4096")
+    assert not out.exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((broken / "model.json").read_text())
+    meta["receptive_field"] = 10_000_000
+    (broken / "model.json").write_text(json.dumps(meta))
+    _fails(capsys, ["restore", broken, img, out, "--quiet"], "receptive_field")
+    assert not out.exists()
