@@ -376,6 +376,11 @@ def cmd_crappify(args) -> int:
     from .config import CrappifyConfig, check_scale
     from .crappify import crappify_file
 
+    # the extension decides the format: out.png became a Zarr folder named out.png
+    if not Path(args.out).name.lower().endswith((".tif", ".tiff", ".zarr")):
+        raise ValueError(f"output {args.out} must end in .zarr (OME-Zarr) or .tif/.tiff")
+    if Path(args.out).exists() and Path(args.out).resolve() == Path(args.hr).resolve():
+        raise ValueError(f"output {args.out} is the input: give the LR its own path")
     config = CrappifyConfig(
         scale=check_scale(args.scale), photons=args.photons or None, read_noise=args.read_noise,
         blur_sigma=args.blur, salt_pepper=args.salt_pepper, downsample=args.downsample)
@@ -444,6 +449,8 @@ def cmd_restore(args) -> int:
         raise ValueError(f"output {out} is a folder: a .tif/.tiff output must be a file")
     if is_tiff and out.exists() and not args.overwrite:  # zarr: write_ome_zarr decides (resume)
         raise FileExistsError(f"output {out} exists: pass --overwrite to replace it")
+    if out.exists() and out.resolve() == Path(args.input).resolve():
+        raise ValueError(f"output {out} is the input: give the result its own path")
     if args.report:
         _not_a_folder(args.report, "--report")
         if Path(args.report).exists() and not args.overwrite:

@@ -617,10 +617,13 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     p = Path(name_or_path)
     if p.is_dir():
         return p
-    for root in model_search_dirs():
-        cand = root / str(name_or_path)
-        if (cand / CONFIG_FILE).exists():
-            return cand
+    name = str(name_or_path)
+    # a name is one folder inside a search folder: "../../x" must not reach outside them
+    if name and name == p.name and name not in (".", ".."):
+        for root in model_search_dirs():
+            cand = root / name
+            if (cand / CONFIG_FILE).exists():
+                return cand
     known = ", ".join(sorted(m["name"] for m in list_models())) or "none"
     raise ModelFileError(
         f"no model folder or bundled model named {str(name_or_path)!r} (known: {known})"
@@ -704,7 +707,11 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{wpath} is corrupt or truncated ({e})") from e
-    if config.weights_sha256 and state_dict_sha256(state) != config.weights_sha256:
+    if not config.weights_sha256:
+        # save_model always writes it: without it a flipped byte in the weights loads silently
+        raise ModelFileError(f"{path / CONFIG_FILE}: no weights_sha256, so the weights cannot be "
+                             "checked; re-save the model with napari_decrappify.models.save_model")
+    if state_dict_sha256(state) != config.weights_sha256:
         raise ModelFileError(f"{wpath}: weights do not match the sha256 recorded in {CONFIG_FILE}")
     head = "softmax" if config.kind == "segmentation" else "identity"
     net = RestorationNet(config.arch, head=head)

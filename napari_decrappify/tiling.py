@@ -981,6 +981,10 @@ def _build(model, image, config: TileConfig | None, axes, progress, cancel) -> _
     img = open_image(image, axes=axes)
     x = img.data
     in_axes = check_axes(img.axes, x.ndim)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        # a bool mask restored to all-True, silently: only intensities can be restored
+        raise ValueError(f"cannot restore an image of dtype {x.dtype} (a mask or labels?): "
+                         "give intensities (integer or float)")
     # channels
     n_in = x.shape[in_axes.index("C")] if "C" in in_axes else 1
     if n_in != model.in_channels:

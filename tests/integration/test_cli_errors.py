@@ -365,3 +365,23 @@ def test_absurd_halo_or_receptive_field_is_a_clear_error(tmp_path, capsys, tiny_
     (broken / "model.json").write_text(json.dumps(meta))
     _fails(capsys, ["restore", broken, img, out, "--quiet"], "receptive_field")
     assert not out.exists()
+
+
+def test_outputs_are_never_the_input_and_the_extension_decides_the_format(tmp_path, capsys,
+                                                                         tiny_model_dir, img):
+    before = img.read_bytes()
+    model = tiny_model_dir / "tiny-2x"
+    _fails(capsys, ["restore", model, img, img, "--overwrite", "--quiet"], "is the input")
+    _fails(capsys, ["crappify", img, img, "--scale", "2", "--overwrite", "--quiet"], "is the input")
+    assert img.read_bytes() == before
+    _fails(capsys, ["crappify", img, tmp_path / "out.png", "--scale", "2", "--quiet"],
+           "must end in .zarr")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_mask_is_not_restored(tmp_path, capsys, tiny_model_dir):
+    mask = tmp_path / "mask.tif"
+    tifffile.imwrite(mask, np.random.default_rng(0).random((64, 64)) > 0.5)
+    _fails(capsys, ["restore", tiny_model_dir / "tiny-2x", mask, tmp_path / "o.tif", "--quiet"],
+           "dtype bool")
+    assert not (tmp_path / "o.tif").exists()

@@ -13,7 +13,9 @@ from napari_decrappify.models import (
     list_models,
     load_model,
     measure_receptive_field,
+    resolve_model_path,
     save_model,
+    state_dict_sha256,
 )
 
 
@@ -116,10 +118,29 @@ def test_weights_that_cannot_be_what_the_config_says_are_refused(saved, tmp_path
     state[k] = damage(state[k])
     save_file(state, str(p / "model.safetensors"))
     cfg = json.loads((p / "model.json").read_text())
-    cfg["weights_sha256"] = ""
+    cfg["weights_sha256"] = state_dict_sha256(state)  # a checksum that matches the damage
     (p / "model.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelFileError, match=match):
         load_model(p)
+
+
+def test_weights_without_a_checksum_are_refused(saved, tmp_path):
+    p = _copy(saved[1], tmp_path)
+    cfg = json.loads((p / "model.json").read_text())
+    cfg["weights_sha256"] = ""
+    (p / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match="no weights_sha256"):
+        load_model(p)
+
+
+def test_a_model_name_stays_inside_the_search_folders(saved, tmp_path, monkeypatch):
+    root = tmp_path / "models"
+    root.mkdir()
+    _copy(saved[1], tmp_path)  # tmp_path / "copy", beside the search folder
+    monkeypatch.setenv("DECRAPPIFY_MODELS", str(root))
+    assert (root / "../copy/model.json").is_file()
+    with pytest.raises(ModelFileError, match="no model folder"):
+        resolve_model_path("../copy")
 
 
 def test_unknown_schema_version(saved, tmp_path):
@@ -149,7 +170,6 @@ def test_tensors_that_do_not_match_the_config(saved, tmp_path):
     p = _copy(saved[1], tmp_path)
     meta = json.loads((p / "model.json").read_text())
     meta["arch"]["frames"] = 3  # first conv would need 3 input channels
-    meta["weights_sha256"] = ""
     (p / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="do not match the architecture"):
         load_model(p)
