@@ -22,6 +22,15 @@ stays fast.
 
 import sys as _sys
 import types as _types
+import warnings as _warnings
+
+# Two deprecations that fastai triggers inside torch (its layers are decorated with
+# torch.jit.script; its PixelShuffle_ICNR weight-norms a conv) and that no user can act on:
+# they printed on every CLI run and in the napari console. Only these messages, only from torch.
+_warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                         category=FutureWarning, module=r"torch\.jit")
+_warnings.filterwarnings("ignore", message=r"`torch\.nn\.utils\.weight_norm` is deprecated",
+                         category=FutureWarning, module=r"torch\.nn\.utils")
 
 __version__ = "0.1.0"
 

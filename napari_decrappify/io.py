@@ -887,8 +887,9 @@ def _create_store(path, shape, chunk_shape, dtype, levels, axes, scale, translat
     datasets = []
     for level in range(levels):
         lshape = _level_shape(shape, axes, level)
+        # NGFF 0.5 requires each array's dimension_names to be the multiscales axes' names
         group.create_array(str(level), shape=lshape, chunks=chunk_shape, dtype=dtype,
-                           fill_value=0)
+                           fill_value=0, dimension_names=[a.lower() for a in axes])
         f = 2**level
         lscale = [s * f if a in "YX" else s for s, a in zip(scale, axes, strict=True)]
         ltrans = [t + 0.5 * s * (f - 1) if a in "YX" else t

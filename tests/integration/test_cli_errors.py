@@ -385,3 +385,15 @@ def test_a_mask_is_not_restored(tmp_path, capsys, tiny_model_dir):
     _fails(capsys, ["restore", tiny_model_dir / "tiny-2x", mask, tmp_path / "o.tif", "--quiet"],
            "dtype bool")
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_restore_prints_no_third_party_warnings(tmp_path, tiny_model_dir, img):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "napari_decrappify", "restore",
+                          str(tiny_model_dir / "tiny-2x"), str(img), str(tmp_path / "o.tif"),
+                          "--device", "cpu", "--quiet"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr and "warnings.warn" not in run.stderr, run.stderr

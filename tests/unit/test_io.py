@@ -594,3 +594,19 @@ def test_concurrent_atomic_text_writers_of_one_path_all_succeed(tmp_path, monkey
     assert errors == []
     assert path.read_text() in texts
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_ome_zarr_arrays_name_their_dimensions_as_ngff_05_requires(tmp_path):
+    import json
+
+    from napari_decrappify.io import write_ome_zarr
+
+    stack = np.arange(2 * 64 * 64, dtype=np.uint16).reshape(2, 64, 64)
+    write_ome_zarr(tmp_path / "s.ome.zarr", stack, axes="ZYX", scale=(40, 4, 4), levels=2)
+    group = json.loads((tmp_path / "s.ome.zarr" / "zarr.json").read_text())
+    ome = group["attributes"]["ome"]
+    names = [a["name"] for a in ome["multiscales"][0]["axes"]]
+    assert ome["version"] == "0.5" and names == ["z", "y", "x"]
+    for level in ("0", "1"):
+        array = json.loads((tmp_path / "s.ome.zarr" / level / "zarr.json").read_text())
+        assert array["dimension_names"] == names
