@@ -230,6 +230,31 @@ def _file_token(path: Path, *extra) -> str:
     return tokenize(str(p), st.st_mtime_ns, st.st_size, *extra)
 
 
+def _zarr_token(path: Path, array: str = "", *extra) -> str:
+    """A dask name for a Zarr array from what it holds: every file of the array (its chunks
+    and metadata) with its size and modification time. ``zarr.json``'s own stamp alone missed
+    chunks rewritten in place, and a resumed restore then mixed old and new input (max
+    difference 311 grey levels). Listing a 100 000-chunk array takes a fraction of a second,
+    far less than reading it."""
+    import os
+
+    from dask.base import tokenize
+
+    root = (path / array).resolve() if array else path.resolve()
+    entries = []
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                else:
+                    st = e.stat()
+                    entries.append((os.path.relpath(e.path, root), st.st_size, st.st_mtime_ns))
+    entries.sort()
+    return tokenize(str(path.resolve()), array, entries, *extra)
+
+
 def _open_tiff(path: Path, named: bool = False):
     """A TIFF's first series (level 0) as a lazy dask array with Y, X last, its ``TCZYX`` axes
     (None when the file does not say), its pixel sizes and origins per axis letter, and where a
@@ -326,7 +351,7 @@ def _open_zarr(path: Path, allow_incomplete: bool = False):
     except Exception as e:  # noqa: BLE001 - zarr raises several types
         raise ValueError(f"{path} is not a readable Zarr store ({e})") from e
     if hasattr(node, "shape"):
-        name = "zarr-" + _file_token(path, node.shape, str(node.dtype))
+        name = "zarr-" + _zarr_token(path, "", node.shape, str(node.dtype))
         return da.from_zarr(node, name=name), None, None, None, None, {}
     attrs = dict(node.attrs)
     ours = attrs.get("decrappify") or {}
@@ -352,7 +377,9 @@ def _open_zarr(path: Path, allow_incomplete: bool = False):
         elif t["type"] == "translation":
             translate = tuple(t["translation"])
     arr = node[ds["path"]]
-    name = "ome-zarr-" + _file_token(path, ds["path"], arr.shape, str(arr.dtype))
+    # the group's own zarr.json (geometry) too
+    name = "ome-zarr-" + _zarr_token(path, ds["path"], _file_token(path), arr.shape,
+                                     str(arr.dtype))
     data = da.from_zarr(arr, name=name)
     return data, axes, scale, translate, units, ours
 

@@ -610,3 +610,31 @@ def test_ome_zarr_arrays_name_their_dimensions_as_ngff_05_requires(tmp_path):
     for level in ("0", "1"):
         array = json.loads((tmp_path / "s.ome.zarr" / level / "zarr.json").read_text())
         assert array["dimension_names"] == names
+
+
+@pytest.mark.parametrize("ome", [True, False])
+def test_a_zarr_input_rewritten_in_place_gets_a_new_identity(tmp_path, ome):
+    # the resume check compares this identity: zarr.json's stamp alone missed rewritten chunks
+    import os
+
+    import zarr
+
+    from napari_decrappify.io import open_image, write_ome_zarr
+
+    stack = np.arange(2 * 64 * 64, dtype=np.uint16).reshape(2, 64, 64)
+    path = tmp_path / ("in.ome.zarr" if ome else "in.zarr")
+    if ome:
+        write_ome_zarr(path, stack, axes="ZYX", chunks=(1, 32, 32))
+        array = zarr.open_array(str(path / "0"), mode="r+")
+        meta = path / "zarr.json"
+    else:
+        array = zarr.create_array(str(path), shape=stack.shape, chunks=(1, 32, 32),
+                                  dtype=stack.dtype)
+        array[:] = stack
+        meta = path / "zarr.json"
+    before = open_image(path, axes="ZYX").data.name
+    assert open_image(path, axes="ZYX").data.name == before  # the same files: the same name
+    stamp = meta.stat()
+    array[1, :32, :32] = 7  # one chunk rewritten in place; the metadata untouched
+    os.utime(meta, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert open_image(path, axes="ZYX").data.name != before
