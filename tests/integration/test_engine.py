@@ -80,6 +80,10 @@ def test_cli_restore_tiff_to_ome_zarr(saved_model, tmp_path, capsys):
     np.testing.assert_allclose(res.data.compute(), expected, rtol=1e-6, atol=1e-5)
     attrs = json.loads((out / "zarr.json").read_text())["attributes"]["decrappify"]
     assert attrs["complete"] and attrs["metadata"]["weights_sha256"] == model.weights_hash
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    Image.from_zarr(zarr.open_group(str(out), mode="r"))  # a maintained NGFF 0.5 validator
 
     capsys.readouterr()
     assert cli.main(args) == 1  # exists: refused, not clobbered

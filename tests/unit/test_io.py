@@ -610,6 +610,13 @@ def test_ome_zarr_arrays_name_their_dimensions_as_ngff_05_requires(tmp_path):
     for level in ("0", "1"):
         array = json.loads((tmp_path / "s.ome.zarr" / level / "zarr.json").read_text())
         assert array["dimension_names"] == names
+    # and a maintained validator agrees (ome-zarr-models, NGFF 0.5): it rejected the store
+    # before the names were written
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    image = Image.from_zarr(zarr.open_group(str(tmp_path / "s.ome.zarr"), mode="r"))
+    assert [a.name for a in image.ome_attributes.multiscales[0].axes] == names
 
 
 @pytest.mark.parametrize("ome", [True, False])
