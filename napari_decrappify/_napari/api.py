@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _compare
+from . import _compare, _live_lazy
 from ._layers import base_data, layer_axes, restored_layer_kwargs
 
 _MODEL_CACHE: dict[tuple, Any] = {}
@@ -120,9 +120,15 @@ def add_result_layer(viewer, source, model, data, axes: str, params: dict | None
                      replace: bool = False):
     """Add a restored array as an image layer just above ``source``, with the right geometry.
 
-    A lazy result of an upsampling model is added as a two-level multiscale layer
-    ``[restored, input]`` unless ``multiscale=False``: zoomed out, napari shows the input (no
-    network call); zoomed in, only the restored tiles on screen are computed.
+    A lazy (dask) result is shown through a :class:`~._live_lazy.LiveArray`: napari's UI
+    thread never computes a tile. The tiles on screen are restored in a background thread, the
+    one nearest the view's centre first, and shown as they finish (cached, so going back is
+    instant); until then the layer shows the input upsampled (bicubic; the layer's
+    ``metadata["decrappify"]["placeholder"]`` says so). Moving to another plane or panning
+    drops the tiles no longer on screen from the queue. Reading the layer's data in another
+    thread (a worker) gives the exact result. An upsampling model's lazy result is a
+    two-level multiscale layer ``[restored, input]`` unless ``multiscale=False``: zoomed out,
+    napari shows the input (no network call); zoomed in, only the tiles in view are computed.
 
     With ``replace``, a previous result of the same name (a re-run) is updated instead of a
     second layer ``"<name> [1]"`` being added: its data, geometry and metadata are the new
@@ -132,6 +138,10 @@ def add_result_layer(viewer, source, model, data, axes: str, params: dict | None
     """
     kwargs = restored_layer_kwargs(source, model, axes, params, name=name)
     kwargs["metadata"]["decrappify"]["lazy"] = bool(lazy)
+    live = _live(source, model, data) if lazy else None
+    if live is not None:
+        data = live
+        kwargs["metadata"]["decrappify"]["placeholder"] = live.placeholder
     if multiscale is None:
         multiscale = lazy and model.scale > 1
     if multiscale and model.scale > 1:
@@ -158,7 +168,23 @@ def add_result_layer(viewer, source, model, data, axes: str, params: dict | None
     src_index = viewer.layers.index(source) if source in viewer.layers else None
     if src_index is not None:
         viewer.layers.move(viewer.layers.index(layer), src_index + 1)
+    if live is not None:
+        _live_lazy.bind(layer, live)
     return layer
+
+
+def _live(source, model, data):
+    """A lazy (dask) result as a :class:`_live_lazy.LiveArray`: napari's UI thread never
+    computes a tile; until a tile is restored it shows the input upsampled (bicubic, nearest
+    for the first instant)."""
+    import dask.array as da
+
+    if not isinstance(data, da.Array):
+        return None
+    lr = base_data(source)
+    preview, quick = _live_lazy.upsampled_input(lr, model.scale, data.ndim)
+    what = "bicubic upsampling of the input" if model.scale > 1 else "input"
+    return _live_lazy.LiveArray(data, preview, quick, describe=what)
 
 
 def add_restored(viewer, layer, model, *, lazy: bool = True, ground_truth=None,

@@ -57,21 +57,23 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     LineEdit,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
 
 from ..pixel_size import POLICIES
-from . import _compare, api
+from . import _compare, _live_lazy, api
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, mode_text
 from ._ui import DockBody, devices, layer_choices, note
-from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events
+from ._workers import CoreJob, LoadsModelFirst, compute_array, describe, model_events
 
 CURRENT_VIEW = "current view"
 INSPECT_PANELS = ("LR", "bicubic", "restored", "HR")
 QUICK_HALO = 32  # context of a "quick" region inspection, input pixels
 LAZY_PIXELS = 64_000_000  # results larger than this (output pixels) default to lazy mode
 WARN_COLOR = "#f0a030"  # ⚠ lines in the dock
+LIVE_POLL_MS = 250  # how often the lazy view's progress is read
 
 
 def _fmt(scores: dict | None) -> str:
@@ -183,13 +185,18 @@ class RestoreWidget(LoadsModelFirst, DockBody):
 
         # -- actions
         self.restore_button = PushButton(text="Restore")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False,
+            tooltip="stop the running job (at its next tile), or the lazy result's tiles on "
+                    "screen")
+        # the dock's own progress: what is running, n of m, ETA (the job's or the lazy view's)
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = note()
         # what the restore found: normalisation, pixel size, out-of-domain check (wraps; the
         # plain text is the tooltip)
         self.info = note()
-        self.actions = Container(widgets=[self.restore_button, self.cancel_button, self.status,
-                                          self.info], labels=False)
+        self.actions = Container(widgets=[self.restore_button, self.cancel_button, self.progress,
+                                          self.status, self.info], labels=False)
 
         # -- lazy result -> OME-Zarr
         self.render_path = FileEdit(label="OME-Zarr", mode="w", filter="*.zarr")
@@ -265,6 +272,15 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self._image_changed()
         self._model_changed()
         self._update_pixel_note()
+        # a lazy result's tiles on screen are restored in the background: their progress is
+        # polled (cheap counters) while no job runs
+        from qtpy.QtCore import QTimer
+
+        self._live_timer = QTimer(self)
+        self._live_timer.setInterval(LIVE_POLL_MS)
+        self._live_timer.timeout.connect(self._poll_live)
+        self._live_timer.start()
+        self._live_shown = ""
 
     # ------------------------------------------------------------------ choices
     def model_entries(self) -> list[dict]:
@@ -523,15 +539,74 @@ class RestoreWidget(LoadsModelFirst, DockBody):
 
         self.job = CoreJob(fn, *args, description=description, on_result=on_result,
                            on_cancelled=cancelled, on_error=self._failed,
-                           on_finished=self._finished, **kwargs)
+                           on_finished=self._finished, on_event=self._job_event, **kwargs)
         self.cancel_button.enabled = True
         self.restore_button.enabled = False
+        self._show_progress(f"{description} …")
         return self.job
 
+    def _job_event(self, event: dict) -> None:
+        """A job's progress event (UI thread): the dock's bar and status line."""
+        job = self.job
+        if job is None or job.cancel_event.is_set():
+            return
+        self._show_progress(f"{job.description}: {describe(event)}", event.get("done"),
+                            event.get("total"))
+
+    def _show_progress(self, text: str, done=None, total=None) -> None:
+        """The progress bar (busy when ``total`` is unknown) and the status line."""
+        bar = self.progress.native
+        if total:
+            bar.setRange(0, int(total))
+            bar.setValue(min(int(done or 0), int(total)))
+            bar.setFormat("%v of %m")
+        else:
+            bar.setRange(0, 0)  # Qt's busy indicator
+        self.progress.visible = True
+        self._set_status(text)
+
+    def _live(self):
+        """The lazy result's :class:`_live_lazy.LiveArray`, if the result shown is one."""
+        r = self.result
+        if r is None or r["layer"] not in self.viewer.layers:
+            return None
+        return _live_lazy.live_of(r["layer"])
+
+    def _poll_live(self) -> None:
+        """Progress of the lazy result's tiles on screen, while no job runs."""
+        if self.job is not None and self.job.running:
+            return
+        live = self._live()
+        text = _live_lazy.status_text(live) if live is not None else ""
+        busy = live is not None and not live.idle
+        if busy:
+            done, total = live.visible_progress()
+            self._show_progress(text, done, total)
+            self.cancel_button.enabled = True
+        elif self._live_shown:
+            self.progress.visible = False
+            self.cancel_button.enabled = False
+            self._set_status(text)
+        self._live_shown = text if busy else ""
+
     def cancel(self, *_args) -> None:
+        """Stop the running job, else the lazy result's tiles on screen. Answers at once: the
+        job stops at its next check (the tile being computed finishes in the background and
+        is dropped; a lazy view's is kept)."""
         if self.job is not None and self.job.running:
             self.job.cancel()
-            self._set_status("cancelling ...")
+            self.cancel_button.enabled = False
+            self.progress.visible = False
+            self._set_status("cancelling: stops after the tile being computed …")
+            return
+        live = self._live()
+        if live is not None and not live.idle:
+            live.cancel()
+            self.progress.visible = False
+            self.cancel_button.enabled = False
+            self._live_shown = ""
+            self._set_status("stopped restoring the tiles on screen (the placeholder stays); "
+                             "another plane or a pan goes on")
 
     def _failed(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -544,6 +619,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             return
         self.cancel_button.enabled = False
         self.restore_button.enabled = True
+        self.progress.visible = False
 
     def _set_status(self, text: str) -> None:
         self.status.value = text
@@ -624,7 +700,8 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             self._plane_changed()
             self._show_checks(checks)
             if lazy:
-                text = f"added lazy layer {layer.name!r}: tiles are computed as you view them"
+                text = (f"added lazy layer {layer.name!r}: the tiles on screen are restored in "
+                        "the background (the input upsampled until then)")
             else:
                 text = f"restored {source.name!r} in {time.monotonic() - t0:.1f} s"
             if resample is not None:
@@ -679,7 +756,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         if self._busy() or not self._result_ready():
             return None
         r = self.result
-        data = base_data(r["layer"])
+        data = _exact(r["layer"])
         lr = base_data(r["source"])
         index = current_plane(self.viewer, r["source"], r["axes"]) if scope == "plane" else None
 
@@ -717,7 +794,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             self._show_metrics()
             self._set_status("checked the LR consistency of the current plane")
 
-        return self._start(_consistency_job, base_data(r["layer"]), lr, r["model"], index,
+        return self._start(_consistency_job, _exact(r["layer"]), lr, r["model"], index,
                            self._lr_range(), description="LR consistency", on_result=done)
 
     def add_consistency_map(self, *_args):
@@ -743,22 +820,26 @@ class RestoreWidget(LoadsModelFirst, DockBody):
 
             return self._start(_lr_range_job, lr, description="Measuring the input's range",
                                on_result=measured, cancelled_text="cancelled, no map")
-        cmap = _consistency_map(base_data(r["layer"]), lr, r["model"], lr_range)
+        cmap = _consistency_map(_exact(r["layer"]), lr, r["model"], lr_range)
         return self._map_layer(f"{r['layer'].name} LR consistency", cmap, r["source"], "magma",
                                {"lr_consistency_of": r["layer"].name, "input": r["source"].name})
 
     def _map_layer(self, name: str, data, geometry_of, colormap: str, meta: dict):
         """Add (or update) a difference-map layer with ``geometry_of``'s scale, translate and
-        units."""
+        units. The map (a dask array) is computed in the background as it is viewed, never in
+        napari's UI thread (:class:`_live_lazy.LiveArray`; zeros until a plane is done)."""
         scale, translate, units = layer_geometry(geometry_of)
+        live = _live_lazy.LiveArray(data)
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
-            layer.data = data
+            layer.data = live
             layer.scale, layer.translate, layer.units = scale, translate, units
-            return layer
-        return self.viewer.add_image(data, name=name, scale=scale, translate=translate,
-                                     units=units, colormap=colormap, contrast_limits=(0, 0.25),
-                                     blending="additive", metadata={"decrappify": meta})
+        else:
+            layer = self.viewer.add_image(live, name=name, scale=scale, translate=translate,
+                                          units=units, colormap=colormap, contrast_limits=(0, 0.25),
+                                          blending="additive", metadata={"decrappify": meta})
+        _live_lazy.bind(layer, live)
+        return layer
 
     def _plane_changed(self, *_args) -> None:
         """Current-plane scores and LR consistency from the whole-stack ones, when those exist;
@@ -833,7 +914,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                                on_result=lambda _gt: self.add_error_map(),
                                cancelled_text="cancelled, no error map")
         r = self.result
-        err = _compare.error_map(base_data(r["layer"]), r["gt"])
+        err = _compare.error_map(_exact(r["layer"]), r["gt"])
         return self._map_layer(f"{r['layer'].name} error", err, r["layer"], "inferno",
                                {"error_of": r["layer"].name, "ground_truth": r["gt_layer"].name})
 
@@ -887,7 +968,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             layer.metadata["decrappify"]["lazy"] = False
             self._set_status(f"rendered to {path}; the layer now reads from it")
 
-        return self._start(io.write_ome_zarr, path, base_data(layer), axes=r["axes"], scale=scale,
+        return self._start(io.write_ome_zarr, path, _exact(layer), axes=r["axes"], scale=scale,
                            translate=translate, units=units, name=layer.name,
                            overwrite=bool(self.render_overwrite.value),
                            metadata=_jsonable(layer.metadata.get("decrappify", {})),
@@ -1007,6 +1088,12 @@ class RestoreWidget(LoadsModelFirst, DockBody):
 
 
 # --------------------------------------------------------------------------- worker functions
+
+
+def _exact(layer):
+    """A result layer's full-resolution data for workers: a lazy result as a dask array read
+    exactly through the tiles the viewer has cached (:func:`_live_lazy.as_dask`)."""
+    return _live_lazy.as_dask(base_data(layer))
 
 
 def _summary(scores: dict | None) -> dict | None:

@@ -4,9 +4,11 @@ metrics equal to metrics.py, error map, grid, and region inspection."""
 
 import numpy as np
 import pytest
+from _live import settle
 from _tiny import lr_hr
 
 from napari_decrappify import metrics, tiling
+from napari_decrappify._napari.restore import LIVE_POLL_MS
 from napari_decrappify.config import TileConfig
 
 pytestmark = pytest.mark.gui
@@ -130,7 +132,7 @@ def test_lazy_layer_computes_only_viewed_planes(make_napari_viewer, qtbot, tiny2
     dock, lr_layer, _ = _setup(viewer, 4, with_hr=False)
     dock.lazy.value = True
     layer = _lazy(qtbot, dock)
-    qtbot.wait(100)
+    settle(qtbot, layer)
     assert layer.name == "lr restored (tiny-2x)"
     assert layer.multiscale and layer.data[0].shape == (3, 128, 128)
     assert layer.data[1] is lr_layer.data  # zoomed out, napari may show the input itself
@@ -139,10 +141,10 @@ def test_lazy_layer_computes_only_viewed_planes(make_napari_viewer, qtbot, tiny2
     per_plane = 4  # (64 / 32) ** 2 tiles of the LR plane
     assert sum(forward_calls) == per_plane  # only the plane on screen
     viewer.dims.set_current_step(0, 0)
-    qtbot.wait(100)
+    settle(qtbot, layer)
     assert sum(forward_calls) == 2 * per_plane
     viewer.dims.set_current_step(0, 1)  # seen before: cached, no new network call
-    qtbot.wait(100)
+    settle(qtbot, layer)
     assert sum(forward_calls) == 2 * per_plane
     # what napari shows is the engine's result for that plane
     expected = tiling.restore(tiny2x, lr_layer.data[:1], TileConfig(tile=32, halo=8), axes="ZYX")
@@ -166,7 +168,7 @@ def test_lazy_multiscale_shows_input_zoomed_out_and_computes_tiles_in_view(
     viewer.camera.zoom *= 8
     viewer.camera.center = (0, 100, 100)
     viewer.window._qt_viewer.canvas.on_draw(None)  # what a shown canvas does on the next frame
-    qtbot.wait(100)
+    settle(qtbot, layer)
     assert layer.data_level == 0
     per_plane = (640 // 64) ** 2
     assert 0 < sum(forward_calls) <= 16 < per_plane  # only the tiles in view (3 x 3 here)
@@ -273,11 +275,15 @@ def test_error_map_and_grid_toggle(make_napari_viewer, qtbot, tiny2x):
     _wait(qtbot, dock.run())
     restored = viewer.layers["lr restored (tiny-2x)"]
     err = dock.add_error_map()
-    import dask.array as da
+    from napari_decrappify._napari._live_lazy import LiveArray
 
-    assert isinstance(err.data, da.Array)  # computed plane by plane as viewed, not in the slot
+    # computed plane by plane as viewed, in the background, never in the slot or the UI thread
+    assert isinstance(err.data, LiveArray)
     want = np.abs(np.clip(restored.data / 255.0, 0, 1) - hr_layer.data / 255.0)
-    np.testing.assert_allclose(np.asarray(err.data), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(err.data.source), want, atol=1e-6)
+    settle(qtbot, err)
+    z = viewer.dims.current_step[0]
+    np.testing.assert_allclose(np.asarray(err.data[z]), want[z], atol=1e-6)  # what is shown
     np.testing.assert_allclose(err.scale, HR_SCALE)
     np.testing.assert_allclose(err.translate, HR_TRANSLATE)
 
@@ -698,6 +704,8 @@ def test_model_weights_load_in_a_worker_then_restore(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: "lr restored (cold-2x)" in viewer.layers, timeout=30_000)
     qtbot.waitUntil(lambda: dock.job.finished, timeout=30_000)
     assert loads == [False], "the model's weights were loaded in the UI thread"
+    settle(qtbot, viewer.layers["lr restored (cold-2x)"])  # (Cancel stops the view's tiles)
+    qtbot.wait(2 * LIVE_POLL_MS)
     assert dock.restore_button.enabled and not dock.cancel_button.enabled
     # loaded now: Restore (in memory) and Inspect start their jobs without loading again
     dock.lazy.value = False

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _live import settle
 from _tiny import lr_hr
 
 from napari_decrappify import metrics, tiling
@@ -10,7 +11,7 @@ from napari_decrappify.config import TileConfig
 pytestmark = pytest.mark.gui
 
 
-def test_add_restored_by_layer_and_model_object(make_napari_viewer, tiny2x):
+def test_add_restored_by_layer_and_model_object(make_napari_viewer, qtbot, tiny2x):
     from napari_decrappify._napari.api import add_restored
 
     viewer = make_napari_viewer()
@@ -24,6 +25,9 @@ def test_add_restored_by_layer_and_model_object(make_napari_viewer, tiny2x):
     assert out.metadata["decrappify"]["lazy"] is True
     assert out.metadata["decrappify"]["weights_sha256"] == tiny2x.weights_hash
     want = tiling.restore(tiny2x, lr[2:], TileConfig(tile=32, halo=8), axes="ZYX")
+    # restored in the background, then shown: exactly the engine's numbers
+    viewer.dims.set_current_step(0, 2)
+    settle(qtbot, out)
     np.testing.assert_allclose(np.asarray(out.data[0][2]), want[0], atol=1e-5)
 
 
