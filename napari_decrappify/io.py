@@ -681,6 +681,62 @@ def _compute_distributed(client, out, run, cancel, pixels_per_block: int = 0) ->
         raise
 
 
+@contextlib.contextmanager
+def output_lock(path):
+    """Hold the exclusive writer's lock of output ``path`` (a hidden ``.NAME.lock`` beside it).
+
+    Two writers on one output (a second run started mid-way, or ``--overwrite`` while another
+    writes) destroyed each other's store; the second now stops at once with a clear error. The
+    lock is the kernel's (``flock``): a killed writer releases it, so there is no stale lock to
+    clear by hand, and the lock file is removed by whoever holds it last.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # a folder we cannot write to: the write itself will say so
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileExistsError(f"output {path} is being written by another process or thread: "
+                                  "wait for it to finish, or stop it, then rerun") from None
+        try:  # the file may have been removed by the previous holder after we opened it
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _exclusive(write):
+    """Run an output writer under :func:`output_lock` of its ``path`` (its first argument)."""
+    import functools
+
+    @functools.wraps(write)
+    def locked(path, *args, **kwargs):
+        with output_lock(path):
+            return write(path, *args, **kwargs)
+
+    return locked
+
+
+@_exclusive
 def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate=None, units=None,
                    overwrite: bool = False, progress=None, cancel=None, chunks=None,
                    name: str | None = None, levels: int = 1, fingerprint: str | None = None,
@@ -950,6 +1006,7 @@ def _downsample(src, axes: str, dtype, chunk_shape):
     return out.astype(dtype).rechunk(chunk_shape)
 
 
+@_exclusive
 def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=None, units=None,
                overwrite: bool = False, progress=None, cancel=None) -> Path:
     """Write a (lazy) array to an OME-TIFF one plane at a time (bounded memory).

@@ -645,3 +645,41 @@ def test_a_zarr_input_rewritten_in_place_gets_a_new_identity(tmp_path, ome):
     array[1, :32, :32] = 7  # one chunk rewritten in place; the metadata untouched
     os.utime(meta, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert open_image(path, axes="ZYX").data.name != before
+
+
+@pytest.mark.parametrize("name", ["out.ome.zarr", "out.tif"])
+def test_a_second_writer_on_one_output_stops_at_once(tmp_path, name):
+    from napari_decrappify.io import output_lock, write_ome_zarr, write_tiff
+
+    write = write_tiff if name.endswith(".tif") else write_ome_zarr
+    stack = np.zeros((2, 32, 32), np.uint8)
+    out = tmp_path / name
+    with output_lock(out), pytest.raises(FileExistsError, match="being written by another"):
+        write(out, stack, axes="ZYX", overwrite=True)
+    assert not out.exists()
+    write(out, stack, axes="ZYX")  # the lock is released with its holder
+    assert out.exists() and not (tmp_path / f".{name}.lock").exists()
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from napari_decrappify.io import write_tiff
+
+    out = tmp_path / "out.tif"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom napari_decrappify.io import output_lock\n"
+         f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FileExistsError, match="being written"):
+            write_tiff(out, np.zeros((32, 32), np.uint8), axes="YX")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / ".out.tif.lock").exists()  # left behind by the killed writer...
+    write_tiff(out, np.zeros((32, 32), np.uint8), axes="YX")  # ...and not in the way
+    assert out.exists() and not (tmp_path / ".out.tif.lock").exists()
