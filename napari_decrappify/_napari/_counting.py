@@ -33,7 +33,9 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ._layers import base_data, current_plane, layer_axes
+from ._progress import JobProgress
 from ._ui import DockBody, layer_choices
+from ._workers import CoreJob, compute_array, warm_imports
 
 CROP_LAYER = "blinded crop"
 CLICKS_LAYER = "clicks"
@@ -63,8 +65,11 @@ class CountingStudyWidget(DockBody):
 
     def __init__(self, napari_viewer):
         super().__init__()
+        warm_imports("dask.array", "napari_decrappify.segment", "napari_decrappify.metrics",
+                     "napari_decrappify.tiling")
         self.viewer = v = napari_viewer
         self.study = None
+        self.job: CoreJob | None = None
         self.images: dict[str, np.ndarray] = {}
         self.current: int | None = None
         self.results: dict | None = None
@@ -86,12 +91,13 @@ class CountingStudyWidget(DockBody):
         self.session_button = PushButton(text="New session (same crops, this annotator)")
         self.next_button = PushButton(text="Next crop", enabled=False)
         self.unblind_button = PushButton(text="Unblind")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.form = Container(widgets=[
             self.sources, self.reference, self.locations, self.size, self.max_distance,
             self.annotator, self.path, self.other, self.new_button, self.resume_button,
-            self.session_button, self.next_button, self.unblind_button, self.status])
+            self.session_button, self.next_button, self.unblind_button])
         self.table = QTableWidget(0, 7)
         self.table.setHorizontalHeaderLabels(["source", "count", "reference", "TP", "missed (FN)",
                                               "FP", "F1"])
@@ -100,6 +106,8 @@ class CountingStudyWidget(DockBody):
         self.add(self.form)
         self._layout.addWidget(self.table)
         self.finish()
+        self.progress = JobProgress(self.cancel_button.native, self.status.native).attach_to(self)
+        self.cancel_button.changed.connect(self.cancel)
 
         self.new_button.changed.connect(self.new_study)
         self.resume_button.changed.connect(self.resume)
@@ -109,17 +117,17 @@ class CountingStudyWidget(DockBody):
         self.follow_layers(v)
 
     # ------------------------------------------------------------------ data
-    def _plane(self, layer) -> np.ndarray:
+    def _plane(self, layer):
+        """The layer's current plane, not read yet (a lazy layer is computed in the worker)."""
         data = base_data(layer)
         axes = layer_axes(layer)
         if len(axes) > 2:
             data = data[current_plane(self.viewer, layer, axes)]
-        return np.asarray(data, dtype=np.float32)
+        return data
 
-    def _collect(self, names=None) -> dict[str, np.ndarray]:
-        """2-D images of the chosen sources (current plane) on the reference's grid."""
-        from ..metrics import bicubic_upsample
-
+    def _plan(self, names=None) -> dict[str, tuple]:
+        """``{name: (plane, upsampling factor)}`` of the chosen sources on the reference's
+        grid: shapes are checked here, the planes are read by :func:`_collect_job`."""
         ref = self.reference.value
         if ref is None:
             raise ValueError("choose the reference layer (the HR ground truth)")
@@ -134,65 +142,123 @@ class CountingStudyWidget(DockBody):
             layers = [by_name[n] for n in names]
         if len(layers) < 2:
             raise ValueError("choose at least one source besides the reference")
-        grid = self._plane(ref).shape
+        grid = tuple(self._plane(ref).shape)
         out = {}
         for layer in layers:
             img = self._plane(layer)
-            if img.shape != grid:
-                f = grid[1] / img.shape[1]
-                if not float(f).is_integer() or img.shape[0] * f != grid[0]:
-                    raise ValueError(f"layer {layer.name!r} {img.shape} is not on the reference "
+            shape, f = tuple(img.shape), 1
+            if shape != grid:
+                f = grid[1] / shape[1]
+                if len(shape) != 2 or not float(f).is_integer() or shape[0] * f != grid[0]:
+                    raise ValueError(f"layer {layer.name!r} {shape} is not on the reference "
                                      f"grid {grid} nor an integer downscale of it")
-                img = bicubic_upsample(img, int(f))
-            out[layer.name] = img
+            out[layer.name] = (img, int(f))
         return out
 
+    def _start(self, plan: dict, then, description: str) -> CoreJob:
+        """Read the planes of ``plan`` in a worker; ``then(images)`` in the UI thread."""
+        for b in self._job_buttons():
+            b.enabled = False
+        self.cancel_button.enabled = True
+        self.job = CoreJob(_collect_job, plan, description=description, on_result=then,
+                           on_cancelled=lambda: self._set_status("cancelled"),
+                           on_error=lambda e: self._set_status(f"⚠ {e}"),
+                           on_finished=self._job_finished, watchers=[self.progress])
+        return self.job
+
+    def _job_buttons(self):
+        return (self.new_button, self.resume_button, self.session_button, self.unblind_button)
+
+    def _job_finished(self) -> None:
+        for b in self._job_buttons():
+            b.enabled = True
+        self.cancel_button.enabled = False
+
+    def _busy(self) -> bool:
+        if self.job is not None and self.job.running:
+            self._set_status("⚠ busy: wait for the crops to be read or cancel")
+            return True
+        return False
+
+    def cancel(self, *_args) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+
     # ------------------------------------------------------------------ study lifecycle
-    def new_study(self, *_args):
+    def new_study(self, *_args) -> CoreJob | None:
+        """Read the sources' planes in a worker, then cut, shuffle and show the first crop;
+        returns the job (None when the input is refused)."""
+        if self._busy():
+            return None
+        try:
+            plan = self._plan()
+            ref = self.reference.value.name
+        except ValueError as e:
+            self._set_status(f"⚠ {e}")
+            return None
+        return self._start(plan, lambda images: self._created(images, ref),
+                           "Reading the study's planes")
+
+    def _created(self, images, ref) -> None:
         from ..segment import CountingStudy
 
         try:
-            images = self._collect()
-            ref = self.reference.value.name
             study = CountingStudy.create(next(iter(images.values())).shape, list(images), ref,
                                          n_locations=int(self.locations.value),
                                          size=int(self.size.value), annotator=self.annotator.value,
                                          max_distance=float(self.max_distance.value))
         except ValueError as e:
             self._set_status(f"⚠ {e}")
-            return None
+            return
         self.study, self.images = study, images
         study.save(self._study_path())
         self._begin()
-        return study
 
-    def resume(self, *_args):
+    def resume(self, *_args) -> CoreJob | None:
+        """Load the study file and read its sources' planes in a worker, then go on."""
         from ..segment import CountingStudy
 
+        if self._busy():
+            return None
         try:
             study = CountingStudy.load(self._study_path())
-            self.images = self._collect(study.sources)
+            plan = self._plan(study.sources)
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None
-        self.study = study
+        return self._start(plan, lambda images: self._resumed(study, images),
+                           "Reading the study's planes")
+
+    def _resumed(self, study, images) -> None:
+        self.study, self.images = study, images
         self._begin()
-        return study
 
     def new_session(self, *_args):
-        """The loaded study's crops for another annotator, saved under a new file name."""
-        from ..segment import CountingStudy, new_session
+        """The loaded study's crops for another annotator, saved under a new file name
+        (the planes are read in a worker first when none are loaded: the job is returned)."""
+        from ..segment import CountingStudy
 
+        if self._busy():
+            return None
         try:
             base = self.study or CountingStudy.load(self._study_path())
-            self.images = self.images or self._collect(base.sources)
             name = self.annotator.value.strip() or "annotator 2"
             if name == base.annotator:
                 raise ValueError("enter the new annotator's name first")
-            study = new_session(base, name)
+            plan = None if self.images else self._plan(base.sources)
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None
+        if plan is None:
+            return self._session(base, name, self.images)
+        return self._start(plan, lambda images: self._session(base, name, images),
+                           "Reading the study's planes")
+
+    def _session(self, base, name, images):
+        from ..segment import new_session
+
+        self.images = images
+        study = new_session(base, name)
         path = self._study_path()
         safe = "".join(c if c.isalnum() else "-" for c in name)
         study.save(path.with_name(f"{path.stem}-{safe}.json"))
@@ -226,9 +292,17 @@ class CountingStudyWidget(DockBody):
 
     def _show(self, k: int | None) -> None:
         self.current = k
+        crop = None if k is None else self.study.crop(k, self.images)
+        layers = self.viewer.layers
+        if (crop is not None and CROP_LAYER in layers and CLICKS_LAYER in layers
+                and layers[CROP_LAYER].data.shape == crop.shape):
+            # the next crop in the same layers: creating napari layers costs the UI thread
+            # ~0.1 s each
+            self._fill(crop, layers[CROP_LAYER], layers[CLICKS_LAYER])
+            return
         for name in (CROP_LAYER, CLICKS_LAYER):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+            if name in layers:
+                layers.remove(name)
         if k is None:
             self.next_button.enabled = False
             for layer, visible in self._hidden:
@@ -238,14 +312,18 @@ class CountingStudyWidget(DockBody):
             self._set_status(f"study complete ({self.study.n_crops} crops): unblind to see the "
                              "results")
             return
-        crop = self.study.crop(k, self.images)
-        lo, hi = np.percentile(crop, (0.5, 99.5))
-        limits = (float(lo), float(max(hi, lo + 1e-6)))
-        self.viewer.add_image(crop, name=CROP_LAYER, contrast_limits=limits, colormap="gray")
+        image = self.viewer.add_image(crop, name=CROP_LAYER, colormap="gray")
         points = self.viewer.add_points(np.zeros((0, 2)), name=CLICKS_LAYER,
                                         size=max(3, self.study.size // 32), face_color="yellow")
-        points.mode = "add"
+        self._fill(crop, image, points)
         self.viewer.reset_view()
+
+    def _fill(self, crop, image, points) -> None:
+        lo, hi = np.percentile(crop, (0.5, 99.5))
+        image.data = crop
+        image.contrast_limits = (float(lo), float(max(hi, lo + 1e-6)))
+        points.data = np.zeros((0, 2))
+        points.mode = "add"
         self.next_button.enabled = True
         self._set_status(f"crop {self.study.n_done + 1} of {self.study.n_crops} (origin hidden): "
                          "click every object, then 'Next crop'")
@@ -298,3 +376,21 @@ class CountingStudyWidget(DockBody):
 
     def _set_status(self, text: str) -> None:
         self.status.value = text
+
+
+def _collect_job(plan: dict, *, progress=None, cancel=None) -> dict[str, np.ndarray]:
+    """Worker: read every source's plane (a lazy restored layer runs its network here) and
+    put it on the reference's grid (bicubic upsampling)."""
+    from ..metrics import bicubic_upsample
+
+    out = {}
+    for k, (name, (plane, factor)) in enumerate(plan.items()):
+        if cancel is not None and cancel.is_set():
+            from ..tiling import RestoreCancelled
+
+            raise RestoreCancelled("cancelled")
+        if progress is not None:
+            progress({"event": f"reading {name}", "done": k, "total": len(plan)})
+        img = np.asarray(compute_array(plane, cancel), dtype=np.float32)
+        out[name] = bicubic_upsample(img, factor) if factor != 1 else img
+    return out

@@ -39,6 +39,16 @@ class _ModelEvents:
 model_events = _ModelEvents()
 
 
+def warm_imports(*modules: str) -> None:
+    """Import ``modules`` now, while a dock opens, not first inside a worker: an import holds
+    the GIL while it compiles and runs the module (0.1-0.5 s for scikit-image, dask.array or
+    the core's segment module), and napari's UI thread froze that long mid-job."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
 def is_cancellation(exc: BaseException) -> bool:
     """True for the core's cancellation exceptions (``RestoreCancelled``, ``TrainingCancelled`` ...)."""
     return type(exc).__name__.endswith(("Cancelled", "Canceled"))
@@ -175,6 +185,8 @@ class CoreJob:
         Any other exception; by default shown as a napari error notification.
     on_finished : callable(), optional
         Always, last.
+    watchers : sequence of JobProgress, optional
+        Told when the job starts, reports, is cancelled and finishes (a dock's progress line).
     """
 
     def __init__(self, fn: Callable, *args, description: str = "decrappify",
@@ -184,7 +196,7 @@ class CoreJob:
                  on_error: Callable[[BaseException], None] | None = None,
                  on_finished: Callable[[], None] | None = None,
                  cancelled_if: Callable[[Any], bool] | None = None,
-                 start: bool = True, **kwargs):
+                 watchers=(), start: bool = True, **kwargs):
         self.cancel_event = threading.Event()
         self.description = description
         self._on_event, self._on_result, self._on_cancelled = on_event, on_result, on_cancelled
@@ -200,6 +212,8 @@ class CoreJob:
         self.t0 = time.monotonic()
         self.pbar: napari_progress | None = None
         self._updating_bar = False
+        # a dock's own progress line (:class:`._progress.JobProgress`) follows the job too
+        self.watchers: list = list(watchers)
         self.worker = GeneratorWorker(_relay, fn, args, kwargs, self.cancel_event)
         self.worker.yielded.connect(self._event)
         self.worker.returned.connect(self._returned)
@@ -214,6 +228,8 @@ class CoreJob:
         self.status = "running"
         self.t0 = time.monotonic()
         self.pbar = napari_progress(total=0, desc=self.description)  # indeterminate until an event
+        for w in self.watchers:
+            w.job_started(self)
         self.worker.start()
 
     def cancel(self) -> None:
@@ -221,6 +237,8 @@ class CoreJob:
         self.cancel_event.set()
         if self.pbar is not None:
             self.pbar.set_description(f"{self.description}: cancelling")
+        for w in self.watchers:
+            w.job_cancelling(self)
 
     @property
     def running(self) -> bool:
@@ -236,6 +254,8 @@ class CoreJob:
         self.events.append(event)
         if self._on_event is not None:
             self._on_event(event)
+        for w in self.watchers:
+            w.job_event(self, event)
         if self.pbar is None or self._updating_bar:
             return
         self._updating_bar = True
@@ -246,9 +266,12 @@ class CoreJob:
             if total and done is not None:
                 if self.pbar.total != total:
                     self.pbar.total = int(total)
-                self.pbar.n = int(done)
-                self.pbar.refresh()
-            if not self.cancel_event.is_set():
+                # update(), not ``n = ...``: only update() emits the value event that moves the
+                # activity panel's bar (it stayed at 0% while its text said 2/25)
+                if self.pbar is not None:
+                    self.pbar.update(int(done) - self.pbar.n)
+            # the bar's events can process Qt events: the job may have finished (bar closed)
+            if self.pbar is not None and not self.cancel_event.is_set():
                 self.pbar.set_description(f"{self.description}: {describe(latest)}")
         finally:
             self._updating_bar = False
@@ -292,6 +315,8 @@ class CoreJob:
         if self.pbar is not None:
             self.pbar.close()
             self.pbar = None
+        for w in self.watchers:
+            w.job_finished(self)
         if self._on_finished is not None:
             self._on_finished()
         self.finished = True

@@ -33,16 +33,18 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ..io import RestoreCancelled
 from ._layers import base_data, current_plane, layer_axes, layer_geometry
+from ._progress import JobProgress
 from ._ui import STOP_TEXT, DockBody, layer_choices
-from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events
+from ._units import density_text, display_unit, number, size_word, to_display
+from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
 WHOLE = "whole image / stack"
 PLANE = "current plane"
 ENCODERS = ["tiny", "resnet18s", "resnet18", "resnet34"]
 LOSSES = [("Dice + cross-entropy", "dice_ce"), ("cross-entropy", "ce")]
 METHODS = [("watershed (split touching)", "watershed"), ("connected components", "cc")]
-TABLE_COLUMNS = ["label", "class", "area", "centroid_y", "centroid_x", "equivalent_diameter",
-                 "mean_intensity"]
+TABLE_COLUMNS = ["label", "class", "area", "centroid_z", "centroid_y", "centroid_x",
+                 "equivalent_diameter", "mean_intensity"]
 
 
 def _labels_type():
@@ -57,12 +59,6 @@ def _image_type():
     return Image
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 class SegmentWidget(LoadsModelFirst, DockBody):
     """Segment: train from painted labels, predict, split into objects, measure, count.
 
@@ -73,6 +69,7 @@ class SegmentWidget(LoadsModelFirst, DockBody):
 
     def __init__(self, napari_viewer):
         super().__init__()
+        _warm_imports()
         self.viewer = v = napari_viewer
         self.job: CoreJob | None = None
         self.result = None  # TrainResult of the last training
@@ -137,8 +134,7 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.objects = Container(widgets=[self.semantic, self.method, self.min_size,
                                           self.split_button, self.summary, self.csv_path,
                                           self.export_button])
-        self.table = QTableWidget(0, len(TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table = QTableWidget(0, 0)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -165,8 +161,7 @@ class SegmentWidget(LoadsModelFirst, DockBody):
 
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
-        self.buttons = Container(widgets=[self.train_button, self.cancel_button, self.status],
-                                 labels=False)
+        self.buttons = Container(widgets=[self.train_button], labels=False)
 
         self.add(self.main)
         self.add(self.training, "Training", collapsed=False)
@@ -177,6 +172,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.add(self.compare, "Compare counts (LR / restored / HR)")
         self._layout.addWidget(self.compare_table)
         self.finish()
+        # messages, progress and Cancel below the scroll area: seen wherever the dock is scrolled
+        self.progress = JobProgress(self.cancel_button.native, self.status.native).attach_to(self)
 
         self.new_labels_button.changed.connect(self.new_labels_layer)
         self.train_button.changed.connect(self.start_training)
@@ -293,8 +290,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
 
     def _start_job(self, *args, **kwargs) -> CoreJob:
         kwargs.setdefault("on_error", self._failed)
-        self.job = CoreJob(*args, on_finished=self._finished, **kwargs)
-        for b in (self.train_button, self.predict_button, self.compare_button):
+        self.job = CoreJob(*args, on_finished=self._finished, watchers=[self.progress], **kwargs)
+        for b in self._job_buttons():
             b.enabled = False
         self.cancel_button.enabled = True
         return self.job
@@ -302,9 +299,13 @@ class SegmentWidget(LoadsModelFirst, DockBody):
     def _finished(self) -> None:
         if self.job is not None and self.job.running:  # a job chained from the one that ended
             return
-        for b in (self.train_button, self.predict_button, self.compare_button):
+        for b in self._job_buttons():
             b.enabled = True
         self.cancel_button.enabled = False
+
+    def _job_buttons(self):
+        """The buttons that start a job: one job at a time."""
+        return (self.train_button, self.predict_button, self.split_button, self.compare_button)
 
     def _failed(self, exc: BaseException) -> None:
         self._set_status(f"⚠ failed: {exc}")
@@ -439,14 +440,21 @@ class SegmentWidget(LoadsModelFirst, DockBody):
                 "axes": geo["axes"], "classes": seg.classes}
         n = len(seg.classes) + 1
         features = {"index": list(range(n)), "class": ["none"] + list(seg.classes)}
-        name = f"{geo['source']} probabilities ({model.name})"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        self.viewer.add_image(
-            np.asarray(seg.probabilities), name=name, scale=(1.0,) + tuple(geo["scale"]),
-            translate=(0.0,) + tuple(geo["translate"]), units=("pixel",) + tuple(geo["units"]),
-            axis_labels=("class",) + tuple(geo["axes"].lower()), colormap="magma",
-            contrast_limits=(0.0, 1.0), blending="additive", visible=False, metadata=meta)
+        probabilities = np.asarray(seg.probabilities)
+        # one layer per class, with the labels' axes: a layer with a leading class axis added a
+        # "class" slider to the viewer, even hidden
+        offset = probabilities.shape[0] - len(seg.classes)  # 1: channel 0 is "none"
+        for k, cls in enumerate(seg.classes, offset):
+            if k < 0:
+                continue
+            name = probability_name(geo["source"], cls, model.name)
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_image(
+                probabilities[k], name=name, scale=geo["scale"], translate=geo["translate"],
+                units=geo["units"], axis_labels=tuple(geo["axes"].lower()), colormap="magma",
+                contrast_limits=(0.0, 1.0), blending="additive", visible=False,
+                metadata={**meta, "class": cls})
         lname = f"{geo['source']} classes ({model.name})"
         if lname in self.viewer.layers:
             self.viewer.layers.remove(lname)
@@ -461,11 +469,12 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self._set_status(f"predicted {lname}: {share}")
 
     # ------------------------------------------------------------------ objects
-    def split_and_measure(self, *_args):
+    def split_and_measure(self, *_args) -> CoreJob | None:
         """Split the chosen class Labels layer into objects (a new Labels layer) and measure
-        them against the image layer (synchronous: scikit-image on a labels array is quick)."""
-        from .. import segment
-
+        them against the image layer, in a worker (a watershed on a stack takes seconds);
+        returns the job, or None when the input is refused."""
+        if self._busy():
+            return None
         sem_layer = self.semantic.value
         if sem_layer is None:
             self._set_status("⚠ predict first (or choose a class Labels layer)")
@@ -476,41 +485,70 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             axes = (sem_layer.metadata or {}).get("axes") or layer_axes(sem_layer)
             split_axes = None if axes in ("YX", "ZYX") else axes
             scale, translate, units = layer_geometry(sem_layer)
-            # the layer's scale: the watershed measures physical distance (z steps > xy pixels)
-            objects = segment.instances(sem, self.method.value, classes=classes,
-                                        min_size=int(self.min_size.value), axes=split_axes,
-                                        pixel_size=scale)
             image = self.image.value
-            intensity = None
-            if image is not None and base_data(image).shape == sem.shape:
-                intensity = np.asarray(base_data(image))
-            unit = units[-1] if units else "pixel"
-            self.measurements = segment.measure(objects, intensity, classes, scale, semantic=sem,
-                                                translate=translate, unit=unit, axes=split_axes)
+            intensity = None  # read in the worker: a lazy layer computes there
+            if image is not None and tuple(base_data(image).shape) == sem.shape:
+                intensity = base_data(image)
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None
+        unit = units[-1] if units else "pixel"
+        where = {"layer": sem_layer, "classes": classes, "axes": axes, "scale": scale,
+                 "translate": translate, "units": units}
+        self._set_status(f"splitting {sem_layer.name} into objects ...")
+        # the layer's scale: the watershed measures physical distance (z steps > xy pixels)
+        return self._start_job(
+            _split_job, sem, intensity, method=self.method.value, classes=classes,
+            min_size=int(self.min_size.value), axes=split_axes, scale=scale,
+            translate=translate, unit=unit, description=f"Splitting {sem_layer.name}",
+            on_result=lambda res: self._split_done(*res, where),
+            on_error=lambda e: self._set_status(f"⚠ {e}"),
+            on_cancelled=lambda: self._set_status("splitting cancelled"))
+
+    def _split_done(self, objects, measurements, where) -> None:
+        sem_layer = where["layer"]
+        self.measurements = measurements
         name = sem_layer.name.replace(" classes", " objects")
         if name == sem_layer.name:
             name = f"{sem_layer.name} objects"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        self.objects_layer = self.viewer.add_labels(
-            objects, name=name, scale=scale, translate=translate, units=units,
-            axis_labels=sem_layer.axis_labels, metadata={"classes": classes, "axes": axes})
-        self._fill_table(self.measurements)
-        lines = [f"{s['class']}: {s['count']} objects, density {s['density']:.4g} "
-                 f"{s['density_unit']}, mean diameter {s['mean_equivalent_diameter']:.3g} {unit}"
-                 for s in self.measurements.summary]
+        metadata = {"classes": where["classes"], "axes": where["axes"]}
+        old = self.viewer.layers[name] if name in self.viewer.layers else None
+        if (isinstance(old, _labels_type()) and old.data.shape == objects.shape
+                and tuple(old.scale) == tuple(where["scale"])
+                and tuple(old.translate) == tuple(where["translate"])):
+            # a new split of the same layer: new data in place (creating a napari layer costs
+            # the UI thread ~0.1 s of its own)
+            old.data = objects
+            old.metadata = metadata
+            self.objects_layer = old
+        else:
+            if old is not None:
+                self.viewer.layers.remove(name)
+            self.objects_layer = self.viewer.add_labels(
+                objects, name=name, scale=where["scale"], translate=where["translate"],
+                units=where["units"], axis_labels=sem_layer.axis_labels, metadata=metadata)
+        self._fill_table(measurements)
+        unit, nd = measurements.unit, _spatial_ndim(measurements)
+        lines = [f"{s['class']}: {s['count']} objects, {density_text(s['density'], unit, nd)}, "
+                 f"mean diameter {number(to_display(s['mean_equivalent_diameter'], unit))} "
+                 f"{display_unit(unit)}"
+                 for s in measurements.summary]
         self.summary.value = "\n".join(lines) or "no objects"
-        return self.objects_layer
+        self._set_status(f"{len(measurements.rows)} objects in {name}")
 
     def _fill_table(self, m) -> None:
+        """The objects in the table, in units for people: µm, µm² (area) or µm³ (volume)."""
+        keys, headers, powers = table_columns(m)
         self.table.blockSignals(True)
+        self.table.setColumnCount(len(keys))
+        self.table.setHorizontalHeaderLabels(headers)
         self.table.setRowCount(len(m.rows))
         for r, row in enumerate(m.rows):
-            for c, key in enumerate(TABLE_COLUMNS):
-                self.table.setItem(r, c, QTableWidgetItem(_fmt(row.get(key, ""))))
+            for c, key in enumerate(keys):
+                v = row.get(key, "")
+                if powers[c] and isinstance(v, float):
+                    v = to_display(v, m.unit, powers[c])
+                self.table.setItem(r, c, QTableWidgetItem(number(v)))
         self.table.resizeColumnsToContents()
         self.table.blockSignals(False)
 
@@ -617,6 +655,64 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.compare_table.resizeColumnsToContents()
         self._set_status(f"reference ({res['reference']}): {res['reference_count']} objects; "
                          "matched at IoU >= 0.5")
+
+
+def _warm_imports() -> None:
+    """What the workers use, imported while the dock opens (:func:`._workers.warm_imports`)."""
+    warm_imports("dask.array", "scipy.ndimage", "skimage.measure", "skimage.morphology",
+                 "skimage.segmentation", "napari_decrappify.segment",
+                 "napari_decrappify.metrics", "napari_decrappify.tiling")
+
+
+def probability_name(source: str, cls: str, model: str) -> str:
+    """The name of a class's probability layer."""
+    return f"{source} P({cls}) ({model})"
+
+
+def _spatial_ndim(m) -> int:
+    return 3 if "centroid_z" in m.columns else 2
+
+
+def table_columns(m) -> tuple[list[str], list[str], list[int]]:
+    """(row keys, headers, power of the length unit) of the measurements table: ``volume
+    (µm³)`` for objects in 3-D, ``area (µm²)`` in 2-D; centroids and diameters in µm."""
+    nd = _spatial_ndim(m)
+    names = {"area": f"{size_word(nd)} ({display_unit(m.unit, nd)})",
+             "equivalent_diameter": f"diameter ({display_unit(m.unit)})",
+             "mean_intensity": "mean intensity"}
+    powers = {"area": nd, "equivalent_diameter": 1}
+    keys = [k for k in TABLE_COLUMNS if k in m.columns]
+    headers = []
+    for k in keys:
+        if k.startswith("centroid_"):
+            headers.append(f"{k[-1]} ({display_unit(m.unit)})")
+            powers[k] = 1
+        else:
+            headers.append(names.get(k, k))
+    return keys, headers, [powers.get(k, 0) for k in keys]
+
+
+def _split_job(sem, image, *, method, classes, min_size, axes, scale, translate, unit,
+               progress=None, cancel=None):
+    """Worker side of "Split into objects and measure": (objects, Measurements)."""
+    from .. import segment
+
+    def step(k: int, what: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise RestoreCancelled("cancelled")
+        if progress is not None:
+            progress({"event": what, "done": k, "total": 3})
+
+    step(0, "splitting into objects")
+    objects = segment.instances(sem, method, classes=classes, min_size=min_size, axes=axes,
+                                pixel_size=scale)
+    step(1, "reading intensities")
+    intensity = None if image is None else compute_array(image, cancel)
+    step(2, "measuring")
+    measurements = segment.measure(objects, intensity, classes, scale, semantic=sem,
+                                   translate=translate, unit=unit, axes=axes)
+    step(3, "measured")
+    return objects, measurements
 
 
 def _grid_factor(layer, grid: tuple[int, ...]) -> int:

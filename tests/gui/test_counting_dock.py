@@ -6,7 +6,14 @@ import pytest
 pytestmark = pytest.mark.gui
 
 
-def test_restarting_a_study_restores_the_original_visibility(make_napari_viewer, tmp_path):
+def _done(qtbot, job):
+    assert job is not None
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.status == "done"
+
+
+def test_restarting_a_study_restores_the_original_visibility(make_napari_viewer, qtbot,
+                                                             tmp_path):
     from napari_decrappify._napari._counting import CountingStudyWidget
 
     viewer = make_napari_viewer()
@@ -22,10 +29,10 @@ def test_restarting_a_study_restores_the_original_visibility(make_napari_viewer,
     dock.locations.value = 1
     dock.size.value = 32
     dock.path.value = tmp_path / "study.json"
-    assert dock.new_study() is not None
+    _done(qtbot, dock.new_study())
     assert not notes.visible and not hr.visible and not lr.visible  # blinded
-    assert dock.resume() is not None  # Resume (or New study) pressed while a study is shown
-    assert dock.new_study() is not None
+    _done(qtbot, dock.resume())  # Resume (or New study) pressed while a study is shown
+    _done(qtbot, dock.new_study())
     while dock.current is not None:
         dock.next_crop()
     assert "study complete" in dock.status.value

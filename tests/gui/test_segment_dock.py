@@ -79,19 +79,31 @@ def test_segment_dock_paint_train_predict_measure(make_napari_viewer, qtbot, mod
     qtbot.waitUntil(lambda: job.finished, timeout=60_000)
     assert job.status == "done", dock.status.value
     classes = viewer.layers["cells classes (dock-seg)"]
-    probs = viewer.layers["cells probabilities (dock-seg)"]
     assert classes.data.shape == img.shape
     assert tuple(classes.scale) == SCALE and tuple(classes.translate) == TRANSLATE
-    assert probs.data.shape == (3, 64, 64)
-    assert tuple(probs.scale)[1:] == SCALE and tuple(probs.translate)[1:] == TRANSLATE
-    np.testing.assert_array_equal(np.asarray(probs.data).argmax(0), classes.data)
+    # one probability layer per class, on the image's grid: no "class" slider
+    probs = [viewer.layers[f"cells P({c}) (dock-seg)"] for c in ("background", "disc")]
+    for p in probs:
+        assert p.data.shape == img.shape and not p.visible
+        assert tuple(p.scale) == SCALE and tuple(p.translate) == TRANSLATE
+    assert viewer.dims.ndim == 2
+    p_disc = np.asarray(probs[1].data)
+    assert p_disc[classes.data == 2].mean() > p_disc[classes.data == 1].mean()
     assert dock.semantic.value is classes
 
-    objects = dock.split_and_measure()
-    assert objects is not None and tuple(objects.translate) == TRANSLATE
+    job = dock.split_and_measure()  # in a worker
+    assert job is not None and not dock.split_button.enabled
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.status == "done", dock.status.value
+    objects = dock.objects_layer
+    assert tuple(objects.translate) == TRANSLATE
     rows = dock.measurements.rows
     assert dock.table.rowCount() == len(rows) >= 3, dock.summary.value
     assert "disc:" in dock.summary.value
+    # units for people: the layer is in µm, areas in µm², densities per µm² (or per 100 µm²)
+    headers = [dock.table.horizontalHeaderItem(c).text() for c in range(dock.table.columnCount())]
+    assert "area (µm²)" in headers and "diameter (µm)" in headers, headers
+    assert "µm²" in dock.summary.value and "1/" not in dock.summary.value
     first = rows[0]
     assert dock.table.item(0, 0).text() == str(first["label"])
     # centroids are physical: the disc centres in world coordinates
@@ -156,7 +168,14 @@ def test_segment_dock_refuses_bad_input(make_napari_viewer, model_dir):
     assert dock.export_csv() is None and "split into objects first" in dock.status.value
 
 
-def test_blinded_counting_study_dock(make_napari_viewer, tmp_path):
+def _done(qtbot, job):
+    """Wait for a dock's job (reading the study's planes runs in a worker)."""
+    assert job is not None
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.status == "done"
+
+
+def test_blinded_counting_study_dock(make_napari_viewer, qtbot, tmp_path):
     from napari_decrappify._napari._counting import CLICKS_LAYER, CROP_LAYER, CountingStudyWidget
 
     viewer = make_napari_viewer()
@@ -170,7 +189,8 @@ def test_blinded_counting_study_dock(make_napari_viewer, tmp_path):
     dock.locations.value = 2
     dock.size.value = 32
     dock.path.value = tmp_path / "study.json"
-    study = dock.new_study()
+    _done(qtbot, dock.new_study())
+    study = dock.study
     assert study is not None and study.n_crops == 6
     assert set(study.sources) == {"LR", "restored", "HR"}
     assert not hr.visible and not lr.visible  # nothing on screen gives the origin away
@@ -190,7 +210,8 @@ def test_blinded_counting_study_dock(make_napari_viewer, tmp_path):
     # pause: a fresh dock resumes where the study stopped
     dock2 = CountingStudyWidget(viewer)
     dock2.path.value = tmp_path / "study.json"
-    resumed = dock2.resume()
+    _done(qtbot, dock2.resume())
+    resumed = dock2.study
     assert resumed is not None and resumed.n_done == 3
     dock = dock2
     while dock.current is not None:

@@ -1,0 +1,69 @@
+"""Lengths, areas, volumes and densities for people: µm² for an area, µm³ for a volume, counts
+per µm³ with readable numbers (``58 per µm³``, not ``5.8e-08 1/nanometer^3``).
+
+The measurements (:func:`napari_decrappify.segment.measure`) stay in the layer's own unit; the
+Segment dock shows them through these helpers. Units napari does not know as lengths (``pixel``)
+stay as they are, with ``px²`` / ``px³``.
+"""
+
+from __future__ import annotations
+
+import math
+
+# micrometres per unit, for the spellings napari (pint) and OME metadata use
+_TO_UM = {
+    "nanometer": 1e-3, "nm": 1e-3, "angstrom": 1e-4, "Å": 1e-4,
+    "micrometer": 1.0, "micron": 1.0, "um": 1.0, "µm": 1.0, "μm": 1.0,
+    "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "cm": 1e4, "meter": 1e6, "m": 1e6,
+}
+_POWER = {1: "", 2: "²", 3: "³"}
+
+
+def um_per(unit: str | None) -> float | None:
+    """Micrometres per ``unit`` (None for ``pixel`` or anything not a length)."""
+    return _TO_UM.get(str(unit or "").strip())
+
+
+def display_unit(unit: str | None, power: int = 1) -> str:
+    """``µm``, ``µm²``, ``µm³`` for a length unit; ``px``, ``px²``, ``px³`` otherwise."""
+    base = "µm" if um_per(unit) is not None else "px"
+    return base + _POWER[power]
+
+
+def to_display(value: float, unit: str | None, power: int = 1) -> float:
+    """``value`` (in ``unit`` to the ``power``) in the :func:`display_unit`'s unit."""
+    f = um_per(unit)
+    return float(value) if f is None else float(value) * f**power
+
+
+def size_word(ndim: int) -> str:
+    """What an object's size is called: ``area`` in 2-D, ``volume`` in 3-D."""
+    return "volume" if ndim == 3 else "area"
+
+
+def density_text(density: float, unit: str | None, ndim: int) -> str:
+    """A count per area or volume, readable: ``58 per µm³``, ``3.2 per 100 µm²`` (the
+    reference field grows by tens until the number is at least 0.1)."""
+    if density is None or not math.isfinite(density):
+        return "n/a"
+    f = um_per(unit)
+    base = "µm" if f is not None else "px"
+    per_unit = density / f**ndim if f is not None else density
+    field = 1
+    while 0 < per_unit * field**ndim < 0.1 and field < 10**6:
+        field *= 10
+    value = per_unit * field**ndim
+    where = f"{base}{_POWER[ndim]}"
+    if field != 1:  # "per 1 000 µm³": thousands separated by a space, as in SI
+        where = f"{field**ndim:,} {where}".replace(",", " ")
+    return f"{value:.3g} per {where}"
+
+
+def number(value) -> str:
+    """A table cell: integers as they are, floats with 4 significant digits, no exponent for
+    everyday magnitudes."""
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
