@@ -359,7 +359,7 @@ def _open_zarr(path: Path, allow_incomplete: bool = False):
         raise ValueError(
             f"{path} is an unfinished result (its write was cancelled or interrupted): rerun the "
             "same command to resume it, or pass allow_incomplete=True to look at it anyway")
-    ome = attrs.get("ome", attrs)
+    ome = ome_attributes(attrs)
     multiscales = ome.get("multiscales")
     if not multiscales:
         raise ValueError(f"{path} is a Zarr group without OME multiscales metadata")
@@ -893,7 +893,11 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
 
     try:
         group = zarr.open_group(str(path), mode="r+")
-        group.attrs["decrappify"] = {**ours, "complete": True}
+        attrs = group.attrs.asdict()
+        pending = ome_attributes(attrs)
+        # the OME metadata and "complete" in one write of zarr.json: visible together
+        group.attrs.put({**{k: v for k, v in attrs.items() if k != "decrappify"},
+                         "ome": pending, "decrappify": {**ours, "complete": True}})
         shutil.rmtree(path / DONE_DIR, ignore_errors=True)
     except OSError as e:
         raise _output_error(e, path) from e
@@ -932,7 +936,7 @@ def _geometry_differences(path: Path, previous: dict, axes: str, scale, translat
 
     try:
         attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-        ds = attrs.get("ome", attrs)["multiscales"][0]["datasets"][0]
+        ds = ome_attributes(attrs)["multiscales"][0]["datasets"][0]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return [f"its multiscales metadata is unreadable (axes {axes})"]
     there = {"scale": None, "translate": None}
@@ -990,7 +994,21 @@ def _create_store(path, shape, chunk_shape, dtype, levels, axes, scale, translat
                           "decrappify attributes", stacklevel=3)
         ngff_axes.append(entry)
     write_multiscales_metadata(group, datasets, axes=ngff_axes, name=name or path.name.split(".")[0])
+    # the OME metadata is kept in our own attribute until the last chunk is written: other
+    # OME-Zarr readers showed a killed store as a complete image that was 77% zeros
+    attrs = group.attrs.asdict()
+    group.attrs.put({k: v for k, v in attrs.items() if k != "ome"}
+                    | {"decrappify": {**ours, "ome": attrs["ome"]}})
     (path / DONE_DIR).mkdir(exist_ok=True)
+
+
+def ome_attributes(attrs: dict) -> dict:
+    """The OME-NGFF metadata of a group's attributes: ``ome`` (0.5), the attributes themselves
+    (0.4), or, in an unfinished store of ours, where the writer keeps it until complete."""
+    if "ome" in attrs:
+        return attrs["ome"]
+    pending = (attrs.get("decrappify") or {}).get("ome")
+    return pending if isinstance(pending, dict) else attrs
 
 
 def _downsample(src, axes: str, dtype, chunk_shape):

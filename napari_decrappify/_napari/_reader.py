@@ -60,7 +60,7 @@ def _zarr_levels(path: Path) -> list:
     if hasattr(node, "shape"):
         return [da.from_zarr(node)]
     attrs = dict(node.attrs)
-    ms = attrs.get("ome", attrs).get("multiscales") or []
+    ms = io.ome_attributes(attrs).get("multiscales") or []
     if not ms:
         return []
     return [da.from_zarr(node[ds["path"]]) for ds in ms[0]["datasets"]]

@@ -683,3 +683,25 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     assert (tmp_path / ".out.tif.lock").exists()  # left behind by the killed writer...
     write_tiff(out, np.zeros((32, 32), np.uint8), axes="YX")  # ...and not in the way
     assert out.exists() and not (tmp_path / ".out.tif.lock").exists()
+
+
+def test_an_unfinished_store_is_no_image_to_other_readers(tmp_path):
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    out = tmp_path / "r.ome.zarr"
+    arr, _, expected = _counting_array(fail_after=7)
+    with dask.config.set(num_workers=1), pytest.raises(RuntimeError, match="simulated crash"):
+        write_ome_zarr(out, arr, axes="ZYX", scale=(40, 4, 4))
+    attrs = json.loads((out / "zarr.json").read_text())["attributes"]
+    assert "ome" not in attrs  # no multiscales: not an image to ome-zarr readers
+    with pytest.raises(Exception):  # noqa: B017 - any refusal: pydantic's, zarr's
+        Image.from_zarr(zarr.open_group(str(out), mode="r"))
+    partial = open_image(out, allow_incomplete=True)  # ours still reads it, when asked
+    assert partial.scale == (40.0, 4.0, 4.0)
+    arr2, _, _ = _counting_array()
+    write_ome_zarr(out, arr2, axes="ZYX", scale=(40, 4, 4))  # resumed: the metadata appears
+    attrs = json.loads((out / "zarr.json").read_text())["attributes"]
+    assert attrs["decrappify"]["complete"] and "ome" not in attrs["decrappify"]
+    Image.from_zarr(zarr.open_group(str(out), mode="r"))
+    np.testing.assert_array_equal(open_image(out).data.compute(), expected)
