@@ -10,7 +10,9 @@ import argparse
 import json
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -1012,6 +1014,10 @@ def _command(args) -> str:
     return "decrappify " + shlex.join(args.argv)
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1019,6 +1025,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "feature_loss", None):
         args.loss = "perceptual"
     t0 = time.monotonic()
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        # SIGTERM (a batch system's stop) unwinds like Ctrl-C: a TIFF's .part file is removed
+        # and a Zarr store stays marked unfinished (rerun to resume), instead of dying mid-write
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         code = args.func(args)
     except KeyboardInterrupt:
@@ -1028,6 +1039,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decrappify {args.command}: error: "
               f"{error_message(e, _option_strings(parser, args.command))}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if code == 0 and args.command not in ("models",):
         print(f"[{args.command}] done in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     return code

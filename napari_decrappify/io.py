@@ -427,8 +427,18 @@ def write_text_atomic(path, text: str) -> Path:
     return path
 
 
+def _disk_full(e: OSError, path: Path) -> bool:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # a short write ("1048576 requested and 524200 written") carries no errno: full if so
+    if e.errno is None and "written" in str(e):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(path.parent).free < 64 * 2**20
+    return False
+
+
 def _output_error(e: OSError, path: Path) -> OutputError:
-    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+    if _disk_full(e, path):
         msg = (f"the disk is full while writing {path}: free some space, then rerun the same "
                "command to resume (finished chunks are kept)")
     elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

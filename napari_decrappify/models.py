@@ -601,8 +601,11 @@ def save_model(model: RestorationModel, path: str | os.PathLike, *, fp16: bool =
                 old.rename(path)
             raise
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if type(e).__name__ == "SafetensorError":  # a full disk, as safetensors reports it
+            raise OSError(f"could not write the model to {path} ({e}): free some space and save "
+                          "again") from e
         raise
     model.path = path
     return path

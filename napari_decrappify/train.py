@@ -680,7 +680,14 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
             "valid_loss": best.get("valid_loss"), "valid_psnr": best.get("batch_psnr"),
             "valid_ssim": best.get("batch_ssim"),
         })
-    path = save_model(model, out, fp16=fp16) if out is not None else None
+    try:
+        path = save_model(model, out, fp16=fp16) if out is not None else None
+    except OSError as e:
+        # the run is over: say where what it trained can still be found
+        kept = (f"; the last epoch's checkpoint is in {Path(checkpoint_dir) / 'last'}"
+                if checkpoint_dir is not None and (Path(checkpoint_dir) / "last").is_dir()
+                else "; rerun with --checkpoint-dir on a disk with space to keep epochs as they end")
+        raise OSError(f"{e}{kept}") from e
     if progress is not None:
         progress({"event": "done", "stop_reason": events.stop_reason, "seconds": seconds,
                   "path": str(path) if path else None})
@@ -764,6 +771,9 @@ def fit_learner(learn, config, device: torch.device, events) -> tuple[float, int
     if events.best[1] is not None:
         net.load_state_dict(events.best[1])
     net.eval().cpu().to(memory_format=torch.contiguous_format)
+    # training is over (a Cancel is answered here): what follows is the model's saving
+    events._emit({"event": "stopped", "stop_reason": events.stop_reason, "seconds": seconds,
+                  "iterations": iterations})
     return seconds, iterations
 
 

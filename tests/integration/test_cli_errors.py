@@ -397,3 +397,30 @@ def test_a_restore_prints_no_third_party_warnings(tmp_path, tiny_model_dir, img)
                          timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Warning" not in run.stderr and "warnings.warn" not in run.stderr, run.stderr
+
+
+def test_sigterm_mid_write_leaves_no_part_file(tmp_path, tiny_model_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, (np.random.default_rng(0).random((60, 256, 256)) * 255).astype(np.uint8),
+                     metadata={"axes": "ZYX"})
+    out = tmp_path / "o.tif"
+    part = tmp_path / "o.tif.part"
+    run = subprocess.Popen([sys.executable, "-m", "napari_decrappify", "restore",
+                            str(tiny_model_dir / "tiny-2x"), str(src), str(out), "--device", "cpu",
+                            "--quiet"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not part.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert part.exists(), "the write never started"
+        run.send_signal(signal.SIGTERM)
+        err = run.communicate(timeout=60)[1]
+    finally:
+        run.kill()
+    assert run.returncode == 130 and "interrupted" in err, err
+    assert not part.exists() and not out.exists()

@@ -469,3 +469,16 @@ def test_pixel_shuffle_head_builds_at_every_scale_with_icnr_init(scale):
         y = torch.nn.Sequential(*list(head)[:2])(x).detach()[0, 0].reshape(5, scale, 5, scale)
         assert float((y - y[:, :1, :, :1]).abs().max()) < 1e-5  # s x s blocks of one value
     build_model(ArchConfig(encoder="tiny", scale=scale), measure_rf=False)
+
+
+def test_a_full_disk_while_saving_is_one_clear_error(saved, tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError, match="could not write the model to .*No space left"):
+        save_model(saved[0], tmp_path / "m")
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
