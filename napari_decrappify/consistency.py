@@ -91,17 +91,14 @@ def stack_lr_consistency(model, restored, lr, axes: str, progress=None) -> dict:
     """:func:`model_lr_consistency` of a (lazy) stack, one 2-D plane at a time (memory: one
     plane of each), e.g. a written result read back from disk. ``axes`` of ``lr`` (``restored``
     has the same, Y and X times the scale)."""
+    from . import planes
+
     lr_range = metrics.reference_range(lr)
-    lead = [i for i, a in enumerate(axes) if a not in "YX"]
-    shape = [lr.shape[i] for i in lead]
-    rows, n = [], int(np.prod(shape)) if shape else 1
+    rows, n = [], planes.count(lr.shape, axes)
     deg = model_degradation(model)
-    for k in range(n):
-        idx = [slice(None)] * len(axes)
-        for i, v in zip(lead, np.unravel_index(k, shape) if shape else (), strict=True):
-            idx[i] = int(v)
-        a, b = np.asarray(restored[tuple(idx)]), np.asarray(lr[tuple(idx)])
-        a, b = a.reshape(-1, *a.shape[-2:])[:1], b.reshape(-1, *b.shape[-2:])[:1]  # C: the first
+    for k, idx in planes.walk(lr.shape, axes):
+        a, b = np.asarray(restored[idx]), np.asarray(lr[idx])
+        a, b = a.reshape(-1, *a.shape[-2:])[:1], b.reshape(-1, *b.shape[-2:])[:1]
         try:
             one = lr_consistency(a, b, **deg, lr_range=lr_range)
         except ValueError as e:

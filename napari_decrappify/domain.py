@@ -96,35 +96,24 @@ def input_statistics(image, axes: str, input_range: tuple[float, float], max_pla
     """:func:`statistics` of an input (numpy or lazy, axes ``axes``), in units where its
     ``input_range`` (its own percentiles) is 0..1: ``per_plane`` random 64 x 64 patches from
     each of up to ``max_planes`` planes spread over the stack (only the patches are read)."""
+    from . import planes
+
     lo, hi = input_range
     span = hi - lo if hi > lo else 1.0
-    iy, ix = axes.index("Y"), axes.index("X")
-    lead = [i for i, a in enumerate(axes) if a not in "YX"]
-    shape = [image.shape[i] for i in lead]
-    n = int(np.prod(shape)) if shape else 1
-    picks = np.unique(np.linspace(0, n - 1, min(n, max_planes)).round().astype(int))
-    rng = np.random.default_rng(seed)
-    h, w = image.shape[iy], image.shape[ix]
+    h, w = image.shape[axes.index("Y")], image.shape[axes.index("X")]
     ph, pw = min(PATCH, h), min(PATCH, w)
+    rng = np.random.default_rng(seed)
     # planes up to this size are read once and cut in memory: a lazy plane computed as a whole
     # (a resampled input) was computed again for each of its 48 patches
     whole = h * w <= WHOLE_PLANE_PIXELS  # normalization's bound: one rule for reading planes
     patches = []
-    for k in picks:
-        idx = [0] * len(axes)  # a C axis: the first channel
-        for i, v in zip(lead, np.unravel_index(k, shape) if shape else (), strict=True):
-            idx[i] = int(v)
+    for k, idx in planes.walk(image.shape, axes, max_planes):
         if whole:
-            idx[iy], idx[ix] = slice(None), slice(None)
-            plane = np.asarray(image[tuple(idx)])
+            plane = np.asarray(image[idx])
         for y, x in zip(rng.integers(0, h - ph + 1, per_plane), rng.integers(0, w - pw + 1, per_plane),
                         strict=True):
             ys, xs = slice(int(y), int(y) + ph), slice(int(x), int(x) + pw)
-            if whole:
-                patch = plane[ys, xs]
-            else:
-                idx[iy], idx[ix] = ys, xs
-                patch = image[tuple(idx)]
+            patch = plane[ys, xs] if whole else image[planes.index(image.shape, k, axes, (ys, xs))]
             patches.append((np.asarray(patch, np.float64) - lo) / span)
     return statistics(patches)
 

@@ -52,13 +52,12 @@ def input_range(norm: NormConfig, image) -> tuple[float, float] | None:
     if image.ndim < 2 or int(np.prod(image.shape, dtype=np.int64)) == 0:
         raise ValueError(f"the image is empty or not 2-D (shape {tuple(image.shape)}): nothing "
                          "to restore")
-    lead = tuple(image.shape[:-2])
-    n = int(np.prod(lead)) if lead else 1
-    picks = np.unique(np.linspace(0, n - 1, min(n, MAX_PLANES)).round().astype(int))
+    from . import planes
+
     ranges = []
     whole = int(np.prod(image.shape[-2:])) <= WHOLE_PLANE_PIXELS
-    for k in picks:
-        plane = image[np.unravel_index(k, lead)] if lead else image
+    for _, idx in planes.walk(image.shape, max_planes=MAX_PLANES):
+        plane = image[idx]
         if whole:  # read once: a lazy plane computed whole (a resampled input) was recomputed
             plane = np.asarray(plane)  # for every slab that the streamed percentiles read
         lo, hi = measure_percentiles(plane, norm.input_percentiles)
