@@ -103,7 +103,7 @@ class JobProgress(QWidget):
         text += f" · {format_seconds(elapsed)} so far"
         if eta is not None:
             text += f", about {format_seconds(eta)} left"
-        if job.cancel_event.is_set():
+        if job.cancel_event.is_set() and event.get("event") != "stopped":
             text = f"{job.description}: cancelling …"
         self.label.setText(text)
 

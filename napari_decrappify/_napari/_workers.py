@@ -27,7 +27,7 @@ from psygnal import Signal
 
 _DONE = object()
 # events whose every occurrence matters (plots); other kinds are coalesced to the latest one
-_KEEP_ALL = {"batch", "epoch", "done", "recovered"}
+_KEEP_ALL = {"batch", "epoch", "done", "recovered", "stopped"}
 
 
 class _ModelEvents:
@@ -154,6 +154,8 @@ def describe(event: dict) -> str:
         parts.append(f"diverged at epoch {event.get('epoch', 0) + 1}: back to epoch "
                      f"{event.get('back_to_epoch', -1) + 1}'s weights, peak learning rate now "
                      f"{event.get('lr_max', float('nan')):.2g}")
+    elif kind == "stopped":
+        parts.append(f"training stopped ({event.get('stop_reason')}): saving the model")
     elif "done" in event and "total" in event:
         parts.append(f"{kind} {event['done']}/{event['total']}")
         if event.get("mpix_per_s"):

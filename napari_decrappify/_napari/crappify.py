@@ -36,7 +36,11 @@ from .. import io
 from ..config import CrappifyConfig, Downsample, choices
 from ..crappify import Crappifier, check_unit_float, from_unit, plane_rng
 from ..data import write_pairs
+from ._progress import JobProgress
 from ._workers import CoreJob
+
+# the folder the user chose for pairs in this session: used again for layers without a file
+_CHOSEN_FOLDER: list[Path] = []
 
 
 def _unit_names(layer) -> tuple[str, ...]:
@@ -92,17 +96,23 @@ class CrappifyWidget(Container):
                             tooltip="plane i uses plane_rng(seed, i): preview == saved pair")
         self.live = CheckBox(text="live preview", value=True)
         self.preview_button = PushButton(text="Preview current plane")
-        self.folder = FileEdit(label="folder", mode="d", value=Path.home())
+        self.folder = FileEdit(label="folder", mode="d", value=Path.cwd(),
+                               tooltip="by default the HR file's folder; a folder you choose "
+                                       "is kept for the next layers")
         self.name_edit = LineEdit(label="name", value="")
         self.format = ComboBox(label="format", value="tif", choices=["tif", "zarr"])
         self.overwrite = CheckBox(text="overwrite", value=False)
         self.save_button = PushButton(text="Save pairs…")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
         self.extend([self.layer, self.scale, self.photons, self.read_noise, self.blur,
                      self.salt_pepper, self.downsample, self.seed, self.live, self.preview_button,
-                     self.folder, self.name_edit, self.format, self.overwrite, self.save_button,
-                     self.cancel_button, self.status])
+                     self.folder, self.name_edit, self.format, self.overwrite, self.save_button])
+        # messages, the saving's progress (what, bar, ETA) and Cancel, at the bottom
+        self.progress = JobProgress(self.cancel_button.native, self.status.native)
+        self.native.layout().addWidget(self.progress)
+        self._setting_folder = False
 
         self._preview_worker = None
         self._preview_pending = False
@@ -112,6 +122,8 @@ class CrappifyWidget(Container):
         self.preview_button.changed.connect(self.preview)
         self.save_button.changed.connect(self.save_pairs)
         self.cancel_button.changed.connect(self.cancel)
+        self.folder.changed.connect(self._folder_chosen)
+        self.layer.changed.connect(self._default_folder)
         for w in (self.layer, self.scale, self.photons, self.read_noise, self.blur,
                   self.salt_pepper, self.downsample, self.seed, self.live):
             w.changed.connect(self._live_update)
@@ -121,6 +133,7 @@ class CrappifyWidget(Container):
         self.viewer.dims.events.current_step.connect(self._live_update)
         self.native.destroyed.connect(self._on_destroyed)
         self._refresh_layers()
+        self._default_folder()
         # first live preview once napari has docked the widget (after this constructor returns)
         QTimer.singleShot(0, self._live_update)
 
@@ -135,6 +148,24 @@ class CrappifyWidget(Container):
             self._save_job.cancel()
 
     # ------------------------------------------------------------------ parameters
+
+    def _folder_chosen(self, *_args) -> None:
+        if not self._setting_folder:  # the user's choice: kept for the next layers
+            _CHOSEN_FOLDER[:] = [Path(self.folder.value)]
+
+    def _default_folder(self, *_args) -> None:
+        """Pairs go to the folder the user chose in this session, else next to the HR's file
+        (not to the home folder: pairs were written there unasked)."""
+        layer = self.layer.value
+        path = getattr(getattr(layer, "source", None), "path", None) if layer is not None else None
+        folder = _CHOSEN_FOLDER[0] if _CHOSEN_FOLDER else (Path(path).parent if path else None)
+        if folder is None:
+            return
+        self._setting_folder = True
+        try:
+            self.folder.value = folder
+        finally:
+            self._setting_folder = False
 
     def _image_layers(self, _widget=None) -> list:
         return [lyr for lyr in self.viewer.layers
@@ -297,7 +328,7 @@ class CrappifyWidget(Container):
             write_pairs, layer.data, folder, config, description=f"saving pairs {name}",
             on_result=self._saved, on_cancelled=self._save_cancelled,
             on_error=lambda e: self._report("save failed", e), on_finished=self._save_done,
-            **kwargs)
+            watchers=[self.progress], **kwargs)
         return self._save_job
 
     def _saved(self, result: dict) -> None:

@@ -9,7 +9,6 @@ model is announced to the Restore dock, whose model list then shows it.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,16 @@ from magicgui.widgets import (
 
 from ..config import Downsample, Encoder, choices
 from ._layers import base_data, mode_text
-from ._ui import STOP_TEXT, DockBody, devices, layer_choices, note, style_axes, themed_figure
+from ._plot import LossPlot
+from ._progress import JobProgress
+from ._ui import STOP_TEXT, DockBody, devices, layer_choices, note
 from ._workers import CoreJob, model_events
 
 SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
 ENCODERS = choices(Encoder)
 LOSSES = [("L1", "l1"), ("MS-SSIM + L1", "msssim_l1")]
 ACTIVATIONS = [("leaky ReLU", "leaky_relu"), ("ReLU (models before leaky)", "relu")]
+MIN_FORM_HEIGHT = 260  # px of the scrolled form always shown: about six rows
 
 
 def default_model_dir() -> Path:
@@ -42,53 +44,6 @@ def default_model_dir() -> Path:
     from ..models import ZOO_DIR, model_search_dirs
 
     return next(d for d in model_search_dirs() if d != ZOO_DIR)
-
-
-class LossPlot:
-    """Training loss per iteration and validation PSNR per epoch, on one matplotlib canvas."""
-
-    def __init__(self, viewer):
-        self.figure, self.canvas = themed_figure(viewer)
-        self.ax = self.figure.add_subplot(111)
-        self.ax2 = self.ax.twinx()
-        for a in (self.ax, self.ax2):
-            style_axes(a, self.figure)
-        self.clear()
-
-    def clear(self) -> None:
-        self.iterations: list[int] = []
-        self.losses: list[float] = []
-        self.epoch_iterations: list[int] = []
-        self.valid_psnr: list[float] = []
-        self.valid_loss: list[float] = []
-        self.ax.clear()
-        self.ax2.clear()
-        self.ax.set_xlabel("iteration", fontsize=8)
-        self.ax.set_ylabel("training loss", fontsize=8)
-        self.ax2.set_ylabel("validation PSNR (dB)", fontsize=8)
-        (self._loss_line,) = self.ax.plot([], [], lw=1, color="#4c9be8", label="loss")
-        (self._psnr_line,) = self.ax2.plot([], [], "o-", ms=3, color="#f0a830", label="valid PSNR")
-        self.canvas.draw_idle()
-
-    def add(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "batch":
-            self.iterations.append(int(event["iteration"]))
-            self.losses.append(float(event["loss"]))
-            self._loss_line.set_data(self.iterations, self.losses)
-            self.ax.relim()
-            self.ax.autoscale_view()
-        elif kind == "epoch":
-            it = self.iterations[-1] if self.iterations else len(self.epoch_iterations)
-            self.epoch_iterations.append(it)
-            self.valid_loss.append(float(event.get("valid_loss", math.nan)))
-            self.valid_psnr.append(float(event.get("batch_psnr", math.nan)))
-            self._psnr_line.set_data(self.epoch_iterations, self.valid_psnr)
-            self.ax2.relim()
-            self.ax2.autoscale_view()
-        else:
-            return
-        self.canvas.draw_idle()
 
 
 class TrainWidget(DockBody):
@@ -176,8 +131,7 @@ class TrainWidget(DockBody):
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel (keep best weights)", enabled=False)
         self.status = note()
-        self.buttons = Container(widgets=[self.train_button, self.cancel_button, self.status],
-                                 labels=False)
+        self.buttons = Container(widgets=[self.train_button], labels=False)
 
         self.plot = LossPlot(v)
 
@@ -189,6 +143,12 @@ class TrainWidget(DockBody):
         self.add(self.buttons)
         self._layout.addWidget(self.plot.canvas)
         self.finish()
+        # messages, progress (iteration, loss, ETA) and Cancel below the scroll area: seen
+        # wherever the dock is scrolled
+        self.progress = JobProgress(self.cancel_button.native, self.status.native).attach_to(self)
+        # with three docks stacked napari squeezed this one to a single visible row: the form's
+        # first rows stay visible, the rest scrolls
+        self._scroll.setMinimumHeight(MIN_FORM_HEIGHT)
 
         self.train_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -300,7 +260,7 @@ class TrainWidget(DockBody):
             command=f"napari Train dock: {', '.join(layer.name for layer in layers)}",
             description=f"Training {name}",
             on_event=self.plot.add, on_result=self._done, on_error=self._failed,
-            on_finished=self._finished,
+            on_finished=self._finished, watchers=[self.progress],
         )
         self.train_button.enabled = False
         self.cancel_button.enabled = True
@@ -309,7 +269,8 @@ class TrainWidget(DockBody):
     def cancel(self, *_args) -> None:
         if self.job is not None and self.job.running:
             self.job.cancel()
-            self._set_status("cancelling: stopping after this batch, keeping the best weights ...")
+            self._set_status("cancelling: stopping after this batch (validation included), "
+                             "keeping the best weights ...")
 
     # ------------------------------------------------------------------ worker slots
     def _done(self, result) -> None:

@@ -210,3 +210,30 @@ def test_cancel_saving_leaves_nothing(dock, tmp_path):
     assert job.status == "cancelled" and "cancelled" in widget.status.value
     assert list(tmp_path.iterdir()) == []
     assert widget.save_button.enabled and not widget.cancel_button.enabled
+
+
+def test_pairs_go_next_to_the_hr_file_or_to_the_folder_chosen(make_napari_viewer, tmp_path,
+                                                              monkeypatch):
+    """Not to the home folder: next to the HR's file by default; a folder the user picks is
+    kept for the next layers (in this session)."""
+    from pathlib import Path
+
+    import tifffile
+
+    from napari_decrappify._napari import crappify
+
+    monkeypatch.setattr(crappify, "_CHOSEN_FOLDER", [])
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    tifffile.imwrite(data_dir / "hr.tif", np.zeros((2, 64, 64), np.uint8))
+    viewer = make_napari_viewer()
+    viewer.open(data_dir / "hr.tif", plugin="napari-decrappify")
+    widget = crappify.CrappifyWidget(viewer)
+    widget.live.value = False
+    assert widget.folder.value == data_dir
+    assert widget.folder.value != Path.home()
+    widget.folder.value = tmp_path / "pairs"  # the user's choice wins from now on
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="other")
+    widget.layer.value = viewer.layers["other"]
+    assert widget.folder.value == tmp_path / "pairs"
+    assert crappify.CrappifyWidget(viewer).folder.value == tmp_path / "pairs"

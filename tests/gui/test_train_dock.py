@@ -147,3 +147,24 @@ def test_train_dock_fine_tunes_a_trained_model(make_napari_viewer, qtbot, model_
     dock.start_from.value = None
     assert dock.scale.enabled and dock.encoder.enabled
     assert dock.lr_max.value == pytest.approx(3e-3)
+
+
+@pytest.mark.parametrize("width", [240, 420])
+def test_training_plot_tick_labels_are_not_clipped(width):
+    """The plot is laid out at the dock's width (constrained layout): every tick label and
+    axis label lies inside the image, also in a narrow dock with large loss values."""
+    from napari_decrappify._napari._plot import figure, render
+
+    data = {"iterations": list(range(1, 2001)),
+            "losses": [12345.0 / i for i in range(1, 2001)],
+            "epoch_iterations": [500, 1000, 1500, 2000], "valid_psnr": [21.5, 24.25, 25.0, 26.125]}
+    colors = ("#262930", "#f0f1f2")
+    fig = figure(data, width, 240, colors)
+    fig.canvas.draw()
+    # what is drawn (ticks in view, labels) fits in the figure
+    tight = fig.get_tightbbox(fig.canvas.get_renderer())
+    page = fig.bbox_inches
+    assert tight.x0 >= page.x0 - 0.01 and tight.x1 <= page.x1 + 0.01, (tight, page)
+    assert tight.y0 >= page.y0 - 0.01 and tight.y1 <= page.y1 + 0.01, (tight, page)
+    rgba = render(data, width, 240, colors)
+    assert rgba.shape == (240, width, 4) and rgba[..., :3].std() > 0
