@@ -117,6 +117,7 @@ class JobProgress(QWidget):
         self.job = None
         self.bar.setVisible(False)
         elapsed = format_seconds(time.monotonic() - self._t0)
-        word = {"done": "done", "cancelled": "cancelled", "failed": "failed"}.get(job.status,
-                                                                                 job.status)
+        word = job.status
+        if job.cancel_event.is_set() and job.status == "done":
+            word = "cancelled"  # training returns normally when cancelled (best weights kept)
         self.label.setText(f"{job.description}: {word} after {elapsed}")
