@@ -87,3 +87,39 @@ def test_compute_array_stops_between_dask_tasks():
         calls.clear()
         np.testing.assert_array_equal(compute_array(arr, cancel), base)  # not cancelled
         assert len(calls) == 8
+
+
+def test_activity_panel_bar_and_dock_progress_line_follow_the_events(make_napari_viewer, qtbot):
+    """napari's activity-panel bar stayed at 0% while its text said 2/25: the bar's value event
+    was never emitted (``n`` was set, not ``update()``d). The dock's own line shows what runs,
+    the bar and an ETA."""
+    import threading
+
+    from napari_decrappify._napari._progress import JobProgress, eta_seconds, format_seconds
+    from napari_decrappify._napari._workers import CoreJob
+
+    make_napari_viewer()
+    gate = threading.Event()
+
+    def tiles(*, progress, cancel):
+        for i in range(1, 26):
+            progress({"event": "tiles", "done": i, "total": 25})
+            if i == 2:
+                gate.wait(10)  # held at 2/25 while the test looks
+        return 25
+
+    line = JobProgress()
+    values = []
+    job = CoreJob(tiles, description="Restoring", watchers=[line], start=False)
+    job.start()
+    job.pbar.events.value.connect(lambda e: values.append(e.value))
+    qtbot.waitUntil(lambda: job.pbar is not None and job.pbar.n == 2, timeout=10_000)
+    assert values and values[-1] == 2  # the activity panel's bar moved
+    assert not line.bar.isHidden() and line.bar.value() == 2 and line.bar.maximum() == 25
+    assert "Restoring: tiles 2/25" in line.text and "left" in line.text
+    gate.set()
+    qtbot.waitUntil(lambda: job.finished, timeout=10_000)
+    assert line.bar.isHidden() and "done" in line.text
+    assert eta_seconds({"done": 5, "total": 25}, 10.0) == 40.0
+    assert eta_seconds({"eta": 3.0}, 1.0) == 3.0 and eta_seconds({"event": "x"}, 1.0) is None
+    assert format_seconds(42) == "42 s" and format_seconds(185) == "3 min 05 s"
