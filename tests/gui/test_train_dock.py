@@ -178,3 +178,27 @@ def test_training_plot_tick_labels_are_not_clipped(make_napari_viewer, width):
     assert time.perf_counter() - t0 < 0.05  # a paint, not a 0.2 s matplotlib redraw
     assert plot.paints >= 1 and image.width() == width
     assert nice_ticks(0.13, 0.87) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_train_dock_keeps_its_form_visible_with_three_docks_open(make_napari_viewer, qtbot,
+                                                                 model_dir):
+    """With Restore, Train and Segment docked at 1600 x 1000, napari squeezed the Train dock to
+    one visible row: its form keeps a minimum height (the rest scrolls), and its progress line
+    (status, bar, Cancel) stays below it."""
+    from napari_decrappify._napari.restore import RestoreWidget
+    from napari_decrappify._napari.segment import SegmentWidget
+    from napari_decrappify._napari.train import MIN_FORM_HEIGHT, TrainWidget
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window
+    window._qt_window.resize(1600, 1000)
+    docks = {}
+    for name, cls in (("Restore", RestoreWidget), ("Train", TrainWidget),
+                      ("Segment", SegmentWidget)):
+        docks[name] = cls(viewer)
+        window.add_dock_widget(docks[name], name=name, area="right")
+    qtbot.wait(200)
+    train = docks["Train"]
+    assert train._scroll.viewport().height() >= MIN_FORM_HEIGHT - 10
+    assert train.progress.geometry().bottom() <= train.height()
+    assert train.cancel_button.native.isVisibleTo(train)
