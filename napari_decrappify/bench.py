@@ -1,5 +1,5 @@
 """Benchmarks that write JSON: ``decrappify bench NAME`` (quality, throughput, memory, seams,
-segmentation, training, trust, adaptation).
+segmentation, training, trust, adaptation, napari).
 
 Benchmarks are not tests: they measure speed, memory and quality and write the figures (with
 the machine and library versions) to JSON; nothing here is asserted in the test suite. Figures
@@ -69,7 +69,8 @@ def load_all() -> None:
     import importlib
 
     for mod in ("_bench_engine", "_bench_quality", "_bench_segmentation", "_bench_training",
-                "_bench_trust", "_bench_adaptation", "_bench_generalisation"):
+                "_bench_trust", "_bench_adaptation", "_bench_generalisation",
+                "_bench_napari"):
         try:
             importlib.import_module(f"napari_decrappify.{mod}")
         except ModuleNotFoundError as e:

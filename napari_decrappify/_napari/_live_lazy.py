@@ -472,8 +472,11 @@ def upsampled_input(lr, scale: int, out_ndim: int) -> tuple[Callable, Callable]:
         margin = 3
         lead, box, (oy, ox) = _lr_region(region, len(lr.shape), scale, margin)
         data = _read_lr(lr, lead, box)
-        up = resize(data, data.shape[:-2] + (data.shape[-2] * scale, data.shape[-1] * scale),
-                    order=3, mode="reflect", anti_aliasing=False)
+        planes = data.reshape((-1,) + data.shape[-2:])
+        shape = (data.shape[-2] * scale, data.shape[-1] * scale)
+        # plane by plane: a spline over the size-1 leading axes too cost ~8x (0.26 s a plane)
+        up = np.stack([resize(p, shape, order=3, mode="reflect", anti_aliasing=False)
+                       for p in planes]).reshape(data.shape[:-2] + shape)
         (y0, y1), (x0, x1) = region[-2:]
         out = up[..., oy:oy + y1 - y0, ox:ox + x1 - x0]
         return np.broadcast_to(out.reshape((1,) * extra + out.shape), shape_of(region))
