@@ -163,7 +163,8 @@ class CountingStudyWidget(DockBody):
         self.job = CoreJob(_collect_job, plan, description=description, on_result=then,
                            on_cancelled=lambda: self._set_status("cancelled"),
                            on_error=lambda e: self._set_status(f"⚠ {e}"),
-                           on_finished=self._job_finished, watchers=[self.progress])
+                           on_finished=self._job_finished, watchers=[self.progress],
+                           abandon_on_cancel=True)  # an upsampling is one step
         return self.job
 
     def _job_buttons(self):

@@ -189,6 +189,10 @@ class CoreJob:
         Always, last.
     watchers : sequence of JobProgress, optional
         Told when the job starts, reports, is cancelled and finishes (a dock's progress line).
+    abandon_on_cancel : bool
+        For a pure computation whose core checks ``cancel`` only between long steps (a
+        watershed on a volume): Cancel reports the job cancelled and finished at once, and its
+        result, when the helper thread gets there, is dropped.
     """
 
     def __init__(self, fn: Callable, *args, description: str = "decrappify",
@@ -198,7 +202,7 @@ class CoreJob:
                  on_error: Callable[[BaseException], None] | None = None,
                  on_finished: Callable[[], None] | None = None,
                  cancelled_if: Callable[[Any], bool] | None = None,
-                 watchers=(), start: bool = True, **kwargs):
+                 watchers=(), abandon_on_cancel: bool = False, start: bool = True, **kwargs):
         self.cancel_event = threading.Event()
         self.description = description
         self._on_event, self._on_result, self._on_cancelled = on_event, on_result, on_cancelled
@@ -216,6 +220,8 @@ class CoreJob:
         self._updating_bar = False
         # a dock's own progress line (:class:`._progress.JobProgress`) follows the job too
         self.watchers: list = list(watchers)
+        self._abandon_on_cancel = abandon_on_cancel
+        self.abandoned = False
         self.worker = GeneratorWorker(_relay, fn, args, kwargs, self.cancel_event)
         self.worker.yielded.connect(self._event)
         self.worker.returned.connect(self._returned)
@@ -241,6 +247,13 @@ class CoreJob:
             self.pbar.set_description(f"{self.description}: cancelling")
         for w in self.watchers:
             w.job_cancelling(self)
+        if self._abandon_on_cancel and self.running and not self.abandoned:
+            # answered now; the helper thread ends at the core's next check, unheard
+            self.abandoned = True
+            self.status = "cancelled"
+            if self._on_cancelled is not None:
+                self._on_cancelled()
+            self._finished()
 
     @property
     def running(self) -> bool:
@@ -248,7 +261,7 @@ class CoreJob:
 
     # -- slots (UI thread)
     def _event(self, event) -> None:
-        if not isinstance(event, dict):
+        if not isinstance(event, dict) or self.abandoned:
             return
         # Updating napari's progress bar can process Qt events, which delivers the next queued
         # event *inside* this call: hand the event on first (so consumers see events in order),
@@ -279,6 +292,8 @@ class CoreJob:
             self._updating_bar = False
 
     def _returned(self, value) -> None:
+        if self.abandoned:
+            return
         if isinstance(value, _Failed):
             self._errored(value.error)
             return
@@ -293,6 +308,8 @@ class CoreJob:
             self._on_result(value)
 
     def _errored(self, exc: BaseException) -> None:
+        if self.abandoned:
+            return
         self.error = exc
         if is_cancellation(exc):
             self.status = "cancelled"
@@ -308,12 +325,16 @@ class CoreJob:
             show_error(f"{self.description} failed: {exc}")
 
     def _aborted(self) -> None:
+        if self.abandoned:
+            return
         self.cancel_event.set()  # the helper thread stops at the core's next check
         self.status = "cancelled"
         if self._on_cancelled is not None:
             self._on_cancelled()
 
     def _finished(self) -> None:
+        if self.finished:  # an abandoned job already finished when it was cancelled
+            return
         if self.pbar is not None:
             self.pbar.close()
             self.pbar = None

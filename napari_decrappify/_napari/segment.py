@@ -315,8 +315,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
 
     def cancel(self, *_args) -> None:
         if self.job is not None and self.job.running:
+            self._set_status("cancelling ...")  # first: an abandoned job reports at once
             self.job.cancel()
-            self._set_status("cancelling ...")
 
     # ------------------------------------------------------------------ painting
     def new_labels_layer(self, *_args):
@@ -447,26 +447,42 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         for k, cls in enumerate(seg.classes, offset):
             if k < 0:
                 continue
-            name = probability_name(geo["source"], cls, model.name)
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            self.viewer.add_image(
-                probabilities[k], name=name, scale=geo["scale"], translate=geo["translate"],
-                units=geo["units"], axis_labels=tuple(geo["axes"].lower()), colormap="magma",
+            self._put_layer(
+                "image", probabilities[k], probability_name(geo["source"], cls, model.name),
+                scale=geo["scale"], translate=geo["translate"], units=geo["units"],
+                axis_labels=tuple(geo["axes"].lower()), colormap="magma",
                 contrast_limits=(0.0, 1.0), blending="additive", visible=False,
                 metadata={**meta, "class": cls})
         lname = f"{geo['source']} classes ({model.name})"
-        if lname in self.viewer.layers:
-            self.viewer.layers.remove(lname)
-        labels = self.viewer.add_labels(
-            np.asarray(seg.labels), name=lname, scale=geo["scale"], translate=geo["translate"],
-            units=geo["units"], axis_labels=tuple(geo["axes"].lower()), metadata=meta,
-            features=features, opacity=0.5)
+        labels = self._put_layer(
+            "labels", np.asarray(seg.labels), lname, scale=geo["scale"],
+            translate=geo["translate"], units=geo["units"],
+            axis_labels=tuple(geo["axes"].lower()), metadata=meta, features=features, opacity=0.5)
         self.semantic.reset_choices()
         self.semantic.value = labels
         counts = np.bincount(np.asarray(seg.labels).ravel(), minlength=n)
         share = ", ".join(f"{c} {counts[k] / counts.sum():.1%}" for k, c in enumerate(seg.classes, 1))
         self._set_status(f"predicted {lname}: {share}")
+
+    def _put_layer(self, kind: str, data, name: str, **kwargs):
+        """Show ``data`` as the ``kind`` ("image" or "labels") layer ``name``: in place when a
+        layer of that name, kind, shape and geometry exists (creating a napari layer costs the
+        UI thread ~0.1 s of its own; a new prediction or split usually replaces the last)."""
+        layers = self.viewer.layers
+        old = layers[name] if name in layers else None
+        same = (old is not None and type(old).__name__.lower() == kind
+                and old.data.shape == data.shape
+                and tuple(old.scale) == tuple(kwargs["scale"])
+                and tuple(old.translate) == tuple(kwargs["translate"]))
+        if same:
+            old.data = data
+            old.metadata = kwargs.get("metadata", {})
+            if "features" in kwargs:
+                old.features = kwargs["features"]
+            return old
+        if old is not None:
+            layers.remove(name)
+        return getattr(self.viewer, f"add_{kind}")(data, name=name, **kwargs)
 
     # ------------------------------------------------------------------ objects
     def split_and_measure(self, *_args) -> CoreJob | None:
@@ -503,7 +519,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             translate=translate, unit=unit, description=f"Splitting {sem_layer.name}",
             on_result=lambda res: self._split_done(*res, where),
             on_error=lambda e: self._set_status(f"⚠ {e}"),
-            on_cancelled=lambda: self._set_status("splitting cancelled"))
+            on_cancelled=lambda: self._set_status("splitting cancelled"),
+            abandon_on_cancel=True)  # a volume's watershed is one step of seconds
 
     def _split_done(self, objects, measurements, where) -> None:
         sem_layer = where["layer"]
@@ -511,22 +528,10 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         name = sem_layer.name.replace(" classes", " objects")
         if name == sem_layer.name:
             name = f"{sem_layer.name} objects"
-        metadata = {"classes": where["classes"], "axes": where["axes"]}
-        old = self.viewer.layers[name] if name in self.viewer.layers else None
-        if (isinstance(old, _labels_type()) and old.data.shape == objects.shape
-                and tuple(old.scale) == tuple(where["scale"])
-                and tuple(old.translate) == tuple(where["translate"])):
-            # a new split of the same layer: new data in place (creating a napari layer costs
-            # the UI thread ~0.1 s of its own)
-            old.data = objects
-            old.metadata = metadata
-            self.objects_layer = old
-        else:
-            if old is not None:
-                self.viewer.layers.remove(name)
-            self.objects_layer = self.viewer.add_labels(
-                objects, name=name, scale=where["scale"], translate=where["translate"],
-                units=where["units"], axis_labels=sem_layer.axis_labels, metadata=metadata)
+        self.objects_layer = self._put_layer(
+            "labels", objects, name, scale=where["scale"], translate=where["translate"],
+            units=where["units"], axis_labels=sem_layer.axis_labels,
+            metadata={"classes": where["classes"], "axes": where["axes"]})
         self._fill_table(measurements)
         unit, nd = measurements.unit, _spatial_ndim(measurements)
         lines = [f"{s['class']}: {s['count']} objects, {density_text(s['density'], unit, nd)}, "

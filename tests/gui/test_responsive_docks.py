@@ -67,6 +67,31 @@ def test_split_into_objects_runs_off_the_ui_thread(make_napari_viewer, qtbot, mo
     assert "splitting" in dock.progress.text.lower() and "done" in dock.progress.text
 
 
+def test_cancel_answers_a_split_at_once(make_napari_viewer, qtbot, model_dir):
+    """A volume's watershed is one step of seconds: Cancel answers at once (buttons back, no
+    objects layer), and the result of the step still running is dropped."""
+    from napari_decrappify._napari.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    sem = _discs((4, 448, 448), 250)
+    classes = viewer.add_labels(sem, name="em classes",
+                                metadata={"classes": ["background", "cell"], "axes": "ZYX"})
+    dock = SegmentWidget(viewer)
+    dock.semantic.value = classes
+    job = dock.split_and_measure()
+    qtbot.wait(100)
+    t0 = time.perf_counter()
+    dock.cancel()
+    qtbot.waitUntil(lambda: job.finished, timeout=10_000)
+    latency = time.perf_counter() - t0
+    print(f"split cancel answered in {latency:.3f} s")
+    assert latency < 1.0 and job.status == "cancelled"
+    assert dock.split_button.enabled and not dock.cancel_button.enabled
+    assert "cancelled" in dock.status.value
+    qtbot.wait(3000)  # the abandoned step ends: nothing is added
+    assert dock.measurements is None and "em objects" not in viewer.layers
+
+
 def test_compare_counts_runs_off_the_ui_thread(make_napari_viewer, qtbot, model_dir):
     from napari_decrappify._napari import api
     from napari_decrappify._napari.segment import SegmentWidget

@@ -90,6 +90,11 @@ def test_segment_dock_paint_train_predict_measure(make_napari_viewer, qtbot, mod
     p_disc = np.asarray(probs[1].data)
     assert p_disc[classes.data == 2].mean() > p_disc[classes.data == 1].mean()
     assert dock.semantic.value is classes
+    # predicting again updates the layers in place (no new napari layers to create)
+    job = dock.start_prediction()
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert viewer.layers["cells classes (dock-seg)"] is classes
+    assert viewer.layers["cells P(disc) (dock-seg)"] is probs[1]
 
     job = dock.split_and_measure()  # in a worker
     assert job is not None and not dock.split_button.enabled
