@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -39,6 +40,7 @@ import numpy as np
 CACHE_BYTES = 512 * 2**20  # finished tiles kept per array (bytes)
 PREVIEW_BYTES = 256 * 2**20  # bicubic previews kept per array (bytes)
 REFRESH_S = 0.15  # at most one layer refresh per this many seconds while tiles arrive
+NICE = 10  # CPU priority of the background work (Linux nice; 0 is the UI thread's)
 
 
 def in_ui_thread() -> bool:
@@ -388,6 +390,7 @@ class _Scheduler:
         return None
 
     def _loop(self) -> None:
+        _lower_priority()
         while True:
             found = self._job()
             if found is None:
@@ -407,6 +410,18 @@ class _Scheduler:
                         live.wanted.remove(b)
                 live._notify()
             del live
+
+
+def _lower_priority() -> None:
+    """Run this thread (and the threads it starts: the device worker and its torch threads,
+    when the first tile is computed here) at a lower CPU priority (Linux ``nice``
+    :data:`NICE`): on a busy 2-core machine the network's threads otherwise take the cores
+    napari's UI thread needs to repaint. Idle cores still go to them: nothing is slower when
+    napari has nothing to do."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
+        pass
 
 
 _SCHEDULER: _Scheduler | None = None
