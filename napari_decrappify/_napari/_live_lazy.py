@@ -5,12 +5,13 @@ Given to napari as it is, napari computes the tiles on screen in its UI thread: 
 per plane with a real model. :class:`LiveArray` wraps such an array for a layer:
 
 * **Reads in napari's UI thread never compute.** They return the finished tiles (cached) and,
-  where a tile is not finished, a placeholder: the block's bicubic preview once the background
-  thread has made it (tens of milliseconds), and before that a nearest-neighbour upsampling of
-  the input computed on the spot (a copy). Each such read also tells the background thread
-  what is on screen now: those tiles are computed next, the one nearest the view's centre
-  first; what was asked before and is no longer visible is dropped (a tile already running
-  finishes and is cached).
+  where a tile is not finished, a placeholder: the block's bicubic preview once a background
+  thread has made it (tens of milliseconds, in a thread of its own so that it never waits for a
+  tile), and before that a nearest-neighbour upsampling of the input computed on the spot (a
+  copy). Each such read also tells the background threads what is on screen now: those tiles
+  are computed next, the one nearest the view's centre first; what was asked before and is no
+  longer visible is dropped (a tile already running finishes and is cached). The background
+  threads run at a lower CPU priority (:func:`_lower_priority`).
 * **Reads in any other thread are exact** (a worker scoring the stack, writing OME-Zarr, an
   error map built on top; or any thread through :func:`as_dask`): the missing tiles are
   computed there, through the same cache, and a tile that another thread is computing is
@@ -116,6 +117,7 @@ class LiveArray:
         self.wanted: list[tuple] = []  # tiles on screen, nearest the view's centre first
         self.view: tuple | None = None  # the region last read in the UI thread
         self._paused: tuple | None = None  # a region whose tiles were cancelled
+        self._no_preview: set[tuple] = set()  # blocks whose preview failed (not tried again)
         self.computed = 0  # tiles computed (tests, bench)
         self.seconds = 0.0  # time spent computing them
         self.error: BaseException | None = None  # the last tile's error (shown by the dock)
@@ -292,19 +294,15 @@ class LiveArray:
         self._notify()
         return True
 
-    def _next(self):
-        """The next job for the background thread: ``("preview" | "tile", block)`` or None."""
+    def _next(self, kind: str):
+        """The next block wanted on screen that needs a ``"preview"`` or a ``"tile"``, or None."""
         with self._lock:
-            wanted = list(self.wanted)
-            no_preview = [b for b in wanted if b not in self._previews]
-        if self.preview is not None and no_preview:
-            return "preview", no_preview[0]
-        for b in wanted:
-            with self._lock:
-                busy = b in self._inflight
-            if not busy:
-                return "tile", b
-        return None
+            if kind == "preview":
+                if self.preview is None:
+                    return None
+                return next((b for b in self.wanted if b not in self._previews
+                             and b not in self._no_preview), None)
+            return next((b for b in self.wanted if b not in self._inflight), None)
 
     def _notify(self) -> None:
         for fn in list(self._listeners):
@@ -362,42 +360,44 @@ class _View:
 
 
 class _Scheduler:
-    """The one background thread that computes what is on screen, for every live array: the
-    array read most recently in the UI thread goes first; previews before tiles."""
+    """Two background threads for every live array, the array read most recently in the UI
+    thread first: one makes the previews (tens of milliseconds each), one the tiles (seconds
+    each with a real model), so that a new plane's preview never waits for a tile."""
 
     def __init__(self):
         self._order: list[weakref.ref] = []  # most recent last
         self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="decrappify-live", daemon=True)
-        self._thread.start()
+        for kind in ("preview", "tile"):
+            threading.Thread(target=self._loop, args=(kind,), name=f"decrappify-live-{kind}",
+                             daemon=True).start()
 
     def poke(self, live: LiveArray) -> None:
         with self._wake:
             self._order = [r for r in self._order if r() is not None and r() is not live]
             self._order.append(weakref.ref(live))
-            self._wake.notify()
+            self._wake.notify_all()
 
-    def _job(self):
+    def _job(self, kind: str):
         with self._wake:
             refs = list(reversed(self._order))
         for ref in refs:
             live = ref()
             if live is None:
                 continue
-            job = live._next()
-            if job is not None:
-                return live, job
+            b = live._next(kind)
+            if b is not None:
+                return live, b
         return None
 
-    def _loop(self) -> None:
+    def _loop(self, kind: str) -> None:
         _lower_priority()
         while True:
-            found = self._job()
+            found = self._job(kind)
             if found is None:
                 with self._wake:
                     self._wake.wait(timeout=1.0)
                 continue
-            live, (kind, b) = found
+            live, b = found
             try:
                 if kind == "preview":
                     live._make_preview(b)
@@ -405,16 +405,19 @@ class _Scheduler:
                     live.tile(b)
             except Exception as e:  # noqa: BLE001 - shown by the layer's owner; never stop
                 with live._lock:
-                    live.error = e
-                    if b in live.wanted:
-                        live.wanted.remove(b)
+                    if kind == "preview":
+                        live._no_preview.add(b)  # the tile still comes
+                    else:
+                        live.error = e
+                        if b in live.wanted:
+                            live.wanted.remove(b)
                 live._notify()
             del live
 
 
 def _lower_priority() -> None:
     """Run this thread (and the threads it starts: the device worker and its torch threads,
-    when the first tile is computed here) at a lower CPU priority (Linux ``nice``
+    when the first tile is computed by the tile thread) at a lower CPU priority (Linux ``nice``
     :data:`NICE`): on a busy 2-core machine the network's threads otherwise take the cores
     napari's UI thread needs to repaint. Idle cores still go to them: nothing is slower when
     napari has nothing to do."""
