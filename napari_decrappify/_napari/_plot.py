@@ -42,7 +42,7 @@ def _theme_colors(viewer) -> tuple[str, str]:
         from napari.utils.theme import get_theme
 
         theme = get_theme(viewer.theme)
-        return theme.canvas.as_hex(), theme.text.as_hex()
+        return theme.background.as_hex(), theme.text.as_hex()
     except Exception:  # noqa: BLE001 - a custom theme without these fields
         return "#262930", "#f0f1f2"
 

@@ -57,6 +57,8 @@ class JobProgress(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 2, 6, 4)
         if status is not None:
+            # the dock's width, wrapped (its own size hint wrapped it at a third of the width)
+            status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
             layout.addWidget(status)
         self.label = QLabel("")
         self.label.setWordWrap(True)

@@ -38,6 +38,7 @@ from ._ui import STOP_TEXT, DockBody, layer_choices
 from ._units import density_text, display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
+MIN_FORM_HEIGHT = 200  # px of the scrolled form always shown
 WHOLE = "whole image / stack"
 PLANE = "current plane"
 ENCODERS = ["tiny", "resnet18s", "resnet18", "resnet34"]
@@ -174,6 +175,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.finish()
         # messages, progress and Cancel below the scroll area: seen wherever the dock is scrolled
         self.progress = JobProgress(self.cancel_button.native, self.status.native).attach_to(self)
+        # not squeezed to a row or two when other docks are open: the rest scrolls
+        self._scroll.setMinimumHeight(MIN_FORM_HEIGHT)
 
         self.new_labels_button.changed.connect(self.new_labels_layer)
         self.train_button.changed.connect(self.start_training)

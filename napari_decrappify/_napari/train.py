@@ -35,7 +35,7 @@ SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
 ENCODERS = choices(Encoder)
 LOSSES = [("L1", "l1"), ("MS-SSIM + L1", "msssim_l1")]
 ACTIVATIONS = [("leaky ReLU", "leaky_relu"), ("ReLU (models before leaky)", "relu")]
-MIN_FORM_HEIGHT = 260  # px of the scrolled form always shown: about six rows
+MIN_FORM_HEIGHT = 240  # px of the scrolled form always shown: about six rows
 
 
 def default_model_dir() -> Path:
