@@ -1,11 +1,15 @@
 """Restore dock: denoise and upsample an image layer with a model, and compare with ground truth.
 
-What the dock does, each step in a thread worker with a napari progress bar and Cancel:
+What the dock does, each step in a thread worker with the dock's own progress bar (what runs,
+n of m, ETA), napari's progress bar, and a Cancel that answers at once:
 
 * **Restore** the chosen layer with a model (bundled, user, or a folder), either at once (an
-  in-memory layer) or *lazily* (a dask-backed layer whose tiles are computed when viewed;
-  for upsampling models a two-level multiscale ``[restored, input]``, so a zoomed-out view
-  reads only the input). The result is named ``"<input> restored (<model>)"`` and carries the
+  in-memory layer) or *lazily* (a layer whose tiles on screen are restored in background
+  threads and shown as they finish, the input upsampled until then: napari's UI thread never
+  computes one, :mod:`._live_lazy`; for upsampling models a two-level multiscale
+  ``[restored, input]``, so a zoomed-out view reads only the input). The dock shows the lazy
+  view's progress (n of m tiles on screen, ETA) and its Cancel stops it.
+  The result is named ``"<input> restored (<model>)"`` and carries the
   scale, translate and units that make it overlay the input exactly
   (:func:`napari_decrappify.io.upscale_geometry`), and the model's name, weights hash and the
   parameters in ``metadata["decrappify"]``. Cancelling leaves no layer behind. Restoring again
