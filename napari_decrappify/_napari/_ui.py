@@ -99,36 +99,6 @@ def layer_choices(viewer, kind=None, optional: bool = False):
     return choices
 
 
-def themed_figure(viewer, figsize=(4.0, 2.6)):
-    """A matplotlib ``Figure`` and its Qt canvas, coloured like the viewer's theme."""
-    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-    from matplotlib.figure import Figure
-
-    try:
-        from napari.utils.theme import get_theme
-
-        theme = get_theme(viewer.theme)
-        bg, fg = theme.canvas.as_hex(), theme.text.as_hex()
-    except Exception:  # noqa: BLE001 - a custom theme without these fields
-        bg, fg = "#262930", "#f0f1f2"
-    fig = Figure(figsize=figsize, facecolor=bg, layout="constrained")
-    canvas = FigureCanvasQTAgg(fig)
-    canvas.setMinimumHeight(200)
-    fig._decrappify_colors = (bg, fg)  # noqa: SLF001 - used to style axes created later
-    return fig, canvas
-
-
-def style_axes(ax, fig) -> None:
-    bg, fg = getattr(fig, "_decrappify_colors", ("#262930", "#f0f1f2"))
-    ax.set_facecolor(bg)
-    ax.tick_params(colors=fg, labelsize=8)
-    for spine in ax.spines.values():
-        spine.set_color(fg)
-    ax.xaxis.label.set_color(fg)
-    ax.yaxis.label.set_color(fg)
-    ax.title.set_color(fg)
-
-
 def devices() -> list[str]:
     """Device choices: auto, cpu and each CUDA device."""
     import torch
