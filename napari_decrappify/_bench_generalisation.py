@@ -8,8 +8,9 @@ dose (60 photons), a blurred beam (Gaussian PSF, sigma 1.5 HR pixels), another h
 intensities ** 0.6: a brighter, flatter detector response; scored against that HR), half the
 contrast (HR * 0.5 + 0.25, same photons: half the signal-to-noise ratio), and another pixel size
 (HR = 2x block mean, 8 nm; LR 32 nm; 100 photons: ``bench adaptation``'s data). The 8 nm input is
-restored both through the product's pixel-size policy (``resample``, the default: the input is
-resampled to the model's 16 nm grid and the result back to 8 nm) and as it is (``warn``).
+restored under both pixel-size policies: ``resample`` (the default: the input is resampled to the
+model's 16 nm grid and the result back to 8 nm, unless the model was trained over pixel sizes
+that include 32 nm inputs, when it is used as it is) and ``warn`` (as it is).
 
 Every input goes through :func:`napari_decrappify.tiling.restore_image` with its pixel size, as
 the dock and the CLI restore it (percentile normalisation, domain check); the output is clipped
@@ -86,8 +87,10 @@ def bench_generalisation(models: str = "em-4x", seed: str = "0") -> dict:
             for policy in policies:
                 out, meta = _restore(model, lr, nm * 4, policy)
                 res = evaluate(out, hr)
-                how = "resampled" if policy == "resample" else "as it is"
-                label = spec if len(policies) == 1 else f"{spec} ({how})"
+                # what the policy did: a model trained over pixel sizes takes this one as it is
+                how = {"resample": "resampled", "warn": "as it is", "none": "as it is"}[
+                    meta["pixel_size"]["action"]]
+                label = spec if len(policies) == 1 else f"{spec} (policy {policy}: {how})"
                 rows.append({"scenario": name, "restorer": label, "model": spec,
                              "policy": policy, "psnr": res["psnr"], "ssim": res["ssim"],
                              "gain_db": res["psnr"] - bic["psnr"],

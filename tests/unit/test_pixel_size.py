@@ -47,6 +47,19 @@ def test_matching_unknown_and_mismatched_pixel_sizes(model):
         check(model, (16, 16), ("nm", "nm"), "YX", "error")
 
 
+def test_a_model_trained_over_pixel_sizes_takes_those_as_they_are(model):
+    import copy
+
+    augmented = copy.copy(model)
+    augmented.config = model.config.model_copy(deep=True)
+    augmented.config.training = {"config": {"augment": {"zoom": [0.5, 2.0]}}}
+    for px in (4.0, 16.0, 12.0):  # 0.5x, 2x and 1.5x the 8 nm it expects: all within the span
+        seen = check(augmented, (px, px), ("nm", "nm"), "YX")
+        assert seen.action == "none" and "trained over (4-16 nm inputs)" in seen.message
+    assert check(augmented, (40, 40), ("nm", "nm"), "YX").action == "resample"  # 5x: beyond it
+    assert check(model, (16, 16), ("nm", "nm"), "YX").action == "resample"  # no span recorded
+
+
 def test_a_2x_finer_input_is_resampled_to_the_model_and_back_with_exact_geometry(model):
     """4 nm input to an 8 nm model: restored on the model's grid, the result on the 2 nm grid
     the user asked for, covering exactly the input's field of view."""
