@@ -195,12 +195,15 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                     "screen")
         # the dock's own progress: what is running, n of m, ETA (the job's or the lazy view's)
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.progress_text = note()  # what runs, n of m, ETA (the status line keeps messages)
+        self.progress_text.visible = False
         self.status = note()
         # what the restore found: normalisation, pixel size, out-of-domain check (wraps; the
         # plain text is the tooltip)
         self.info = note()
-        self.actions = Container(widgets=[self.restore_button, self.cancel_button, self.progress,
-                                          self.status, self.info], labels=False)
+        self.actions = Container(widgets=[self.restore_button, self.cancel_button,
+                                          self.progress_text, self.progress, self.status,
+                                          self.info], labels=False)
 
         # -- lazy result -> OME-Zarr
         self.render_path = FileEdit(label="OME-Zarr", mode="w", filter="*.zarr")
@@ -558,7 +561,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                             event.get("total"))
 
     def _show_progress(self, text: str, done=None, total=None) -> None:
-        """The progress bar (busy when ``total`` is unknown) and the status line."""
+        """The progress bar (busy when ``total`` is unknown) and its line of text."""
         bar = self.progress.native
         if total:
             bar.setRange(0, int(total))
@@ -566,8 +569,12 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             bar.setFormat("%v of %m")
         else:
             bar.setRange(0, 0)  # Qt's busy indicator
-        self.progress.visible = True
-        self._set_status(text)
+        self.progress.visible = self.progress_text.visible = True
+        if self.progress_text.value != text:
+            self.progress_text.value = text
+
+    def _hide_progress(self) -> None:
+        self.progress.visible = self.progress_text.visible = False
 
     def _live(self):
         """The lazy result's :class:`_live_lazy.LiveArray`, if the result shown is one."""
@@ -588,9 +595,8 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             self._show_progress(text, done, total)
             self.cancel_button.enabled = True
         elif self._live_shown:
-            self.progress.visible = False
+            self._hide_progress()
             self.cancel_button.enabled = False
-            self._set_status(text)
         self._live_shown = text if busy else ""
 
     def cancel(self, *_args) -> None:
@@ -600,13 +606,13 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         if self.job is not None and self.job.running:
             self.job.cancel()
             self.cancel_button.enabled = False
-            self.progress.visible = False
+            self._hide_progress()
             self._set_status("cancelling: stops after the tile being computed …")
             return
         live = self._live()
         if live is not None and not live.idle:
             live.cancel()
-            self.progress.visible = False
+            self._hide_progress()
             self.cancel_button.enabled = False
             self._live_shown = ""
             self._set_status("stopped restoring the tiles on screen (the placeholder stays); "
@@ -623,7 +629,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             return
         self.cancel_button.enabled = False
         self.restore_button.enabled = True
-        self.progress.visible = False
+        self._hide_progress()
 
     def _set_status(self, text: str) -> None:
         self.status.value = text

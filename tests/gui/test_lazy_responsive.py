@@ -125,7 +125,8 @@ def test_lazy_inspection_of_a_stack_never_stalls_and_shows_the_exact_result(
     assert stalls.longest_ms < STALL_MS, (
         f"the UI thread stalled {stalls.longest_ms:.0f} ms: {stalls.report()}")
     assert len(stalls.gaps_ms) > 50
-    assert len(ui_reads) > 10 and max(ui_reads) < 20  # the first display's read included
+    # the first display's read included; a tile computed here would take 150 ms
+    assert len(ui_reads) > 10 and max(ui_reads) < 50
 
     def tiles_done(z):
         return sum(live.finished((z, i, j)) for i in range(2) for j in range(2))
@@ -159,7 +160,7 @@ def test_placeholder_first_then_tiles_and_cancel(make_napari_viewer, qtbot, tiny
     layer = dock.result["layer"]
     live = live_of(layer)
     qtbot.waitUntil(lambda: not live.idle or live.visible_progress()[0] > 0, timeout=5_000)
-    qtbot.waitUntil(lambda: "of 4 tiles restored" in dock.status.value, timeout=5_000)
+    qtbot.waitUntil(lambda: "of 4 tiles restored" in dock.progress_text.value, timeout=5_000)
     assert _shown(dock.progress) and dock.cancel_button.enabled
     t0 = time.perf_counter()
     dock.cancel()
@@ -188,7 +189,7 @@ def test_scoring_and_error_map_never_stall(make_napari_viewer, qtbot, tiny2x, sl
         object.__setattr__(viewer, "add_image", stalls.exclude(viewer.add_image))
         job = dock.score("stack")  # 25 planes: every tile, in a worker
         qtbot.waitUntil(lambda: len(job.events) > 3, timeout=30_000)
-        assert _shown(dock.progress) and "Scoring (stack): scoring" in dock.status.value
+        assert _shown(dock.progress) and "Scoring (stack): scoring" in dock.progress_text.value
         qtbot.waitUntil(lambda: job.finished, timeout=60_000)
         assert job.status == "done", dock.status.value
         err = dock.add_error_map()
@@ -200,4 +201,4 @@ def test_scoring_and_error_map_never_stall(make_napari_viewer, qtbot, tiny2x, sl
     assert stalls.longest_ms < STALL_MS, (
         f"the UI thread stalled {stalls.longest_ms:.0f} ms: {stalls.report()}")
     assert dock.metrics["stack"]["restored"]["n_planes"] == 10
-    assert max(ui_reads) < 20
+    assert max(ui_reads) < 50
