@@ -200,8 +200,11 @@ def add_restored(viewer, layer, model, *, lazy: bool = True, ground_truth=None,
     model : RestorationModel, str or path
         A loaded model, a model folder, or a bundled / user model name (``"em-4x"``).
     lazy : bool
-        True (default): a dask-backed layer computed tile by tile as it is viewed; returns at
-        once. False: compute everything now (blocking) and add an in-memory layer.
+        True (default): a layer whose tiles on screen are restored in background threads as it
+        is viewed, the input upsampled until then (napari's UI thread never computes a tile:
+        :func:`add_result_layer`); returns once the lazy graph is built (the input's intensity
+        range is measured first, in the calling thread). False: compute everything now
+        (blocking) and add an in-memory layer.
     ground_truth : napari.layers.Image or str, optional
         The HR version of the input. PSNR / SSIM of the restored result and of the bicubic
         baseline (:mod:`napari_decrappify.metrics`) are stored in
