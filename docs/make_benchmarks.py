@@ -107,6 +107,12 @@ SECTIONS = [
      "normalisation, pixel-size policy: the 8 nm input both resampled and as it is) by the "
      "bundled em-4x, trained with augmentation over pixel size and histogram, beside the em-4x "
      "it replaced, and bicubic."),
+    ("napari", "napari never freezes: inspecting a lazy result",
+     "`decrappify bench napari`: a 1600 x 1000 napari window under Xvfb replays the inspection "
+     "of a lazily restored CREMI LR with em-4x (first display, planes stepped through, a quick "
+     "scroll, back to a seen plane) for the plain dask layer (before), the live layer (after) and "
+     "an in-memory array (the floor); the UI thread's stalls (gaps of a 10 ms timer) and the "
+     "seconds until the plane on screen is fully restored."),
     ("segmentation", "Segmentation counts on LR, restored and HR",
      "`decrappify bench segmentation`: object counts and F1 (IoU >= 0.5) against ground-truth masks."),
 ]
