@@ -3,7 +3,8 @@
 The sample's LR is float32 in the HR's units (0..255) beside the uint8 HR. The dock mapped
 predictions by the input's own percentiles whenever the dtypes differed: bicubic 15.49 dB and
 em-4x 15.45 dB on the sample, where the benchmark protocol (uint8 / 255 for all) gives
-24.50 / 25.69 on the same planes (24.66 / 25.78 on the held-out planes 20-24, as in the README).
+24.50 / 25.69 on the same planes with the em-4x of the time (24.66 / 25.78 on the held-out
+planes 20-24).
 """
 
 import numpy as np
