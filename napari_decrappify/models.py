@@ -266,6 +266,15 @@ class RestorationModel:
     _forward_lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
                                           compare=False)
 
+    def __getstate__(self) -> dict:  # copies (copy.deepcopy) get a lock of their own
+        state = self.__dict__.copy()
+        state.pop("_forward_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._forward_lock = threading.Lock()
+
     # -- conveniences
     @property
     def name(self) -> str:

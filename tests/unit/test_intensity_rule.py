@@ -164,7 +164,7 @@ def test_cli_evaluate_follows_the_rule(tmp_path, capsys, rng):
     want = metrics.evaluate(pred, hr / 255)["psnr"]
     for name in ("pred.tif", "pred255.tif"):
         assert cli.main(["evaluate", str(tmp_path / name), str(tmp_path / "hr.tif"),
-                         "--json", str(tmp_path / "m.json")]) == 0
+                         "--json", str(tmp_path / "m.json"), "--overwrite"]) == 0
         assert json.loads((tmp_path / "m.json").read_text())["psnr"] == pytest.approx(want,
                                                                                       abs=1e-4)
     assert "unit" in capsys.readouterr().out
