@@ -217,12 +217,13 @@ def test_training_bench_shows_the_4x_peer_baseline_only_at_4x():
 
 
 def test_adaptation_bench_runs_the_users_fine_tune_and_scratch_commands(cremi, tmp_path):
-    """``bench adaptation``: the bundled model as it is (resampled: it expects 16 nm inputs, the
-    test LR is 32 nm), then ``decrappify train --resume em-4x`` and the same from scratch."""
+    """``bench adaptation``: the bundled model as it is (the 32 nm test LR is within the pixel
+    sizes it was trained over), then ``decrappify train --resume em-4x`` and the same from scratch."""
     result = bench.run("adaptation", budgets="0.05", out=str(tmp_path))
     arms = {(r["arm"], r["minutes"]): r for r in result["results"]}
     assert set(arms) == {("em-4x as it is", 0), ("fine-tuned", 0.05), ("from scratch", 0.05)}
-    assert arms[("em-4x as it is", 0)]["pixel_size"] == "resample"
+    # em-4x was trained over 8-32 nm inputs (zoom augmentation): the 32 nm LR is taken as it is
+    assert arms[("em-4x as it is", 0)]["pixel_size"] == "none"
     tuned = arms[("fine-tuned", 0.05)]
     assert "--resume em-4x" in tuned["command"] and tuned["pixel_size"] == "none"
     record = json.loads((tmp_path / "fine-tuned-0.05min" / "model.json").read_text())

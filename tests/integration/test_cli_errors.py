@@ -223,7 +223,7 @@ def test_other_os_errors_are_one_line(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["restore", "m", "in.tif", "out.tif", "--tile", "50"], "--tile: tile must be a multiple of 32"),
-    (["restore", "m", "in.tif", "out.tif", "--halo", "-3"], "--halo: halo must be >= 0"),
+    (["restore", "m", "in.tif", "out.tif", "--halo", "-3"], "--halo: halo must be in 0..4096 pixels"),
     (["crappify", "in.tif", "out.tif", "--scale", "2", "--blur", "-1"], "--blur: must be finite"),
 ])
 def test_validation_errors_are_one_line_naming_the_option(tmp_path, capsys, argv, needle):

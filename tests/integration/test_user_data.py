@@ -48,16 +48,21 @@ def test_float_uint16_and_uint8_versions_restore_alike_and_beat_bicubic(pair, tm
     assert np.abs(outs["uint8"] - outs["float"]).mean() < 2e-3  # uint8 rounding of the input
 
 
-def test_a_2x_pixel_size_mismatch_is_resampled_with_exact_geometry(pair, tmp_path):
+def test_a_pixel_size_mismatch_is_resampled_with_exact_geometry(pair, tmp_path):
     lr, _ = pair
-    out = restore(tmp_path, lr, "fine", "--report", str(tmp_path / "r.json"), px=8.0)
+    # em-4x was trained over 8-32 nm inputs (zoom augmentation): 8 nm is taken as it is...
+    restore(tmp_path, lr, "within", "--report", str(tmp_path / "w.json"), px=8.0)
+    within = json.loads((tmp_path / "w.json").read_text())["pixel_size"]
+    assert within["action"] == "none" and "trained over (8-32 nm inputs)" in within["message"]
+    # ...4 nm (4x finer than it expects) is resampled to its grid and back
+    out = restore(tmp_path, lr, "fine", "--report", str(tmp_path / "r.json"), px=4.0)
     img = open_image(out)
-    scale, translate = upscale_geometry((8.0, 8.0), (0.0, 0.0), "YX", 4)
+    scale, translate = upscale_geometry((4.0, 4.0), (0.0, 0.0), "YX", 4)
     assert img.data.shape == (384, 384)
     assert img.scale == pytest.approx(scale) and img.translate == pytest.approx(translate)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["pixel_size"]["action"] == "resample"
-    assert report["pixel_size"]["factor"] == [0.5, 0.5]
+    assert report["pixel_size"]["factor"] == [0.25, 0.25]
     assert report["lr_consistency"]["n_planes"] == 1
 
 
