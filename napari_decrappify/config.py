@@ -95,6 +95,10 @@ def _range(v, name: str, low: float, high: float) -> tuple[float, float]:
     return lo, hi
 
 
+_AUGMENT_BOUNDS = {"zoom": (0.25, 4.0), "gamma": (0.25, 4.0), "contrast": (0.1, 10.0),
+                   "brightness": (-0.5, 0.5)}
+
+
 class AugmentConfig(_Config):
     """Variation of the HR during training, so a model copes with data unlike its training
     data. Each range ``(lo, hi)`` is drawn once per training sample (every frame of a sample
@@ -111,25 +115,10 @@ class AugmentConfig(_Config):
     contrast: tuple[float, float] = (1.0, 1.0)
     brightness: tuple[float, float] = (0.0, 0.0)
 
-    @field_validator("zoom")
+    @field_validator("zoom", "gamma", "contrast", "brightness")
     @classmethod
-    def _zoom(cls, v):
-        return _range(v, "zoom", 0.25, 4.0)
-
-    @field_validator("gamma")
-    @classmethod
-    def _gamma(cls, v):
-        return _range(v, "gamma", 0.25, 4.0)
-
-    @field_validator("contrast")
-    @classmethod
-    def _contrast(cls, v):
-        return _range(v, "contrast", 0.1, 10.0)
-
-    @field_validator("brightness")
-    @classmethod
-    def _brightness(cls, v):
-        return _range(v, "brightness", -0.5, 0.5)
+    def _in_bounds(cls, v, info):
+        return _range(v, info.field_name, *_AUGMENT_BOUNDS[info.field_name])
 
     @property
     def active(self) -> bool:

@@ -3,6 +3,7 @@ measure the UI thread's longest stall."""
 
 import time
 
+from _stall import StallMeter
 from qtpy.QtCore import QTimer
 
 
@@ -20,40 +21,24 @@ def settle(qtbot, layer, timeout=30_000):
     qtbot.wait(int(REFRESH_S * 1000) + 100)  # the coalesced refresh
 
 
-class Stalls:
-    """``with Stalls() as s: ...``: a QTimer ticks every ``interval_ms`` in the UI thread; the
-    gaps between ticks are how long napari could not repaint or react (``s.longest_ms``)."""
+class Stalls(StallMeter):
+    """:class:`StallMeter` that can leave out napari's own fixed costs (:meth:`exclude`)."""
 
     def __init__(self, interval_ms: int = 10):
-        self.timer = QTimer()
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.gaps_ms: list[float] = []
-        self.spans: list[tuple[float, float]] = []  # (start, end) of every gap
+        super().__init__(interval_ms)
         self.excluded: list[list[float]] = []  # [start, end] of napari's own fixed costs
-        self._last = 0.0
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.gaps_ms.append((now - self._last) * 1000)
-        self.spans.append((self._last, now))
-        self._last = now
 
     @property
     def longest_ms(self) -> float:
         """The longest gap, but for those overlapping an :meth:`exclude`d call."""
-        def inside(a, b):
-            return any(a < w1 and w0 < b for w0, w1 in self.excluded)
-
-        return max([g for g, (a, b) in zip(self.gaps_ms, self.spans, strict=True)
-                    if not inside(a, b)], default=0.0)
+        return self.longest_outside_ms(self.excluded)
 
     def report(self) -> str:
         """The gaps over 50 ms (start and length, ms from the first tick) and the windows left
         out: for a failure message."""
-        t0 = self.spans[0][0] if self.spans else 0.0
-        big = [(round((a - t0) * 1000), round(g)) for g, (a, _b) in zip(self.gaps_ms, self.spans,
-                                                                        strict=True) if g > 50]
+        t0 = self.gaps[0][0] if self.gaps else 0.0
+        big = [(round((a - t0) * 1000), round((b - a) * 1000)) for a, b in self.gaps
+               if (b - a) * 1000 > 50]
         out = [(round((a - t0) * 1000), round((b - a) * 1000)) for a, b in self.excluded]
         return f"gaps (start, ms): {big}; left out (start, ms): {out}"
 
@@ -77,12 +62,3 @@ class Stalls:
 
         return wrapper
 
-    def __enter__(self):
-        self._last = time.perf_counter()
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._tick()
-        self.timer.stop()
-        return False

@@ -18,17 +18,19 @@ class StallMeter:
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
-        self.longest_ms = 0.0
         self.ticks = 0
         self.gaps: list[tuple[float, float]] = []  # (start, end) of every tick interval
         self._last = 0.0
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.longest_ms = max(self.longest_ms, (now - self._last) * 1000)
         self.gaps.append((self._last, now))
         self._last = now
         self.ticks += 1
+
+    @property
+    def longest_ms(self) -> float:
+        return max(((b - a) * 1000 for a, b in self.gaps), default=0.0)
 
     def longest_outside_ms(self, windows) -> float:
         """The longest stall that does not overlap any ``(start, end)`` window (perf_counter
