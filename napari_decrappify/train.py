@@ -339,7 +339,8 @@ def _callbacks():
             done = self.iterations_before + self.epoch * len(self.dls.train) + self.iter + 1
             now = time.monotonic()
             elapsed = now - self.t0
-            loss = float(self.loss)
+            # detached: float() of a tensor that requires grad warns on every run (torch 2.14)
+            loss = float(self.loss.detach())
             if self.deadline is not None:
                 # a wall-clock budget: n_epoch is only an upper bound, the deadline ends the run
                 eta = max(0.0, self.deadline - now)
