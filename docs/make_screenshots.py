@@ -95,7 +95,7 @@ def main() -> int:
     viewer.window.resize(1600, 700)
     add_demo_layers(viewer, result)
     _save(viewer, "demo")
-    viewer.grid.enabled = False
+    viewer.canvas.grid.enabled = False
     for dock in ("Restore", "Crappify", "Train", "Segment"):
         widget, body = viewer.window.add_plugin_dock_widget("napari-decrappify", dock)
         if dock == "Crappify":  # it offers the first image layer (the LR): crappify the HR

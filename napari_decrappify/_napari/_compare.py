@@ -182,8 +182,8 @@ def bbox_from_world(corners_world: np.ndarray, layer, yx_shape: tuple[int, int],
 def view_corners_world(viewer) -> np.ndarray:
     """World coordinates of the corners of what the canvas shows (2-D view)."""
     h, w = viewer.canvas.size
-    zoom = viewer.camera.zoom
-    cy, cx = viewer.camera.center[-2:]
+    zoom = viewer.scene.camera.zoom
+    cy, cx = viewer.scene.camera.center[-2:]
     point = np.asarray(viewer.dims.point, dtype=float)
     rows = []
     for dy in (-0.5, 0.5):

@@ -101,7 +101,7 @@ class CountingStudyWidget(DockBody):
         self.table = QTableWidget(0, 7)
         self.table.setHorizontalHeaderLabels(["source", "count", "reference", "TP", "missed (FN)",
                                               "FP", "F1"])
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setMinimumHeight(120)
         self.add(self.form)
         self._layout.addWidget(self.table)

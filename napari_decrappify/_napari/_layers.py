@@ -7,6 +7,7 @@ on Y, X has pixel size ``s / f`` and origin ``t + 0.5 * s * (1 / f - 1)``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -134,3 +135,56 @@ def current_plane(viewer, layer, axes: str) -> tuple[int, ...]:
 def base_data(layer):
     """Full-resolution data of a (possibly multiscale) image layer."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+# names that say "low resolution" / "high resolution": whole words or word starts, so that
+# "yellow" or "flower" do not read as LR ("lr4x", "LR_noisy", "crappified" do)
+_LR_WORDS = re.compile(r"(?:^|[^a-z])(?:lr|low|lowres|crapp\w*|degraded|noisy)(?:$|[^a-z])",
+                       re.IGNORECASE)
+_HR_WORDS = re.compile(r"(?:^|[^a-z])(?:hr|high|highres|gt|ground[ _-]?truth|truth|target|clean)"
+                       r"(?:$|[^a-z])", re.IGNORECASE)
+
+
+def is_product(layer) -> bool:
+    """Whether a layer is something this plugin made from another one (a restored result, an
+    error or consistency map, an inspected region): never a sensible input by default. A
+    crappified LR (the Crappify dock's preview) is an input, not a product."""
+    meta = (layer.metadata or {}).get("decrappify")
+    return isinstance(meta, dict) and "crappify" not in meta
+
+
+def _pixel_area(layer) -> float:
+    """Y * X pixel size, in nm^2 where the units say so, else in the layer's own units."""
+    from ..pixel_size import image_pixel_size_nm
+
+    scale, _, units = layer_geometry(layer)
+    try:
+        nm = image_pixel_size_nm(scale, units, layer_axes(layer))
+    except ValueError:
+        nm = None
+    y, x = nm if nm is not None else scale[-2:]
+    return float(y) * float(x)
+
+
+def lr_looking(layers) -> Any:
+    """The layer of ``layers`` (image layers) that looks most like a low-resolution input, or
+    None when there is none.
+
+    The first rule that tells them apart wins: layers made by this plugin (:func:`is_product`)
+    come last; then a name that says LR ("lr", "low", "crappified", "noisy"...) first and one
+    that says HR ("hr", "high", "ground truth", "gt"...) last; then the largest pixel (Y * X, in
+    nm where the units are physical); then the fewest pixels on Y, X. A ground truth opened
+    beside its LR (the bundled sample's pair) is therefore never the default input.
+    """
+    layers = [lyr for lyr in layers if not getattr(lyr, "rgb", False)] or list(layers)
+    if not layers:
+        return None
+
+    def rank(item):
+        i, lyr = item
+        name = str(lyr.name)
+        words = 0 if _LR_WORDS.search(name) else (2 if _HR_WORDS.search(name) else 1)
+        yx = base_data(lyr).shape[-2:]
+        return (is_product(lyr), words, -_pixel_area(lyr), int(np.prod(yx)), i)
+
+    return min(enumerate(layers), key=rank)[1]

@@ -505,10 +505,18 @@ def upsampled_input(lr, scale: int, out_ndim: int) -> tuple[Callable, Callable]:
 # --------------------------------------------------------------------------- napari binding
 
 
+def _unwrap(obj):
+    """The object itself behind napari's ``PublicOnlyProxy``: a dock gets a proxied viewer, so
+    ``layer.data`` read through it is a proxy of our own array, and our use of its private
+    members warns (FutureWarning; "unavailable no earlier than 0.10.0")."""
+    return getattr(obj, "__wrapped__", obj) if not isinstance(obj, np.ndarray) else obj
+
+
 def bind(layer, live: LiveArray) -> None:
     """Refresh ``layer`` from the UI thread when ``live`` gets tiles or previews (coalesced to
     one refresh per :data:`REFRESH_S`). The layer is held weakly: once it is removed from the
     viewer (or shows other data), nothing more happens."""
+    live = _unwrap(live)
     bridge = _bridge_class()(layer)
     live.on_change(bridge.changed.emit)  # emitted in the background thread, queued to the UI's
     live._bridges = [*getattr(live, "_bridges", []), bridge]  # live as long as the array
@@ -551,7 +559,7 @@ def _bridge_class():
 def live_of(layer) -> LiveArray | None:
     """The :class:`LiveArray` a layer shows (its full-resolution data), if any."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return data if isinstance(data, LiveArray) else None
+    return _unwrap(data) if isinstance(data, LiveArray) else None
 
 
 def as_dask(data):
@@ -562,6 +570,7 @@ def as_dask(data):
         return data
     import dask.array as da
 
+    data = _unwrap(data)
     return da.from_array(_Exact(data), chunks=data.chunks, name=f"live-{data.source.name}",
                          asarray=False, lock=False, meta=np.empty((0,) * data.ndim, data.dtype))
 
@@ -577,6 +586,20 @@ class _Exact:
         if isinstance(view, np.ndarray):
             return view
         return self.live._read_exact(view.region).reshape(view.shape)
+
+
+def view_values(live: LiveArray) -> np.ndarray | None:
+    """The values of the tiles last on screen, flattened, once all of them are finished; None
+    until then (or when nothing was viewed). Computes nothing: a contrast set from the data
+    reads what the background threads made for the screen."""
+    live = _unwrap(live)
+    with live._lock:
+        if live.view is None:
+            return None
+        tiles = [live._cache.get(b) for b in live._blocks(live.view)]
+    if not tiles or any(t is None for t in tiles):
+        return None
+    return np.concatenate([t.ravel() for t in tiles])
 
 
 def status_text(live: LiveArray) -> str:

@@ -52,7 +52,7 @@ class _Canvas(QWidget):
         super().__init__()
         self.plot = plot
         self.setMinimumHeight(200)
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setFixedHeight(220)
 
     def paintEvent(self, _event) -> None:  # noqa: N802 - Qt's name
@@ -139,12 +139,12 @@ class LossPlot:
             y = sy(v, pt[0], pt[-1])
             p.drawText(QPointF(area.right() + 5, y + fm.ascent() / 2.5), tick_text(v))
         p.drawText(QRectF(rect.left(), area.bottom() + h + 4, rect.width(), h),
-                   int(Qt.AlignHCenter), "iteration")
+                   int(Qt.AlignmentFlag.AlignHCenter), "iteration")
         p.save()  # vertical axis names
         p.translate(rect.left() + h - 2, area.center().y())
         p.rotate(-90)
         p.setPen(QColor(LOSS_COLOR))
-        p.drawText(QRectF(-area.height() / 2, -h, area.height(), h), int(Qt.AlignCenter),
+        p.drawText(QRectF(-area.height() / 2, -h, area.height(), h), int(Qt.AlignmentFlag.AlignCenter),
                    "training loss")
         p.restore()
         if pt:
@@ -152,7 +152,7 @@ class LossPlot:
             p.translate(rect.right() - 2, area.center().y())
             p.rotate(-90)
             p.setPen(QColor(PSNR_COLOR))
-            p.drawText(QRectF(-area.height() / 2, -h, area.height(), h), int(Qt.AlignCenter),
+            p.drawText(QRectF(-area.height() / 2, -h, area.height(), h), int(Qt.AlignmentFlag.AlignCenter),
                        "valid PSNR (dB)")
             p.restore()
         p.setClipRect(area)

@@ -58,11 +58,11 @@ class JobProgress(QWidget):
         layout.setContentsMargins(6, 2, 6, 4)
         if status is not None:
             # the dock's width, wrapped (its own size hint wrapped it at a third of the width)
-            status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+            status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
             layout.addWidget(status)
         self.label = QLabel("")
         self.label.setWordWrap(True)
-        self.label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
         row = QHBoxLayout()

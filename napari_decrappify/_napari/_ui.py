@@ -30,9 +30,9 @@ class DockBody(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         self._scroll = QScrollArea()
         self._scroll.setWidgetResizable(True)
-        self._scroll.setFrameShape(QFrame.NoFrame)
+        self._scroll.setFrameShape(QFrame.Shape.NoFrame)
         # the dock's width is the user's: long model names or messages wrap or elide instead
-        self._scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self._scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         inner = QWidget()
         self._layout = QVBoxLayout(inner)
         self._layout.setContentsMargins(6, 6, 6, 6)
@@ -79,11 +79,11 @@ def note(text: str = ""):
 def _fit_width(widget: QWidget) -> None:
     """Let combo boxes shrink (elided) and labels wrap, so a narrow dock shows everything."""
     for combo in widget.findChildren(QComboBox):
-        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(8)
     for label in widget.findChildren(QLabel):
         if label.wordWrap():
-            label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.MinimumExpanding)
+            label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.MinimumExpanding)
 
 
 def layer_choices(viewer, kind=None, optional: bool = False):

@@ -286,7 +286,7 @@ def compare(viewer, lr_layer, restored_layer, hr_layer=None, *, enable: bool = T
     state = _GRID_STATE.get(id(viewer))
     if not enable:
         if state is None or state["viewer"]() is not viewer:
-            viewer.grid.enabled = False
+            viewer.canvas.grid.enabled = False
             return
         del _GRID_STATE[id(viewer)]
         known = [lyr for lyr, _ in sorted(state["order"], key=lambda x: x[1]) if lyr in viewer.layers]
@@ -297,22 +297,22 @@ def compare(viewer, lr_layer, restored_layer, hr_layer=None, *, enable: bool = T
         for lyr, visible in state["visible"]:
             if lyr in viewer.layers:
                 lyr.visible = visible
-        viewer.grid.enabled = state["grid"][0]
-        viewer.grid.shape = state["grid"][1]
-        viewer.grid.stride = state["grid"][2]
+        viewer.canvas.grid.enabled = state["grid"][0]
+        viewer.canvas.grid.shape = state["grid"][1]
+        viewer.canvas.grid.stride = state["grid"][2]
         return
     panels = [_layer(viewer, x) for x in (lr_layer, restored_layer, hr_layer) if x is not None]
     for lyr in panels:
         if lyr not in viewer.layers:
             raise ValueError(f"layer {lyr.name!r} is no longer in the viewer")
-    if state is not None and (state["viewer"]() is not viewer or not viewer.grid.enabled):
+    if state is not None and (state["viewer"]() is not viewer or not viewer.canvas.grid.enabled):
         state = None  # stale: another viewer with a recycled id, or the grid was turned off by hand
     if state is None:
         _GRID_STATE[id(viewer)] = {
             "viewer": weakref.ref(viewer),
             "order": [(lyr, i) for i, lyr in enumerate(viewer.layers)],
             "visible": [(lyr, lyr.visible) for lyr in viewer.layers],
-            "grid": (viewer.grid.enabled, viewer.grid.shape, viewer.grid.stride),
+            "grid": (viewer.canvas.grid.enabled, viewer.canvas.grid.shape, viewer.canvas.grid.stride),
         }
     # napari fills grid cells in layer-list order: put the panels in LR, restored, HR order
     for prev, nxt in zip(panels, panels[1:], strict=False):
@@ -321,12 +321,12 @@ def compare(viewer, lr_layer, restored_layer, hr_layer=None, *, enable: bool = T
             viewer.layers.move(j, i + 1)  # napari: insert before the item now at i + 1
     for lyr in viewer.layers:
         lyr.visible = lyr in panels
-    viewer.grid.stride = 1
-    viewer.grid.shape = (1, len(panels))
-    viewer.grid.enabled = True
+    viewer.canvas.grid.stride = 1
+    viewer.canvas.grid.shape = (1, len(panels))
+    viewer.canvas.grid.enabled = True
     viewer.reset_view()
 
 
 def grid_active(viewer) -> bool:
     """Whether :func:`compare` currently shows a grid in ``viewer``."""
-    return id(viewer) in _GRID_STATE and bool(viewer.grid.enabled)
+    return id(viewer) in _GRID_STATE and bool(viewer.canvas.grid.enabled)

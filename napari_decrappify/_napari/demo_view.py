@@ -26,9 +26,9 @@ def add_demo_layers(viewer, result: DemoResult) -> list:
             axis_labels=tuple(AXES.lower()), contrast_limits=(0.0, 1.0), colormap="gray",
             metadata={"demo_role": key},
         ))
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 4)
-    viewer.grid.stride = 1
+    viewer.canvas.grid.enabled = True
+    viewer.canvas.grid.shape = (1, 4)
+    viewer.canvas.grid.stride = 1
     viewer.dims.set_current_step(0, SHOW_PLANE)
     viewer.reset_view()
     return layers

@@ -68,7 +68,7 @@ from magicgui.widgets import (
 
 from ..pixel_size import POLICIES
 from . import _compare, _live_lazy, api
-from ._layers import base_data, current_plane, layer_axes, layer_geometry, mode_text
+from ._layers import base_data, current_plane, layer_axes, layer_geometry, lr_looking, mode_text
 from ._ui import DockBody, devices, layer_choices, note
 from ._workers import CoreJob, LoadsModelFirst, compute_array, describe, model_events
 
@@ -157,6 +157,10 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.lazy = CheckBox(label="lazy: compute tiles as they are viewed", value=False)
         self._lazy_by_hand = False  # the user ticked / unticked it: model changes keep it
         self._setting_lazy = False
+        # the input defaults to the LR-looking layer (_layers.lr_looking) until the user picks
+        # one: then layers added later (a result, another image) leave their choice alone
+        self._input_pick = lambda: None  # the layer the user picked (weakly held)
+        self._setting_input = False
         self.ground_truth = ComboBox(label="HR ground truth", choices=layer_choices(v, optional=True))
         self.pixel_size = FloatSpinBox(
             label="pixel size (nm)", value=0.0, min=0.0, max=1e7, step=0.5,
@@ -257,6 +261,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.add(self.render, "Lazy result: render to OME-Zarr")
         self.finish()
 
+        self.image.changed.connect(self._input_picked)
         self.image.changed.connect(self._image_changed)
         self.lazy.changed.connect(self._lazy_changed)
         self.model.changed.connect(self._model_changed)
@@ -276,6 +281,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.follow_layers(v)
         v.dims.events.current_step.connect(self._plane_changed)
         model_events.saved.connect(self._model_saved)
+        self._default_input()
         self._image_changed()
         self._model_changed()
         self._update_pixel_note()
@@ -288,6 +294,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self._live_timer.timeout.connect(self._poll_live)
         self._live_timer.start()
         self._live_shown = ""
+        self._contrast_pending: dict = {}  # map layers whose contrast waits for their data
 
     # ------------------------------------------------------------------ choices
     def model_entries(self) -> list[dict]:
@@ -369,6 +376,37 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             self._set_status(f"new model {Path(path).name} available (selected)")
         except RuntimeError:  # the dock's Qt widgets were already deleted
             model_events.saved.disconnect(self._model_saved)
+
+    def reset_choices(self, *args) -> None:
+        """Refresh the layer choices (layers added, removed, renamed), then the input's default."""
+        self._setting_input = True  # a value that changes here was not picked by the user
+        try:
+            super().reset_choices(*args)
+        finally:
+            self._setting_input = False
+        self._default_input()
+
+    def _default_input(self) -> None:
+        """Point the input at the LR-looking image layer (:func:`_layers.lr_looking`: by name,
+        then the largest pixel, then the smallest image; never one of this plugin's results),
+        unless the user chose the input and it is still open. With the bundled sample's LR and
+        HR open, that is the LR, whatever their order in the layer list."""
+        current, picked = self.image.value, self._input_pick()
+        if picked is not None and picked is current and picked in self.viewer.layers:
+            return
+        self._input_pick = lambda: None
+        pick = lr_looking([c for c in self.image.choices if c is not None])
+        if pick is None or pick is current:
+            return
+        self._setting_input = True
+        try:
+            self.image.value = pick
+        finally:
+            self._setting_input = False
+
+    def _input_picked(self, *_args) -> None:
+        if not self._setting_input and self.image.value is not None:
+            self._input_pick = weakref.ref(self.image.value)
 
     def _image_changed(self, *_args) -> None:
         layer = self.image.value
@@ -584,7 +622,10 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         return _live_lazy.live_of(r["layer"])
 
     def _poll_live(self) -> None:
-        """Progress of the lazy result's tiles on screen, while no job runs."""
+        """Progress of the lazy result's tiles on screen, while no job runs; map layers'
+        contrast from their data (:meth:`_contrast_maps`)."""
+        if self._contrast_pending:
+            self._contrast_maps()
         if self.job is not None and self.job.running:
             return
         live = self._live()
@@ -837,7 +878,13 @@ class RestoreWidget(LoadsModelFirst, DockBody):
     def _map_layer(self, name: str, data, geometry_of, colormap: str, meta: dict):
         """Add (or update) a difference-map layer with ``geometry_of``'s scale, translate and
         units. The map (a dask array) is computed in the background as it is viewed, never in
-        napari's UI thread (:class:`_live_lazy.LiveArray`; zeros until a plane is done)."""
+        napari's UI thread (:class:`_live_lazy.LiveArray`; zeros until a plane is done).
+
+        The map reads on its own: its own colormap, drawn opaque over the grey layers
+        (``translucent`` blending at full opacity; ``additive`` over a grey image saturated
+        most of it), and contrast limits from its own values, ``(0, 99.5th percentile)`` of the
+        first view once its tiles are done (:meth:`_contrast_maps`; ``(0, 0.25)`` until then).
+        """
         scale, translate, units = layer_geometry(geometry_of)
         live = _live_lazy.LiveArray(data)
         if name in self.viewer.layers:
@@ -847,9 +894,31 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         else:
             layer = self.viewer.add_image(live, name=name, scale=scale, translate=translate,
                                           units=units, colormap=colormap, contrast_limits=(0, 0.25),
-                                          blending="additive", metadata={"decrappify": meta})
+                                          blending="translucent", opacity=1.0,
+                                          metadata={"decrappify": meta})
+            layer.contrast_limits_range = (0.0, 1.0)  # maps are in [0, 1] intensity units
         _live_lazy.bind(layer, live)
+        self._contrast_pending[name] = (weakref.ref(layer), live)
         return layer
+
+    def _contrast_maps(self) -> None:
+        """Contrast limits of new map layers from their data: once the tiles on screen are done
+        (read from the map's cache: nothing computed here), ``(0, 99.5th percentile)``. Runs in
+        the UI thread from the progress poll; a percentile of one view costs milliseconds."""
+        for name, (ref, live) in list(self._contrast_pending.items()):
+            layer = ref()
+            if layer is None or layer not in self.viewer.layers or _live_lazy.live_of(layer) is not live:
+                del self._contrast_pending[name]
+                continue
+            values = _live_lazy.view_values(live)
+            if values is None:
+                continue
+            del self._contrast_pending[name]
+            values = values[np.isfinite(values)]
+            top = float(np.percentile(values, 99.5)) if values.size else 0.0
+            top = max(top, 1e-3)  # a perfect match (all zeros) still gets a valid range
+            layer.contrast_limits_range = (0.0, max(1.0, top))
+            layer.contrast_limits = (0.0, top)
 
     def _plane_changed(self, *_args) -> None:
         """Current-plane scores and LR consistency from the whole-stack ones, when those exist;

@@ -136,9 +136,9 @@ class SegmentWidget(LoadsModelFirst, DockBody):
                                           self.split_button, self.summary, self.csv_path,
                                           self.export_button])
         self.table = QTableWidget(0, 0)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setMinimumHeight(160)
 
         # ---------------------------------------------------------------- count comparison
@@ -157,7 +157,7 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.compare_table = QTableWidget(0, 7)
         self.compare_table.setHorizontalHeaderLabels(["source", "count", "TP", "FP", "FN", "F1",
                                                       "missed"])
-        self.compare_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.compare_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.compare_table.setMinimumHeight(120)
 
         self.status = Label(value="")
@@ -585,7 +585,7 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         for d in range(len(world)):
             if d not in displayed:
                 self.viewer.dims.set_point(d, world[d])
-        self.viewer.camera.center = tuple(world[d] for d in displayed)
+        self.viewer.scene.camera.center = tuple(world[d] for d in displayed)
 
     def _row_selected(self) -> None:
         rows = {i.row() for i in self.table.selectedItems()}

@@ -115,11 +115,11 @@ def test_lazy_inspection_of_a_stack_never_stalls_and_shows_the_exact_result(
             qtbot.wait(80)
         settle(qtbot, layer)
         draw = viewer.window._qt_viewer.canvas.on_draw  # what a shown canvas does each frame
-        viewer.camera.zoom *= 3  # zoom in on a corner, then pan
-        viewer.camera.center = (0, 100.0, 100.0)
+        viewer.scene.camera.zoom *= 3  # zoom in on a corner, then pan
+        viewer.scene.camera.center = (0, 100.0, 100.0)
         draw(None)
         qtbot.wait(100)
-        viewer.camera.center = (0, 400.0, 300.0)
+        viewer.scene.camera.center = (0, 400.0, 300.0)
         draw(None)
         settle(qtbot, layer)
     assert stalls.longest_ms < STALL_MS, (

@@ -165,8 +165,8 @@ def test_lazy_multiscale_shows_input_zoomed_out_and_computes_tiles_in_view(
     qtbot.wait(100)
     # the 1280 x 1280 result does not fit the canvas: napari shows the input level, no network call
     assert layer.data_level == 1 and sum(forward_calls) == 0
-    viewer.camera.zoom *= 8
-    viewer.camera.center = (0, 100, 100)
+    viewer.scene.camera.zoom *= 8
+    viewer.scene.camera.center = (0, 100, 100)
     viewer.window._qt_viewer.canvas.on_draw(None)  # what a shown canvas does on the next frame
     settle(qtbot, layer)
     assert layer.data_level == 0
@@ -286,16 +286,24 @@ def test_error_map_and_grid_toggle(make_napari_viewer, qtbot, tiny2x):
     np.testing.assert_allclose(np.asarray(err.data[z]), want[z], atol=1e-6)  # what is shown
     np.testing.assert_allclose(err.scale, HR_SCALE)
     np.testing.assert_allclose(err.translate, HR_TRANSLATE)
+    # it reads on its own: its colormap, opaque over the grey layers (not added to them), and
+    # contrast limits from its values once the plane on screen is done: (0, 99.5th percentile)
+    assert err.colormap.name == "inferno"
+    assert err.blending == "translucent" and err.opacity == 1.0
+    qtbot.waitUntil(lambda: err.name not in dock._contrast_pending, timeout=5_000)
+    top = np.percentile(want[z], 99.5)
+    assert 0 < top < 0.25  # the old fixed limits would not have fitted this map
+    np.testing.assert_allclose(err.contrast_limits, (0.0, top), rtol=1e-5)
 
     order_before = [layer.name for layer in viewer.layers]
     dock.toggle_grid()
-    assert viewer.grid.enabled
+    assert viewer.canvas.grid.enabled
     assert [layer.name for layer in viewer.layers if layer.visible] == [
         "lr", "lr restored (tiny-2x)", "hr"]
-    assert [viewer.grid.position(i, viewer.layers) for i, layer in enumerate(viewer.layers)
+    assert [viewer.canvas.grid.position(i, viewer.layers) for i, layer in enumerate(viewer.layers)
             if layer.visible] == [(0, 0), (0, 1), (0, 2)]
     dock.toggle_grid()
-    assert not viewer.grid.enabled
+    assert not viewer.canvas.grid.enabled
     assert [layer.name for layer in viewer.layers] == order_before
     assert all(layer.visible for layer in viewer.layers)
 
@@ -609,14 +617,14 @@ def test_grid_without_removed_ground_truth_or_input(make_napari_viewer, qtbot, t
     _wait(qtbot, dock.run())
     viewer.layers.remove(hr_layer)
     dock.toggle_grid()  # no raw ValueError: the grid shows what is left
-    assert viewer.grid.enabled
+    assert viewer.canvas.grid.enabled
     assert [layer.name for layer in viewer.layers if layer.visible] == ["lr", "lr restored (tiny-2x)"]
     assert "ground truth 'hr'" in dock.status.value and "removed" in dock.status.value
     dock.toggle_grid()
-    assert not viewer.grid.enabled
+    assert not viewer.canvas.grid.enabled
     viewer.layers.remove(lr_layer)
     dock.toggle_grid()
-    assert viewer.grid.enabled and viewer.grid.shape == (1, 1)
+    assert viewer.canvas.grid.enabled and viewer.canvas.grid.shape == (1, 1)
     assert "input 'lr'" in dock.status.value
     dock.toggle_grid()
 

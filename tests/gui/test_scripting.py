@@ -50,10 +50,10 @@ def test_add_restored_by_names_in_memory_with_ground_truth(make_napari_viewer, t
         metrics.evaluate(bic, hr, normalised=False)["ssim"], abs=1e-9)
 
     compare(viewer, "em", out, "hr")
-    assert viewer.grid.enabled and viewer.grid.shape == (1, 3)
+    assert viewer.canvas.grid.enabled and viewer.canvas.grid.shape == (1, 3)
     assert [layer.name for layer in viewer.layers if layer.visible] == ["em", "restored", "hr"]
     compare(viewer, None, None, None, enable=False)
-    assert not viewer.grid.enabled and all(layer.visible for layer in viewer.layers)
+    assert not viewer.canvas.grid.enabled and all(layer.visible for layer in viewer.layers)
 
 
 def test_add_restored_reports_bad_input(make_napari_viewer, tiny2x):

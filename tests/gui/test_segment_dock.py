@@ -117,7 +117,7 @@ def test_segment_dock_paint_train_predict_measure(make_napari_viewer, qtbot, mod
                for y, x in world_centres) < 2.0
     dock.table.selectRow(0)
     assert objects.selected_label == first["label"]
-    np.testing.assert_allclose(viewer.camera.center[-2:], (first["centroid_y"], first["centroid_x"]))
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], (first["centroid_y"], first["centroid_x"]))
 
     dock.csv_path.value = tmp_path / "objects.csv"
     path = dock.export_csv()
