@@ -733,6 +733,17 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .bioimageio import export_bioimageio
+
+    # one format so far; the option keeps room for others (e.g. ONNX) without a new command
+    out = export_bioimageio(args.model, args.output, authors=args.author, license=args.license,
+                            overwrite=args.overwrite)
+    print(f"wrote {out} (bioimage.io model, spec 0.5); check it with: "
+          f"bioimageio test {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -862,7 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore IN with MODEL tile by tile and stream the result to OUT (OME-Zarr "
                     "folder *.zarr, resumable: rerun the same command after an interruption; or "
                     "*.tif/*.tiff). Memory stays bounded whatever the input size.")
-    s.add_argument("model", help="model folder or bundled/user model name (e.g. em-4x)")
+    s.add_argument("model", help="model folder, bundled/user model name (e.g. em-4x), or a "
+                                 "bioimage.io package (*.zip) made by decrappify export")
     s.add_argument("input", help="TIFF, Zarr/OME-Zarr, or sample:KEY[a:b]")
     s.add_argument("output", help="output *.zarr (OME-Zarr) or *.tif/*.tiff")
     s.add_argument("--axes", help="axes of IN, e.g. ZYX (default: from the file, else by ndim)")
@@ -957,6 +969,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="benchmark-specific option (repeatable)")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser(
+        "export", help="export a model as a bioimage.io package (Fiji/deepImageJ, ilastik ...)",
+        description="Write a bioimage.io (spec 0.5) model package: TorchScript weights, axes with "
+                    "the model's scale, alignment and halo, its normalisation, test tensors from "
+                    "real CREMI data, a cover, README and the PSSR citation. `decrappify restore "
+                    "OUT.zip IN OUT` reads it back. See docs/interchange.md.")
+    s.add_argument("model", help="bundled model name or model folder")
+    s.add_argument("output", help="package to write (*.zip)")
+    s.add_argument("--format", default="bioimageio", choices=["bioimageio"],
+                   help="package format (default bioimageio)")
+    s.add_argument("--author", action="append", metavar="NAME",
+                   help="author's full name (repeatable; default: your login name)")
+    s.add_argument("--license", default="CC-BY-4.0",
+                   help="SPDX licence of the weights (default CC-BY-4.0)")
+    s.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("models", help="list bundled and user models")
     s.add_argument("--json", action="store_true")

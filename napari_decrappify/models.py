@@ -625,9 +625,10 @@ def _is_empty_dir(path: Path) -> bool:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
-    """A model folder, or the name of a bundled (``zoo``) or user model."""
+    """A model folder, a bioimage.io package (``*.zip``, see :mod:`napari_decrappify.bioimageio`),
+    or the name of a bundled (``zoo``) or user model."""
     p = Path(name_or_path)
-    if p.is_dir():
+    if p.is_dir() or (p.suffix.lower() == ".zip" and p.is_file()):
         return p
     name = str(name_or_path)
     # a name is one folder inside a search folder: "../../x" must not reach outside them
@@ -701,6 +702,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
                ) -> RestorationModel:
     """Load a model folder (or bundled model by name) safely: no pickle, everything checked.
 
+    A path ending in ``.zip`` is read as a bioimage.io package exported by this project
+    (:func:`napari_decrappify.bioimageio.load_bioimageio`); other packages are refused.
+
     Raises
     ------
     ModelFileError
@@ -710,6 +714,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if Path(name_or_path).suffix.lower() == ".zip":  # a bioimage.io package this project exported
+        from .bioimageio import load_bioimageio
+
+        return load_bioimageio(name_or_path, device=device)
     path = resolve_model_path(name_or_path)
     config = read_model_config(path)
     wpath = path / WEIGHTS_FILE
