@@ -31,13 +31,22 @@ def _save(viewer, name: str) -> Path:
     return path
 
 
+def _close_toasts(viewer) -> None:
+    """Close napari's notification toasts: they cover the canvas in a still image."""
+    from qtpy.QtWidgets import QWidget
+
+    for w in viewer.window._qt_window.findChildren(QWidget):  # noqa: SLF001 - napari's toasts
+        if type(w).__name__ == "NapariQtNotification":
+            w.close()
+
+
 def your_data() -> int:
     """docs/images/your-data-restore.png: the Restore dock after restoring "your own" EM: CREMI
     held-out planes 20-21 at 8 nm (32 nm LR, float [0, 1], 100 photons), with their HR."""
     import time
 
     import napari
-    from qtpy.QtWidgets import QApplication, QWidget
+    from qtpy.QtWidgets import QApplication
 
     from napari_decrappify._bench_generalisation import scenario_pair
     from napari_decrappify.models import resolve_model_path
@@ -72,9 +81,7 @@ def your_data() -> int:
         QApplication.processEvents()
         time.sleep(0.01)
     viewer.layers.selection.active = viewer.layers[-1]
-    for w in viewer.window._qt_window.findChildren(QWidget):  # noqa: SLF001 - napari's toasts
-        if type(w).__name__ == "NapariQtNotification":
-            w.close()
+    _close_toasts(viewer)
     _save(viewer, "your-data-restore")
     viewer.close()
     return 0
@@ -85,25 +92,36 @@ def main() -> int:
         return your_data()
     import napari
 
-    from napari_decrappify._napari.demo_view import add_demo_layers
+    from napari_decrappify._napari.demo_view import add_demo_layers, add_restore_dock
     from napari_decrappify.demo import run_demo
-    from napari_decrappify.models import resolve_model_path
 
     IMAGES.mkdir(exist_ok=True)
     result = run_demo(HERE / "_build" / "demo", "em-4x")
     viewer = napari.Viewer(title="napari-decrappify", show=True)
     viewer.window.resize(1600, 700)
     add_demo_layers(viewer, result)
+    _close_toasts(viewer)
     _save(viewer, "demo")
+    # the docks at the size the layout is checked at (tests/gui/test_docks.py), one at a time,
+    # on the restored plane zoomed to fill the canvas
     viewer.canvas.grid.enabled = False
+    viewer.layers["HR ground truth"].visible = False  # the restored plane shows, not the HR on top
+    viewer.window.resize(1600, 1000)
     for dock in ("Restore", "Crappify", "Train", "Segment"):
-        widget, body = viewer.window.add_plugin_dock_widget("napari-decrappify", dock)
+        if dock == "Restore":  # the demo's model and ground truth; the input is the LR
+            widget, body = add_restore_dock(viewer, result)
+        else:
+            widget, body = viewer.window.add_plugin_dock_widget("napari-decrappify", dock)
         if dock == "Crappify":  # it offers the first image layer (the LR): crappify the HR
             body.layer.value = viewer.layers["HR ground truth"]
-        if dock == "Restore":  # the model the demo's 4x LR needs, not the first in the list
-            body.model.value = str(resolve_model_path("em-4x"))
+        viewer.layers.selection.active = viewer.layers[f"restored ({result.model})"]
+        viewer.reset_view()
+        _close_toasts(viewer)
         _save(viewer, f"dock-{dock.lower()}")
         viewer.window.remove_dock_widget(widget)
+        for layer in [lyr for lyr in viewer.layers  # Crappify's preview: not in the next shots
+                      if "crappify" in (lyr.metadata.get("decrappify") or {})]:
+            viewer.layers.remove(layer)
     viewer.close()
     return 0
 

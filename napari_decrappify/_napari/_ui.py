@@ -89,10 +89,14 @@ def note(text: str = ""):
 
 
 def _fit_width(widget: QWidget) -> None:
-    """Let combo boxes shrink (elided) and labels wrap, so a narrow dock shows everything."""
+    """Let combo boxes shrink (their whole text in a tooltip) and labels wrap, so that a narrow
+    dock shows everything."""
     for combo in widget.findChildren(QComboBox):
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(8)
+        if not combo.toolTip():  # a narrow combo box cuts its text: the whole of it on hover
+            combo.setToolTip(combo.currentText())
+            combo.currentTextChanged.connect(combo.setToolTip)
     for label in widget.findChildren(QLabel):
         if label.wordWrap():
             label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.MinimumExpanding)

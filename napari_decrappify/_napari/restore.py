@@ -262,6 +262,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.finish()
 
         self.image.changed.connect(self._input_picked)
+        self.ground_truth.changed.connect(lambda *_: self._show_metrics())
         self.image.changed.connect(self._image_changed)
         self.lazy.changed.connect(self._lazy_changed)
         self.model.changed.connect(self._model_changed)
@@ -946,7 +947,10 @@ class RestoreWidget(LoadsModelFirst, DockBody):
     def _show_metrics(self) -> None:
         self._show_consistency()
         if self.result is None or self.result.get("gt") is None:
-            self.metrics_label.value = "Choose an HR ground-truth layer, then restore, to score."
+            gt = self.ground_truth.value
+            self.metrics_label.value = (
+                f"Restore to score against <b>{html.escape(gt.name)}</b>." if gt is not None
+                else "Choose an HR ground-truth layer, then restore, to score.")
             return
         plane = self.metrics.get("plane") or {}
         stack = self.metrics.get("stack") or {}

@@ -72,3 +72,11 @@ def test_no_dock_is_cut_on_the_right(make_napari_viewer, qtbot):
     qtbot.wait(100)
     cut = {dock: _cut_on_the_right(body) for dock, body in bodies.items()}
     assert not any(cut.values()), cut
+    # a narrow combo box cuts its text (Qt does not elide it): the whole of it shows on hover
+    from qtpy.QtWidgets import QComboBox
+
+    restore = bodies["Restore"]
+    for combo in restore.findChildren(QComboBox):
+        assert combo.toolTip(), combo.currentText()
+    model = restore.model.native
+    assert model.toolTip() == model.currentText()
