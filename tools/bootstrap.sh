@@ -38,6 +38,13 @@ if [ ! -f "$stamp" ]; then
     # torch/torchvision: the matched pair from PyPI (see ../shared/ENVIRONMENT.md, trap 1).
     "$VENV/bin/pip" install -q --disable-pip-version-check \
         -c requirements/constraints.txt "torch==2.14.1" "torchvision==0.29.1" -e ".[testing,dev]"
+    # The Qt binding is PyQt6 (napari 0.9 deprecates PyQt5). A venv made before the switch still
+    # holds PyQt5, and with both installed qtpy (napari) picks PyQt5 while pytest-qt picks PyQt6:
+    # two Qt runtimes in one process. Remove PyQt5 so an old venv tests what a fresh one does.
+    if "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('PyQt5') is None)"; then
+        echo "[bootstrap] removing PyQt5 from $VENV (the GUI runs on PyQt6)"
+        "$VENV/bin/pip" uninstall -q -y --disable-pip-version-check PyQt5 PyQt5-Qt5 PyQt5_sip
+    fi
     rm -f "$VENV"/.installed-*
     touch "$stamp"
     echo "[bootstrap] dependencies installed in $(( $(date +%s) - start )) s"
