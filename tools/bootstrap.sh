@@ -37,7 +37,7 @@ if [ ! -f "$stamp" ]; then
     start=$(date +%s)
     # torch/torchvision: the matched pair from PyPI (see ../shared/ENVIRONMENT.md, trap 1).
     "$VENV/bin/pip" install -q --disable-pip-version-check \
-        -c requirements/constraints.txt "torch==2.14.1" "torchvision==0.29.1" -e ".[testing,dev]"
+        -c requirements/constraints.txt "torch==2.14.1" "torchvision==0.29.1" -e ".[testing,dev,bioimageio]"
     # The Qt binding is PyQt6 (napari 0.9 deprecates PyQt5). A venv made before the switch still
     # holds PyQt5, and with both installed qtpy (napari) picks PyQt5 while pytest-qt picks PyQt6:
     # two Qt runtimes in one process. Remove PyQt5 so an old venv tests what a fresh one does.
