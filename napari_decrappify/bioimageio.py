@@ -10,8 +10,8 @@ Export (:func:`export_bioimageio`) writes:
   native network on two input sizes before anything is written);
 - input axes ``(batch, channel, y, x)``: a multi-frame model's frames are its channels; y/x sizes
   ``min + n * alignment``, where ``min`` is the smallest aligned size that the spec's halo
-  allows; output y/x = ``scale`` x input, with a halo of ``scale x receptive field`` output
-  pixels;
+  allows; output y/x = ``scale`` x input, with a halo of the receptive field (rounded up to
+  half the alignment, :func:`input_halo`) in output pixels; borders reflect-padded;
 - the model's normalisation as the spec's pre/postprocessing (see :func:`_processing`);
 - test input/output tensors from a real CREMI plane (held out from training), computed by
   this library's own code path (so ``bioimageio.core.test_model`` checks that the package
@@ -63,14 +63,27 @@ class BioimageioError(ModelFileError):
 # --------------------------------------------------------------------------- geometry
 
 
+def input_halo(model: RestorationModel) -> int:
+    """The package's halo in input pixels: the receptive field, rounded up to half the
+    alignment.
+
+    Consumers (``bioimageio.core.predict``) pad each input by the halo on both sides and feed
+    the result to the network, which needs sizes in steps of the alignment: ``2 * halo`` must
+    be a multiple of it (em-4x: field 169 px, halo 176 px; a 169 px halo gave 690 px inputs,
+    which the U-Net's skip connections refused).
+    """
+    half = max(1, model.alignment // 2)
+    return -(-model.receptive_field // half) * half
+
+
 def min_input_size(model: RestorationModel) -> int:
     """The smallest input side (a multiple of the alignment) that the package's halo allows.
 
-    The spec requires ``size - 2 * halo >= 1`` on the output axis at the smallest size; the
-    halo being the receptive field, the input must be at least ``2 * receptive_field + 1``.
+    The spec requires ``size - 2 * halo >= 1`` on the output axis at the smallest size, so the
+    input must be at least ``2 * halo + 1``.
     """
     a = model.alignment
-    return max(a, -(-(2 * model.receptive_field + 1) // a) * a)
+    return max(a, -(-(2 * input_halo(model) + 1) // a) * a)
 
 
 def _pixel_sizes(model: RestorationModel) -> tuple[float, float, str | None]:
@@ -86,9 +99,34 @@ def _pixel_sizes(model: RestorationModel) -> tuple[float, float, str | None]:
 # --------------------------------------------------------------------------- test data
 
 
-def _test_input(model: RestorationModel, size: int) -> tuple[np.ndarray, str]:
+def _given_test_input(model: RestorationModel, size: int, image) -> tuple[np.ndarray, str]:
+    """The centre ``size x size`` crop of the user's ``image`` (its middle plane(s)), as given."""
+    a = np.asarray(image, dtype=np.float32)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"the test image must be a plane (Y, X) or a stack (Z, Y, X), not "
+                         f"{a.ndim}-D")
+    half = model.frames // 2
+    if a.shape[0] < model.frames:
+        raise ValueError(f"model {model.name!r} takes {model.frames} planes: the test image has "
+                         f"{a.shape[0]}")
+    c = a.shape[0] // 2
+    a = a[c - half : c + half + 1]
+    h, w = a.shape[-2:]
+    if min(h, w) < size:
+        raise ValueError(f"the test image is {h} x {w} px; the package's halo needs at least "
+                         f"{size} x {size} (twice the receptive field, aligned)")
+    if not np.isfinite(a).all():
+        raise ValueError("the test image contains NaN or inf values")
+    y0, x0 = (h - size) // 2, (w - size) // 2
+    return (np.ascontiguousarray(a[None, :, y0 : y0 + size, x0 : x0 + size]),
+            f"The given test image, centre crop {size} x {size}")
+
+
+def _test_input(model: RestorationModel, size: int, image=None) -> tuple[np.ndarray, str]:
     """A ``(1, frames, size, size)`` float32 crop of real CREMI data in the model's input
-    units, and one line saying what it is.
+    units (or of ``image``, see :func:`_given_test_input`), and one line saying what it is.
 
     The LR is the project's benchmark degradation (block mean by ``scale`` + shot/read noise)
     of held-out plane(s) around :data:`TEST_PLANE`; where that LR is smaller than ``size``
@@ -98,6 +136,8 @@ def _test_input(model: RestorationModel, size: int) -> tuple[np.ndarray, str]:
     from .crappify import protocol_lr, to_unit
     from .samples import load_sample
 
+    if image is not None:
+        return _given_test_input(model, size, image)
     hr, _ = load_sample("cremi")
     f = model.scale
     while f > 1 and hr.shape[-1] // f < size:
@@ -263,6 +303,7 @@ def _cover(x: np.ndarray, y: np.ndarray, path: Path) -> None:
 
 def _readme(model: RestorationModel, what: str, min_size: int, trace_diff: float) -> str:
     c = model.config
+    halo = input_halo(model)
     n = c.norm
     frames = (f"{model.frames} neighbouring planes (z or t) on the channel axis, centre plane in "
               f"the middle" if model.frames > 1 else "one plane (one channel)")
@@ -297,9 +338,10 @@ low-resolution versions and the network learns to undo that.
 - input `(batch, channel, y, x)`, float32: {frames}. y and x are `{min_size} + n * {c.alignment}`
   pixels (the smallest size the halo allows, in steps of the network's alignment).
 - output `(batch, channel, y, x)`: {model.out_channels} channel(s), y and x = {model.scale} x the
-  input's. The halo ({model.receptive_field * model.scale} output pixels, {model.receptive_field}
-  input pixels) is the model's **measured receptive field**: tiles overlapping by it join
-  without seams.
+  input's. The halo ({halo * model.scale} output pixels, {halo} input pixels) is the model's
+  **measured receptive field** ({model.receptive_field} input pixels) rounded up to half the
+  alignment: tiles overlapping by it join without seams. Image borders are reflect-padded, as
+  napari-decrappify does.
 - {norm}
 
 ## Test data
@@ -342,7 +384,8 @@ no code from the package is run).
 
 def export_bioimageio(model: RestorationModel | str | os.PathLike, out_zip: str | os.PathLike, *,
                       authors: Sequence[str] | None = None, license: str = "CC-BY-4.0",
-                      description: str | None = None, overwrite: bool = False) -> Path:
+                      description: str | None = None, test_image=None,
+                      overwrite: bool = False) -> Path:
     """Write a bioimage.io (spec 0.5) model package of a restoration model.
 
     Parameters
@@ -357,6 +400,12 @@ def export_bioimageio(model: RestorationModel | str | os.PathLike, out_zip: str 
         SPDX licence identifier of the weights (default ``CC-BY-4.0``, the model zoo's usual).
     description : str, optional
         One-paragraph description (default: the model's own).
+    test_image : array-like, optional
+        A plane ``(Y, X)`` or stack ``(Z, Y, X)`` in the model's input units whose centre crop
+        (middle plane(s)) becomes the test input; at least :func:`min_input_size` pixels a
+        side. Default: a held-out CREMI plane degraded like the model's LR (fetched from PyPI
+        on first use), the right choice for EM models; a model of other data should carry a
+        test image of that data.
     overwrite : bool
         Replace ``out_zip`` if it exists.
 
@@ -406,10 +455,10 @@ def export_bioimageio(model: RestorationModel | str | os.PathLike, out_zip: str 
         raise ValueError(f"author name {bad[0]!r} contains '/', which bioimage.io does not allow")
 
     size = min_input_size(model)
-    x, what = _test_input(model, size)
+    x, what = _test_input(model, size, test_image)
     y, xn = _reference_output(model, x)
     in_px, out_px, unit = _pixel_sizes(model)
-    s, rf = model.scale, model.receptive_field
+    s, rf = model.scale, input_halo(model)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -468,6 +517,8 @@ def export_bioimageio(model: RestorationModel | str | os.PathLike, out_zip: str 
                 description=f"low-resolution image: {model.frames} plane(s) on the channel axis",
                 test_tensor=bio.FileDescr(source=tmp / "test_input.npy"),
                 data=bio.IntervalOrRatioDataDescr(type="float32"),
+                pad=bio.ReflectPadding(mode="reflect"),  # as napari-decrappify pads borders (explicit:
+                # a default left unset is not written, and reads back as constant padding)
                 preprocessing=pre,
             )],
             outputs=[bio.OutputTensorDescr(
@@ -491,7 +542,8 @@ def export_bioimageio(model: RestorationModel | str | os.PathLike, out_zip: str 
                 "model_file": ATTACHED_CONFIG,
                 "weights_file": ATTACHED_WEIGHTS,
                 "weights_sha256": native.config.weights_sha256,
-                "scale": s, "frames": model.frames, "receptive_field": rf,
+                "scale": s, "frames": model.frames, "halo": rf,
+                "receptive_field_measured": model.receptive_field,
                 "alignment": model.alignment, "normalisation": norm.mode,
             }}),
         )
@@ -572,5 +624,5 @@ def is_package(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".zip"
 
 
-__all__ = ["CONFIG_KEY", "BioimageioError", "export_bioimageio", "is_package", "load_bioimageio",
-           "min_input_size"]
+__all__ = ["CONFIG_KEY", "BioimageioError", "export_bioimageio", "input_halo", "is_package",
+           "load_bioimageio", "min_input_size"]

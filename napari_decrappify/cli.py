@@ -734,11 +734,16 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import numpy as np
+
     from .bioimageio import export_bioimageio
 
     # one format so far; the option keeps room for others (e.g. ONNX) without a new command
+    test_image = None
+    if args.test_image:
+        test_image = np.asarray(open_input(args.test_image, None).data)
     out = export_bioimageio(args.model, args.output, authors=args.author, license=args.license,
-                            overwrite=args.overwrite)
+                            test_image=test_image, overwrite=args.overwrite)
     print(f"wrote {out} (bioimage.io model, spec 0.5); check it with: "
           f"bioimageio test {out}")
     return 0
@@ -984,6 +989,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="author's full name (repeatable; default: your login name)")
     s.add_argument("--license", default="CC-BY-4.0",
                    help="SPDX licence of the weights (default CC-BY-4.0)")
+    s.add_argument("--test-image", metavar="IMAGE",
+                   help="image (TIFF, Zarr or sample:KEY[a:b]) whose centre crop becomes the "
+                        "package's test input (default: a held-out CREMI plane)")
     s.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     s.set_defaults(func=cmd_export)
 
