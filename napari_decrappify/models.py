@@ -643,6 +643,28 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+def model_stamp(path: str | os.PathLike) -> tuple:
+    """What changes when a model is saved or exported anew at ``path``: ``(mtime_ns, size)``
+    of a package's ``*.zip``, or of a folder's ``model.json`` and weights (None for a file
+    that is missing: :func:`load_model` says what is missing).
+
+    Caches of loaded models key on it: a package re-exported at the same path (a zip has no
+    weights file of its own to look at) or weights saved anew into a folder are loaded again.
+    """
+    p = Path(path)
+    files = [p] if p.suffix.lower() == ".zip" and not p.is_dir() else [p / CONFIG_FILE,
+                                                                          p / WEIGHTS_FILE]
+    return tuple(_file_stamp(f) for f in files)
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def model_search_dirs() -> list[Path]:
     from platformdirs import user_data_dir
 

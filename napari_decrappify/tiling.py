@@ -189,17 +189,18 @@ def _as_model(model):
 
 
 def _load_cached(name_or_path):
-    """The model of a folder or name, loaded once per folder while its files are unchanged.
+    """The model of a folder, package or name, loaded once per path while its files are unchanged.
 
     Every registered model keeps a device thread and a private copy of its network: a fresh
     load per call (one call per file in a batch script) would add both each time. A folder
-    whose ``model.json`` or weights changed (size or modification time) is loaded again and
-    the previous model is forgotten (its device workers stop).
+    whose ``model.json`` or weights changed, or a package zip exported anew at the same path
+    (size or modification time, :func:`models.model_stamp`), is loaded again and the previous
+    model is forgotten (its device workers stop).
     """
-    from .models import CONFIG_FILE, WEIGHTS_FILE, load_model, resolve_model_path
+    from .models import load_model, model_stamp, resolve_model_path
 
     folder = resolve_model_path(name_or_path).resolve()
-    stamp = tuple(_file_stamp(folder / f) for f in (CONFIG_FILE, WEIGHTS_FILE))
+    stamp = model_stamp(folder)  # a package's zip: its own time and size
     with _LOADED_LOCK:  # held while loading: two threads asking at once share one load
         hit = _LOADED.get(str(folder))
         if hit is not None and hit[0] == stamp:
@@ -209,14 +210,6 @@ def _load_cached(name_or_path):
     if hit is not None:
         _forget_model(hit[1])
     return model
-
-
-def _file_stamp(path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None  # load_model says what is missing
-    return st.st_mtime_ns, st.st_size
 
 
 def _forget_model(model) -> None:

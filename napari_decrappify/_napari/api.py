@@ -37,11 +37,12 @@ _GRID_STATE: dict[int, dict] = {}
 
 
 def _model_key(model) -> tuple:
-    from ..models import WEIGHTS_FILE, resolve_model_path
+    """(resolved path, :func:`models.model_stamp`): a model saved anew into its folder, or a
+    package re-exported at the same ``*.zip`` path, is another key (loaded again)."""
+    from ..models import model_stamp, resolve_model_path
 
     path = resolve_model_path(model).resolve()
-    wfile = path / WEIGHTS_FILE
-    return (str(path), wfile.stat().st_mtime_ns if wfile.exists() else None)
+    return (str(path), model_stamp(path))
 
 
 def loaded_model(model):
@@ -60,9 +61,10 @@ def loaded_model(model):
 def resolve_model(model):
     """A loaded model from a model object, a model folder or a bundled / user model name.
 
-    Loaded models are cached (keyed by folder and weights file time), so switching back and
-    forth in the dock does not reload them. The cache holds one version per folder: loading
-    weights saved anew into a folder drops its older ones.
+    Loaded models are cached (keyed by path and the time and size of its files), so switching
+    back and forth in the dock does not reload them. The cache holds one version per path:
+    loading weights saved anew into a folder, or a package exported anew at the same path,
+    drops its older ones.
 
     Parameters
     ----------
