@@ -188,3 +188,36 @@ def lr_looking(layers) -> Any:
         return (is_product(lyr), words, -_pixel_area(lyr), int(np.prod(yx)), i)
 
     return min(enumerate(layers), key=rank)[1]
+
+
+def is_restored(layer) -> bool:
+    """Whether a layer is a restoration made by this plugin (Restore dock, :mod:`.api`): its
+    metadata names the model and no classes (a segmentation's probabilities name both)."""
+    meta = (layer.metadata or {}).get("decrappify")
+    return isinstance(meta, dict) and "model" in meta and "classes" not in meta
+
+
+def segmentation_input(layers) -> Any:
+    """The image layer of ``layers`` a biologist would segment first, or None when there is none.
+
+    The restored result when there is one (the newest: the last restored is on top); else the
+    finest image there is, not a product of this plugin (maps, probabilities, inspected
+    regions, a crappified preview): a name that says HR or ground truth first, one that says
+    LR last, then the smallest pixel, then the most pixels. That is the opposite of the
+    Restore dock's input (:func:`lr_looking`): one restores the LR and segments what came out.
+    """
+    layers = [lyr for lyr in layers if not getattr(lyr, "rgb", False)] or list(layers)
+    if not layers:
+        return None
+
+    def rank(item):
+        i, lyr = item
+        if is_restored(lyr):
+            return (0, 0, 0.0, 0, -i)
+        meta = (lyr.metadata or {}).get("decrappify")
+        name = str(lyr.name)
+        words = 0 if _HR_WORDS.search(name) else (2 if _LR_WORDS.search(name) else 1)
+        yx = base_data(lyr).shape[-2:]
+        return (1 + (isinstance(meta, dict)), words, _pixel_area(lyr), -int(np.prod(yx)), i)
+
+    return min(enumerate(layers), key=rank)[1]

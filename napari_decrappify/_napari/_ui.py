@@ -3,6 +3,10 @@ layer choices, a matplotlib canvas themed like the viewer."""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+from contextlib import contextmanager
+
 from magicgui.widgets import Container
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QComboBox, QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
@@ -77,6 +81,57 @@ class DockBody(QWidget):
         """Refresh every layer choice when the viewer's layers are added, removed or renamed."""
         for ev in ("inserted", "removed", "reordered", "renamed"):
             getattr(viewer.layers.events, ev).connect(self.reset_choices)
+
+
+class DefaultChoice:
+    """A layer combo box that follows a default until the user picks a layer there.
+
+    ``pick(layers)`` chooses among the combo box's layers (e.g. :func:`._layers.lr_looking`);
+    :meth:`apply` (after the choices are refreshed) moves the value to it, unless the user's own
+    pick is still the value and still in the viewer: layers added later then leave the user's
+    choice alone, and a removed pick falls back to the default. Values set by the dock itself,
+    inside :meth:`quiet`, are not taken for the user's.
+
+    Parameters
+    ----------
+    combo : magicgui.widgets.ComboBox
+        The layer choice.
+    pick : callable
+        ``pick(layers) -> layer or None``: the default among the offered layers.
+    viewer : napari.Viewer
+        Whose layers a pick must still be in.
+    """
+
+    def __init__(self, combo, pick: Callable, viewer):
+        self.combo, self.pick, self.viewer = combo, pick, viewer
+        self._picked = lambda: None  # the layer the user picked (weakly held)
+        self._setting = False
+        combo.changed.connect(self._changed)
+
+    @contextmanager
+    def quiet(self):
+        """Values set in here are the dock's, not the user's pick."""
+        was, self._setting = self._setting, True
+        try:
+            yield
+        finally:
+            self._setting = was
+
+    def apply(self) -> None:
+        """Point the combo box at the default, unless the user's pick is still its value."""
+        current, picked = self.combo.value, self._picked()
+        if picked is not None and picked is current and picked in self.viewer.layers:
+            return
+        self._picked = lambda: None
+        default = self.pick([c for c in self.combo.choices if c is not None])
+        if default is None or default is current:
+            return
+        with self.quiet():
+            self.combo.value = default
+
+    def _changed(self, *_args) -> None:
+        if not self._setting and self.combo.value is not None:
+            self._picked = weakref.ref(self.combo.value)
 
 
 def note(text: str = ""):

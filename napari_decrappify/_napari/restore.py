@@ -69,7 +69,7 @@ from magicgui.widgets import (
 from ..pixel_size import POLICIES
 from . import _compare, _live_lazy, api
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, lr_looking, mode_text
-from ._ui import DockBody, devices, layer_choices, note
+from ._ui import DefaultChoice, DockBody, devices, layer_choices, note
 from ._workers import CoreJob, LoadsModelFirst, compute_array, describe, model_events
 
 CURRENT_VIEW = "current view"
@@ -159,8 +159,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self._setting_lazy = False
         # the input defaults to the LR-looking layer (_layers.lr_looking) until the user picks
         # one: then layers added later (a result, another image) leave their choice alone
-        self._input_pick = lambda: None  # the layer the user picked (weakly held)
-        self._setting_input = False
+        self._input_default = DefaultChoice(self.image, lr_looking, v)
         self.ground_truth = ComboBox(label="HR ground truth", choices=layer_choices(v, optional=True))
         self.pixel_size = FloatSpinBox(
             label="pixel size (nm)", value=0.0, min=0.0, max=1e7, step=0.5,
@@ -261,7 +260,6 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.add(self.render, "Lazy result: render to OME-Zarr")
         self.finish()
 
-        self.image.changed.connect(self._input_picked)
         self.ground_truth.changed.connect(lambda *_: self._show_metrics())
         self.image.changed.connect(self._image_changed)
         self.lazy.changed.connect(self._lazy_changed)
@@ -380,11 +378,8 @@ class RestoreWidget(LoadsModelFirst, DockBody):
 
     def reset_choices(self, *args) -> None:
         """Refresh the layer choices (layers added, removed, renamed), then the input's default."""
-        self._setting_input = True  # a value that changes here was not picked by the user
-        try:
+        with self._input_default.quiet():  # a value that changes here was not picked by the user
             super().reset_choices(*args)
-        finally:
-            self._setting_input = False
         self._default_input()
 
     def _default_input(self) -> None:
@@ -392,22 +387,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         then the largest pixel, then the smallest image; never one of this plugin's results),
         unless the user chose the input and it is still open. With the bundled sample's LR and
         HR open, that is the LR, whatever their order in the layer list."""
-        current, picked = self.image.value, self._input_pick()
-        if picked is not None and picked is current and picked in self.viewer.layers:
-            return
-        self._input_pick = lambda: None
-        pick = lr_looking([c for c in self.image.choices if c is not None])
-        if pick is None or pick is current:
-            return
-        self._setting_input = True
-        try:
-            self.image.value = pick
-        finally:
-            self._setting_input = False
-
-    def _input_picked(self, *_args) -> None:
-        if not self._setting_input and self.image.value is not None:
-            self._input_pick = weakref.ref(self.image.value)
+        self._input_default.apply()
 
     def _image_changed(self, *_args) -> None:
         layer = self.image.value

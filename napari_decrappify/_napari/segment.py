@@ -32,9 +32,9 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ..io import RestoreCancelled
-from ._layers import base_data, current_plane, layer_axes, layer_geometry
+from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._progress import JobProgress
-from ._ui import STOP_TEXT, DockBody, layer_choices
+from ._ui import STOP_TEXT, DefaultChoice, DockBody, layer_choices
 from ._units import density_text, display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
@@ -81,7 +81,12 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.comparison: dict | None = None
 
         # ---------------------------------------------------------------- data and classes
-        self.image = ComboBox(label="image", choices=layer_choices(v, _image_type()))
+        self.image = ComboBox(label="image", choices=layer_choices(v, _image_type()),
+                              tooltip="by default the restored result (the newest), else the "
+                                      "finest image open")
+        # the image defaults to what a biologist segments (_layers.segmentation_input: the
+        # restored result, else the finest image), not the first layer, until the user picks one
+        self._image_default = DefaultChoice(self.image, segmentation_input, v)
         self.labels = ComboBox(label="painted labels", choices=layer_choices(v, _labels_type(),
                                                                              optional=True),
                                tooltip="0 = unlabelled (ignored); label k = k-th class name")
@@ -188,8 +193,16 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.model_folder.changed.connect(self._folder_chosen)
         self.table.itemSelectionChanged.connect(self._row_selected)
         self.follow_layers(v)
+        self._image_default.apply()
 
     # ------------------------------------------------------------------ choices
+    def reset_choices(self, *args) -> None:
+        """Refresh the layer choices (layers added, removed, renamed), then the image's default
+        (:class:`._ui.DefaultChoice`)."""
+        with self._image_default.quiet():  # a value that changes here was not picked by the user
+            super().reset_choices(*args)
+        self._image_default.apply()
+
     def model_entries(self) -> list[dict]:
         """Segmentation models offered: user/bundled ones and folders added by hand or trained."""
         from ..models import list_models

@@ -343,3 +343,38 @@ def test_weights_replaced_while_loading_are_not_loaded_in_the_ui_thread(
     meta = viewer.layers["cells classes (seg)"].metadata["decrappify"]
     assert meta["weights_sha256"] == job.result.weights_hash
     assert dock._loaded_just_now is None
+
+
+def test_segment_image_defaults_to_the_restored_result(make_napari_viewer):
+    """What a biologist segments: the restored result when there is one (the newest), else the
+    finest image, never a map, probability or crappified preview of this plugin; the user's own
+    pick then stays whatever layers come."""
+    from napari_decrappify._napari.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    lr = viewer.add_image(np.zeros((16, 16), np.float32), name="em LR", scale=(16, 16), units="nm")
+    dock = SegmentWidget(viewer)
+    assert dock.image.value is lr  # the only image
+    hr = viewer.add_image(np.zeros((64, 64), np.float32), name="em HR", scale=(4, 4), units="nm")
+    assert dock.image.value is hr  # finer than the LR (not simply the first layer)
+    # products of the plugin other than a restoration are never the default
+    viewer.add_image(np.zeros((64, 64), np.float32), name="em LR restored (m) error",
+                     scale=(2, 2), metadata={"decrappify": {"error_of": "x"}})
+    viewer.add_image(np.zeros((64, 64), np.float32), name="em P(mito) (seg)", scale=(1, 1),
+                     metadata={"decrappify": {"model": "seg", "classes": ["mito"]}})
+    assert dock.image.value is hr
+    restored = viewer.add_image(np.zeros((64, 64), np.float32), name="em LR restored (em-4x)",
+                                scale=(4, 4), units="nm",
+                                metadata={"decrappify": {"model": "em-4x", "scale": 4}})
+    assert dock.image.value is restored
+    viewer.layers.move(viewer.layers.index(restored), 0)  # reordered: still the restoration
+    assert dock.image.value is restored
+    newer = viewer.add_image(np.zeros((64, 64), np.float32), name="em LR restored (other)",
+                             scale=(4, 4), metadata={"decrappify": {"model": "other"}})
+    assert dock.image.value is newer  # the newest restoration
+    dock.image.value = lr  # the user's pick stays
+    viewer.add_image(np.zeros((64, 64), np.float32), name="again restored",
+                     metadata={"decrappify": {"model": "m3"}})
+    assert dock.image.value is lr
+    viewer.layers.remove(lr)  # gone: back to the default
+    assert dock.image.value is viewer.layers["again restored"]
