@@ -43,6 +43,16 @@ from ._workers import CoreJob
 _CHOSEN_FOLDER: list[Path] = []
 
 
+def output_folder(layer) -> Path:
+    """Where a layer's pairs go by default: next to its file when it has one (pairs beside the
+    data they came from), else the folder the user chose last in this session, else the home
+    folder; never the working directory napari happened to start in."""
+    path = getattr(getattr(layer, "source", None), "path", None) if layer is not None else None
+    if path:
+        return Path(path).parent
+    return _CHOSEN_FOLDER[0] if _CHOSEN_FOLDER else Path.home()
+
+
 def _unit_names(layer) -> tuple[str, ...]:
     units = getattr(layer, "units", None)
     if units is None:
@@ -96,9 +106,9 @@ class CrappifyWidget(Container):
                             tooltip="plane i uses plane_rng(seed, i): preview == saved pair")
         self.live = CheckBox(text="live preview", value=True)
         self.preview_button = PushButton(text="Preview current plane")
-        self.folder = FileEdit(label="folder", mode="d", value=Path.cwd(),
-                               tooltip="by default the HR file's folder; a folder you choose "
-                                       "is kept for the next layers")
+        self.folder = FileEdit(label="folder", mode="d", value=output_folder(None),
+                               tooltip="by default the HR file's folder; for a layer without "
+                                       "a file, the folder you chose last (else your home)")
         self.name_edit = LineEdit(label="name", value="")
         self.format = ComboBox(label="format", value="tif", choices=["tif", "zarr"])
         self.overwrite = CheckBox(text="overwrite", value=False)
@@ -154,13 +164,9 @@ class CrappifyWidget(Container):
             _CHOSEN_FOLDER[:] = [Path(self.folder.value)]
 
     def _default_folder(self, *_args) -> None:
-        """Pairs go to the folder the user chose in this session, else next to the HR's file
-        (not to the home folder: pairs were written there unasked)."""
-        layer = self.layer.value
-        path = getattr(getattr(layer, "source", None), "path", None) if layer is not None else None
-        folder = _CHOSEN_FOLDER[0] if _CHOSEN_FOLDER else (Path(path).parent if path else None)
-        if folder is None:
-            return
+        """The folder for the chosen layer's pairs (:func:`output_folder`), set when the layer
+        changes: a folder typed for this layer stays until then."""
+        folder = output_folder(self.layer.value)
         self._setting_folder = True
         try:
             self.folder.value = folder

@@ -214,8 +214,8 @@ def test_cancel_saving_leaves_nothing(dock, tmp_path):
 
 def test_pairs_go_next_to_the_hr_file_or_to_the_folder_chosen(make_napari_viewer, tmp_path,
                                                               monkeypatch):
-    """Not to the home folder: next to the HR's file by default; a folder the user picks is
-    kept for the next layers (in this session)."""
+    """Never the working directory: next to the HR's file when it has one; else the folder the
+    user chose last in this session; else the home folder."""
     from pathlib import Path
 
     import tifffile
@@ -223,17 +223,31 @@ def test_pairs_go_next_to_the_hr_file_or_to_the_folder_chosen(make_napari_viewer
     from napari_decrappify._napari import crappify
 
     monkeypatch.setattr(crappify, "_CHOSEN_FOLDER", [])
+    monkeypatch.chdir(tmp_path)  # napari started here: not where pairs go
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     tifffile.imwrite(data_dir / "hr.tif", np.zeros((2, 64, 64), np.uint8))
     viewer = make_napari_viewer()
+    empty = crappify.CrappifyWidget(viewer)  # no layer yet, nothing chosen: home
+    empty.live.value = False
+    assert empty.folder.value == Path.home()
     viewer.open(data_dir / "hr.tif", plugin="napari-decrappify")
+    hr = viewer.layers[-1]
     widget = crappify.CrappifyWidget(viewer)
     widget.live.value = False
-    assert widget.folder.value == data_dir
-    assert widget.folder.value != Path.home()
-    widget.folder.value = tmp_path / "pairs"  # the user's choice wins from now on
-    viewer.add_image(np.zeros((64, 64), np.uint8), name="other")
+    assert widget.layer.value is hr and widget.folder.value == data_dir
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="other")  # no file, nothing chosen
     widget.layer.value = viewer.layers["other"]
+    assert widget.folder.value == Path.home()
+    widget.folder.value = tmp_path / "pairs"  # the user's choice, for layers without a file
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="third")  # layers added: kept
     assert widget.folder.value == tmp_path / "pairs"
-    assert crappify.CrappifyWidget(viewer).folder.value == tmp_path / "pairs"
+    widget.layer.value = hr  # a layer with a file: next to it
+    assert widget.folder.value == data_dir
+    widget.layer.value = viewer.layers["third"]
+    assert widget.folder.value == tmp_path / "pairs"
+    fresh = crappify.CrappifyWidget(viewer)  # a new dock in the session
+    fresh.live.value = False
+    fresh.layer.value = viewer.layers["other"]
+    assert fresh.folder.value == tmp_path / "pairs"
+    assert Path.cwd() not in (widget.folder.value, fresh.folder.value, empty.folder.value)
