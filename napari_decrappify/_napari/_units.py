@@ -1,5 +1,6 @@
-"""Lengths, areas, volumes and densities for people: µm² for an area, µm³ for a volume, counts
-per µm³ with readable numbers (``58 per µm³``, not ``5.8e-08 1/nanometer^3``).
+"""Lengths, areas, volumes and densities for people: µm² for an area, µm³ for a volume (nm,
+nm², nm³ for objects under 200 nm across, such as vesicles), counts per µm³ with readable numbers
+(``58 per µm³``, not ``5.8e-08 1/nanometer^3``).
 
 The measurements (:func:`napari_decrappify.segment.measure`) stay in the layer's own unit; the
 Segment dock shows them through these helpers. Units napari does not know as lengths (``pixel``)
@@ -17,6 +18,10 @@ _TO_UM = {
     "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "cm": 1e4, "meter": 1e6, "m": 1e6,
 }
 _POWER = {1: "", 2: "²", 3: "³"}
+_SHOWN_UM = {"µm": 1.0, "nm": 1e-3}  # micrometres per unit a table may be shown in
+#: objects smaller than this (median equivalent diameter, µm) are shown in nm: a 40 nm vesicle
+#: is 1 257 nm² / 33 510 nm³, where µm would give 0.001257 µm² / 3.35e-05 µm³
+NM_BELOW_UM = 0.2
 
 
 def um_per(unit: str | None) -> float | None:
@@ -24,16 +29,32 @@ def um_per(unit: str | None) -> float | None:
     return _TO_UM.get(str(unit or "").strip())
 
 
-def display_unit(unit: str | None, power: int = 1) -> str:
-    """``µm``, ``µm²``, ``µm³`` for a length unit; ``px``, ``px²``, ``px³`` otherwise."""
-    base = "µm" if um_per(unit) is not None else "px"
+def shown_unit(unit: str | None, diameters=()) -> str:
+    """The length unit a table of objects reads best in: ``px`` when ``unit`` is not a length,
+    ``nm`` when the objects' median diameter (``diameters``, in ``unit``) is under
+    :data:`NM_BELOW_UM`, else ``µm``."""
+    f = um_per(unit)
+    if f is None:
+        return "px"
+    sizes = sorted(float(d) for d in diameters if d is not None and math.isfinite(d))
+    if sizes and sizes[len(sizes) // 2] * f < NM_BELOW_UM:
+        return "nm"
+    return "µm"
+
+
+def display_unit(unit: str | None, power: int = 1, shown: str = "µm") -> str:
+    """``µm``, ``µm²``, ``µm³`` (or ``nm``... with ``shown="nm"``) for a length unit; ``px``,
+    ``px²``, ``px³`` otherwise."""
+    base = shown if um_per(unit) is not None else "px"
     return base + _POWER[power]
 
 
-def to_display(value: float, unit: str | None, power: int = 1) -> float:
+def to_display(value: float, unit: str | None, power: int = 1, shown: str = "µm") -> float:
     """``value`` (in ``unit`` to the ``power``) in the :func:`display_unit`'s unit."""
     f = um_per(unit)
-    return float(value) if f is None else float(value) * f**power
+    if f is None:
+        return float(value)
+    return float(value) * (f / _SHOWN_UM.get(shown, 1.0)) ** power
 
 
 def size_word(ndim: int) -> str:

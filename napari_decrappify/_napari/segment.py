@@ -35,7 +35,7 @@ from ..io import RestoreCancelled
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._progress import JobProgress
 from ._ui import STOP_TEXT, DefaultChoice, DockBody, layer_choices
-from ._units import density_text, display_unit, number, size_word, to_display
+from ._units import density_text, display_unit, number, shown_unit, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
 MIN_FORM_HEIGHT = 200  # px of the scrolled form always shown
@@ -550,9 +550,10 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             metadata={"classes": where["classes"], "axes": where["axes"]})
         self._fill_table(measurements)
         unit, nd = measurements.unit, _spatial_ndim(measurements)
+        shown = _shown(measurements)
         lines = [f"{s['class']}: {s['count']} objects, {density_text(s['density'], unit, nd)}, "
-                 f"mean diameter {number(to_display(s['mean_equivalent_diameter'], unit))} "
-                 f"{display_unit(unit)}"
+                 f"mean diameter {number(to_display(s['mean_equivalent_diameter'], unit, 1, shown))} "
+                 f"{display_unit(unit, 1, shown)}"
                  for s in measurements.summary]
         self.summary.value = "\n".join(lines) or "no objects"
         self._set_status(f"{len(measurements.rows)} objects in {name}")
@@ -560,6 +561,7 @@ class SegmentWidget(LoadsModelFirst, DockBody):
     def _fill_table(self, m) -> None:
         """The objects in the table, in units for people: µm, µm² (area) or µm³ (volume)."""
         keys, headers, powers = table_columns(m)
+        shown = _shown(m)
         self.table.blockSignals(True)
         self.table.setColumnCount(len(keys))
         self.table.setHorizontalHeaderLabels(headers)
@@ -568,7 +570,7 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             for c, key in enumerate(keys):
                 v = row.get(key, "")
                 if powers[c] and isinstance(v, float):
-                    v = to_display(v, m.unit, powers[c])
+                    v = to_display(v, m.unit, powers[c], shown)
                 self.table.setItem(r, c, QTableWidgetItem(number(v)))
         self.table.resizeColumnsToContents()
         self.table.blockSignals(False)
@@ -694,19 +696,27 @@ def _spatial_ndim(m) -> int:
     return 3 if "centroid_z" in m.columns else 2
 
 
+def _shown(m) -> str:
+    """The length unit of a measurements table (:func:`._units.shown_unit`): one for all its
+    rows, chosen by the objects' median diameter."""
+    return shown_unit(m.unit, [r.get("equivalent_diameter") for r in m.rows])
+
+
 def table_columns(m) -> tuple[list[str], list[str], list[int]]:
     """(row keys, headers, power of the length unit) of the measurements table: ``volume
-    (µm³)`` for objects in 3-D, ``area (µm²)`` in 2-D; centroids and diameters in µm."""
+    (µm³)`` for objects in 3-D, ``area (µm²)`` in 2-D; centroids and diameters in µm (in nm
+    when the objects are under 200 nm across, :func:`._units.shown_unit`)."""
     nd = _spatial_ndim(m)
-    names = {"area": f"{size_word(nd)} ({display_unit(m.unit, nd)})",
-             "equivalent_diameter": f"diameter ({display_unit(m.unit)})",
+    shown = _shown(m)
+    names = {"area": f"{size_word(nd)} ({display_unit(m.unit, nd, shown)})",
+             "equivalent_diameter": f"diameter ({display_unit(m.unit, 1, shown)})",
              "mean_intensity": "mean intensity"}
     powers = {"area": nd, "equivalent_diameter": 1}
     keys = [k for k in TABLE_COLUMNS if k in m.columns]
     headers = []
     for k in keys:
         if k.startswith("centroid_"):
-            headers.append(f"{k[-1]} ({display_unit(m.unit)})")
+            headers.append(f"{k[-1]} ({display_unit(m.unit, 1, shown)})")
             powers[k] = 1
         else:
             headers.append(names.get(k, k))

@@ -378,3 +378,37 @@ def test_segment_image_defaults_to_the_restored_result(make_napari_viewer):
     assert dock.image.value is lr
     viewer.layers.remove(lr)  # gone: back to the default
     assert dock.image.value is viewer.layers["again restored"]
+
+
+@pytest.mark.parametrize("radius_px, shown", [(5, "nm"), (40, "µm")])
+def test_volume_measurements_read_in_um3_or_nm3(make_napari_viewer, qtbot, radius_px, shown):
+    """A 3-D stack's objects have a volume (never an 'area') in µm³, or nm³ for objects under
+    200 nm across (4 nm pixels: a 10 px vesicle is 40 nm), and a density per µm³."""
+    from napari_decrappify._napari.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    n = 4 * radius_px
+    zz, yy, xx = np.mgrid[:n // 4, :n, :n]
+    ball = ((zz - n // 8) * 4) ** 2 + (yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= radius_px ** 2
+    sem = np.where(ball, 2, 1).astype(np.uint8)
+    layer = viewer.add_labels(sem, name="em classes (seg)", scale=(16, 4, 4), units="nm",
+                              metadata={"classes": ["background", "object"], "axes": "ZYX"})
+    dock = SegmentWidget(viewer)
+    dock.semantic.value = layer
+    dock.method.value = "cc"
+    dock.min_size.value = 0
+    job = dock.split_and_measure()
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.status == "done", dock.status.value
+    headers = [dock.table.horizontalHeaderItem(c).text() for c in range(dock.table.columnCount())]
+    assert f"volume ({shown}³)" in headers and f"diameter ({shown})" in headers, headers
+    assert not any("area" in h for h in headers), headers
+    assert f"z ({shown})" in headers
+    assert "per µm³" in dock.summary.value and "1/" not in dock.summary.value, dock.summary.value
+    assert f" {shown}" in dock.summary.value
+    row = dock.measurements.rows[0]
+    col = headers.index(f"diameter ({shown})")
+    factor = 1.0 if shown == "nm" else 1e-3
+    assert float(dock.table.item(0, col).text()) == pytest.approx(
+        row["equivalent_diameter"] * factor, rel=1e-3)
+    assert "e-" not in dock.table.item(0, headers.index(f"volume ({shown}³)")).text()
