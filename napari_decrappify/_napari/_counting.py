@@ -32,7 +32,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
-from ._layers import base_data, current_plane, layer_axes
+from ._layers import BLENDING, base_data, current_plane, layer_axes
 from ._progress import JobProgress
 from ._ui import DockBody, layer_choices
 from ._workers import CoreJob, compute_array, warm_imports
@@ -313,7 +313,7 @@ class CountingStudyWidget(DockBody):
             self._set_status(f"study complete ({self.study.n_crops} crops): unblind to see the "
                              "results")
             return
-        image = self.viewer.add_image(crop, name=CROP_LAYER, colormap="gray")
+        image = self.viewer.add_image(crop, name=CROP_LAYER, colormap="gray", blending=BLENDING)
         points = self.viewer.add_points(np.zeros((0, 2)), name=CLICKS_LAYER,
                                         size=max(3, self.study.size // 32), face_color="yellow")
         self._fill(crop, image, points)

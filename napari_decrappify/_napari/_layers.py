@@ -15,6 +15,10 @@ import numpy as np
 from .. import io
 
 AXES_CHARS = "TCZYX"
+#: blending of the image layers this plugin adds. napari's ``add_image`` default is
+#: ``translucent_no_depth``, a name its layer controls show as is and nobody reads; in 2-D it
+#: draws the same as ``translucent``, which restored results and maps already use
+BLENDING = "translucent"
 
 
 def unit_names(units, ndim: int) -> tuple[str, ...]:
@@ -97,7 +101,7 @@ def restored_layer_kwargs(source, model, axes: str, params: dict[str, Any] | Non
         "axis_labels": tuple(axes.lower()),
         "metadata": meta,
         "colormap": source.colormap.name,
-        "blending": "translucent",
+        "blending": BLENDING,
     }
     if source.contrast_limits is not None:
         kwargs["contrast_limits"] = tuple(float(c) for c in source.contrast_limits)
@@ -113,6 +117,7 @@ def image_tuple(image: io.ImageData, **extra) -> tuple[Any, dict[str, Any], str]
         "units": image.units,
         "axis_labels": tuple(image.axes.lower()),
         "metadata": {**image.metadata, "axes": image.axes},
+        "blending": BLENDING,
     }
     kwargs.update(extra)
     return image.data, kwargs, "image"

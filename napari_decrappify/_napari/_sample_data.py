@@ -12,6 +12,7 @@ import numpy as np
 from ..crappify import from_unit, protocol_lr
 from ..io import downscale_geometry
 from ..samples import load_sample
+from ._layers import BLENDING
 
 LR_SCALE = 4
 
@@ -24,6 +25,7 @@ def _hr_kwargs(sample, name: str) -> dict:
         "units": sample.units,
         "axis_labels": tuple(sample.axes.lower()),
         "contrast_limits": (0.0, 255.0),
+        "blending": BLENDING,
         "metadata": {"axes": sample.axes, "sample": sample.key, "source": sample.source,
                      "licence": sample.licence},
     }

@@ -36,6 +36,7 @@ from .. import io
 from ..config import CrappifyConfig, Downsample, choices
 from ..crappify import Crappifier, check_unit_float, from_unit, plane_rng
 from ..data import write_pairs
+from ._layers import BLENDING
 from ._progress import JobProgress
 from ._workers import CoreJob
 
@@ -291,7 +292,7 @@ class CrappifyWidget(Container):
         else:
             out = self.viewer.add_image(
                 data, name=name, scale=scale, translate=translate, units=_unit_names(layer),
-                contrast_limits=limits, colormap=layer.colormap.name, blending="translucent")
+                contrast_limits=limits, colormap=layer.colormap.name, blending=BLENDING)
         out.metadata["decrappify"] = {"crappify": self.config().model_dump(mode="json"),
                                       "seed": int(self.seed.value), "plane": list(index),
                                       "source": layer.name}

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..demo import AXES, UNITS, DemoResult
+from ._layers import BLENDING
 
 SHOW_PLANE = 22  # a held-out plane (never seen in training)
 
@@ -24,7 +25,7 @@ def add_demo_layers(viewer, result: DemoResult) -> list:
         layers.append(viewer.add_image(
             data, name=name, scale=geo["scale"], translate=geo["translate"], units=UNITS,
             axis_labels=tuple(AXES.lower()), contrast_limits=(0.0, 1.0), colormap="gray",
-            metadata={"demo_role": key},
+            metadata={"demo_role": key}, blending=BLENDING,
         ))
     viewer.canvas.grid.enabled = True
     viewer.canvas.grid.shape = (1, 4)

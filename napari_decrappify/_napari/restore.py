@@ -68,7 +68,15 @@ from magicgui.widgets import (
 
 from ..pixel_size import POLICIES
 from . import _compare, _live_lazy, api
-from ._layers import base_data, current_plane, layer_axes, layer_geometry, lr_looking, mode_text
+from ._layers import (
+    BLENDING,
+    base_data,
+    current_plane,
+    layer_axes,
+    layer_geometry,
+    lr_looking,
+    mode_text,
+)
 from ._ui import DefaultChoice, DockBody, devices, layer_choices, note
 from ._workers import CoreJob, LoadsModelFirst, compute_array, describe, model_events
 
@@ -875,7 +883,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         else:
             layer = self.viewer.add_image(live, name=name, scale=scale, translate=translate,
                                           units=units, colormap=colormap, contrast_limits=(0, 0.25),
-                                          blending="translucent", opacity=1.0,
+                                          blending=BLENDING, opacity=1.0,
                                           metadata={"decrappify": meta})
             layer.contrast_limits_range = (0.0, 1.0)  # maps are in [0, 1] intensity units
         _live_lazy.bind(layer, live)
@@ -1133,7 +1141,8 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                 layer.contrast_limits = cl
             else:
                 layer = self.viewer.add_image(data, name=name, contrast_limits=cl,
-                                              colormap=look.colormap, **kwargs)
+                                              colormap=look.colormap, blending=BLENDING,
+                                              **kwargs)
             layer.metadata["decrappify"] = {"inspect": key, "box": box, "plane": value["plane"],
                                             "scores": value["scores"].get(key)}
         sc = value["scores"]
