@@ -47,6 +47,9 @@ def test_cli_train_records_the_augmentation_and_its_domain_span(tmp_path):
     spans = meta["domain"]["spans"]
     assert spans["groups"] == 16 and spans["noise"][0] < meta["domain"]["noise"] * 1.5
     assert spans["slope"][0] <= spans["slope"][1]
+    # every model also records the spread over its training planes (4 planes: 8 groups, cycled)
+    spread = meta["domain"]["spread"]
+    assert spread["groups"] == 8 and spread["noise"][0] <= spread["noise"][1]
 
 
 def test_cli_evaluate_writes_json(tmp_path, capsys):
