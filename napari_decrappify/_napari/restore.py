@@ -86,6 +86,8 @@ QUICK_HALO = 32  # context of a "quick" region inspection, input pixels
 LAZY_PIXELS = 64_000_000  # results larger than this (output pixels) default to lazy mode
 WARN_COLOR = "#f0a030"  # ⚠ lines in the dock
 LIVE_POLL_MS = 250  # how often the lazy view's progress is read
+# the folder of the last bioimage.io export in this session: the file dialog starts there
+_EXPORT_FOLDER: list[Path] = []
 
 
 def _fmt(scores: dict | None) -> str:
@@ -158,6 +160,11 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.image = ComboBox(label="input", choices=layer_choices(v))
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.folder_button = PushButton(text="Model folder…")
+        self.export_button = PushButton(
+            text="Export to bioimage.io…",
+            tooltip="write the chosen model as a bioimage.io package (*.zip) that other tools "
+                    "read (bioimage.io, deepImageJ, bioimageio.core ...); 20-40 s in the "
+                    "background")
         self.mode = note()
         self.axes = LineEdit(label="axes", value="",
                              tooltip="one letter per dimension from TCZYX, ending in YX; guessed "
@@ -181,7 +188,8 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                     "resample it to the model's grid and the result back (same geometry), "
                     "restore it as it is with a warning, or refuse")
         self.pixel_note = note()
-        self.main = Container(widgets=[self.image, self.model, self.folder_button, self.mode,
+        self.main = Container(widgets=[self.image, self.model, self.folder_button,
+                                       self.export_button, self.mode,
                                        self.axes, self.lazy, self.ground_truth, self.pixel_size,
                                        self.pixel_policy, self.pixel_note])
 
@@ -273,6 +281,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.lazy.changed.connect(self._lazy_changed)
         self.model.changed.connect(self._model_changed)
         self.folder_button.changed.connect(self._choose_folder)
+        self.export_button.changed.connect(lambda *_: self.export_model())
         self.restore_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.render_button.changed.connect(self.render_to_zarr)
@@ -359,6 +368,71 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                 self.add_model_folder(folder)
             except ValueError as e:
                 self._set_status(f"⚠ {e}")
+
+    # ------------------------------------------------------------------ export
+    def export_model(self, path=None, *, overwrite: bool = False) -> CoreJob | None:
+        """Export the chosen model to a bioimage.io package (:func:`napari_decrappify.bioimageio
+        .export_bioimageio`) in a worker, with the dock's progress and Cancel.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            The package to write (``.zip`` is added when missing). None: a file dialog asks
+            (it asks before replacing a file, so its answer overwrites).
+        overwrite : bool
+            Replace ``path`` if it exists (else the export stops with a one-line error).
+
+        Returns
+        -------
+        CoreJob or None
+            The export job, or None when nothing was started (busy, no model, dialog closed).
+            The dock's status line then says where the package is, or why it failed.
+        """
+        if self._busy():
+            return None
+        model = self.model.value
+        if model is None:
+            self._set_status("⚠ choose a model to export")
+            return None
+        name = Path(model).name.removesuffix(".zip")
+        if path is None:
+            path = self._ask_export_path(name)
+            if not path:
+                return None
+            overwrite = True  # the dialog asked before replacing a file
+        out = Path(path).expanduser()
+        if out.suffix.lower() != ".zip":
+            out = out.with_name(out.name + ".zip")
+        _EXPORT_FOLDER[:] = [out.parent]
+        self._set_status(f"exporting {name} to {out} …")
+        return self._start(
+            _export_job, model, out, overwrite=overwrite,
+            description=f"Exporting {name} to bioimage.io", on_result=self._exported,
+            on_error=self._export_failed, cancelled_text="cancelled, nothing was written",
+            # Cancel answers now; the worker stops the export's process and removes its files
+            abandon_on_cancel=True)
+
+    def _ask_export_path(self, name: str) -> str:
+        from qtpy.QtWidgets import QFileDialog
+
+        start = (_EXPORT_FOLDER[0] if _EXPORT_FOLDER else Path.home()) / f"{name}.zip"
+        path, _ = QFileDialog.getSaveFileName(self, "Export to bioimage.io", str(start),
+                                              "bioimage.io package (*.zip)")
+        return path
+
+    def _exported(self, path) -> None:
+        self._set_status(f"exported to {path} (a bioimage.io package for other tools; "
+                         "decrappify restore reads it as a model too)")
+
+    def _export_failed(self, exc: BaseException) -> None:
+        """One line: bioimageio.spec's validation errors run over many."""
+        from napari.utils.notifications import show_error
+
+        line = next((t.strip() for t in str(exc).splitlines() if t.strip()), type(exc).__name__)
+        if len(line) > 300:
+            line = line[:297] + "…"
+        self._set_status(f"⚠ export failed: {line}")
+        show_error(f"Decrappify: export failed: {line}")
 
     def _model_saved(self, path: str) -> None:
         """A model folder was written (Train dock): offer it, and select it, when it is a
@@ -567,12 +641,13 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         return False
 
     def _start(self, fn, *args, description: str, on_result,
-               cancelled_text: str = "cancelled, nothing was added", **kwargs) -> CoreJob:
+               cancelled_text: str = "cancelled, nothing was added", on_error=None,
+               **kwargs) -> CoreJob:
         def cancelled():
             self._set_status(f"{description}: {cancelled_text}")
 
         self.job = CoreJob(fn, *args, description=description, on_result=on_result,
-                           on_cancelled=cancelled, on_error=self._failed,
+                           on_cancelled=cancelled, on_error=on_error or self._failed,
                            on_finished=self._finished, on_event=self._job_event, **kwargs)
         self.cancel_button.enabled = True
         self.restore_button.enabled = False
@@ -634,10 +709,11 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         job stops at its next check (the tile being computed finishes in the background and
         is dropped; a lazy view's is kept)."""
         if self.job is not None and self.job.running:
+            # first: a job abandoned on cancel (an export) reports its own line at once
+            self._set_status("cancelling: stops after the tile being computed …")
             self.job.cancel()
             self.cancel_button.enabled = False
             self._hide_progress()
-            self._set_status("cancelling: stops after the tile being computed …")
             return
         live = self._live()
         if live is not None and not live.idle:
@@ -1187,6 +1263,97 @@ def _check_cancel(cancel) -> None:
         from .. import tiling
 
         raise tiling.RestoreCancelled("cancelled while scoring")
+
+
+# the export runs in a process of its own: importing bioimageio.spec the first time froze
+# napari's UI thread 0.6-0.7 s from a worker thread (pydantic builds its schemas holding the
+# GIL), and a process can be stopped mid-way, which a thread running the export cannot
+_EXPORT_CHILD = """
+import os, signal, sys
+if hasattr(os, "nice"):
+    os.nice(10)  # the UI's process keeps the cores it needs on a busy machine
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # Cancel: unwind, temporary files go
+from napari_decrappify.bioimageio import export_bioimageio
+try:
+    export_bioimageio(sys.argv[1], sys.argv[2], overwrite=True)
+except Exception as e:
+    line = next((t.strip() for t in str(e).splitlines() if t.strip()), type(e).__name__)
+    print("decrappify-export-error: " + line, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def _export_package(model, part: Path, cancel=None) -> None:
+    """Write the package ``part`` from ``model`` (a path) in a child process; RestoreCancelled
+    when ``cancel`` is set (the child is stopped), a one-line RuntimeError when it fails."""
+    import subprocess
+    import sys
+    import threading
+
+    from ..tiling import RestoreCancelled
+
+    proc = subprocess.Popen([sys.executable, "-c", _EXPORT_CHILD, str(model), str(part)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []  # read while it runs: a full pipe would block the child
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        while proc.poll() is None:
+            if cancel is not None and cancel.wait(0.1):
+                raise RestoreCancelled("export cancelled: nothing written")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            _remove_export_leftovers(part)
+    reader.join(5)
+    if proc.returncode != 0:
+        lines = [t.strip() for t in err if t.strip()]
+        mine = [t.split(": ", 1)[1] for t in lines if t.startswith("decrappify-export-error: ")]
+        raise RuntimeError(mine[-1] if mine else (lines[-1] if lines else
+                                                  f"the export stopped (exit {proc.returncode})"))
+
+
+def _remove_export_leftovers(part: Path) -> None:
+    """The export's temporary folder beside ``part`` (``export_bioimageio`` makes it there),
+    when its process was killed before removing it."""
+    import shutil
+
+    for tmp in part.parent.glob(f".{part.name}.*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export_job(model, out: Path, *, overwrite: bool = False, progress=None, cancel=None) -> Path:
+    """Worker side of "Export to bioimage.io…": the package is written under a hidden name
+    beside ``out`` (:func:`_export_package`, in a child process) and moved into place at the
+    end, so that a Cancel leaves nothing behind, and a package being replaced stays whole
+    until the new one is complete."""
+    import os
+    import threading
+
+    from ..tiling import RestoreCancelled
+
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: choose another name (the file dialog asks before "
+                              "replacing one)")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder: give the package a file name ending in .zip")
+    if progress is not None:
+        progress({"event": "tracing the network, test tensors, packaging"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(f".{out.stem}.{os.getpid()}-{threading.get_ident()}.part.zip")
+    try:
+        _export_package(model, part, cancel)
+        if cancel is not None and cancel.is_set():
+            raise RestoreCancelled("export cancelled: nothing written")
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
+    return out
 
 
 def _html_line(text: str) -> str:
