@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shlex
 import signal
@@ -123,6 +124,23 @@ def open_input(spec: str, axes: str | None = None, scale=None):
     return image
 
 
+def _pixel_size(text: str) -> float:
+    """argparse type of ``--pixel-size``: a positive, finite length (a negative or NaN pixel
+    size was taken as it was, and mirrored or broke the result's geometry)."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"a pixel size must be a positive length, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type of a size in pixels that may be 0 (``--min-size``): a whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _sample_origin(start: int, scale, ndim: int) -> tuple[float, ...]:
     """Origin of planes ``start:`` of a sample: ``start`` x the pixel size on the first axis."""
     first = float(start) * float(scale[0]) if len(scale) else 0.0
@@ -159,7 +177,7 @@ def _with_geometry(image, pixel_size, units, *, yx_alone: bool = False):
 
 def _geometry_arguments(parser, what: str) -> None:
     """``--pixel-size`` (Y and X at least) and ``--units`` of an image argument."""
-    parser.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
+    parser.add_argument("--pixel-size", type=_pixel_size, nargs="+", metavar="S",
                         help=f"pixel size of {what}: one value for Y and X, two (Y X), or one "
                              "per axis (default: from the file; nm unless --units says otherwise)")
     parser.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
@@ -245,6 +263,7 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from .config import GENERAL_AUGMENT, ArchConfig, AugmentConfig, CrappifyConfig, TrainConfig
+    from .crappify import check_image
     from .train import train
 
     for option, values in (("--photons", args.photons), ("--read-noise", args.read_noise),
@@ -263,6 +282,13 @@ def cmd_train(args) -> int:
     for spec in [*args.hr, args.lr, args.pair_hr]:
         if spec and spec.startswith("sample:"):
             parse_sample(spec)  # a malformed or unknown sample fails before any training
+    init = None
+    if args.resume:  # a model that cannot be fine-tuned is refused before the data is read
+        from .models import load_model
+        from .train import check_fine_tune_start
+
+        init = load_model(args.resume)
+        check_fine_tune_start(init, args.scale)
     photons = tuple(args.photons) if len(args.photons) == 2 else args.photons[0]
     read = tuple(args.read_noise) if len(args.read_noise) == 2 else args.read_noise[0]
     blur = tuple(args.blur) if len(args.blur) == 2 else args.blur[0]
@@ -297,8 +323,10 @@ def cmd_train(args) -> int:
     )
     opened = [_with_geometry(open_input(p), args.pixel_size, args.units, yx_alone=True)
               for p in args.hr]
+    # what cannot be trained on (NaN, bool, empty) is refused before anything is said about it
+    images = [check_image(np.asarray(im.data), f"HR image {spec}")
+              for im, spec in zip(opened, args.hr, strict=True)]
     pixel_size = _training_pixel_size(opened)
-    images = [np.asarray(im.data) for im in opened]
     if args.lr_find:
         from .train import find_lr
 
@@ -326,11 +354,6 @@ def cmd_train(args) -> int:
                       f"rate {ev['lr_max']:.2g}")
 
     command = _command(args)
-    init = None
-    if args.resume:
-        from .models import load_model
-
-        init = load_model(args.resume)
     result = train(images, config, out=args.out, name=Path(args.out).name, pairs=pairs,
                    progress=progress, command=command, fp16=args.fp16, init_from=init,
                    checkpoint_dir=args.checkpoint_dir, pixel_size_nm=pixel_size)
@@ -782,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--salt-pepper", type=float, default=0.0, help="fraction of dead/hot pixels")
     s.add_argument("--downsample", default="mean", choices=choices(Downsample))
     s.add_argument("--axes", help="input axes, e.g. ZYX or TYX (default: from the file)")
-    s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
+    s.add_argument("--pixel-size", type=_pixel_size, nargs="+", metavar="S",
                    help="input pixel size per axis (default: from the file, else 1)")
     s.add_argument("--units", nargs="+", metavar="U", help="unit per axis, e.g. nm nm nm")
     s.add_argument("--dtype", default="input", choices=choices(CrappifyDtype),
@@ -925,13 +948,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--instances", choices=choices(InstanceMethod),
                    help="split classes into objects: connected components, or watershed on the "
                         "distance transform (separates touching objects); OUT gets object ids")
-    s.add_argument("--min-size", type=int, default=0, help="drop objects smaller than N pixels")
+    s.add_argument("--min-size", type=_count, default=0, help="drop objects smaller than N pixels")
     s.add_argument("--csv", metavar="TABLE", help="write the per-object measurements (class, area, "
                                                   "centroid, diameter, mean intensity) as CSV")
     s.add_argument("--semantic", metavar="PATH", help="also write the class labels here")
     s.add_argument("--probabilities", metavar="PATH",
                    help="also write the class probabilities (leading C axis) here")
-    s.add_argument("--pixel-size", type=float, nargs="+", metavar="S",
+    s.add_argument("--pixel-size", type=_pixel_size, nargs="+", metavar="S",
                    help="pixel size per axis (default: from the file, else 1)")
     s.add_argument("--units", nargs="+", metavar="U", help="unit per axis (or one for all)")
     s.add_argument("--tile", type=int, help="tile size (multiple of 32)")

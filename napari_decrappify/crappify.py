@@ -18,6 +18,7 @@ LR statistics, and reports how well they match.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -76,9 +77,9 @@ def intensity_range(dtype) -> tuple[float, float]:
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
-    """Map intensities to [0, 1] float32: uint8 / 255, uint16 / 65535, int16 / 32767 (other
-    integers by their maximum; negative values stay negative), floats unchanged (they are
-    assumed to be normalised already)."""
+    """Map intensities to [0, 1] float32: uint8 / 255, uint16 / 65535, int16 / 32767 (negative
+    values stay negative), other integers by their maximum, floats unchanged (they are assumed
+    to be normalised already)."""
     a = check_image(image)
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = intensity_range(a.dtype)
@@ -93,12 +94,27 @@ def from_unit(x, dtype):
     return (x * np.float32(hi - lo) + np.float32(lo)).astype(np.float32)
 
 
+def check_noise_scale(dtype, config: CrappifyConfig) -> None:
+    """Refuse noise on integers wider than 16 bits: noise levels are fractions of full scale,
+    and 2^31 is no detector's (int32 counts up to 181 000 got read noise 0.01 x 2^31, a mean
+    of 8.9 million, without a word). Blur and downsampling need no scale."""
+    dtype = np.dtype(dtype)
+    noisy = (c := config).photons is not None or c.read_noise != 0 or c.salt_pepper != 0
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize > 2 and noisy:
+        raise ValueError(f"{dtype} intensities have no full scale for the noise levels (its "
+                         f"maximum is {np.iinfo(dtype).max:,}): convert the image to uint16 if "
+                         "its values fit, or to float32 in [0, 1] (divided by your detector's "
+                         "full scale)")
+
+
 def check_unit_float(image: np.ndarray) -> np.ndarray:
     """``image``, after checking that a float image is in [0, 1], the scale :func:`to_unit`
     assumes for floats: a float image in 0..255 was crappified to an all-1 LR, silently."""
     a = np.asarray(image)
     if np.issubdtype(a.dtype, np.floating) and a.size:
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        with warnings.catch_warnings():  # all-NaN: refused by check_image, not warned here
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"a float image must be in [0, 1] to be crappified (noise levels are "
                              f"on that scale); this one spans [{lo:.4g}, {hi:.4g}]: divide it by "
@@ -231,6 +247,7 @@ class Crappifier:
 
     def __call__(self, hr: np.ndarray, seed: RngLike = None) -> np.ndarray:
         c = self.config
+        check_noise_scale(np.asarray(hr).dtype, c)
         rng = _rng(seed)
         x = to_unit(hr)
         sigma = _draw(c.blur_sigma, rng)
@@ -307,6 +324,7 @@ def crappify_lazy(image, config: CrappifyConfig | Crappifier, seed: int = 0):
         raise ValueError(f"image must have at least 2 dimensions (..., Y, X), got shape {data.shape}")
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise ValueError(f"image has unsupported dtype {data.dtype} (need integer or float)")
+    check_noise_scale(data.dtype, crap.config)  # before any plane is written
     lead = data.ndim - 2
     out_shape = lr_shape(data.shape, crap.scale)
     data = data.rechunk((1,) * lead + (-1, -1))
@@ -808,6 +826,8 @@ def crappify_file(source, out, config: CrappifyConfig, *, seed: int = 0, axes: s
     from . import io
     from .io import downscale_geometry, open_image
 
+    if dtype != "input" and dtype not in choices(CrappifyDtype):  # every option before work
+        raise ValueError(f"unknown output dtype {dtype!r} ({', '.join(choices(CrappifyDtype))})")
     image = open_image(source, axes=axes, scale=pixel_size, units=units)
     lr = crappify_lazy(image.data, config, seed=seed)
     lr = _to_dtype(lr, dtype, image.data.dtype)

@@ -31,6 +31,7 @@ def percentile_norm(images: Sequence[np.ndarray], percentiles=(0.1, 99.9)) -> No
 
     Stored with the model so that inference uses exactly the training intensities.
     """
+    images = [check_image(im, "training image") for im in images]  # NaN is not "constant"
     kinds = {intensity_range(np.asarray(im).dtype) for im in images}
     if len(kinds) > 1:
         dtypes = sorted({str(np.asarray(im).dtype) for im in images})
@@ -63,9 +64,12 @@ class UnitSpace:
     @classmethod
     def of(cls, norm: NormConfig, dtype) -> UnitSpace:
         unit = intensity_range(dtype)
-        if not np.issubdtype(np.dtype(dtype), np.integer) and not 0 <= norm.low < norm.high <= 1:
-            # float data beyond [0, 1] has no scale of its own (to_unit would clip it to 1):
-            # noise levels are relative to its normalised range, as they always were
+        dtype = np.dtype(dtype)
+        wide = np.issubdtype(dtype, np.integer) and dtype.itemsize > 2
+        if wide or (not np.issubdtype(dtype, np.integer) and not 0 <= norm.low < norm.high <= 1):
+            # float data beyond [0, 1] has no scale of its own (to_unit would clip it to 1),
+            # nor has int32 (2^31 is no detector's full scale): noise levels are relative to
+            # its normalised range, as they always were for such floats
             unit = (norm.low, norm.high)
         return cls(norm, unit)
 
@@ -417,14 +421,16 @@ def _frame_stacks(images: Sequence[np.ndarray], axis: int) -> list[np.ndarray]:
 
 def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
                 val_fraction: float = 0.15, train_planes: Sequence[int] | None = None,
-                valid_planes: Sequence[int] | None = None,
+                valid_planes: Sequence[int] | None = None, min_rows: int = 0,
                 ) -> tuple[list[PlaneStack], list[PlaneStack], dict]:
     """Normalise HR images, drop blank planes, split each stack by plane into train/validation.
 
     With explicit ``train_planes`` / ``valid_planes`` (the same for every stack) the split is
     exactly those planes (minus blank ones); they must not overlap. Images of more than 3
     dimensions are split into one stack per index of their other leading axes; plane indices
-    count along ``axis``.
+    count along ``axis``. A single image with one non-blank plane is split by rows instead:
+    its bottom ``max(val_fraction, 0.2)`` validates (``info["rows_valid"]``), at least
+    ``min_rows`` rows (one HR patch) when the image is tall enough for both parts.
     """
     if (train_planes is None) != (valid_planes is None):
         raise ValueError("an explicit split needs both train_planes and valid_planes (planes in "
@@ -450,6 +456,22 @@ def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
             va = [i for i in valid_planes if i not in blank]
             if not tr or not va:
                 raise ValueError("the explicit train/validation planes are all blank")
+        elif len(planes) - len(blank) == 1 and len(images) == 1:
+            # one 2-D image (a single SEM frame is common): the bottom rows validate, so a
+            # user with one plane can train; rows next to the cut are alike, a small leak
+            (i,) = [j for j in range(len(planes)) if j not in blank]
+            h = planes.shape[-2]
+            cut = min(int(round(h * (1 - max(val_fraction, 0.2)))), h - min_rows)
+            if cut < max(1, min_rows) or cut >= h:
+                raise ValueError(f"the image of shape {np.shape(im)} is too small to split into "
+                                 "training and validation rows")
+            train.append(PlaneStack(planes[i:i + 1, :cut], [0], split_bounded=True))
+            valid.append(PlaneStack(planes[i:i + 1, cut:], [0], split_bounded=True))
+            info["planes_train"].append([i])
+            info["planes_valid"].append([])
+            info["rows_valid"] = [cut, h]
+            info["blank"].append(blank)
+            continue
         else:
             tr, va = split_planes(len(planes), val_fraction, exclude=blank)
         train.append(PlaneStack(planes, tr, split_bounded=True))

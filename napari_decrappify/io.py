@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import threading
 import time
@@ -269,17 +270,24 @@ def _open_tiff(path: Path, named: bool = False):
     import zarr
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            file_axes = series.axes
-            sizes = axis_sizes(tif)
-            origins = axis_origins(tif)
-        store = tifffile.imread(path, aszarr=True)
-        arr = zarr.open(store, mode="r")
-        if hasattr(arr, "keys") and not hasattr(arr, "shape"):  # multiscale group: level 0
-            arr = arr["0"]
+        with _tifffile_complaints() as complaints:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                file_axes = series.axes
+                sizes = axis_sizes(tif)
+                origins = axis_origins(tif)
+            damage = [c for c in complaints if any(w in c.lower() for w in _DAMAGE_WORDS)]
+            if not damage:
+                store = tifffile.imread(path, aszarr=True)
+                arr = zarr.open(store, mode="r")
+                if hasattr(arr, "keys") and not hasattr(arr, "shape"):  # multiscale: level 0
+                    arr = arr["0"]
     except (tifffile.TiffFileError, ValueError, OSError) as e:
         raise ValueError(f"{path} is not a readable TIFF file ({e})") from e
+    if damage:
+        # tifffile reads past a damaged page table with a logged warning, and returns the
+        # pages before it: a truncated stack would be restored short, without a word
+        raise ValueError(f"{path} is truncated or damaged ({damage[0]})")
     tif_axes, order = None, tuple(range(len(arr.shape)))
     if len(file_axes) == len(arr.shape):  # else tifffile's axes do not describe the array
         try:
@@ -308,6 +316,34 @@ def _open_tiff(path: Path, named: bool = False):
     return data, tif_axes, sizes, origins, flat_z
 
 
+# what tifffile logs about a broken page table or strip (other complaints, e.g. about
+# metadata it cannot parse, do not make the pixels unreadable)
+_DAMAGE_WORDS = ("invalid page offset", "truncat", "corrupt", "invalid offset")
+
+
+@contextlib.contextmanager
+def _tifffile_complaints():
+    """Collect (and keep off the terminal) what tifffile logs about a damaged file."""
+    import logging
+
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            # "<tifffile.TiffPages @8> invalid page offset 33040": the object's repr is noise
+            found.append(re.sub(r"^<[^>]*>\s*", "", record.getMessage().strip()))
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _Collect(level=logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 class _TiffArray:
     """Lazy, picklable view of a TIFF's first series (level 0) through tifffile's zarr store.
 
@@ -333,7 +369,13 @@ class _TiffArray:
         return self._arr
 
     def __getitem__(self, key):
-        return np.asarray(self._open()[key])
+        try:
+            return np.asarray(self._open()[key])
+        except (ValueError, OSError, KeyError, IndexError) as e:
+            # a truncated or damaged file opens (its header is intact) and fails only here,
+            # in tifffile's words ("corrupted strip cannot be reshaped ..."): name the file
+            raise ValueError(f"{self.path} is corrupt or truncated: part of its pixel data "
+                             f"cannot be read ({e})") from e
 
     def __getstate__(self):
         return {"path": self.path, "shape": self.shape, "dtype": self.dtype.str}

@@ -744,7 +744,17 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     config = read_model_config(path)
     wpath = path / WEIGHTS_FILE
     if not wpath.exists():
-        raise ModelFileError(f"{path}: weights file {WEIGHTS_FILE} is missing")
+        pickles = sorted(p.name for p in path.glob("*.pt*") if p.suffix in (".pt", ".pth"))
+        hint = (f" ({', '.join(pickles)} is a PyTorch pickle, which is never loaded: pickles "
+                "can run code)") if pickles else ""
+        raise ModelFileError(f"{path}: weights file {WEIGHTS_FILE} is missing{hint}")
+    with open(wpath, "rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte header length, then its JSON header ("{"); a pickle (protocol
+    # >= 2) starts with 0x80, torch.save's zip with "PK"
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
+        raise ModelFileError(f"{wpath} is a pickle (torch.save), not safetensors: it is never "
+                             "loaded, since unpickling can run code")
     try:
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

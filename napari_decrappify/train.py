@@ -572,12 +572,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     config = config or TrainConfig()
     arch = config.arch.model_copy(update={"scale": config.scale})
     if init_from is not None:
-        if init_from.kind != "restoration":
-            raise ValueError(f"cannot fine-tune {init_from.name!r} as a restorer: it is a "
-                             f"{init_from.kind} model")
-        if init_from.scale != config.scale:
-            raise ValueError(f"cannot fine-tune {init_from.name!r} for {config.scale}x: it "
-                             f"restores {init_from.scale}x (choose scale {init_from.scale})")
+        check_fine_tune_start(init_from, config.scale)
         # the weights decide the network; only the number of input frames may grow (widening)
         arch = init_from.config.arch.model_copy(update={"frames": arch.frames})
         config = config.model_copy(update={"arch": arch})
@@ -811,6 +806,17 @@ def _epochs_for_budget(learn, config: TrainConfig, device: torch.device) -> int:
     return max(1, int(iters // config.iterations_per_epoch))
 
 
+def check_fine_tune_start(model, scale: int) -> None:
+    """Refuse to fine-tune ``model`` into a ``scale``x restorer when it cannot be one (a
+    segmentation model, another scale): one line, before any data is read."""
+    if model.kind != "restoration":
+        raise ValueError(f"cannot fine-tune {model.name!r} as a restorer: it is a "
+                         f"{model.kind} model")
+    if model.scale != scale:
+        raise ValueError(f"cannot fine-tune {model.name!r} for {scale}x: it restores "
+                         f"{model.scale}x (choose scale {model.scale})")
+
+
 def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_train: int,
                          n_valid: int, *, measure_inputs: bool = True):
     """Normalisation, crappifier, split by plane and the train/validation patch datasets that
@@ -818,7 +824,8 @@ def _crappified_datasets(hr_images, config: TrainConfig, arch, axis: int, n_trai
     norm = percentile_norm(hr_images)
     crappifier = Crappifier(config.crappify.model_copy(update={"scale": config.scale}))
     train_stacks, valid_stacks, split = make_stacks(
-        hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes)
+        hr_images, norm, axis, config.val_fraction, config.train_planes, config.valid_planes,
+        min_rows=config.patch_size * config.scale)
     # noise levels mean what they mean in the Crappify dock: on the HR dtype's range
     unit_space = UnitSpace.of(norm, hr_images[0].dtype)
     domain = {}

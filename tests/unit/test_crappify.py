@@ -405,3 +405,19 @@ def test_float_images_beyond_the_unit_range_are_refused_not_saturated(tmp_path):
         crappify_file(hr, tmp_path / "lr.tif", CrappifyConfig(scale=2), axes="ZYX")
     assert not (tmp_path / "lr.tif").exists()
     crappify_file(hr / 255, tmp_path / "ok.tif", CrappifyConfig(scale=2), axes="ZYX")
+
+
+def test_noise_on_int32_is_refused_and_training_puts_it_on_the_data_range():
+    """int32 counts up to 181 000 were crappified with read noise 0.01 x 2^31 (a mean of 8.9
+    million) without a word: noise needs a full scale that int32 has not."""
+    from napari_decrappify.config import NormConfig
+    from napari_decrappify.data import UnitSpace
+
+    counts = (np.random.default_rng(0).random((2, 16, 16)) * 181000).astype(np.int32)
+    with pytest.raises(ValueError, match="int32 intensities have no full scale"):
+        crappify_lazy(counts, CrappifyConfig(scale=2))
+    quiet = crappify_lazy(counts, CrappifyConfig(scale=2, photons=None, read_noise=0.0))
+    assert quiet.shape == (2, 8, 8)  # blur and downsampling need no full scale
+    norm = NormConfig(low=100.0, high=180000.0, percentiles=(0.1, 99.9))
+    assert UnitSpace.of(norm, np.int32).unit == (100.0, 180000.0)
+    assert UnitSpace.of(norm, np.uint16).unit == (0.0, 65535.0)

@@ -90,6 +90,17 @@ def test_all_blank_images_are_refused():
         make_stacks([np.zeros((3, 32, 32), np.uint8)], U8)
 
 
+def test_one_2d_image_is_split_by_rows():
+    hr = (np.random.default_rng(0).random((100, 40)) * 255).astype(np.uint8)
+    train, valid, info = make_stacks([hr], U8, val_fraction=0.15, min_rows=32)
+    # the bottom 20% would be 20 rows, less than one 32-row patch: the cut makes room for one
+    assert info["rows_valid"] == [68, 100]
+    assert train[0].planes.shape == (1, 68, 40) and valid[0].planes.shape == (1, 32, 40)
+    np.testing.assert_array_equal(train[0].planes[0], hr[:68] / np.float32(255))
+    with pytest.raises(ValueError, match="too small to split"):
+        make_stacks([hr[:50]], U8, min_rows=32)
+
+
 def test_split_by_plane_is_contiguous_and_disjoint():
     tr, va = split_planes(20, 0.15, exclude=[14])
     assert va == [17, 18, 19] and 14 not in tr and not set(tr) & set(va)
