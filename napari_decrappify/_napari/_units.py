@@ -1,6 +1,6 @@
 """Lengths, areas, volumes and densities for people: µm² for an area, µm³ for a volume (nm,
-nm², nm³ for objects under 200 nm across, such as vesicles), counts per µm³ with readable numbers
-(``58 per µm³``, not ``5.8e-08 1/nanometer^3``).
+nm², nm³ for objects so small that µm would need an exponent, such as vesicles), counts per µm³
+with readable numbers (``58 per µm³``, not ``5.8e-08 1/nanometer^3``).
 
 The measurements (:func:`napari_decrappify.segment.measure`) stay in the layer's own unit; the
 Segment dock shows them through these helpers. Units napari does not know as lengths (``pixel``)
@@ -19,9 +19,10 @@ _TO_UM = {
 }
 _POWER = {1: "", 2: "²", 3: "³"}
 _SHOWN_UM = {"µm": 1.0, "nm": 1e-3}  # micrometres per unit a table may be shown in
-#: objects smaller than this (median equivalent diameter, µm) are shown in nm: a 40 nm vesicle
-#: is 1 257 nm² / 33 510 nm³, where µm would give 0.001257 µm² / 3.35e-05 µm³
-NM_BELOW_UM = 0.2
+#: a table whose median object size (area or volume, in µm² or µm³) is under this is shown in
+#: nm, nm², nm³: µm would need an exponent (a 40 nm vesicle is 3.35e-05 µm³ but 33 510 nm³);
+#: above it µm reads without one, and nm³ would not (a 200 nm object is 4.19e+06 nm³)
+NM_BELOW = 1e-3
 
 
 def um_per(unit: str | None) -> float | None:
@@ -29,15 +30,15 @@ def um_per(unit: str | None) -> float | None:
     return _TO_UM.get(str(unit or "").strip())
 
 
-def shown_unit(unit: str | None, diameters=()) -> str:
-    """The length unit a table of objects reads best in: ``px`` when ``unit`` is not a length,
-    ``nm`` when the objects' median diameter (``diameters``, in ``unit``) is under
-    :data:`NM_BELOW_UM`, else ``µm``."""
+def shown_unit(unit: str | None, sizes=(), power: int = 2) -> str:
+    """The length unit a table of objects reads best in: ``px`` when ``unit`` is not a length;
+    ``nm`` when the objects' median size (``sizes``: areas, ``power`` 2, or volumes, ``power``
+    3, in ``unit`` to that power) is under :data:`NM_BELOW` µm² / µm³; else ``µm``."""
     f = um_per(unit)
     if f is None:
         return "px"
-    sizes = sorted(float(d) for d in diameters if d is not None and math.isfinite(d))
-    if sizes and sizes[len(sizes) // 2] * f < NM_BELOW_UM:
+    vals = sorted(float(v) for v in sizes if v is not None and math.isfinite(v))
+    if vals and vals[len(vals) // 2] * f**power < NM_BELOW:
         return "nm"
     return "µm"
 

@@ -698,14 +698,14 @@ def _spatial_ndim(m) -> int:
 
 def _shown(m) -> str:
     """The length unit of a measurements table (:func:`._units.shown_unit`): one for all its
-    rows, chosen by the objects' median diameter."""
-    return shown_unit(m.unit, [r.get("equivalent_diameter") for r in m.rows])
+    rows, chosen by the objects' median area (volume in 3-D)."""
+    return shown_unit(m.unit, [r.get("area") for r in m.rows], _spatial_ndim(m))
 
 
 def table_columns(m) -> tuple[list[str], list[str], list[int]]:
     """(row keys, headers, power of the length unit) of the measurements table: ``volume
     (µm³)`` for objects in 3-D, ``area (µm²)`` in 2-D; centroids and diameters in µm (in nm
-    when the objects are under 200 nm across, :func:`._units.shown_unit`)."""
+    for objects so small that µm would need an exponent, :func:`._units.shown_unit`)."""
     nd = _spatial_ndim(m)
     shown = _shown(m)
     names = {"area": f"{size_word(nd)} ({display_unit(m.unit, nd, shown)})",

@@ -382,8 +382,9 @@ def test_segment_image_defaults_to_the_restored_result(make_napari_viewer):
 
 @pytest.mark.parametrize("radius_px, shown", [(5, "nm"), (40, "µm")])
 def test_volume_measurements_read_in_um3_or_nm3(make_napari_viewer, qtbot, radius_px, shown):
-    """A 3-D stack's objects have a volume (never an 'area') in µm³, or nm³ for objects under
-    200 nm across (4 nm pixels: a 10 px vesicle is 40 nm), and a density per µm³."""
+    """A 3-D stack's objects have a volume (never an 'area') in µm³, or nm³ for objects whose
+    µm³ would need an exponent (4 nm pixels: a 10 px vesicle is 40 nm, 33 510 nm³), and a
+    density per µm³."""
     from napari_decrappify._napari.segment import SegmentWidget
 
     viewer = make_napari_viewer()

@@ -1,5 +1,5 @@
 """Measurements for people (:mod:`napari_decrappify._napari._units`, Qt-free): µm², µm³ (nm for
-objects under 200 nm across), readable densities, area vs volume."""
+objects so small that µm would need an exponent), readable densities, area vs volume."""
 
 import math
 
@@ -21,23 +21,28 @@ def test_pixels_stay_pixels():
     assert u.um_per("pixel") is None and u.um_per(None) is None
     assert u.display_unit("pixel", 3) == "px³" and u.display_unit(None, 2) == "px²"
     assert u.to_display(7.0, "pixel", 3) == 7.0
-    assert u.shown_unit("pixel", [1e-6]) == "px"
+    assert u.shown_unit("pixel", [1e-6], 3) == "px"
 
 
 def test_small_objects_in_nm():
     # 40 nm vesicles in a nm layer: 33 510 nm³, not 3.35e-05 µm³
-    assert u.shown_unit("nanometer", [38.0, 40.0, 45.0]) == "nm"
-    assert u.display_unit("nanometer", 3, "nm") == "nm³"
     vol = 4 / 3 * math.pi * 20.0**3  # nm³
+    assert u.shown_unit("nanometer", [vol * 0.9, vol, vol * 1.2], 3) == "nm"
+    assert u.display_unit("nanometer", 3, "nm") == "nm³"
     assert u.number(u.to_display(vol, "nanometer", 3, "nm")) == "33510"
     assert u.number(u.to_display(vol, "nanometer", 3)) == "3.35e-05"  # what µm would read
     # the same vesicles in a µm layer are still shown in nm
-    assert u.shown_unit("micrometer", [0.04]) == "nm"
+    assert u.shown_unit("micrometer", [vol * 1e-9], 3) == "nm"
     assert u.to_display(0.04, "micrometer", 1, "nm") == pytest.approx(40.0)
-    # mitochondria (500 nm) and cells: µm; the median decides, an outlier does not
-    assert u.shown_unit("nanometer", [500.0, 450.0, 20.0]) == "µm"
-    assert u.shown_unit("micrometer", [8.0]) == "µm"
-    assert u.shown_unit("nanometer", []) == "µm"
+    # a 200 nm object: 0.004189 µm³ reads, 4.19e+06 nm³ would not; the median decides
+    big = 4 / 3 * math.pi * 100.0**3
+    assert u.shown_unit("nanometer", [big, big, vol], 3) == "µm"
+    assert u.number(u.to_display(big, "nanometer", 3)) == "0.004189"
+    # in 2-D the vesicle's 1 257 nm² is 0.001257 µm²: µm reads; a 20 nm particle is in nm
+    assert u.shown_unit("nanometer", [math.pi * 20.0**2], 2) == "µm"
+    assert u.shown_unit("nanometer", [math.pi * 10.0**2], 2) == "nm"
+    assert u.shown_unit("micrometer", [50.0], 2) == "µm"
+    assert u.shown_unit("nanometer", [], 3) == "µm"
 
 
 def test_size_word_area_vs_volume():
