@@ -150,6 +150,11 @@ _HR_WORDS = re.compile(r"(?:^|[^a-z])(?:hr|high|highres|gt|ground[ _-]?truth|tru
                        r"(?:$|[^a-z])", re.IGNORECASE)
 
 
+# names that say "restored": a restoration opened from a file, or made by other means
+_RESTORED_WORDS = re.compile(r"(?:^|[^a-z])(?:restored|denoised|pssr|super[ _-]?res\w*)"
+                             r"(?:$|[^a-z])", re.IGNORECASE)
+
+
 def is_product(layer) -> bool:
     """Whether a layer is something this plugin made from another one (a restored result, an
     error or consistency map, an inspected region): never a sensible input by default. A
@@ -205,11 +210,13 @@ def is_restored(layer) -> bool:
 def segmentation_input(layers) -> Any:
     """The image layer of ``layers`` a biologist would segment first, or None when there is none.
 
-    The restored result when there is one (the newest: the last restored is on top); else the
-    finest image there is, not a product of this plugin (maps, probabilities, inspected
-    regions, a crappified preview): a name that says HR or ground truth first, one that says
-    LR last, then the smallest pixel, then the most pixels. That is the opposite of the
-    Restore dock's input (:func:`lr_looking`): one restores the LR and segments what came out.
+    The restored result when there is one (the newest: the last restored is on top), one this
+    plugin made first, then one whose name says so (a restoration opened from a file:
+    "restored", "denoised"); else the finest image there is, not a product of this plugin
+    (maps, probabilities, inspected regions, a crappified preview): a name that says HR or
+    ground truth first, one that says LR last, then the smallest pixel, then the most pixels.
+    That is the opposite of the Restore dock's input (:func:`lr_looking`): one restores the LR
+    and segments what came out.
     """
     layers = [lyr for lyr in layers if not getattr(lyr, "rgb", False)] or list(layers)
     if not layers:
@@ -221,8 +228,10 @@ def segmentation_input(layers) -> Any:
             return (0, 0, 0.0, 0, -i)
         meta = (lyr.metadata or {}).get("decrappify")
         name = str(lyr.name)
+        if not isinstance(meta, dict) and _RESTORED_WORDS.search(name):
+            return (1, 0, 0.0, 0, -i)
         words = 0 if _HR_WORDS.search(name) else (2 if _LR_WORDS.search(name) else 1)
         yx = base_data(lyr).shape[-2:]
-        return (1 + (isinstance(meta, dict)), words, _pixel_area(lyr), -int(np.prod(yx)), i)
+        return (2 + (isinstance(meta, dict)), words, _pixel_area(lyr), -int(np.prod(yx)), i)
 
     return min(enumerate(layers), key=rank)[1]

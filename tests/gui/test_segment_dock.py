@@ -378,6 +378,12 @@ def test_segment_image_defaults_to_the_restored_result(make_napari_viewer):
     assert dock.image.value is lr
     viewer.layers.remove(lr)  # gone: back to the default
     assert dock.image.value is viewer.layers["again restored"]
+    # a restoration opened from a file says so by its name only: before any other image
+    viewer.layers.clear()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="em HR", scale=(4, 4))
+    from_file = viewer.add_image(np.zeros((64, 64), np.float32), name="em_restored", scale=(4, 4))
+    viewer.add_image(np.zeros((64, 64), np.float32), name="em bicubic", scale=(4, 4))
+    assert dock.image.value is from_file
 
 
 @pytest.mark.parametrize("radius_px, shown", [(5, "nm"), (40, "µm")])
