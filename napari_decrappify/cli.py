@@ -107,6 +107,15 @@ def read_input(spec: str):
     return np.asarray(open_image(spec).data)
 
 
+def _lazy_input(spec: str):
+    """An image argument as a lazy (dask) array; a sample as numpy."""
+    if spec.startswith("sample:"):
+        return read_input(spec)
+    from .io import open_image
+
+    return open_image(spec).data
+
+
 def open_input(spec: str, axes: str | None = None, scale=None):
     """An image argument as :class:`~napari_decrappify.io.ImageData` (lazy for files), with the
     sample's axes and pixel size for ``sample:KEY``; a plane range ``[a:b]`` puts the origin
@@ -435,13 +444,13 @@ def cmd_evaluate(args) -> int:
     (:func:`metrics.intensity_maps`, as the Restore dock scores): both mapped by the ground
     truth's range, a float prediction in [0, 1] beside an integer ground truth first put back
     into the ground truth's units (``crappify.from_unit``), any other taken to be in them."""
-    import numpy as np
 
     from .io import write_text_atomic
     from .metrics import evaluate, prediction_units
 
     _json_output(args.json, "--json", args.overwrite)
-    pred, gt = np.asarray(read_input(args.pred)), np.asarray(read_input(args.gt))
+    # lazy: scored plane by plane (large planes tile by tile), never read whole
+    pred, gt = _lazy_input(args.pred), _lazy_input(args.gt)
     res = evaluate(pred, gt, normalised=args.normalised)
     if not args.normalised and prediction_units(pred, gt.dtype) == "unit":
         print(f"the prediction is float in [0, 1] and the ground truth {gt.dtype}: the prediction "

@@ -469,6 +469,10 @@ def write_text_atomic(path, text: str) -> Path:
     return path
 
 
+# what a resume check's keys mean to the person who reran the command
+_SAID = {"fingerprint": "its input data or parameters", "levels": "pyramid levels"}
+
+
 def _disk_full(e: OSError, path: Path) -> bool:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -914,7 +918,8 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
             if differs:
                 raise FileExistsError(
                     f"output {path} holds an unfinished result of a different computation "
-                    f"({', '.join(differs)} differ): pass overwrite=True (--overwrite) to replace "
+                    f"({', '.join(_SAID.get(k, k) for k in differs)} differ): pass "
+                    "overwrite=True (--overwrite) to replace "
                     "it, or rerun exactly the command that started it to resume")
             # same pixels, other geometry: resuming would keep the store's old pixel size,
             # origin or units under a result marked complete
@@ -1076,6 +1081,9 @@ def _downsample(src, axes: str, dtype, chunk_shape):
     return out.astype(dtype).rechunk(chunk_shape)
 
 
+MAX_TIFF_PLANE = 2**30  # bytes of one plane that write_tiff holds in memory at most
+
+
 @_exclusive
 def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=None, units=None,
                overwrite: bool = False, progress=None, cancel=None) -> Path:
@@ -1142,6 +1150,12 @@ def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=Non
             raise FileExistsError(f"output {path} exists: pass overwrite=True (--overwrite) to replace it")
         if path.is_dir():
             raise FileExistsError(f"output {path} is a folder: refusing to replace it with a TIFF")
+    plane_bytes = int(np.prod(data.shape[-2:], dtype=np.int64)) * np.dtype(data.dtype).itemsize
+    if plane_bytes > MAX_TIFF_PLANE:
+        # a TIFF is written a whole plane at a time: memory would follow the plane's size
+        raise ValueError(f"one plane of {path.name} would take {plane_bytes / 2**30:.1f} GiB in "
+                         "memory as a TIFF is written (plane by plane): write an OME-Zarr "
+                         "(.zarr) instead, which is written chunk by chunk")
     _check_writable(path)
     ngff_axes, order = _canonical(axes)
     data = data.transpose(order)
