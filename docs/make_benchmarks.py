@@ -113,6 +113,13 @@ SECTIONS = [
      "scroll, back to a seen plane) for the plain dask layer (before), the live layer (after) and "
      "an in-memory array (the floor); the UI thread's stalls (gaps of a 10 ms timer) and the "
      "seconds until the plane on screen is fully restored."),
+    ("reliability", "Reliability: bad input, bad model files, interruptions, concurrency",
+     "`decrappify bench reliability`: the battery of `tests/reliability` (every command against "
+     "bad inputs, bad model folders, bad arguments and output paths; kill -9, SIGTERM and full "
+     "disks resumed and compared bit for bit; two writers on one output; 8 threads on one model; "
+     "memory on a 100 000^2 image), each case sorted into one outcome "
+     "([reliability](reliability.md)). The promise: no traceback, no silent wrong result, no "
+     "data loss."),
     ("segmentation", "Segmentation counts on LR, restored and HR",
      "`decrappify bench segmentation`: object counts and F1 (IoU >= 0.5) against ground-truth masks."),
 ]

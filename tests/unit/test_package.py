@@ -10,7 +10,7 @@ from napari_decrappify import cli
 
 def test_import_is_headless():
     code = ("import napari_decrappify, napari_decrappify.cli, napari_decrappify.models, sys; "
-            "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'magicgui') if m in sys.modules]; "
+            "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'magicgui') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
