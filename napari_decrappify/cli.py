@@ -702,13 +702,12 @@ def cmd_segment(args) -> int:
         table = measure(objects, np.asarray(image.data) if "C" not in image.axes else None,
                         seg.classes, geo["scale"], semantic=seg.labels, translate=translate,
                         unit=unit, axes=None if labels_axes in ("YX", "ZYX") else labels_axes)
-        for row in table.summary:
-            print(f"  {row['class']}: {row['count']} objects, density {row['density']:.4g} "
-                  f"{row['density_unit']}, mean area {row['mean_area']:.4g} {unit}^"
-                  f"{len(labels_axes.replace('T', ''))}")
+        for line in table.summary_lines():  # µm³ / nm³, per µm³: as the Segment dock says
+            print(f"  {line}")
         if args.csv:
+            columns, _ = table.table()
             table.to_csv(args.csv)
-            print(f"wrote {args.csv}: {len(table.rows)} objects")
+            print(f"wrote {args.csv}: {len(table.rows)} objects ({', '.join(columns)})")
     return 0
 
 
@@ -958,8 +957,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split classes into objects: connected components, or watershed on the "
                         "distance transform (separates touching objects); OUT gets object ids")
     s.add_argument("--min-size", type=_count, default=0, help="drop objects smaller than N pixels")
-    s.add_argument("--csv", metavar="TABLE", help="write the per-object measurements (class, area, "
-                                                  "centroid, diameter, mean intensity) as CSV")
+    s.add_argument("--csv", metavar="TABLE",
+                   help="write the per-object measurements as CSV: class, area in 2-D / volume "
+                        "in 3-D, centroid, diameter, mean intensity, the unit in each column's "
+                        "name (area_um2, volume_um3, centroid_x_um; nm for tiny objects)")
     s.add_argument("--semantic", metavar="PATH", help="also write the class labels here")
     s.add_argument("--probabilities", metavar="PATH",
                    help="also write the class probabilities (leading C axis) here")

@@ -39,6 +39,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from . import units
 from .config import (
     ArchConfig,
     InstanceMethod,
@@ -870,8 +871,16 @@ class Measurements:
     ``rows``: one dict per object (``label``, ``class_id``, ``class``, ``area``, ``area_px``,
     ``centroid_<axis>`` in physical units, ``equivalent_diameter``, ``mean_intensity``, and
     ``t``/``c`` for stacks). ``summary``: one dict per class (``count``, ``density`` = count
-    per unit area (per unit volume in 3-D) of the field, mean area and diameter). Areas are in
-    ``unit^2`` (``unit^3`` for volumes).
+    per unit area (per unit volume in 3-D) of the field, mean area and diameter). These are
+    in the layer's own ``unit`` (``area`` is ``unit^2``, and in 3-D the object's *volume* in
+    ``unit^3``), for computing with.
+
+    What people read is converted by :mod:`napari_decrappify.units`, as in the Segment dock:
+    :meth:`table` / :meth:`to_csv` and :meth:`summary_table` / :meth:`summary_csv` name a
+    3-D object's size a volume and a 2-D one's an area, with the unit in the column name
+    (``volume_um3``, ``area_um2``, ``centroid_x_um``; ``nm`` for objects so small that µm
+    would need an exponent, :func:`~napari_decrappify.units.shown_unit`), and densities per
+    µm³ / µm² (``density_per_um3``); :meth:`summary_lines` says the same in words.
     """
 
     rows: list[dict[str, Any]]
@@ -881,13 +890,142 @@ class Measurements:
     columns: list[str] = dataclass_field(default_factory=list)
     summary_columns: list[str] = dataclass_field(default_factory=list)
 
+    @property
+    def spatial_ndim(self) -> int:
+        """2 or 3: the objects' spatial axes (3 when there is a ``centroid_z``)."""
+        return 3 if "centroid_z" in self.columns else 2
+
+    @property
+    def length_unit(self) -> str:
+        """The one length unit people read this table in (``µm``, ``nm`` or ``px``), chosen by
+        the objects' median area / volume (:func:`napari_decrappify.units.shown_unit`)."""
+        return units.shown_unit(self.unit, [r.get("area") for r in self.rows], self.spatial_ndim)
+
+    def _people(self, key: str) -> tuple[str | None, int]:
+        """(column name for people, power of the length unit) of a row or summary key; the name
+        is None for a column people do not need (``density_unit``: the name says it)."""
+        nd, shown = self.spatial_ndim, self.length_unit
+        size = units.size_word(nd)
+        length = units.column_unit(self.unit, 1, shown)
+        named = {"area": (f"{size}_{units.column_unit(self.unit, nd, shown)}", nd),
+                 # a count, not a size: how many pixels / voxels the object covers
+                 "area_px": ("voxels" if nd == 3 else "pixels", 0),
+                 "equivalent_diameter": (f"equivalent_diameter_{length}", 1),
+                 "mean_area": (f"mean_{size}_{units.column_unit(self.unit, nd, shown)}", nd),
+                 "mean_equivalent_diameter": (f"mean_equivalent_diameter_{length}", 1),
+                 "density": (units.density_column(self.unit, nd), -1),
+                 "density_unit": (None, 0)}
+        if key.startswith("centroid_"):
+            return f"{key}_{length}", 1
+        return named.get(key, (key, 0))
+
+    def _for_people(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+                    ) -> tuple[list[str], list[dict[str, Any]]]:
+        nd, shown = self.spatial_ndim, self.length_unit
+        keys = list(columns) + [k for r in rows for k in r if k not in columns]
+        keys = list(dict.fromkeys(keys))
+        names = {k: self._people(k) for k in keys}
+        out = []
+        for r in rows:
+            row = {}
+            for k, v in r.items():
+                name, power = names[k]
+                if name is None:
+                    continue
+                if isinstance(v, float | np.floating):
+                    if power == -1:  # a density: always per µm² / µm³, as the dock says it
+                        v = units.per_um(v, self.unit, nd)
+                    elif power:
+                        v = units.to_display(v, self.unit, power, shown)
+                row[name] = v
+            out.append(row)
+        return [names[k][0] for k in keys if names[k][0] is not None], out
+
+    def table(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """The per-object rows for people (what :meth:`to_csv` writes).
+
+        Returns
+        -------
+        columns : list of str
+            ``label``, (``t``, ``c``), ``class_id``, ``class``, ``area_um2`` (2-D) or
+            ``volume_um3`` (3-D), ``pixels`` / ``voxels`` (the object's size as a count),
+            ``centroid_<axis>_um``, ``equivalent_diameter_um``, ``mean_intensity``; ``nm``
+            instead of ``um`` for tiny objects, ``px`` without a physical unit.
+        rows : list of dict
+            One per object, keyed by ``columns``, the values in those units.
+        """
+        return self._for_people(self.rows, self.columns)
+
+    def summary_table(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """The per-class summary for people (what :meth:`summary_csv` writes).
+
+        Returns
+        -------
+        columns : list of str
+            ``class_id``, ``class``, ``count``, ``density_per_um3`` (``_um2`` in 2-D: objects
+            per µm³ of the field), ``mean_volume_um3`` (``mean_area_um2``),
+            ``mean_equivalent_diameter_um``, in the units of :meth:`table`.
+        rows : list of dict
+            One per class.
+        """
+        return self._for_people(self.summary, self.summary_columns)
+
+    def summary_lines(self) -> list[str]:
+        """The summary in words, one line per class: ``vesicle: 12 objects, 58 per µm³, mean
+        volume 33510 nm³, mean diameter 40 nm``.
+
+        Returns
+        -------
+        list of str
+            One line per class of :attr:`summary`.
+        """
+        nd, shown, unit = self.spatial_ndim, self.length_unit, self.unit
+        lines = []
+        for s in self.summary:
+            n = s["count"]
+            line = f"{s['class']}: {n} object{'' if n == 1 else 's'}"
+            if n:
+                mean = units.to_display(s["mean_area"], unit, nd, shown)
+                diameter = units.to_display(s["mean_equivalent_diameter"], unit, 1, shown)
+                line += (f", {units.density_text(s['density'], unit, nd)}, mean "
+                         f"{units.size_word(nd)} {units.number(mean)} "
+                         f"{units.display_unit(unit, nd, shown)}, mean diameter "
+                         f"{units.number(diameter)} {units.display_unit(unit, 1, shown)}")
+            lines.append(line)
+        return lines
+
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write :attr:`rows` (a header even when there are no objects)."""
-        return write_csv(self.rows, path, columns=self.columns)
+        """Write the per-object table for people (:meth:`table`; a header even when there are
+        no objects).
+
+        Parameters
+        ----------
+        path : path
+            The CSV file.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
+        columns, rows = self.table()
+        return write_csv(rows, path, columns=columns)
 
     def summary_csv(self, path: str | os.PathLike) -> Path:
-        """Write :attr:`summary`."""
-        return write_csv(self.summary, path, columns=self.summary_columns)
+        """Write the per-class summary for people (:meth:`summary_table`).
+
+        Parameters
+        ----------
+        path : path
+            The CSV file.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
+        columns, rows = self.summary_table()
+        return write_csv(rows, path, columns=columns)
 
 
 def _csv_value(v: Any) -> Any:
@@ -956,7 +1094,8 @@ def measure(instance_labels: np.ndarray, image: np.ndarray | None = None,
         ``classes`` (the first name that is not background-like, :func:`object_class_ids`),
         or class 0 ("none") without object class names.
     unit : str
-        Length unit of ``pixel_size`` (for the column names of the summary only).
+        Length unit of ``pixel_size``: the rows stay in it; :meth:`Measurements.to_csv` and
+        the summary convert to µm (nm for tiny objects) by it.
     axes : str, optional
         With T/C axes, objects are measured per plane (``t``/``c`` columns).
     """

@@ -35,7 +35,7 @@ from ..io import RestoreCancelled
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._progress import JobProgress
 from ._ui import STOP_TEXT, DefaultChoice, DockBody, layer_choices
-from ._units import density_text, display_unit, number, shown_unit, size_word, to_display
+from ._units import display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
 MIN_FORM_HEIGHT = 200  # px of the scrolled form always shown
@@ -549,13 +549,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             units=where["units"], axis_labels=sem_layer.axis_labels,
             metadata={"classes": where["classes"], "axes": where["axes"]})
         self._fill_table(measurements)
-        unit, nd = measurements.unit, _spatial_ndim(measurements)
-        shown = _shown(measurements)
-        lines = [f"{s['class']}: {s['count']} objects, {density_text(s['density'], unit, nd)}, "
-                 f"mean diameter {number(to_display(s['mean_equivalent_diameter'], unit, 1, shown))} "
-                 f"{display_unit(unit, 1, shown)}"
-                 for s in measurements.summary]
-        self.summary.value = "\n".join(lines) or "no objects"
+        # the core's words, so the dock, `decrappify segment` and the CSV say the same
+        self.summary.value = "\n".join(measurements.summary_lines()) or "no objects"
         self._set_status(f"{len(measurements.rows)} objects in {name}")
 
     def _fill_table(self, m) -> None:
@@ -693,13 +688,13 @@ def probability_name(source: str, cls: str, model: str) -> str:
 
 
 def _spatial_ndim(m) -> int:
-    return 3 if "centroid_z" in m.columns else 2
+    return m.spatial_ndim
 
 
 def _shown(m) -> str:
-    """The length unit of a measurements table (:func:`._units.shown_unit`): one for all its
-    rows, chosen by the objects' median area (volume in 3-D)."""
-    return shown_unit(m.unit, [r.get("area") for r in m.rows], _spatial_ndim(m))
+    """The length unit of a measurements table (:func:`napari_decrappify.units.shown_unit`):
+    one for all its rows, chosen by the objects' median area (volume in 3-D), as in its CSV."""
+    return m.length_unit
 
 
 def table_columns(m) -> tuple[list[str], list[str], list[int]]:

@@ -387,10 +387,11 @@ def test_segment_image_defaults_to_the_restored_result(make_napari_viewer):
 
 
 @pytest.mark.parametrize("radius_px, shown", [(5, "nm"), (40, "µm")])
-def test_volume_measurements_read_in_um3_or_nm3(make_napari_viewer, qtbot, radius_px, shown):
+def test_volume_measurements_read_in_um3_or_nm3(make_napari_viewer, qtbot, tmp_path, radius_px,
+                                                shown):
     """A 3-D stack's objects have a volume (never an 'area') in µm³, or nm³ for objects whose
     µm³ would need an exponent (4 nm pixels: a 10 px vesicle is 40 nm, 33 510 nm³), and a
-    density per µm³."""
+    density per µm³; the exported CSV says the same units in its column names."""
     from napari_decrappify._napari.segment import SegmentWidget
 
     viewer = make_napari_viewer()
@@ -419,3 +420,13 @@ def test_volume_measurements_read_in_um3_or_nm3(make_napari_viewer, qtbot, radiu
     assert float(dock.table.item(0, col).text()) == pytest.approx(
         row["equivalent_diameter"] * factor, rel=1e-3)
     assert "e-" not in dock.table.item(0, headers.index(f"volume ({shown}³)")).text()
+
+    dock.csv_path.value = tmp_path / "objects.csv"
+    with open(dock.export_csv()) as f:
+        exported = next(csv.DictReader(f))
+    ascii_unit = "um" if shown == "µm" else "nm"
+    assert float(exported[f"equivalent_diameter_{ascii_unit}"]) == pytest.approx(
+        float(dock.table.item(0, col).text()), rel=1e-3)  # the CSV's numbers are the table's
+    assert f"volume_{ascii_unit}3" in exported and not any("area" in k for k in exported)
+    with open(tmp_path / "objects_summary.csv") as f:
+        assert "density_per_um3" in next(csv.DictReader(f))

@@ -1,5 +1,6 @@
 """End to end: ``decrappify segment`` trains from sparse labels, segments, splits objects, writes
-labels (TIFF / OME-Zarr with the input's geometry) and the per-object CSV."""
+labels (TIFF / OME-Zarr with the input's geometry) and the per-object CSV (areas in µm² in 2-D,
+volumes in µm³ in 3-D, densities per µm² / µm³: the unit in each column's name)."""
 
 import csv
 
@@ -52,8 +53,41 @@ def test_cli_segment_trains_segments_counts_and_writes(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == stats["n_pred"]
     assert {r["class"] for r in rows} == {"disc"}
+    assert "area_px2" in rows[0] and "area" not in rows[0]  # no pixel size: px², said so
     out = capsys.readouterr().out
     assert "saved segmentation model" in out and "objects" in out
+    assert " per 10 000 px², mean area " in out
+
+    # units for people (as the Segment dock): a 2-D image's objects have an area in µm² ...
+    code = cli.main(["segment", str(model_dir), str(tmp_path / "img.tif"), str(tmp_path / "o2.tif"),
+                     "--pixel-size", "16", "16", "--units", "nm", "--instances", "cc",
+                     "--csv", str(tmp_path / "o2.csv"), "--device", "cpu", "--quiet"])
+    assert code == 0
+    with open(tmp_path / "o2.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames[3:7] == ["area_um2", "pixels", "centroid_y_um", "centroid_x_um"]
+    assert float(rows[0]["area_um2"]) == pytest.approx(int(rows[0]["pixels"]) * 0.016**2)
+    out = capsys.readouterr().out
+    assert "disc: " in out and " per µm², mean area " in out and " µm², mean diameter " in out
+    assert "1/" not in out and "^" not in out
+
+    # ... and a 3-D stack's a volume in µm³, the density per µm³ (was "area" and 1/nanometer^3)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([tifffile.imread(tmp_path / "img.tif")] * 4))
+    code = cli.main(["segment", str(model_dir), str(tmp_path / "stack.tif"), str(tmp_path / "o3.tif"),
+                     "--axes", "ZYX", "--pixel-size", "40", "16", "16", "--units", "nm",
+                     "--instances", "cc", "--csv", str(tmp_path / "o3.csv"), "--device", "cpu",
+                     "--quiet"])
+    assert code == 0
+    with open(tmp_path / "o3.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames[3:5] == ["volume_um3", "voxels"]
+    assert "centroid_z_um" in reader.fieldnames and not any("area" in h for h in reader.fieldnames)
+    assert float(rows[0]["volume_um3"]) == pytest.approx(int(rows[0]["voxels"]) * 0.04 * 0.016**2)
+    out = capsys.readouterr().out
+    assert " per µm³, mean volume " in out and " µm³, mean diameter " in out
+    assert "area" not in out.split("disc: ")[-1] and "1/" not in out
 
     # the saved model, OME-Zarr output with physical pixel size, class labels and probabilities
     code = cli.main(["segment", str(model_dir), str(tmp_path / "img.tif"), str(tmp_path / "lab.zarr"),

@@ -209,9 +209,9 @@ def test_measure_known_disc_in_physical_units(tmp_path):
     assert summ["class"] == "nucleus" and summ["count"] == 1
     assert summ["density"] == pytest.approx(1 / (60 * 0.5 * 80 * 0.25))
     assert summ["density_unit"] == "1/um^2"
-    path = m.to_csv(tmp_path / "objects.csv")
+    path = m.to_csv(tmp_path / "objects.csv")  # for people: the unit in each column's name
     lines = path.read_text().splitlines()
-    assert lines[0].startswith("label,class_id,class,area,area_px,centroid_y,centroid_x")
+    assert lines[0].startswith("label,class_id,class,area_um2,pixels,centroid_y_um,centroid_x_um")
     assert len(lines) == 2 and lines[1].startswith("7,2,nucleus,")
 
 
@@ -247,7 +247,8 @@ def test_csv_always_has_a_header(tmp_path):
     assert m.rows == []
     path = m.to_csv(tmp_path / "none.csv")
     assert path.read_text().splitlines() == [
-        "label,class_id,class,area,area_px,centroid_y,centroid_x,equivalent_diameter,mean_intensity"]
+        "label,class_id,class,area_px2,pixels,centroid_y_px,centroid_x_px,equivalent_diameter_px,"
+        "mean_intensity"]
     with open(m.summary_csv(tmp_path / "summary.csv")) as f:
         assert [r["count"] for r in csv.DictReader(f)] == ["0"]  # nucleus: 0 objects
     assert S.write_csv([], tmp_path / "t.csv", columns=["label", "t"]).read_text().strip() == "label,t"
@@ -256,7 +257,7 @@ def test_csv_always_has_a_header(tmp_path):
 def test_csv_keeps_every_digit_of_stage_coordinates(tmp_path):
     import csv
 
-    # stage coordinates in nm: 8 significant digits must survive the CSV
+    # stage coordinates in nm: 8 significant digits must survive the CSV (in µm there)
     inst = np.zeros((100, 100), np.int32)
     inst[10:13, 10:13] = 1
     inst[10:13, 14:17] = 2
@@ -264,10 +265,10 @@ def test_csv_keeps_every_digit_of_stage_coordinates(tmp_path):
                   unit="nm")
     with open(m.to_csv(tmp_path / "stage.csv")) as f:
         back = list(csv.DictReader(f))
-    assert [float(r["centroid_y"]) for r in back] == [12_345_715.0, 12_345_715.0]
-    assert [float(r["centroid_x"]) for r in back] == [23_456_715.0, 23_456_975.0]
-    assert [float(r["equivalent_diameter"]) for r in back] == [r["equivalent_diameter"]
-                                                                for r in m.rows]
+    assert [r["centroid_y_um"] for r in back] == ["12345.715", "12345.715"]
+    assert [r["centroid_x_um"] for r in back] == ["23456.715", "23456.975"]
+    assert [float(r["equivalent_diameter_um"]) for r in back] == [r["equivalent_diameter"] / 1000
+                                                                   for r in m.rows]
 
 
 def test_measure_rejects_mismatched_shapes():
