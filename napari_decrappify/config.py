@@ -7,9 +7,16 @@ keyword argument is an error that names the field, instead of a silently ignored
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 SCALES = (1, 2, 3, 4, 5, 6, 7, 8)
 
@@ -228,8 +235,115 @@ FINE_TUNE_LR_MAX = 1e-3
 FINE_TUNE_PCT_START = 0.05
 
 
-class TrainConfig(_Config):
-    """Training run parameters (restoration)."""
+# The bounds of the training options that restoration and segmentation share live in these
+# types, not in the fields: a subclass that gives a field another default redeclares it, and
+# pydantic drops the constraints of a plain ``Field(...)`` it replaces, but not those of the
+# type. A 0 or inf budget, or a 0 batch, used to fail deep inside fastai's scheduler with a
+# message that did not name the option.
+PositiveInt = Annotated[int, Field(gt=0)]
+Epochs = Annotated[int | None, Field(gt=0)]
+Minutes = Annotated[float | None, Field(gt=0, allow_inf_nan=False)]
+LearningRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+WeightDecay = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]  # open interval: neither end is usable
+Workers = Annotated[int, Field(ge=0)]  # torch's DataLoader refuses negative counts
+
+
+class BaseTrainConfig(_Config):
+    """The training options restoration (:class:`TrainConfig`) and segmentation
+    (:class:`napari_decrappify.segment.SegmentConfig`) share, with one set of bounds.
+
+    A subclass may give a field another default by redeclaring it with the same type (e.g.
+    ``lr_max: LearningRate = 1e-3``); a redeclaration that changes the bounds is refused when
+    the subclass is defined, so both kinds of training refuse the same values.
+
+    Attributes
+    ----------
+    patch_size : int
+        Training patch side in pixels (restoration: on the LR grid); > 0.
+    batch_size : int
+        Patches per step; > 0.
+    epochs : int or None
+        Epochs to train; > 0. None with ``minutes``: as many as fit in the minutes.
+    minutes : float or None
+        Wall-clock budget; finite and > 0. Given without ``epochs``, ``epochs`` is None.
+    iterations_per_epoch : int
+        Steps per epoch; > 0.
+    lr_max : float
+        Peak learning rate of the one-cycle schedule; finite and > 0.
+    weight_decay : float
+        Finite and >= 0.
+    pct_start : float
+        Fraction of the schedule spent warming up; in (0, 1).
+    precision, device : str
+        ``"auto"`` or a choice of :data:`Precision`; a torch device name or ``"auto"``.
+    seed : int
+        Seed of the split, the patch sampling and the initial weights.
+    val_fraction : float
+        Fraction of the data held out for validation; in (0, 1).
+    num_workers : int
+        DataLoader worker processes; >= 0.
+    """
+
+    patch_size: PositiveInt = 64
+    batch_size: PositiveInt = 8
+    epochs: Epochs = 1
+    minutes: Minutes = None
+    iterations_per_epoch: PositiveInt = 100
+    # the defaults are restoration's (SegmentConfig sets its own). CREMI 4x, resnet18s, L1, 10
+    # CPU minutes: 3e-3 scored 0.15 dB over 1e-3 (ReLU decoder); with the leaky decoder 3e-3
+    # gives 25.58 dB with a live 176 px field (docs/training.md)
+    lr_max: LearningRate = 3e-3
+    weight_decay: WeightDecay = 1e-4
+    pct_start: Fraction = 0.1
+    precision: Precision = "auto"
+    device: str = "auto"
+    seed: int = 0
+    val_fraction: Fraction = 0.15
+    num_workers: Workers = 0
+
+    # The fields in the order a subclass serialises them (``model_dump``, the ``training``
+    # record of model.json): pydantic lists a base class's fields first, which would reorder
+    # the records written before this class existed. Empty: pydantic's order.
+    _dump_order: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs):
+        super().__pydantic_init_subclass__(**kwargs)
+        base = BaseTrainConfig.model_fields
+        for name, field in cls.model_fields.items():
+            # a redeclared field with a plain type would silently lose its bounds
+            if name in base and (field.annotation != base[name].annotation
+                                 or field.metadata != base[name].metadata):
+                raise TypeError(f"{cls.__name__}.{name} must keep BaseTrainConfig's type and "
+                                "bounds (redeclare it with the same type to change its default)")
+        if cls._dump_order and set(cls._dump_order) != set(cls.model_fields):
+            raise TypeError(f"{cls.__name__}._dump_order must list each field once")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _minutes_alone_is_a_wall_clock_run(cls, data):
+        return minutes_alone_means_no_epochs(data)
+
+    @model_serializer(mode="wrap")
+    def _in_dump_order(self, handler):
+        data = handler(self)
+        order = type(self)._dump_order
+        if not order or not isinstance(data, dict):
+            return data
+        # keys left out by ``include`` / ``exclude`` stay out
+        return {k: data[k] for k in order if k in data}
+
+
+class TrainConfig(BaseTrainConfig):
+    """Training run parameters (restoration); the bounds of the shared options are
+    :class:`BaseTrainConfig`'s."""
+
+    _dump_order: ClassVar[tuple[str, ...]] = (
+        "scale", "arch", "crappify", "augment", "loss", "feature_weights", "patch_size",
+        "batch_size", "epochs", "minutes", "iterations_per_epoch", "lr_max", "weight_decay",
+        "pct_start", "precision", "device", "seed", "val_fraction", "train_planes",
+        "valid_planes", "num_workers", "any_offset", "normalisation")
 
     scale: int = 4
     arch: ArchConfig = Field(default_factory=ArchConfig)
@@ -238,25 +352,10 @@ class TrainConfig(_Config):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     loss: RestorationLoss = "l1"
     feature_weights: str | None = None
-    # bounds checked here: 0 or inf minutes, or a 0 batch, failed deep inside fastai's
-    # scheduler with a message that did not name the option
-    patch_size: int = Field(64, gt=0)  # on the LR grid
-    batch_size: int = Field(8, gt=0)
-    epochs: int | None = Field(1, gt=0)
-    minutes: float | None = Field(None, gt=0, allow_inf_nan=False)
-    iterations_per_epoch: int = Field(100, gt=0)
-    # CREMI 4x, resnet18s, L1, 10 CPU minutes: 3e-3 scored 0.15 dB over 1e-3 (ReLU decoder);
-    # with the leaky decoder 3e-3 gives 25.58 dB with a live 176 px field (docs/training.md)
-    lr_max: float = Field(3e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False)
-    pct_start: float = Field(0.1, gt=0, lt=1)
-    precision: Precision = "auto"
-    device: str = "auto"
-    seed: int = 0
-    val_fraction: float = Field(0.15, gt=0, lt=1)
+    # patch_size (on the LR grid), batch, budget, schedule, device, seed, val_fraction and
+    # num_workers: BaseTrainConfig, whose defaults are restoration's
     train_planes: list[int] | None = None  # explicit split by plane (else: val_fraction)
     valid_planes: list[int] | None = None
-    num_workers: int = 0
     # training patches at any HR pixel offset (all scale**2 LR block phases), not only on the LR grid
     any_offset: bool = False
     # "percentile": the model normalises each input from its own percentiles (any intensity
@@ -267,11 +366,6 @@ class TrainConfig(_Config):
     @classmethod
     def _scale(cls, v):
         return check_scale(v)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _minutes_alone_is_a_wall_clock_run(cls, data):
-        return minutes_alone_means_no_epochs(data)
 
     @model_validator(mode="after")
     def _explicit_split_is_whole(self):

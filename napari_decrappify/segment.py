@@ -31,23 +31,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 from torch.nn import functional as F
 
 from . import units
 from .config import (
     ArchConfig,
+    BaseTrainConfig,
     InstanceMethod,
-    Precision,
+    LearningRate,
+    PositiveInt,
     SegmentationLoss,
     TileConfig,
-    _Config,
-    minutes_alone_means_no_epochs,
 )
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -68,7 +68,7 @@ def segmentation_arch(encoder: str = "resnet18s") -> ArchConfig:
     return ArchConfig(encoder=encoder, scale=1, residual=False, activation="relu")
 
 
-class SegmentConfig(_Config):
+class SegmentConfig(BaseTrainConfig):
     """Segmentation training parameters.
 
     ``loss``: ``"ce"`` (weighted cross-entropy on labelled pixels) or ``"dice_ce"`` (that plus
@@ -77,33 +77,27 @@ class SegmentConfig(_Config):
     the sampled training patches, clipped to ``max_class_weight``), ``"none"``, or one weight
     per class ``1..K``. Patches are centred on labelled pixels, drawing the class uniformly,
     so sparse strokes are all used. ``patch_size`` is in image pixels; a budget is ``epochs``
-    and/or ``minutes`` (wall clock) as for restoration.
+    and/or ``minutes`` (wall clock) as for restoration. The options both share (batch, budget,
+    schedule, split, device) have restoration's bounds: see
+    :class:`napari_decrappify.config.BaseTrainConfig`.
     """
+
+    _dump_order: ClassVar[tuple[str, ...]] = (
+        "arch", "loss", "dice_weight", "class_weights", "max_class_weight", "patch_size",
+        "batch_size", "epochs", "minutes", "iterations_per_epoch", "lr_max", "weight_decay",
+        "pct_start", "intensity_jitter", "precision", "device", "seed", "val_fraction",
+        "num_workers")
 
     arch: ArchConfig = Field(default_factory=segmentation_arch)
     loss: SegmentationLoss = "dice_ce"
     dice_weight: float = 1.0
     class_weights: Literal["balanced", "none"] | list[float] = "balanced"
     max_class_weight: float = 10.0
-    patch_size: int = 128
-    batch_size: int = 8
-    epochs: int | None = 1
-    minutes: float | None = None
-    iterations_per_epoch: int = 50
-    lr_max: float = 1e-3
-    weight_decay: float = 1e-4
-    pct_start: float = 0.1
+    # segmentation's own defaults of shared options (their bounds stay BaseTrainConfig's)
+    patch_size: PositiveInt = 128
+    iterations_per_epoch: PositiveInt = 50
+    lr_max: LearningRate = 1e-3
     intensity_jitter: float = 0.1  # random gain/offset (normalised units) per training patch
-    precision: Precision = "auto"
-    device: str = "auto"
-    seed: int = 0
-    val_fraction: float = 0.15
-    num_workers: int = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _minutes_alone_is_a_wall_clock_run(cls, data):
-        return minutes_alone_means_no_epochs(data)
 
     @field_validator("patch_size")
     @classmethod
