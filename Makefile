@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # fastai/torch use every core by default; keep BLAS from oversubscribing them.
 export OMP_NUM_THREADS ?= $(shell nproc)
 
-.PHONY: setup test test-unit test-integration test-gui lint demo bench docs clean
+.PHONY: setup test test-unit test-integration test-gui test-reliability lint demo bench docs clean
 
 setup:
 	@bash tools/bootstrap.sh
@@ -19,10 +19,14 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest tests/unit -q -p no:xvfb
 	$(PY) -m pytest tests/integration -q -p no:xvfb
+	$(PY) -m pytest tests/reliability -q -p no:xvfb
 	$(PY) -m pytest tests/gui -q
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q -p no:xvfb
+
+test-reliability: setup
+	$(PY) -m pytest tests/reliability -q -p no:xvfb
 
 demo: setup
 	@if [ -z "$$DISPLAY" ]; then \

@@ -70,7 +70,7 @@ def load_all() -> None:
 
     for mod in ("_bench_engine", "_bench_quality", "_bench_segmentation", "_bench_training",
                 "_bench_trust", "_bench_adaptation", "_bench_generalisation",
-                "_bench_napari"):
+                "_bench_napari", "_bench_reliability"):
         try:
             importlib.import_module(f"napari_decrappify.{mod}")
         except ModuleNotFoundError as e:

@@ -1002,7 +1002,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="benchmarks that write JSON")
     s.add_argument("what", choices=["quality", "throughput", "memory", "seams", "segmentation",
                                     "training", "trust", "adaptation", "generalisation",
-                                    "napari"])
+                                    "napari", "reliability"])
     s.add_argument("--json", help="write the results to this JSON file")
     s.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="benchmark-specific option (repeatable)")

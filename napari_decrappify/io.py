@@ -940,11 +940,20 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
             raise _output_error(e, path) from e
 
     level_data = data
-    for level in range(levels):
-        if level:
-            level_data = _downsample(da.from_zarr(str(path / str(level - 1))), ngff_axes, dtype,
-                                     chunk_shape)
-        _store_level(level_data, path, str(level), progress, cancel)
+    try:
+        for level in range(levels):
+            if level:
+                level_data = _downsample(da.from_zarr(str(path / str(level - 1))), ngff_axes,
+                                         dtype, chunk_shape)
+            _store_level(level_data, path, str(level), progress, cancel)
+    except ValueError:
+        # the data itself is bad (NaN in a tile, ...): no rerun can resume it, since fixing the
+        # input changes its fingerprint. A store this run created goes, not left unfinished;
+        # an interruption (cancel, signal, full disk) keeps it to be resumed
+        if not resume:
+            _forget_arrays(path)
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
     import zarr
 
