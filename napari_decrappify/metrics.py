@@ -275,7 +275,10 @@ def intensity_maps(hr, lr=None, percentiles=(0.1, 99.9)) -> tuple[IntensityMap, 
 def psnr(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:
     """PSNR in dB of one plane (prediction clipped to the data range)."""
     pred = np.clip(np.asarray(pred, np.float64), 0, data_range)
-    return float(peak_signal_noise_ratio(np.asarray(gt, np.float64), pred, data_range=data_range))
+    gt = np.asarray(gt, np.float64)
+    if np.array_equal(pred, gt):  # identical: infinite, without scikit-image's divide warning
+        return float("inf")
+    return float(peak_signal_noise_ratio(gt, pred, data_range=data_range))
 
 
 def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:
