@@ -321,27 +321,42 @@ def _open_tiff(path: Path, named: bool = False):
 _DAMAGE_WORDS = ("invalid page offset", "truncat", "corrupt", "invalid offset")
 
 
+class _CollectComplaints:
+    """A filter on tifffile's logger: a record logged in a thread that is collecting
+    (:func:`_tifffile_complaints`) goes to that thread's list instead of the terminal. Per
+    thread, so a damaged file read in one thread never fails a good one read in another, and
+    nothing is switched on or off under a reader in another thread."""
+
+    local = threading.local()
+
+    def filter(self, record) -> bool:
+        found = getattr(self.local, "found", None)
+        if found is None:
+            return True
+        # "<tifffile.TiffPages @8> invalid page offset 33040": the object's repr is noise
+        found.append(re.sub(r"^<[^>]*>\s*", "", record.getMessage().strip()))
+        return False
+
+
+_COMPLAINTS = _CollectComplaints()
+
+
 @contextlib.contextmanager
 def _tifffile_complaints():
-    """Collect (and keep off the terminal) what tifffile logs about a damaged file."""
+    """Collect (and keep off the terminal) what tifffile logs, in this thread, about a damaged
+    file."""
     import logging
 
-    found: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record):
-            # "<tifffile.TiffPages @8> invalid page offset 33040": the object's repr is noise
-            found.append(re.sub(r"^<[^>]*>\s*", "", record.getMessage().strip()))
-
     logger = logging.getLogger("tifffile")
-    handler, propagate = _Collect(level=logging.WARNING), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
+    if _COMPLAINTS not in logger.filters:
+        logger.addFilter(_COMPLAINTS)
+    found: list[str] = []
+    outer = getattr(_COMPLAINTS.local, "found", None)
+    _COMPLAINTS.local.found = found
     try:
         yield found
     finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
+        _COMPLAINTS.local.found = outer
 
 
 class _TiffArray:
