@@ -156,7 +156,8 @@ def test_segment_and_compare_counts_pass_pixel_size_to_the_watershed(monkeypatch
     def fake_predict(model, image, **kw):  # a "prediction" that is the two spheres (class 1)
         return S.Segmentation(probabilities=None, labels=two, classes=["sphere"], axes="ZYX")
 
-    monkeypatch.setattr(S, "predict", fake_predict)
+    # segment() looks predict up in its own module (the package re-exports it)
+    monkeypatch.setattr(S.prediction, "predict", fake_predict)
     assert S.segment(two, "m", objects="watershed").objects.max() == 1
     assert S.segment(two, "m", objects="watershed", pixel_size=(2.0, 0.1, 0.1)).objects.max() == 2
     objects, _ = S.segment_objects("m", two, pixel_size=(2.0, 0.1, 0.1))
@@ -179,7 +180,8 @@ def test_segmenting_a_file_uses_its_voxel_size_for_the_watershed(monkeypatch, tm
     def fake_predict(model, image, **kw):
         return S.Segmentation(probabilities=None, labels=two, classes=["sphere"], axes="ZYX")
 
-    monkeypatch.setattr(S, "predict", fake_predict)
+    # segment() looks predict up in its own module (the package re-exports it)
+    monkeypatch.setattr(S.prediction, "predict", fake_predict)
     assert S.segment(str(path), "m", objects="watershed").objects.max() == 2
     assert S.segment(two, "m", objects="watershed").objects.max() == 1  # an array: isotropic
 
