@@ -32,8 +32,8 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
+from ._job_dock import JobDock
 from ._layers import BLENDING, base_data, current_plane, layer_axes
-from ._progress import JobProgress
 from ._ui import DockBody, layer_choices
 from ._workers import CoreJob, compute_array, warm_imports
 
@@ -60,8 +60,11 @@ def _image_type():
     return Image
 
 
-class CountingStudyWidget(DockBody):
+class CountingStudyWidget(JobDock, DockBody):
     """Blinded counting study: shuffled crops from LR / restored / HR, click objects, unblind."""
+
+    BUSY_TEXT = "⚠ busy: wait for the crops to be read or cancel"
+    CANCEL_TEXT = None
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -106,8 +109,7 @@ class CountingStudyWidget(DockBody):
         self.add(self.form)
         self._layout.addWidget(self.table)
         self.finish()
-        self.progress = JobProgress(self.cancel_button.native, self.status.native).attach_to(self)
-        self.cancel_button.changed.connect(self.cancel)
+        self._progress_below()
 
         self.new_button.changed.connect(self.new_study)
         self.resume_button.changed.connect(self.resume)
@@ -157,33 +159,13 @@ class CountingStudyWidget(DockBody):
 
     def _start(self, plan: dict, then, description: str) -> CoreJob:
         """Read the planes of ``plan`` in a worker; ``then(images)`` in the UI thread."""
-        for b in self._job_buttons():
-            b.enabled = False
-        self.cancel_button.enabled = True
-        self.job = CoreJob(_collect_job, plan, description=description, on_result=then,
-                           on_cancelled=lambda: self._set_status("cancelled"),
-                           on_error=lambda e: self._set_status(f"⚠ {e}"),
-                           on_finished=self._job_finished, watchers=[self.progress],
-                           abandon_on_cancel=True)  # an upsampling is one step
-        return self.job
+        return self._start_job(_collect_job, plan, description=description, on_result=then,
+                               on_cancelled=lambda: self._set_status("cancelled"),
+                               on_error=lambda e: self._set_status(f"⚠ {e}"),
+                               abandon_on_cancel=True)  # an upsampling is one step
 
-    def _job_buttons(self):
+    def _job_buttons(self) -> tuple:
         return (self.new_button, self.resume_button, self.session_button, self.unblind_button)
-
-    def _job_finished(self) -> None:
-        for b in self._job_buttons():
-            b.enabled = True
-        self.cancel_button.enabled = False
-
-    def _busy(self) -> bool:
-        if self.job is not None and self.job.running:
-            self._set_status("⚠ busy: wait for the crops to be read or cancel")
-            return True
-        return False
-
-    def cancel(self, *_args) -> None:
-        if self.job is not None and self.job.running:
-            self.job.cancel()
 
     # ------------------------------------------------------------------ study lifecycle
     def new_study(self, *_args) -> CoreJob | None:
@@ -374,9 +356,6 @@ class CountingStudyWidget(DockBody):
                 f"{n} {s['f1']:.2f}" for n, s in res["agreement"]["sources"].items())
         self._set_status(text)
         return res
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
 
 
 def _collect_job(plan: dict, *, progress=None, cancel=None) -> dict[str, np.ndarray]:

@@ -123,3 +123,55 @@ class JobProgress(QWidget):
         if job.cancel_event.is_set() and job.status == "done":
             word = "cancelled"  # training returns normally when cancelled (best weights kept)
         self.label.setText(f"{job.description}: {word} after {elapsed}")
+
+
+class InlineProgress:
+    """:class:`JobProgress`'s watcher interface over a dock's own magicgui ``ProgressBar`` and
+    text line (the Restore dock's, in its form: between jobs the lazy view's tiles use them).
+
+    Parameters
+    ----------
+    bar : magicgui.widgets.ProgressBar
+        Shown while a job runs: ``n of m``, or busy while the length is unknown.
+    text : magicgui.widgets.Label
+        What runs, n of m, ETA (the dock's status line keeps its messages).
+    """
+
+    def __init__(self, bar, text):
+        self.bar, self.text = bar, text
+        self.job = None
+
+    def show(self, text: str, done=None, total=None) -> None:
+        """The bar (busy when ``total`` is unknown) and its line of text."""
+        bar = self.bar.native
+        if total:
+            bar.setRange(0, int(total))
+            bar.setValue(min(int(done or 0), int(total)))
+            bar.setFormat("%v of %m")
+        else:
+            bar.setRange(0, 0)  # Qt's busy indicator
+        self.bar.visible = self.text.visible = True
+        if self.text.value != text:
+            self.text.value = text
+
+    def hide(self) -> None:
+        self.bar.visible = self.text.visible = False
+
+    # -- CoreJob watcher interface (UI thread)
+    def job_started(self, job) -> None:
+        self.job = job
+        self.show(f"{job.description} …")
+
+    def job_event(self, job, event: dict) -> None:
+        if job is not self.job or job.cancel_event.is_set() or not isinstance(event, dict):
+            return
+        self.show(f"{job.description}: {describe(event)}", event.get("done"), event.get("total"))
+
+    def job_cancelling(self, job) -> None:
+        if job is self.job:
+            self.hide()
+
+    def job_finished(self, job) -> None:
+        if job is self.job:  # not when a job chained from it runs
+            self.job = None
+            self.hide()

@@ -68,6 +68,7 @@ from magicgui.widgets import (
 
 from ..pixel_size import POLICIES
 from . import _compare, _live_lazy, api
+from ._job_dock import JobDock, model_first
 from ._layers import (
     BLENDING,
     base_data,
@@ -77,8 +78,10 @@ from ._layers import (
     lr_looking,
     mode_text,
 )
+from ._model_picker import ModelPicker
+from ._progress import InlineProgress
 from ._ui import DefaultChoice, DockBody, devices, layer_choices, note
-from ._workers import CoreJob, LoadsModelFirst, compute_array, describe, model_events
+from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events
 
 CURRENT_VIEW = "current view"
 INSPECT_PANELS = ("LR", "bicubic", "restored", "HR")
@@ -88,6 +91,12 @@ WARN_COLOR = "#f0a030"  # ⚠ lines in the dock
 LIVE_POLL_MS = 250  # how often the lazy view's progress is read
 # the folder of the last bioimage.io export in this session: the file dialog starts there
 _EXPORT_FOLDER: list[Path] = []
+
+
+def _model_text(m: dict) -> str:
+    """How a restoration model reads in the dock's model list."""
+    where = "bundled" if m["bundled"] else "user"
+    return f"{m['name']}  ({mode_text(m['scale'])}, {m['encoder']}, {where})"
 
 
 def _fmt(scores: dict | None) -> str:
@@ -137,7 +146,7 @@ class _Measured:
             self._items.pop(next(iter(self._items)))
 
 
-class RestoreWidget(LoadsModelFirst, DockBody):
+class RestoreWidget(LoadsModelFirst, JobDock, DockBody):
     """Restore: denoise and upsample an image layer with a model.
 
     Parameters
@@ -145,11 +154,14 @@ class RestoreWidget(LoadsModelFirst, DockBody):
     napari_viewer : napari.Viewer
     """
 
+    BUSY_TEXT = "busy: wait for the current job or cancel it"
+    CANCEL_TEXT = "cancelling: stops after the tile being computed …"
+    FAILED_STATUS = "⚠ {exc}"
+
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = v = napari_viewer
         self.job: CoreJob | None = None
-        self.extra_models: list[str] = []  # folders chosen by hand
         self.result: dict | None = None  # source, layer, model, axes, lazy, gt_layer
         self.metrics: dict = {}  # {"stack": {...}, "plane": {...}} as shown in the dock
         self.consistency: dict = {}  # LR consistency {"stack": {...}, "plane": {...}}
@@ -158,7 +170,9 @@ class RestoreWidget(LoadsModelFirst, DockBody):
 
         # -- input
         self.image = ComboBox(label="input", choices=layer_choices(v))
-        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.model = ModelPicker("restoration", label="model", text=_model_text,
+                                 empty="(no model: train one, or choose a folder)")
+        self.model.list_with(self.model_entries)
         self.folder_button = PushButton(text="Model folder…")
         self.export_button = PushButton(
             text="Export to bioimage.io…",
@@ -216,6 +230,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.progress_text = note()  # what runs, n of m, ETA (the status line keeps messages)
         self.progress_text.visible = False
+        self._progress_line = InlineProgress(self.progress, self.progress_text)
         self.status = note()
         # what the restore found: normalisation, pixel size, out-of-domain check (wraps; the
         # plain text is the tooltip)
@@ -315,30 +330,8 @@ class RestoreWidget(LoadsModelFirst, DockBody):
     # ------------------------------------------------------------------ choices
     def model_entries(self) -> list[dict]:
         """Restoration models offered: bundled, user (``DECRAPPIFY_MODELS``, user data dir) and
-        folders chosen by hand."""
-        from ..models import list_models, read_model_config
-
-        entries = [m for m in list_models() if m["kind"] == "restoration"]
-        known = {str(Path(m["path"]).resolve()) for m in entries}
-        for folder in self.extra_models:
-            if str(Path(folder).resolve()) in known:
-                continue
-            try:
-                cfg = read_model_config(Path(folder))
-            except ValueError:
-                continue
-            entries.append({"name": Path(folder).name, "kind": cfg.kind, "scale": cfg.arch.scale,
-                            "encoder": cfg.arch.encoder, "path": folder, "bundled": False,
-                            "metrics": cfg.metrics})
-        return entries
-
-    def _model_choices(self, _widget=None):
-        items = []
-        for m in self.model_entries():
-            where = "bundled" if m["bundled"] else "user"
-            items.append((f"{m['name']}  ({mode_text(m['scale'])}, {m['encoder']}, {where})",
-                          m["path"]))
-        return items or [("(no model: train one, or choose a folder)", None)]
+        folders chosen by hand (:meth:`ModelPicker.entries`)."""
+        return self.model.entries()
 
     def _region_choices(self, _widget=None):
         from napari.layers import Shapes
@@ -347,17 +340,9 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                                          if isinstance(s, Shapes)]
 
     def add_model_folder(self, folder) -> None:
-        """Offer the model in ``folder`` in the dropdown and select it."""
-        from ..models import read_model_config
-
-        folder = str(Path(folder).expanduser())
-        read_model_config(Path(folder))  # raises a clear error for a non-model folder
-        resolved = Path(folder).resolve()
-        if not any(Path(f).resolve() == resolved for f in self.extra_models):
-            self.extra_models.append(folder)
-        self.model.reset_choices()
-        match = [v for v in self.model.choices if v and Path(v).resolve() == Path(folder).resolve()]
-        self.model.value = match[0]
+        """Offer the model in ``folder`` in the dropdown and select it (:class:`ModelPicker`:
+        a ValueError for a folder that holds no model, or a model of another kind)."""
+        self.model.add_folder(folder)
 
     def _choose_folder(self, *_args) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -436,25 +421,11 @@ class RestoreWidget(LoadsModelFirst, DockBody):
 
     def _model_saved(self, path: str) -> None:
         """A model folder was written (Train dock): offer it, and select it, when it is a
-        restoration model, also when it was saved outside the folders models are listed from."""
-        from ..models import read_model_config
-
+        restoration model, also when it was saved outside the folders models are listed from
+        (not a segmentation model from the Segment dock)."""
         try:
-            try:
-                kind = read_model_config(Path(path)).kind
-            except ValueError:  # not (or no longer) a readable model folder
-                self.model.reset_choices()
-                return
-            if kind != "restoration":  # e.g. a segmentation model from the Segment dock
-                self.model.reset_choices()
-                return
-            self.model.reset_choices()
-            listed = [v for v in self.model.choices if v and Path(v).resolve() == Path(path).resolve()]
-            if listed:
-                self.model.value = listed[0]
-            else:  # saved outside the listed folders: offer it as if chosen with "Model folder…"
-                self.add_model_folder(path)
-            self._set_status(f"new model {Path(path).name} available (selected)")
+            if self.model.offer_saved(path):
+                self._set_status(f"new model {Path(path).name} available (selected)")
         except RuntimeError:  # the dock's Qt widgets were already deleted
             model_events.saved.disconnect(self._model_saved)
 
@@ -634,49 +605,20 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             if measured.get(name) is not None:
                 self.measured.put(data, key, measured[name])
 
-    def _busy(self) -> bool:
-        if self.job is not None and self.job.running:
-            self._set_status("busy: wait for the current job or cancel it")
-            return True
-        return False
-
     def _start(self, fn, *args, description: str, on_result,
-               cancelled_text: str = "cancelled, nothing was added", on_error=None,
-               **kwargs) -> CoreJob:
-        def cancelled():
-            self._set_status(f"{description}: {cancelled_text}")
+               cancelled_text: str = "cancelled, nothing was added", **kwargs) -> CoreJob:
+        """A job with the dock's lifecycle (:meth:`JobDock._start_job`); when it is cancelled
+        the status line says ``cancelled_text``."""
+        return self._start_job(
+            fn, *args, description=description, on_result=on_result,
+            on_cancelled=lambda: self._set_status(f"{description}: {cancelled_text}"), **kwargs)
 
-        self.job = CoreJob(fn, *args, description=description, on_result=on_result,
-                           on_cancelled=cancelled, on_error=on_error or self._failed,
-                           on_finished=self._finished, on_event=self._job_event, **kwargs)
-        self.cancel_button.enabled = True
-        self.restore_button.enabled = False
-        self._show_progress(f"{description} …")
-        return self.job
+    def _job_buttons(self) -> tuple:
+        return (self.restore_button,)
 
-    def _job_event(self, event: dict) -> None:
-        """A job's progress event (UI thread): the dock's bar and status line."""
-        job = self.job
-        if job is None or job.cancel_event.is_set():
-            return
-        self._show_progress(f"{job.description}: {describe(event)}", event.get("done"),
-                            event.get("total"))
-
-    def _show_progress(self, text: str, done=None, total=None) -> None:
-        """The progress bar (busy when ``total`` is unknown) and its line of text."""
-        bar = self.progress.native
-        if total:
-            bar.setRange(0, int(total))
-            bar.setValue(min(int(done or 0), int(total)))
-            bar.setFormat("%v of %m")
-        else:
-            bar.setRange(0, 0)  # Qt's busy indicator
-        self.progress.visible = self.progress_text.visible = True
-        if self.progress_text.value != text:
-            self.progress_text.value = text
-
-    def _hide_progress(self) -> None:
-        self.progress.visible = self.progress_text.visible = False
+    def _job_watchers(self) -> list:
+        """The dock's own bar and text line (in its form, shared with the lazy view's tiles)."""
+        return [self._progress_line]
 
     def _live(self):
         """The lazy result's :class:`_live_lazy.LiveArray`, if the result shown is one."""
@@ -690,17 +632,17 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         contrast from their data (:meth:`_contrast_maps`)."""
         if self._contrast_pending:
             self._contrast_maps()
-        if self.job is not None and self.job.running:
+        if self.running:
             return
         live = self._live()
         text = _live_lazy.status_text(live) if live is not None else ""
         busy = live is not None and not live.idle
         if busy:
             done, total = live.visible_progress()
-            self._show_progress(text, done, total)
+            self._progress_line.show(text, done, total)
             self.cancel_button.enabled = True
         elif self._live_shown:
-            self._hide_progress()
+            self._progress_line.hide()
             self.cancel_button.enabled = False
         self._live_shown = text if busy else ""
 
@@ -708,37 +650,17 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         """Stop the running job, else the lazy result's tiles on screen. Answers at once: the
         job stops at its next check (the tile being computed finishes in the background and
         is dropped; a lazy view's is kept)."""
-        if self.job is not None and self.job.running:
-            # first: a job abandoned on cancel (an export) reports its own line at once
-            self._set_status("cancelling: stops after the tile being computed …")
-            self.job.cancel()
+        if self._cancel_job():  # its progress line is hidden at once
             self.cancel_button.enabled = False
-            self._hide_progress()
             return
         live = self._live()
         if live is not None and not live.idle:
             live.cancel()
-            self._hide_progress()
+            self._progress_line.hide()
             self.cancel_button.enabled = False
             self._live_shown = ""
             self._set_status("stopped restoring the tiles on screen (the placeholder stays); "
                              "another plane or a pan goes on")
-
-    def _failed(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        self._set_status(f"⚠ {exc}")
-        show_error(f"Decrappify: {exc}")
-
-    def _finished(self) -> None:
-        if self.job is not None and self.job.running:  # a job chained from the one that ended
-            return
-        self.cancel_button.enabled = False
-        self.restore_button.enabled = True
-        self._hide_progress()
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
 
     def _load_model_first(self, action):
         """The loading job when the chosen model is not loaded yet (:class:`LoadsModelFirst`);
@@ -750,6 +672,7 @@ class RestoreWidget(LoadsModelFirst, DockBody):
             cancelled_text="cancelled before the model was loaded, nothing was added")
 
     # ------------------------------------------------------------------ restore
+    @model_first
     def run(self, *_args):
         """Restore the input with the model: a worker job (returned) that measures the input
         (intensity range, out-of-domain check; each once per layer data) and then either builds
@@ -763,11 +686,6 @@ class RestoreWidget(LoadsModelFirst, DockBody):
         """
         from ..io import ImageData
 
-        if self._busy():
-            return None
-        loading = self._load_model_first(self.run)
-        if loading is not None:
-            return loading
         try:
             source, model, axes, config, gt_layer = self._inputs()
             lr = base_data(source)
@@ -1124,14 +1042,10 @@ class RestoreWidget(LoadsModelFirst, DockBody):
                                           "same store again resumes where it stopped")
 
     # ------------------------------------------------------------------ inspect
+    @model_first
     def inspect(self, *_args):
         """Restore only a region (Shapes rectangle or current view) of the current plane and
         show LR / bicubic / restored / HR crops side by side, with scores (a worker job)."""
-        if self._busy():
-            return None
-        loading = self._load_model_first(self.inspect)
-        if loading is not None:
-            return loading
         try:
             source, model, axes, config, gt_layer = self._inputs()
             lr = base_data(source)

@@ -32,8 +32,9 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ..io import RestoreCancelled
+from ._job_dock import JobDock, model_first
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
-from ._progress import JobProgress
+from ._model_picker import ModelPicker
 from ._ui import STOP_TEXT, DefaultChoice, DockBody, layer_choices
 from ._units import display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
@@ -60,13 +61,15 @@ def _image_type():
     return Image
 
 
-class SegmentWidget(LoadsModelFirst, DockBody):
+class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
     """Segment: train from painted labels, predict, split into objects, measure, count.
 
     Parameters
     ----------
     napari_viewer : napari.Viewer
     """
+
+    FAILED_NOTICE = "Segment: {exc}"
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -75,7 +78,6 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.job: CoreJob | None = None
         self.result = None  # TrainResult of the last training
         self.model = None  # the loaded / trained segmentation model in use
-        self.extra_models: list[str] = []
         self.measurements = None  # segment.Measurements of the last split
         self.objects_layer = None
         self.comparison: dict | None = None
@@ -120,7 +122,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             self.model_name, self.folder, self.overwrite])
 
         # ---------------------------------------------------------------- model and prediction
-        self.model_choice = ComboBox(label="model", choices=self._model_choices)
+        self.model_choice = ModelPicker("segmentation", label="model",
+                                        empty="(no segmentation model: train one)")
         self.model_folder = FileEdit(label="or folder", mode="d", value="")
         self.scope = ComboBox(label="predict", choices=[WHOLE, PLANE], value=WHOLE)
         self.predict_button = PushButton(text="Predict")
@@ -178,14 +181,11 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         self.add(self.compare, "Compare counts (LR / restored / HR)")
         self._layout.addWidget(self.compare_table)
         self.finish()
-        # messages, progress and Cancel below the scroll area: seen wherever the dock is scrolled
-        self.progress = JobProgress(self.cancel_button.native, self.status.native).attach_to(self)
         # not squeezed to a row or two when other docks are open: the rest scrolls
-        self._scroll.setMinimumHeight(MIN_FORM_HEIGHT)
+        self._progress_below(MIN_FORM_HEIGHT)
 
         self.new_labels_button.changed.connect(self.new_labels_layer)
         self.train_button.changed.connect(self.start_training)
-        self.cancel_button.changed.connect(self.cancel)
         self.predict_button.changed.connect(self.start_prediction)
         self.split_button.changed.connect(self.split_and_measure)
         self.export_button.changed.connect(self.export_csv)
@@ -203,21 +203,6 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             super().reset_choices(*args)
         self._image_default.apply()
 
-    def model_entries(self) -> list[dict]:
-        """Segmentation models offered: user/bundled ones and folders added by hand or trained."""
-        from ..models import list_models
-
-        entries = [m for m in list_models() if m["kind"] == "segmentation"]
-        known = {str(Path(m["path"]).resolve()) for m in entries}
-        for folder in self.extra_models:
-            if str(Path(folder).resolve()) not in known:
-                entries.append({"name": Path(folder).name, "path": folder})
-        return entries
-
-    def _model_choices(self, _widget=None):
-        items = [(m["name"], m["path"]) for m in self.model_entries()]
-        return items or [("(no segmentation model: train one)", None)]
-
     def _reference_choices(self, _widget=None):
         items = [(f"labels: {layer.name}", layer) for layer in self.viewer.layers
                  if isinstance(layer, _labels_type())]
@@ -226,18 +211,9 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         return items or [("(none)", None)]
 
     def add_model_folder(self, folder) -> None:
-        from ..models import read_model_config
-
-        folder = str(Path(folder).expanduser())
-        cfg = read_model_config(Path(folder))
-        if cfg.kind != "segmentation":
-            raise ValueError(f"{folder} holds a {cfg.kind} model, not a segmentation model")
-        if folder not in self.extra_models:
-            self.extra_models.append(folder)
-        self.model_choice.reset_choices()
-        match = [c for c in self.model_choice.choices if c and Path(c).resolve() == Path(folder).resolve()]
-        if match:
-            self.model_choice.value = match[0]
+        """Offer the segmentation model in ``folder`` and select it (:class:`ModelPicker`:
+        a ValueError for a folder that holds no model, or a model of another kind)."""
+        self.model_choice.add_folder(folder)
 
     def _folder_chosen(self, *_args) -> None:
         value = str(self.model_folder.value or "")
@@ -295,44 +271,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             raise ValueError(f"model name {name!r} is not a valid folder name")
         return Path(self.folder.value).expanduser() / name
 
-    def _busy(self) -> bool:
-        if self.job is not None and self.job.running:
-            self._set_status("⚠ busy: wait for the running job or cancel it")
-            return True
-        return False
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
-
-    def _start_job(self, *args, **kwargs) -> CoreJob:
-        kwargs.setdefault("on_error", self._failed)
-        self.job = CoreJob(*args, on_finished=self._finished, watchers=[self.progress], **kwargs)
-        for b in self._job_buttons():
-            b.enabled = False
-        self.cancel_button.enabled = True
-        return self.job
-
-    def _finished(self) -> None:
-        if self.job is not None and self.job.running:  # a job chained from the one that ended
-            return
-        for b in self._job_buttons():
-            b.enabled = True
-        self.cancel_button.enabled = False
-
-    def _job_buttons(self):
-        """The buttons that start a job: one job at a time."""
+    def _job_buttons(self) -> tuple:
         return (self.train_button, self.predict_button, self.split_button, self.compare_button)
-
-    def _failed(self, exc: BaseException) -> None:
-        self._set_status(f"⚠ failed: {exc}")
-        from napari.utils.notifications import show_error
-
-        show_error(f"Segment: {exc}")
-
-    def cancel(self, *_args) -> None:
-        if self.job is not None and self.job.running:
-            self._set_status("cancelling ...")  # first: an abandoned job reports at once
-            self.job.cancel()
 
     # ------------------------------------------------------------------ painting
     def new_labels_layer(self, *_args):
@@ -425,14 +365,10 @@ class SegmentWidget(LoadsModelFirst, DockBody):
             data = data.reshape((1,) * len(idx) + tuple(data.shape))
         return data, axes, scale, translate, units, idx
 
+    @model_first
     def start_prediction(self, *_args) -> CoreJob | None:
         from .. import segment
 
-        if self._busy():
-            return None
-        loading = self._load_model_first(self.start_prediction)
-        if loading is not None:
-            return loading
         try:
             image = self.image.value
             if image is None:
@@ -620,13 +556,8 @@ class SegmentWidget(LoadsModelFirst, DockBody):
         return path
 
     # ------------------------------------------------------------------ count comparison
+    @model_first
     def start_comparison(self, *_args) -> CoreJob | None:
-
-        if self._busy():
-            return None
-        loading = self._load_model_first(self.start_comparison)
-        if loading is not None:
-            return loading
         try:
             model = self.current_model()
             layers = list(self.compare_sources.value or [])

@@ -25,9 +25,10 @@ from magicgui.widgets import (
 )
 
 from ..config import Downsample, Encoder, choices
+from ._job_dock import JobDock
 from ._layers import base_data, mode_text
+from ._model_picker import ModelPicker
 from ._plot import LossPlot
-from ._progress import JobProgress
 from ._ui import STOP_TEXT, DockBody, devices, layer_choices, note
 from ._workers import CoreJob, model_events
 
@@ -46,13 +47,18 @@ def default_model_dir() -> Path:
     return next(d for d in model_search_dirs() if d != ZOO_DIR)
 
 
-class TrainWidget(DockBody):
+class TrainWidget(JobDock, DockBody):
     """Train: fit a restoration model on high-resolution layers.
 
     Parameters
     ----------
     napari_viewer : napari.Viewer
     """
+
+    CANCEL_TEXT = ("cancelling: stopping after this batch (validation included), keeping the "
+                   "best weights ...")
+    FAILED_STATUS = "⚠ training failed: {exc}"
+    FAILED_NOTICE = "Training failed: {exc}"
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -73,8 +79,8 @@ class TrainWidget(DockBody):
                                 tooltip="U-Net encoder: 'tiny' for quick tests, resnet18s a good "
                                         "CPU default, resnet34 for GPU training")
         self.loss = ComboBox(label="loss", choices=LOSSES, value=train_defaults["loss"].default)
-        self.start_from = ComboBox(
-            label="start from", choices=_start_choices, value=None,
+        self.start_from = ModelPicker(
+            "restoration", text=_start_text, none="new network", label="start from", value=None,
             tooltip="a new network, or fine-tune a trained restoration model on these layers "
                     "(its architecture and scale are kept; a 1-frame model can be widened to "
                     "3 or 5 frames)")
@@ -143,15 +149,11 @@ class TrainWidget(DockBody):
         self.add(self.buttons)
         self._layout.addWidget(self.plot.canvas)
         self.finish()
-        # messages, progress (iteration, loss, ETA) and Cancel below the scroll area: seen
-        # wherever the dock is scrolled
-        self.progress = JobProgress(self.cancel_button.native, self.status.native).attach_to(self)
-        # with three docks stacked napari squeezed this one to a single visible row: the form's
-        # first rows stay visible, the rest scrolls
-        self._scroll.setMinimumHeight(MIN_FORM_HEIGHT)
+        # progress: iteration, loss, ETA. With three docks stacked napari squeezed this one to
+        # a single visible row: the form's first rows stay visible, the rest scrolls
+        self._progress_below(MIN_FORM_HEIGHT)
 
         self.train_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
         # Qt's signal: magicgui's `changed` is not emitted when the value goes back to None
         self.start_from.native.currentIndexChanged.connect(
             lambda *_: self._start_from_changed(self.start_from.value))
@@ -222,7 +224,7 @@ class TrainWidget(DockBody):
     # ------------------------------------------------------------------ actions
     def start(self, *_args) -> CoreJob | None:
         """Start training in a worker; returns the job (``None`` when the input is invalid)."""
-        if self.job is not None and self.job.running:
+        if self.running:
             return self.job
         try:
             layers = list(self.hr_layers.value or [])
@@ -254,23 +256,14 @@ class TrainWidget(DockBody):
         if self.start_from.value is not None:
             what = f"fine-tuning {Path(self.start_from.value).name}, {config.scale}x"
         self._set_status(f"training {name} ({what}) ...")
-        self.job = CoreJob(
+        return self._start_job(
             _train_job, hr, config, out=out, name=name, pairs=pairs,
             start_from=self.start_from.value, pixel_size_nm=pixel_size,
             command=f"napari Train dock: {', '.join(layer.name for layer in layers)}",
-            description=f"Training {name}",
-            on_event=self.plot.add, on_result=self._done, on_error=self._failed,
-            on_finished=self._finished, watchers=[self.progress],
-        )
-        self.train_button.enabled = False
-        self.cancel_button.enabled = True
-        return self.job
+            description=f"Training {name}", on_event=self.plot.add, on_result=self._done)
 
-    def cancel(self, *_args) -> None:
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-            self._set_status("cancelling: stopping after this batch (validation included), "
-                             "keeping the best weights ...")
+    def _job_buttons(self) -> tuple:
+        return (self.train_button,)
 
     # ------------------------------------------------------------------ worker slots
     def _done(self, result) -> None:
@@ -285,19 +278,6 @@ class TrainWidget(DockBody):
             text += f"\nsaved {result.path}"
             model_events.saved.emit(str(result.path))
         self._set_status(text)
-
-    def _failed(self, exc: BaseException) -> None:
-        self._set_status(f"⚠ training failed: {exc}")
-        from napari.utils.notifications import show_error
-
-        show_error(f"Training failed: {exc}")
-
-    def _finished(self) -> None:
-        self.train_button.enabled = True
-        self.cancel_button.enabled = False
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
 
 
 def _pixel_size(layers) -> tuple[float, float] | None:
@@ -314,13 +294,9 @@ def _pixel_size(layers) -> tuple[float, float] | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _start_choices(_widget=None) -> list[tuple[str, str | None]]:
-    """'new network', then every restoration model (bundled and user) to fine-tune."""
-    from ..models import list_models
-
-    return [("new network", None)] + [
-        (f"fine-tune {m['name']}  ({mode_text(m['scale'])}, {m['encoder']})", str(m["path"]))
-        for m in list_models() if m["kind"] == "restoration"]
+def _start_text(m: dict) -> str:
+    """How a restoration model to fine-tune reads in "start from" (after "new network")."""
+    return f"fine-tune {m['name']}  ({mode_text(m['scale'])}, {m['encoder']})"
 
 
 def _train_job(hr, config, *, pairs=None, start_from=None, **kwargs):
