@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine.distributed import compute_distributed, distributed_client, in_distributed_worker
 from .tiff_metadata import (
     axis_origins,
     axis_sizes,
@@ -636,7 +637,7 @@ def _write_chunk(block, store: str, level: str, idx: tuple, chunks: tuple, run_i
 
     # progress is reported here only in the caller's process (threads); on distributed
     # workers the caller reports it as futures complete
-    run = _WRITE_RUNS.get(run_id) if pid == os.getpid() and not _in_distributed_worker() else None
+    run = _WRITE_RUNS.get(run_id) if pid == os.getpid() and not in_distributed_worker() else None
     if run is not None and run.cancel is not None and run.cancel.is_set():
         raise RestoreCancelled("write cancelled")
     region = tuple(slice(i * c, i * c + b) for i, c, b in zip(idx, chunks, block.shape, strict=True))
@@ -650,20 +651,6 @@ def _write_chunk(block, store: str, level: str, idx: tuple, chunks: tuple, run_i
     if run is not None:
         run.tick(int(np.prod(block.shape)))
     return np.ones(1, dtype=np.int8)
-
-
-def _distributed_client():
-    """The active dask.distributed Client, if any (without importing distributed otherwise)."""
-    import sys
-
-    if "distributed" not in sys.modules:
-        return None
-    from distributed import default_client
-
-    try:
-        return default_client()
-    except ValueError:
-        return None
 
 
 def _store_level(data, store: Path, level: str, progress, cancel) -> None:
@@ -686,7 +673,7 @@ def _store_level(data, store: Path, level: str, progress, cancel) -> None:
     run = _WriteRun(progress, cancel, total=len(missing))
     _WRITE_RUNS[run_id] = run
     pid = os.getpid()
-    client = _distributed_client()
+    client = distributed_client()
     try:
         # in batches: the scheduler's bookkeeping (~1.5 KB per task) stays bounded whatever the
         # size of the image; batches follow the chunk order, so neighbours share input reads
@@ -703,53 +690,13 @@ def _store_level(data, store: Path, level: str, progress, cancel) -> None:
             if client is None:
                 out.compute(scheduler="threads")
             else:
-                _compute_distributed(client, out, run, cancel, int(np.prod(chunks)))
+                compute_distributed(client, out, run, cancel, int(np.prod(chunks)))
     except OSError as e:
         raise _output_error(e, store) from e
     finally:
         _WRITE_RUNS.pop(run_id, None)
     if cancel is not None and cancel.is_set():
         raise RestoreCancelled("write cancelled")
-
-
-def _in_distributed_worker() -> bool:
-    import sys
-
-    if "distributed" not in sys.modules:
-        return False
-    from distributed import get_worker
-
-    try:
-        get_worker()
-    except ValueError:
-        return False
-    return True
-
-
-def _compute_distributed(client, out, run, cancel, pixels_per_block: int = 0) -> None:
-    """Run ``out`` on a distributed Client, reporting progress and honouring ``cancel`` here in
-    the caller's process (the tasks run elsewhere and cannot reach the callbacks)."""
-    from distributed import as_completed, futures_of
-
-    futures = futures_of(client.persist(out))
-    seq = as_completed(futures)
-    done = 0
-    try:
-        while done < len(futures):
-            if cancel is not None and cancel.is_set():
-                raise RestoreCancelled("cancelled")
-            if not seq.has_ready():
-                time.sleep(0.02)
-                continue
-            for f in seq.next_batch(block=False):
-                if f.status == "error":
-                    f.result()  # re-raises the task's exception here
-                done += 1
-                if run is not None:
-                    run.tick(pixels_per_block)
-    except BaseException:
-        client.cancel(futures)
-        raise
 
 
 @contextlib.contextmanager
@@ -1192,7 +1139,7 @@ def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=Non
         for done, idx in enumerate(np.ndindex(*lead) if lead else [()], start=1):
             if cancel is not None and cancel.is_set():
                 raise RestoreCancelled("write cancelled")
-            yield np.asarray(data[idx].compute(scheduler=None if _distributed_client() else "threads"))
+            yield np.asarray(data[idx].compute(scheduler=None if distributed_client() else "threads"))
             if progress is not None:
                 dt = time.monotonic() - t0
                 progress({"event": "planes", "done": done, "total": total,

@@ -22,49 +22,38 @@ and the parameters in ``layer.metadata["decrappify"]``. Without napari, use
 from __future__ import annotations
 
 import os
-import threading
 import weakref
-from typing import Any
 
 import numpy as np
 
 from . import _compare, _live_lazy
 from ._layers import base_data, layer_axes, restored_layer_kwargs
 
-_MODEL_CACHE: dict[tuple, Any] = {}
-_MODEL_LOCK = threading.Lock()
 _GRID_STATE: dict[int, dict] = {}
-
-
-def _model_key(model) -> tuple:
-    """(resolved path, :func:`models.model_stamp`): a model saved anew into its folder, or a
-    package re-exported at the same ``*.zip`` path, is another key (loaded again)."""
-    from ..models import model_stamp, resolve_model_path
-
-    path = resolve_model_path(model).resolve()
-    return (str(path), model_stamp(path))
 
 
 def loaded_model(model):
     """The model if it is loaded already (a model object, or in :func:`resolve_model`'s cache),
     else ``None``: lets a dock load weights in a worker instead of the UI thread."""
+    from ..engine import registry
+
     if not isinstance(model, str | os.PathLike):
         return model
     try:
-        key = _model_key(model)
+        return registry.loaded(model)
     except (OSError, ValueError):  # unknown name: resolve_model raises the clear error
         return None
-    # no lock: a worker may hold it while loading, and a dict read is atomic
-    return _MODEL_CACHE.get(key)
 
 
 def resolve_model(model):
     """A loaded model from a model object, a model folder or a bundled / user model name.
 
-    Loaded models are cached (keyed by path and the time and size of its files), so switching
-    back and forth in the dock does not reload them. The cache holds one version per path:
-    loading weights saved anew into a folder, or a package exported anew at the same path,
-    drops its older ones.
+    Loaded models are cached in the engine's one model cache
+    (:func:`napari_decrappify.engine.registry.load_cached`: keyed by path and the time and size
+    of its files), so switching back and forth in the dock does not reload them. The cache
+    holds one version per path: loading weights saved anew into a folder, or a package
+    exported anew at the same path, drops its older ones (results already made with them
+    still compute).
 
     Parameters
     ----------
@@ -76,24 +65,11 @@ def resolve_model(model):
     RestorationModel
         The loaded model.
     """
-    from ..models import load_model
+    from ..engine import registry
 
     if not isinstance(model, str | os.PathLike):
         return model
-    key = _model_key(model)
-    cached = _MODEL_CACHE.get(key)  # a hit never waits for another model loading in a worker
-    if cached is not None:
-        return cached
-    with _MODEL_LOCK:  # every write to the cache holds it; reads need not
-        cached = _MODEL_CACHE.get(key)
-        if cached is None:
-            cached = load_model(key[0])
-            # re-saving a model into its folder (Train dock) would otherwise keep every old
-            # version's weights in memory for the session
-            for old in [k for k in _MODEL_CACHE if k[0] == key[0]]:
-                del _MODEL_CACHE[old]
-            _MODEL_CACHE[key] = cached
-        return cached
+    return registry.load_cached(model, release_stale=False)
 
 
 def _layer(viewer, layer):
@@ -228,8 +204,8 @@ def add_restored(viewer, layer, model, *, lazy: bool = True, ground_truth=None,
     napari.layers.Image
         The new layer.
     """
-    from .. import tiling
     from ..config import TileConfig
+    from ..engine.restore import restore, restore_lazy
 
     source = _layer(viewer, layer)
     axes = layer_axes(source, axes)
@@ -238,9 +214,9 @@ def add_restored(viewer, layer, model, *, lazy: bool = True, ground_truth=None,
     data = base_data(source)
     params = {"tile_config": config.model_dump(), "lazy": lazy}
     if lazy:
-        result = tiling.restore_lazy(model, data, config, axes=axes)
+        result = restore_lazy(model, data, config, axes=axes)
     else:
-        result = tiling.restore(model, data, config, axes=axes)
+        result = restore(model, data, config, axes=axes)
     scores = None
     if ground_truth is not None:
         scores = score_result(result, data, _layer(viewer, ground_truth), model.scale)

@@ -19,10 +19,11 @@ def _write_zip(path, payload: bytes, mtime_ns: int) -> None:
 def test_resolve_model_reloads_a_zip_exported_again(tmp_path, monkeypatch):
     from napari_decrappify import models
     from napari_decrappify._napari import api
+    from napari_decrappify.engine import registry
 
     loads = []
     monkeypatch.setattr(models, "load_model", lambda p, device="cpu": loads.append(p) or object())
-    monkeypatch.setattr(api, "_MODEL_CACHE", {})
+    monkeypatch.setattr(registry, "_LOADED", {})
     pkg = tmp_path / "sub" / ".." / "m.zip"  # keyed on the resolved path
     (tmp_path / "sub").mkdir()
     _write_zip(pkg, b"first", 1_000_000_000)
@@ -33,4 +34,4 @@ def test_resolve_model_reloads_a_zip_exported_again(tmp_path, monkeypatch):
     assert api.loaded_model(pkg) is None  # the dock loads the new export in a worker
     b = api.resolve_model(pkg)
     assert b is not a and len(loads) == 2
-    assert len(api._MODEL_CACHE) == 1  # the old export is not kept in memory
+    assert len(registry._LOADED) == 1  # the old export is not kept in memory

@@ -836,6 +836,7 @@ def test_model_cache_keeps_one_version_per_folder(model_dir):
     from _tiny import save_tiny
 
     from napari_decrappify._napari import api
+    from napari_decrappify.engine import registry
 
     other = save_tiny(model_dir / "other-2x", scale=2)
     folder = model_dir / "resaved-2x"
@@ -845,7 +846,7 @@ def test_model_cache_keeps_one_version_per_folder(model_dir):
     _bump_mtime(folder)
     second = api.resolve_model(folder)
     assert second is not first and second.weights_hash != first.weights_hash
-    entries = [k for k in list(api._MODEL_CACHE) if k[0] == str(folder.resolve())]
+    entries = [k for k in list(registry._LOADED) if k == str(folder.resolve())]
     assert len(entries) == 1, "an old version of the folder's weights is still cached"
     assert api.loaded_model(folder) is second
     assert api.loaded_model(model_dir / "other-2x") is other

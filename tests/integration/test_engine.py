@@ -23,9 +23,9 @@ def saved_model(tmp_path_factory):
 
 
 def _loaded_models():
-    from napari_decrappify import tiling as t
+    from napari_decrappify.engine import registry
 
-    return len(t._MODELS)
+    return len(registry._MODELS)
 
 
 def test_distributed_local_cluster_matches_threads(saved_model, tmp_path):

@@ -7,7 +7,8 @@ import zipfile
 
 import pytest
 
-from napari_decrappify import models, tiling
+from napari_decrappify import models
+from napari_decrappify.engine import registry
 
 
 def _write_zip(path, payload: bytes, mtime_ns: int) -> None:
@@ -26,7 +27,7 @@ def fake_loads(monkeypatch):
         return object()
 
     monkeypatch.setattr(models, "load_model", load)
-    monkeypatch.setattr(tiling, "_LOADED", {})
+    monkeypatch.setattr(registry, "_LOADED", {})
     return loads
 
 
@@ -47,12 +48,12 @@ def test_model_stamp_of_a_zip_and_a_folder(tmp_path):
 def test_tiling_cache_reloads_a_zip_exported_again_at_the_same_path(tmp_path, fake_loads):
     pkg = tmp_path / "m.zip"
     _write_zip(pkg, b"first", 1_000_000_000)
-    a = tiling._load_cached(pkg)
-    assert tiling._load_cached(pkg) is a and len(fake_loads) == 1  # unchanged: cached
+    a = registry.load_cached(pkg)
+    assert registry.load_cached(pkg) is a and len(fake_loads) == 1  # unchanged: cached
     _write_zip(pkg, b"second export", 1_000_000_000)  # same mtime, other size
-    b = tiling._load_cached(pkg)
+    b = registry.load_cached(pkg)
     assert b is not a and len(fake_loads) == 2
     _write_zip(pkg, b"second exporT", 3_000_000_000)  # same size, later mtime
-    c = tiling._load_cached(pkg)
+    c = registry.load_cached(pkg)
     assert c is not b and len(fake_loads) == 3
-    assert list(tiling._LOADED) == [str(pkg.resolve())]  # one version per path
+    assert list(registry._LOADED) == [str(pkg.resolve())]  # one version per path

@@ -293,21 +293,21 @@ def test_lazy_progress_record_lives_as_long_as_its_graph(model1x):
     record behind (napari and scripts drop lazy arrays without telling us)."""
     import gc
 
-    from napari_decrappify import tiling
+    from napari_decrappify.engine import graph
 
-    before = set(tiling._RUNS)
+    before = set(graph.RUNS)
     events = []
     lazy = restore_lazy(model1x, np.zeros((2, 64, 64), np.float32), TileConfig(tile=64, halo=48),
                         axes="ZYX", progress=events.append)
     plane = lazy[1]  # derived array: the original can go
     del lazy
     gc.collect()
-    assert len(set(tiling._RUNS) - before) == 1
+    assert len(set(graph.RUNS) - before) == 1
     plane.compute()
     assert [e["done"] for e in events] == [1]
     del plane
     gc.collect()
-    assert set(tiling._RUNS) - before == set()
+    assert set(graph.RUNS) - before == set()
 
 
 def test_out_of_memory_halves_batch_then_splits_tiles_exactly(model1x, monkeypatch):
@@ -447,16 +447,16 @@ def _device_threads():
 def test_restoring_by_path_loads_once_and_keeps_one_worker(tmp_path, model1x):
     """Each call with a model folder loaded a new model whose registry entry, device thread
     and network copy were kept forever (6 calls: 6 threads)."""
-    from napari_decrappify import tiling
+    from napari_decrappify.engine import registry
 
     path = save_model(model1x, tmp_path / "m")
     img = np.random.default_rng(17).random((64, 64), dtype=np.float32)
     cfg = TileConfig(tile=64, halo=48)
-    workers, models, threads = set(tiling._WORKERS), set(tiling._MODELS), _device_threads()
+    workers, models, threads = set(registry._WORKERS), set(registry._MODELS), _device_threads()
     outs = [restore(str(path), img, cfg, axes="YX") for _ in range(4)]
     outs.append(restore_lazy(path, img, cfg, axes="YX").compute())  # a Path, lazily
-    assert len(set(tiling._WORKERS) - workers) == 1
-    assert len(set(tiling._MODELS) - models) == 1
+    assert len(set(registry._WORKERS) - workers) == 1
+    assert len(set(registry._MODELS) - models) == 1
     assert _device_threads() <= threads + 1  # (threads of earlier tests may still be ending)
     for out in outs:
         np.testing.assert_array_equal(out, outs[0])
@@ -466,12 +466,12 @@ def test_restoring_by_path_loads_once_and_keeps_one_worker(tmp_path, model1x):
         for p in changed.net.parameters():
             p.mul_(1.1)
     save_model(changed, path)
-    (old_key,) = set(tiling._MODELS) - models
+    (old_key,) = set(registry._MODELS) - models
     after = restore(str(path), img, cfg, axes="YX")
     np.testing.assert_allclose(after, _whole(changed, img, 48), atol=1e-5)
     assert np.abs(after - outs[0]).max() > 1e-3
-    assert old_key not in tiling._MODELS and not any(k[0] == old_key for k in tiling._WORKERS)
-    assert len(set(tiling._WORKERS) - workers) == 1
+    assert old_key not in registry._MODELS and not any(k[0] == old_key for k in registry._WORKERS)
+    assert len(set(registry._WORKERS) - workers) == 1
 
 
 def test_a_tile_submitted_while_the_worker_closes_is_never_left_waiting(model1x, monkeypatch):
@@ -482,7 +482,7 @@ def test_a_tile_submitted_while_the_worker_closes_is_never_left_waiting(model1x,
     import types
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from napari_decrappify import tiling
+    from napari_decrappify.engine import device
 
     entered = threading.Event()
 
@@ -493,7 +493,7 @@ def test_a_tile_submitted_while_the_worker_closes_is_never_left_waiting(model1x,
                 time.sleep(0.3)  # between submit()'s check and its put: close() runs here
             super().put(item, *a, **k)
 
-    monkeypatch.setattr(tiling, "queue", types.SimpleNamespace(Queue=SlowQueue,
+    monkeypatch.setattr(device, "queue", types.SimpleNamespace(Queue=SlowQueue,
                                                                Empty=queue.Empty))
     worker = DeviceWorker(model1x, "cpu")
     result = {}
@@ -569,11 +569,11 @@ def test_non_finite_input_is_refused_naming_where():
 def test_graph_building_looks_chunks_up_once_per_plan(model1x, monkeypatch):
     """The chunk boundaries were recomputed (cumsum over all chunks) for every tile: building
     the graph was quadratic in the number of planes (4000 planes: 2 s)."""
-    from napari_decrappify import tiling
+    from napari_decrappify.engine import graph
 
     calls = []
     real = np.cumsum
-    monkeypatch.setattr(tiling.np, "cumsum", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(graph.np, "cumsum", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def cumsums(planes):
         calls.clear()
@@ -588,7 +588,7 @@ def test_graph_building_looks_chunks_up_once_per_plan(model1x, monkeypatch):
     x = da.from_array(img, chunks=((2, 1, 2), (30, 40), (17, 50, 23)))
     m3 = _model(scale=1, frames=3)
     m3.config.receptive_field = 16  # exactness is not the point here: small tiles, many chunks
-    plan = tiling._build(m3, x, TileConfig(tile=32, halo=16), "ZYX", None, None).plan
+    plan = graph.build(m3, x, TileConfig(tile=32, halo=16), "ZYX", None, None).plan
     for z, ky, kx in itertools.product(range(5), range(plan.ty.n), range(plan.tx.n)):
         box = plan.box({0: z}, ky, kx)
         ranges = plan.chunk_ranges(box)
