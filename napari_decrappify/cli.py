@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .config import (
+    FINE_TUNE_LOSS,
     FINE_TUNE_LR_MAX,
     FINE_TUNE_PCT_START,
     Activation,
@@ -311,6 +312,7 @@ def cmd_train(args) -> int:
     if args.resume and args.lr_max is None:
         # a fine-tune starts from trained weights: a lower peak and a short warm-up
         fine_tune = {"lr_max": FINE_TUNE_LR_MAX, "pct_start": FINE_TUNE_PCT_START}
+    loss = args.loss or (FINE_TUNE_LOSS if args.resume else TrainConfig.model_fields["loss"].default)
     config = TrainConfig(
         scale=args.scale,
         arch=ArchConfig(encoder=args.encoder, strategy=args.strategy, frames=args.frames,
@@ -320,7 +322,7 @@ def cmd_train(args) -> int:
         crappify=CrappifyConfig(scale=args.scale, photons=photons, read_noise=read,
                                 blur_sigma=blur),
         augment=augment,
-        loss=args.loss, feature_weights=args.feature_loss, patch_size=args.patch,
+        loss=loss, feature_weights=args.feature_loss, patch_size=args.patch,
         batch_size=args.batch, epochs=args.epochs, minutes=args.minutes,
         iterations_per_epoch=args.iters, seed=args.seed, device=args.device,
         precision=args.precision, train_planes=parse_planes(args.train_planes),
@@ -369,6 +371,9 @@ def cmd_train(args) -> int:
     bar.close()
     print(f"saved {result.path} ({result.stop_reason}, {result.seconds:.0f} s, "
           f"{result.iterations} iterations)")
+    if init is not None and result.model.config.training.get("best_epoch") == -1:
+        print(f"no epoch scored better than {args.resume} on the validation planes: the model "
+              "keeps its starting weights (train longer, or give more HR data)")
     if result.stop_reason == "diverged":  # saved (its best weights), but not a success
         print(f"decrappify train: error: {result.model.config.training['warnings'][-1]}",
               file=sys.stderr)
@@ -848,7 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activation", choices=choices(Activation),
                    help="U-Net decoder activation (default: ArchConfig's); leaky_relu units "
                         "cannot die (docs/training.md)")
-    s.add_argument("--loss", default="l1", choices=choices(RestorationLoss))
+    s.add_argument("--loss", choices=choices(RestorationLoss),
+                   help="training loss (default l1; a fine-tune with --resume: mse)")
     s.add_argument("--feature-loss", metavar="WEIGHTS_OR_SEG_MODEL_DIR",
                    help="encoder weights (safetensors) or a segmentation model folder for the "
                         "perceptual loss; implies --loss perceptual")

@@ -34,7 +34,7 @@ from ._workers import CoreJob, model_events
 
 SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
 ENCODERS = choices(Encoder)
-LOSSES = [("L1", "l1"), ("MS-SSIM + L1", "msssim_l1")]
+LOSSES = [("L1", "l1"), ("MSE (the loss PSNR measures)", "mse"), ("MS-SSIM + L1", "msssim_l1")]
 ACTIVATIONS = [("leaky ReLU", "leaky_relu"), ("ReLU (models before leaky)", "relu")]
 MIN_FORM_HEIGHT = 240  # px of the scrolled form always shown: about six rows
 
@@ -176,13 +176,15 @@ class TrainWidget(JobDock, DockBody):
         for widget in (self.scale, self.encoder, self.activation):
             widget.enabled = not fine_tune
         # the fine-tune schedule (lower peak, short warm-up) unless the rate was set by hand
-        from ..config import FINE_TUNE_LR_MAX, TrainConfig
+        from ..config import FINE_TUNE_LOSS, FINE_TUNE_LR_MAX, TrainConfig
 
-        scratch = TrainConfig.model_fields["lr_max"].default
-        if fine_tune and self.lr_max.value == scratch:
-            self.lr_max.value = FINE_TUNE_LR_MAX
-        elif not fine_tune and self.lr_max.value == FINE_TUNE_LR_MAX:
-            self.lr_max.value = scratch
+        for widget, field, tuned in ((self.lr_max, "lr_max", FINE_TUNE_LR_MAX),
+                                     (self.loss, "loss", FINE_TUNE_LOSS)):
+            scratch = TrainConfig.model_fields[field].default
+            if fine_tune and widget.value == scratch:
+                widget.value = tuned
+            elif not fine_tune and widget.value == tuned:
+                widget.value = scratch
 
     def _model_saved(self, _path: str) -> None:
         try:

@@ -133,6 +133,7 @@ def test_train_dock_fine_tunes_a_trained_model(make_napari_viewer, qtbot, model_
     assert dock.scale.value == 2 and dock.encoder.value == "tiny" and dock.frames.value == 1
     assert not dock.scale.enabled and not dock.encoder.enabled
     assert dock.lr_max.value == pytest.approx(1e-3)  # the fine-tune schedule
+    assert dock.loss.value == "mse"  # ... and the fine-tune loss
     job = dock.start()
     assert "fine-tuning tiny-2x" in dock.status.value
     qtbot.waitUntil(lambda: job.finished, timeout=120_000)
@@ -141,12 +142,13 @@ def test_train_dock_fine_tunes_a_trained_model(make_napari_viewer, qtbot, model_
     record = tuned.training
     assert record["resumed_from"][-1]["weights_from"] == tuned_from
     assert record["config"]["pct_start"] == 0.05 and record["config"]["lr_max"] == pytest.approx(1e-3)
+    assert record["config"]["loss"] == "mse"
     assert tuned.pixel_size_nm == [8.0, 8.0]  # from the HR layer's scale and units
     # the new model is offered for the next fine-tuning; "new network" unlocks the choices
     qtbot.waitUntil(lambda: str(model_dir / "tuned") in dock.start_from.choices, timeout=10_000)
     dock.start_from.value = None
     assert dock.scale.enabled and dock.encoder.enabled
-    assert dock.lr_max.value == pytest.approx(3e-3)
+    assert dock.lr_max.value == pytest.approx(3e-3) and dock.loss.value == "l1"
 
 
 @pytest.mark.parametrize("width", [240, 420])

@@ -346,6 +346,34 @@ def test_a_run_diverging_before_its_first_epoch_keeps_the_weights_it_started_fro
     assert all(torch.equal(saved[k], weights[k]) for k in weights)  # not the NaN ones
 
 
+def test_a_fine_tune_no_epoch_of_which_beats_its_start_keeps_the_start(hr, tmp_path):
+    """The start is scored on the validation planes as epoch -1: one step at a ruinous learning
+    rate scores far worse, so the fine-tuned model is the start, bit for bit, and says so."""
+    start = train([hr], tiny_config(epochs=1)).model
+    weights = {k: v.clone() for k, v in start.net.state_dict().items()}
+    result = train([hr], tiny_config(epochs=1, iterations_per_epoch=1, lr_max=50.0, pct_start=0.5),
+                   init_from=start, out=tmp_path / "kept")
+    saved = load_model(tmp_path / "kept")
+    assert len(result.history) == 1  # the epoch was scored (NaN here) ...
+    assert saved.config.training["best_epoch"] == -1  # ... and lost to the start
+    assert all(torch.equal(saved.net.state_dict()[k], weights[k].float()) for k in weights)
+
+
+def test_a_fine_tune_maps_new_data_as_its_start_model_does(hr, tmp_path):
+    """Another intensity scale (the HR x 7 + 100, float): the fine-tune's inputs land on the
+    start's input levels instead of the new data's own percentiles (which handed the start's
+    weights another contrast, and left the fine-tuned em-4x below em-4x as it was)."""
+    start = train([hr], tiny_config(epochs=1)).model
+    scaled = hr.astype(np.float32) * 7 + 100
+    tuned = train([scaled], tiny_config(epochs=1), init_from=start, out=tmp_path / "t").model
+    assert tuned.config.norm.input_levels == pytest.approx(start.config.norm.input_levels,
+                                                           abs=0.02)
+    fresh = train([scaled], tiny_config(epochs=1)).model
+    # without a start, the data's own percentiles decide (the levels move with the noise)
+    own = np.percentile(scaled.ravel()[::7], (0.1, 99.9))  # percentile_norm's sample
+    assert (fresh.config.norm.low, fresh.config.norm.high) == pytest.approx(tuple(own), rel=1e-5)
+
+
 @pytest.mark.parametrize("asked, native, expected", [
     ("auto", True, "bf16"), ("auto", False, "fp32"), ("fp32", True, "fp32"),
     ("bf16", False, "bf16"), ("fp16", True, "bf16"),  # CPU fp16 autocast is slow: bf16
