@@ -360,9 +360,10 @@ def cmd_train(args) -> int:
                       f"PSNR {ev.get('batch_psnr', float('nan')):.2f} dB "
                       f"SSIM {ev.get('batch_ssim', float('nan')):.3f}")
         elif ev["event"] == "recovered":
+            back = (f"the weights of epoch {ev['back_to_epoch']}" if ev["back_to_epoch"] >= 0
+                    else "the starting weights")
             bar.write(f"epoch {ev['epoch']}: training diverged (loss {ev['train_loss']:.3g}); back "
-                      f"to the weights of epoch {ev['back_to_epoch']}, going on at peak learning "
-                      f"rate {ev['lr_max']:.2g}")
+                      f"to {back}, going on at peak learning rate {ev['lr_max']:.2g}")
 
     command = _command(args)
     result = train(images, config, out=args.out, name=Path(args.out).name, pairs=pairs,

@@ -45,7 +45,7 @@ from .models import (
     measure_receptive_field,
     save_model,
 )
-from .normalization import input_levels
+from .normalization import input_levels, measure_percentiles
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -252,7 +252,7 @@ def run_divergence_warning(events, lr_max: float) -> str | None:
 def divergence_warning(epoch: int, loss: float, best_epoch: int, lr_max: float) -> str:
     """The message for a run stopped as ``diverged`` (recorded in ``model.json`` too)."""
     kept = (f"the best weights (epoch {best_epoch})" if best_epoch >= 0 else
-            "the weights it started from (no epoch scored better)")
+            "the weights it started from (no scored epoch was better)")
     return (f"training diverged at epoch {epoch} (training loss {loss:.3g}) after "
             f"{MAX_RECOVERIES} recoveries at ever lower learning rates; stopped there and kept "
             f"{kept}. Train again with a lower learning rate, e.g. --lr-max {lr_max / 30:.2g}")
@@ -279,6 +279,10 @@ def _callbacks():
             self.nonfinite_batches = 0
             self.diverged_at: tuple[int, float] | None = None  # (epoch, training loss)
             self.partial: dict | None = None  # scores of the last, unfinished epoch if it was best
+            # a fine-tune's start, scored before training (epoch -1): its validation row, and
+            # its loss on the first validation batch (what a cancelled first epoch is scored on)
+            self.start_row: dict | None = None
+            self.start_first_batch = math.inf
             # after a recovery the next fit counts its epochs from 0 again: epochs of the run
             # (history rows, best, data seeds) are the fit's epoch + this offset
             self.epoch_offset = 0
@@ -311,6 +315,8 @@ def _callbacks():
             epoch's (``partial``), or None when nothing was scored."""
             if self.partial is not None and self.best[2] == self.partial["epoch"]:
                 return self.partial
+            if self.start_row is not None and self.best[2] == -1:
+                return self.start_row  # no epoch beat the start: its scores, not the last's
             if self.history:
                 return self.history[self.best[2]] if self.best[2] >= 0 else self.history[-1]
             return None
@@ -592,9 +598,13 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         # train on that stack's validation planes: it uses the same training planes
         same_stack = (len(split["planes_train"]) == 1
                       and np.shape(pairs[1]) == np.shape(hr_images[0]))
+        # a fine-tune's HR sits on the start's levels: its real LR goes where restore puts it
+        lr_norm = (norm.for_input(*measure_percentiles(pairs[0], norm.input_percentiles))
+                   if start_norm is not None and start_norm.mode == "percentile"
+                   and norm.mode == "percentile" else None)
         pair_ds = PairedPatches(pairs[0], pairs[1], config.scale, config.patch_size,
                                 length=n_train // 4, seed=config.seed, norm=norm,
-                                frames=arch.frames,
+                                lr_norm=lr_norm, frames=arch.frames,
                                 planes=split["planes_train"][0] if same_stack else None)
         train_ds = torch.utils.data.ConcatDataset([train_ds, pair_ds])
         datasets = [train_ds.datasets[0], pair_ds]
@@ -736,14 +746,23 @@ def fit_learner(learn, config, device: torch.device, events, *,
     if hasattr(learn, "progress"):
         learn.remove_cb(learn.progress)  # our own events replace fastprogress bars
     lr_max = config.lr_max
+    names = ["valid_loss"] + [getattr(m, "name", str(m)) for m in learn.metrics]
     if score_start:
         # a fine-tune whose epochs all score below its start (too short a budget, a loss at
         # odds with the start's) hands back the start, not the least bad epoch
         events.recording = False
         with learn.no_logging():
-            start_loss = float(learn.validate()[0])
+            values = [float(v) for v in learn.validate()]
+            first = float(learn.validate(dl=[next(iter(learn.dls.valid))])[0])
         events.recording = True
+        start_loss = values[0] if math.isfinite(values[0]) else math.inf
+        events.start_row = {**dict(zip(names, values, strict=False)), "epoch": -1, "start": True}
+        events.start_first_batch = first if math.isfinite(first) else math.inf
         events.best = (start_loss, events._weights(), -1)
+        left = None if events.deadline is None else events.deadline - time.monotonic()
+        for cb in learn.cbs:  # the schedule spans what the scoring left of the budget
+            if type(cb).__name__ == "WallClockScheduleCallback" and left is not None:
+                cb.seconds = max(left, 1.0)
     while True:
         with learn.no_logging():
             learn.fit_one_cycle(epochs, lr_max=lr_max, pct_start=config.pct_start,
@@ -778,8 +797,10 @@ def fit_learner(learn, config, device: torch.device, events, *,
         events.recording = False
         valid = [next(iter(learn.dls.valid))] if cancelled else None
         values = [float(v) for v in learn.validate(dl=valid)]
-        names = ["valid_loss"] + [getattr(m, "name", str(m)) for m in learn.metrics]
-        if values[0] < events.best[0]:
+        # one batch against one batch: a kept start competes with its first-batch loss
+        reference = (events.start_first_batch if valid is not None and events.best[2] == -1
+                     and events.start_row is not None else events.best[0])
+        if values[0] < reference:
             epoch = len(events.history)
             events.partial = {**dict(zip(names, values, strict=False)), "epoch": epoch,
                               "partial": True, "iteration": iterations}

@@ -151,9 +151,10 @@ def describe(event: dict) -> str:
         if event.get("batch_psnr") is not None:
             parts.append(f"valid PSNR {event['batch_psnr']:.2f} dB")
     elif kind == "recovered":
-        parts.append(f"diverged at epoch {event.get('epoch', 0) + 1}: back to epoch "
-                     f"{event.get('back_to_epoch', -1) + 1}'s weights, peak learning rate now "
-                     f"{event.get('lr_max', float('nan')):.2g}")
+        back = event.get("back_to_epoch", -1)
+        back = f"epoch {back + 1}'s weights" if back >= 0 else "the starting weights"
+        parts.append(f"diverged at epoch {event.get('epoch', 0) + 1}: back to {back}, peak "
+                     f"learning rate now {event.get('lr_max', float('nan')):.2g}")
     elif kind == "stopped":
         parts.append(f"training stopped ({event.get('stop_reason')}): saving the model")
     elif "done" in event and "total" in event:

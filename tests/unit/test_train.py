@@ -356,6 +356,8 @@ def test_a_fine_tune_no_epoch_of_which_beats_its_start_keeps_the_start(hr, tmp_p
     saved = load_model(tmp_path / "kept")
     assert len(result.history) == 1  # the epoch was scored (NaN here) ...
     assert saved.config.training["best_epoch"] == -1  # ... and lost to the start
+    metrics = saved.config.metrics  # the kept start's scores, not the lost epoch's NaN
+    assert np.isfinite(metrics["valid_loss"]) and np.isfinite(metrics["valid_psnr"])
     assert all(torch.equal(saved.net.state_dict()[k], weights[k].float()) for k in weights)
 
 
