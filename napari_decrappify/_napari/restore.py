@@ -52,6 +52,7 @@ import time
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 from magicgui.widgets import (
@@ -217,8 +218,13 @@ class RestoreWidget(LoadsModelFirst, JobDock, DockBody):
         self.tta = CheckBox(label="test-time augmentation (8x slower)", value=False,
                             tooltip="each tile restored in its 8 rotations / flips and the "
                                     "results averaged: a little better, 8 times the compute")
+        self.export_authors = LineEdit(
+            label="export authors", value=_login_name(),
+            tooltip="the bioimage.io package's authors, full names separated by commas "
+                    "(\"Export to bioimage.io…\" records them; its test image is the input "
+                    "layer's plane on screen)")
         self.advanced = Container(widgets=[self.tile, self.halo, self.batch, self.device,
-                                           self.precision, self.tta])
+                                           self.precision, self.tta, self.export_authors])
 
         # -- actions
         self.restore_button = PushButton(text="Restore")
@@ -389,13 +395,34 @@ class RestoreWidget(LoadsModelFirst, JobDock, DockBody):
         if out.suffix.lower() != ".zip":
             out = out.with_name(out.name + ".zip")
         _EXPORT_FOLDER[:] = [out.parent]
+        authors = [a.strip() for a in str(self.export_authors.value).split(",") if a.strip()]
+        source = self._export_source()
+        told: dict = {}  # the worker says there what the test image is
         self._set_status(f"exporting {name} to {out} …")
         return self._start(
-            _export_job, model, out, overwrite=overwrite,
-            description=f"Exporting {name} to bioimage.io", on_result=self._exported,
+            _export_job, model, out, overwrite=overwrite, authors=authors, source=source,
+            told=told, description=f"Exporting {name} to bioimage.io",
+            on_result=lambda path: self._exported(path, told),
             on_error=self._export_failed, cancelled_text="cancelled, nothing was written",
             # Cancel answers now; the worker stops the export's process and removes its files
             abandon_on_cancel=True)
+
+    def _export_source(self) -> _ExportSource | None:
+        """What the package's test image is cut from: the input layer's plane on screen (its
+        neighbours too, for a multi-frame model), read in the worker; None (a held-out CREMI
+        plane) when the input is not a single-channel image."""
+        layer = self.image.value
+        if layer is None or getattr(layer, "rgb", False):
+            return None
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        if data.ndim < 2 or data.ndim > 3:  # (a time series / channels: which plane is unclear)
+            return None
+        z = None
+        if data.ndim == 3:
+            step = self.viewer.dims.current_step
+            z = int(step[-3]) if len(step) >= 3 else data.shape[0] // 2
+            z = min(max(z, 0), data.shape[0] - 1)
+        return _ExportSource(layer.name, data, z)
 
     def _ask_export_path(self, name: str) -> str:
         from qtpy.QtWidgets import QFileDialog
@@ -405,9 +432,11 @@ class RestoreWidget(LoadsModelFirst, JobDock, DockBody):
                                               "bioimage.io package (*.zip)")
         return path
 
-    def _exported(self, path) -> None:
+    def _exported(self, path, told: dict | None = None) -> None:
+        test_image = (told or {}).get("test_image")
         self._set_status(f"exported to {path} (a bioimage.io package for other tools; "
-                         "decrappify restore reads it as a model too)")
+                         "decrappify restore reads it as a model too)"
+                         + (f"; test image: {test_image}" if test_image else ""))
 
     def _export_failed(self, exc: BaseException) -> None:
         """One line: bioimageio.spec's validation errors run over many."""
@@ -1188,8 +1217,14 @@ if hasattr(os, "nice"):
     os.nice(10)  # the UI's process keeps the cores it needs on a busy machine
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # Cancel: unwind, temporary files go
 from napari_decrappify.bioimageio import export_bioimageio
+image = None
+if len(sys.argv) > 3 and sys.argv[3]:
+    import numpy as np
+    image = np.load(sys.argv[3], allow_pickle=False)
+authors = sys.argv[4:] or None
 try:
-    export_bioimageio(sys.argv[1], sys.argv[2], overwrite=True)
+    export_bioimageio(sys.argv[1], sys.argv[2], overwrite=True, authors=authors,
+                      test_image=image)
 except Exception as e:
     line = next((t.strip() for t in str(e).splitlines() if t.strip()), type(e).__name__)
     print("decrappify-export-error: " + line, file=sys.stderr)
@@ -1197,16 +1232,21 @@ except Exception as e:
 """
 
 
-def _export_package(model, part: Path, cancel=None) -> None:
+def _export_package(model, part: Path, cancel=None, *, test_image: Path | None = None,
+                    authors=()) -> None:
     """Write the package ``part`` from ``model`` (a path) in a child process; RestoreCancelled
-    when ``cancel`` is set (the child is stopped), a one-line RuntimeError when it fails."""
+    when ``cancel`` is set (the child is stopped), a one-line RuntimeError when it fails.
+    ``test_image``: a ``.npy`` file whose centre crop becomes the test input (None: CREMI);
+    ``authors``: the package's authors (none: the login name)."""
     import subprocess
     import sys
     import threading
 
     from ..tiling import RestoreCancelled
 
-    proc = subprocess.Popen([sys.executable, "-c", _EXPORT_CHILD, str(model), str(part)],
+    argv = [str(model), str(part), str(test_image) if test_image is not None else "",
+            *authors]
+    proc = subprocess.Popen([sys.executable, "-c", _EXPORT_CHILD, *argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err: list[str] = []  # read while it runs: a full pipe would block the child
     reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
@@ -1241,11 +1281,61 @@ def _remove_export_leftovers(part: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _export_job(model, out: Path, *, overwrite: bool = False, progress=None, cancel=None) -> Path:
+class _ExportSource(NamedTuple):
+    """The input layer a package's test image is cut from (read in the worker)."""
+
+    name: str
+    data: object  # the layer's (level-0) array: numpy, dask, zarr ...
+    z: int | None  # the plane on screen of a stack; None for a plane
+
+
+def _export_test_image(model, source: _ExportSource | None, folder: Path, name: str):
+    """Cut the package's test image from ``source`` (its centre, the smallest size the
+    package's halo allows, and the model's frames around the plane on screen) into a ``.npy``
+    in ``folder``; (path, what it is), or (None, why CREMI is used instead)."""
+    from ..bioimageio import min_input_size
+    from ..engine.registry import load_cached
+
+    cremi = "a held-out CREMI plane"
+    if source is None:
+        return None, f"{cremi} (the input is not a single-channel plane or stack)"
+    m = load_cached(model, release_stale=False)  # (as the dock's own loads: api.resolve_model)
+    if m.kind != "restoration":  # (export_bioimageio refuses it with its own message)
+        return None, cremi
+    size = min_input_size(m)
+    shape = source.data.shape
+    h, w = shape[-2:]
+    if min(h, w) < size:
+        return None, (f"{cremi} (the input layer {source.name!r} is {h} x {w} px; the package "
+                      f"needs at least {size} x {size})")
+    half = m.frames // 2
+    if source.z is None:
+        if m.frames > 1:
+            return None, f"{cremi} (the model takes {m.frames} planes; the input is one plane)"
+        lead, where = (), "its plane"
+    else:
+        z0 = min(max(source.z - half, 0), shape[0] - m.frames)
+        if z0 < 0:
+            return None, f"{cremi} (the model takes {m.frames} planes; the input has {shape[0]})"
+        lead, where = (slice(z0, z0 + m.frames),), f"plane {source.z}"
+    y0, x0 = (h - size) // 2, (w - size) // 2
+    crop = np.asarray(source.data[(*lead, slice(y0, y0 + size), slice(x0, x0 + size))],
+                      dtype=np.float32)
+    if not np.isfinite(crop).all():
+        return None, f"{cremi} (the input layer {source.name!r} has NaN or inf values there)"
+    path = folder / f"{name}.test-image.npy"
+    np.save(path, crop, allow_pickle=False)
+    return path, f"{source.name!r}, {where}, centre {size} x {size} px"
+
+
+def _export_job(model, out: Path, *, overwrite: bool = False, authors=(), source=None,
+                told: dict | None = None, progress=None, cancel=None) -> Path:
     """Worker side of "Export to bioimage.io…": the package is written under a hidden name
     beside ``out`` (:func:`_export_package`, in a child process) and moved into place at the
     end, so that a Cancel leaves nothing behind, and a package being replaced stays whole
-    until the new one is complete."""
+    until the new one is complete. The test image is cut from ``source`` (the input layer)
+    where it can be (:func:`_export_test_image`); ``told["test_image"]`` says what it is
+    (read by the dock once the job has finished)."""
     import os
     import threading
 
@@ -1259,15 +1349,36 @@ def _export_job(model, out: Path, *, overwrite: bool = False, progress=None, can
     if progress is not None:
         progress({"event": "tracing the network, test tensors, packaging"})
     out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(f".{out.stem}.{os.getpid()}-{threading.get_ident()}.part.zip")
+    stem = f".{out.stem}.{os.getpid()}-{threading.get_ident()}"
+    part = out.with_name(f"{stem}.part.zip")
+    image, what = _export_test_image(model, source, out.parent, stem)
+    if told is not None:
+        told["test_image"] = what
+    extra = {}
+    if image is not None:
+        extra["test_image"] = image
+    if authors:
+        extra["authors"] = tuple(authors)
     try:
-        _export_package(model, part, cancel)
+        _export_package(model, part, cancel, **extra)
         if cancel is not None and cancel.is_set():
             raise RestoreCancelled("export cancelled: nothing written")
         os.replace(part, out)
     finally:
         part.unlink(missing_ok=True)
+        if image is not None:
+            image.unlink(missing_ok=True)
     return out
+
+
+def _login_name() -> str:
+    """The default author of an export: the login name (export_bioimageio's own default)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # (no login name: a container without a passwd entry)
+        return ""
 
 
 def _html_line(text: str) -> str:

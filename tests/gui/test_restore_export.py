@@ -7,6 +7,7 @@ import threading
 import time
 import zipfile
 
+import numpy as np
 import pytest
 from _stall import StallMeter
 
@@ -26,8 +27,11 @@ def _fake_export(calls, seconds=0.3, fail=None):
     ``seconds`` (answering Cancel), then writes a small zip or fails."""
     from napari_decrappify.tiling import RestoreCancelled
 
-    def export(model, part, cancel=None):
-        calls.append({"model": model, "part": part, "thread": threading.current_thread()})
+    def export(model, part, cancel=None, **options):
+        test_image = options.get("test_image")
+        calls.append({"model": model, "part": part, "thread": threading.current_thread(),
+                      "options": options,
+                      "test_image": None if test_image is None else np.load(test_image)})
         if cancel is not None and cancel.wait(seconds):
             raise RestoreCancelled("export cancelled")
         if fail is not None:
@@ -113,6 +117,43 @@ def test_export_cancel_and_errors_leave_nothing(dock, qtbot, tmp_path, monkeypat
     assert job.status == "failed"
     assert dock.status.value == "⚠ export failed: 3 validation errors for ModelDescr"
     assert existing.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_export_takes_its_test_image_from_the_input_layer_and_its_authors_from_the_dock(
+        dock, qtbot, tmp_path, monkeypatch):
+    """The package's test image is cut from the input layer's plane on screen (not CREMI's),
+    its authors come from the dock's field; the status line says which image it used."""
+    from napari_decrappify._napari import restore
+    from napari_decrappify.bioimageio import min_input_size
+    from napari_decrappify.models import load_model
+
+    size = min_input_size(load_model(dock.model.value))
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 60_000, (3, size + 10, size + 20)).astype(np.uint16)
+    dock.viewer.add_image(stack, name="my LR")
+    dock.image.value = dock.viewer.layers["my LR"]
+    dock.viewer.dims.set_current_step(0, 2)
+    dock.export_authors.value = "Ada Lovelace, Alan Turing"
+    calls = []
+    monkeypatch.setattr(restore, "_export_package", _fake_export(calls, seconds=0.05))
+    job = dock.export_model(tmp_path / "mine.zip")
+    qtbot.waitUntil(lambda: job.finished, timeout=30_000)
+    assert job.status == "done", dock.status.value
+    assert calls[0]["options"]["authors"] == ("Ada Lovelace", "Alan Turing")
+    y0, x0 = 5, 10  # the centre size x size crop of plane 2 (the plane on screen)
+    expected = stack[2:3, y0 : y0 + size, x0 : x0 + size].astype(np.float32)
+    np.testing.assert_array_equal(calls[0]["test_image"], expected)
+    assert f"test image: 'my LR', plane 2, centre {size} x {size} px" in dock.status.value
+    assert _leftovers(tmp_path) == []  # the .npy went with the job
+
+    # too small a layer: CREMI, and the status line says why
+    dock.viewer.add_image(stack[:, :8, :8], name="tiny")
+    dock.image.value = dock.viewer.layers["tiny"]
+    job = dock.export_model(tmp_path / "mine.zip", overwrite=True)
+    qtbot.waitUntil(lambda: job.finished, timeout=30_000)
+    assert job.status == "done" and calls[-1]["test_image"] is None
+    assert f"a held-out CREMI plane (the input layer 'tiny' is 8 x 8 px; the package needs " \
+           f"at least {size} x {size})" in dock.status.value
 
 
 def test_no_model_no_export(make_napari_viewer, tmp_path, monkeypatch):
