@@ -1,189 +1,60 @@
-"""Training data: planes from HR stacks, random patches, real LR/HR pairs, multi-frame windows,
-normalisation and fastai ``DataLoaders``.
+"""Training data: random patches of HR stacks crappified on the fly, patches of real LR/HR pairs,
+and fastai ``DataLoaders``.
 
 The split into training and validation is by *plane* (never by patch), so validation never
 sees a training pixel.
+
+Every training-data name is imported from here (``from napari_decrappify.data import
+make_stacks``); the code lives in one module per concern:
+
+- :mod:`napari_decrappify.training_norm`: :func:`percentile_norm`, :class:`UnitSpace`.
+- :mod:`napari_decrappify.training_planes`: :class:`PlaneStack`, :func:`make_stacks`,
+  :func:`split_planes`, :func:`blank_planes`, :func:`as_planes`, :func:`check_pair`,
+  :func:`fingerprint`.
+- :mod:`napari_decrappify.pair_files`: :func:`write_pairs`, :func:`save_stack`.
+- this module: the datasets (:class:`CrappifiedPatches`, :class:`PairedPatches`), their
+  flips and rotations (:func:`augment`, looked up here at call time, so setting it on this
+  module changes what the datasets do) and :func:`make_dataloaders`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .augmentation import Variation
 from .config import AugmentConfig, NormConfig, check_scale
-from .crappify import Crappifier, RngLike, _rng, check_image, infer_scale, intensity_range
+from .degradation import Crappifier, RngLike, _rng
+
+# ``name as name``: names this module held before the split but no longer uses itself, still
+# importable from here
+from .degradation_fit import infer_scale as infer_scale
+from .intensity_scale import check_image as check_image
+from .intensity_scale import intensity_range as intensity_range
 from .normalization import normalize
+from .pair_files import _plane_count as _plane_count
+from .pair_files import save_stack, write_pairs
+from .training_norm import UnitSpace, percentile_norm
+from .training_planes import (
+    BLANK_STD,
+    PlaneStack,
+    as_planes,
+    blank_planes,
+    check_pair,
+    fingerprint,
+    make_stacks,
+    split_planes,
+)
+from .training_planes import _frame_stacks as _frame_stacks
+from .training_planes import _reflect_index as _reflect_index
 
-BLANK_STD = 1e-3  # a plane or patch whose std (normalised units) is below this is blank
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-def percentile_norm(images: Sequence[np.ndarray], percentiles=(0.1, 99.9)) -> NormConfig:
-    """Normalisation for training data: uint8 -> [0, 255]; other dtypes -> global percentiles.
-
-    Stored with the model so that inference uses exactly the training intensities.
-    """
-    images = [check_image(im, "training image") for im in images]  # NaN is not "constant"
-    kinds = {intensity_range(np.asarray(im).dtype) for im in images}
-    if len(kinds) > 1:
-        dtypes = sorted({str(np.asarray(im).dtype) for im in images})
-        raise ValueError(f"the training images have different dtypes ({', '.join(dtypes)}): their "
-                         "intensities are on different scales; convert them to one dtype first")
-    first = np.asarray(images[0])
-    if first.dtype == np.uint8:
-        return NormConfig(low=0.0, high=255.0)
-    sample = np.concatenate([np.asarray(im, dtype=np.float32).ravel()[::7] for im in images])
-    lo, hi = np.percentile(sample, percentiles)
-    if not hi > lo:
-        raise ValueError("the training images are constant: nothing to learn from")
-    return NormConfig(low=float(lo), high=float(hi), percentiles=tuple(percentiles))
-
-
-@dataclass(frozen=True)
-class UnitSpace:
-    """Between the model's normalisation and the [0, 1] scale the crappifier's noise is
-    defined on (:func:`napari_decrappify.crappify.to_unit` of the HR's dtype).
-
-    Training planes are normalised by their percentiles, but ``photons`` and ``read_noise``
-    mean what the Crappify dock, ``decrappify crappify`` and ``crappify.fit`` make of them: on
-    the dtype's range. Without this, a uint16 image using a tenth of its range would be trained
-    with about 10x less relative noise than the Crappify dock shows for the same settings.
-    """
-
-    norm: NormConfig
-    unit: tuple[float, float]  # the intensities to_unit maps to 0 and 1
-
-    @classmethod
-    def of(cls, norm: NormConfig, dtype) -> UnitSpace:
-        unit = intensity_range(dtype)
-        dtype = np.dtype(dtype)
-        wide = np.issubdtype(dtype, np.integer) and dtype.itemsize > 2
-        if wide or (not np.issubdtype(dtype, np.integer) and not 0 <= norm.low < norm.high <= 1):
-            # float data beyond [0, 1] has no scale of its own (to_unit would clip it to 1),
-            # nor has int32 (2^31 is no detector's full scale): noise levels are relative to
-            # its normalised range, as they always were for such floats
-            unit = (norm.low, norm.high)
-        return cls(norm, unit)
-
-    @property
-    def identity(self) -> bool:
-        return (self.norm.low, self.norm.high) == self.unit
-
-    def to_unit(self, x: np.ndarray) -> np.ndarray:
-        n, (u0, u1) = self.norm, self.unit
-        return ((x * (n.high - n.low) + n.low - u0) / (u1 - u0)).astype(np.float32)
-
-    def from_unit(self, x: np.ndarray) -> np.ndarray:
-        n, (u0, u1) = self.norm, self.unit
-        return ((x * (u1 - u0) + u0 - n.low) / (n.high - n.low)).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- planes
-
-
-@dataclass
-class PlaneStack:
-    """A stack of 2-D planes ``(n, Y, X)`` (normalised float32) with the index of each plane's
-    neighbours along the frame axis, for multi-frame windows.
-
-    ``split_bounded``: windows draw only on the run of consecutive ``indices`` around their
-    centre, reflected at its ends as at the ends of the stack. A training window then never
-    shows the network a validation (or held-out, or blank) plane as a neighbour, nor a
-    validation window a test plane.
-    """
-
-    planes: np.ndarray
-    indices: list[int]  # which planes may be used as centre (non-blank)
-    split_bounded: bool = False
-
-    def window(self, i: int, frames: int) -> np.ndarray:
-        """``frames`` planes centred on ``i`` (reflected at the ends): ``(frames, Y, X)``."""
-        half = frames // 2
-        lo, hi = self._run(i) if self.split_bounded else (0, len(self.planes) - 1)
-        idx = [lo + _reflect_index(j - lo, hi - lo + 1) for j in range(i - half, i + half + 1)]
-        return self.planes[idx]
-
-    def _run(self, i: int) -> tuple[int, int]:
-        """First and last plane of the run of consecutive ``indices`` that holds ``i``."""
-        try:
-            return self._runs[i]
-        except KeyError:
-            raise ValueError(f"plane {i} is not one of this split's planes") from None
-
-    @functools.cached_property
-    def _runs(self) -> dict[int, tuple[int, int]]:
-        # built once: window() is called for every training sample
-        runs: dict[int, tuple[int, int]] = {}
-        ordered = sorted(set(self.indices))
-        start = 0
-        for k in range(1, len(ordered) + 1):
-            if k == len(ordered) or ordered[k] != ordered[k - 1] + 1:
-                for j in ordered[start:k]:
-                    runs[j] = (ordered[start], ordered[k - 1])
-                start = k
-        return runs
-
-
-def _reflect_index(j: int, n: int) -> int:
-    """Index ``j`` reflected into ``0..n-1`` (``-1 -> 1``, ``n -> n-2``)."""
-    if n == 1:
-        return 0
-    period = 2 * (n - 1)
-    j = abs(j) % period
-    return period - j if j >= n else j
-
-
-def as_planes(stack: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Any 2-D/3-D/4-D stack -> ``(n, Y, X)``, taking planes along ``axis`` (Y, X are last)."""
-    a = check_image(stack)
-    if a.ndim == 2:
-        return a[None]
-    if a.ndim > 2:
-        a = np.moveaxis(a, axis, 0)
-    return a.reshape(-1, *a.shape[-2:])
-
-
-def blank_planes(planes: np.ndarray, norm: NormConfig | None = None) -> list[int]:
-    """Indices of planes that are constant (e.g. the all-zero plane 14 of CREMI)."""
-    out = []
-    for i, p in enumerate(planes):
-        p = normalize(p, norm) if norm is not None else np.asarray(p, np.float32)
-        if float(p.std()) < BLANK_STD:
-            out.append(i)
-    return out
-
-
-def split_planes(n: int, val_fraction: float = 0.15, exclude: Sequence[int] = (),
-                 ) -> tuple[list[int], list[int]]:
-    """Contiguous split by plane: the last ``val_fraction`` of the planes validate.
-
-    Contiguous (not random) so that neighbouring, highly correlated planes do not leak into
-    validation.
-    """
-    usable = [i for i in range(n) if i not in set(exclude)]
-    if len(usable) < 2:
-        raise ValueError(f"need at least 2 non-blank planes to split train/validation, got {len(usable)}")
-    # at least one plane on each side, whatever the fraction
-    n_val = min(len(usable) - 1, max(1, int(round(len(usable) * val_fraction))))
-    return usable[:-n_val], usable[-n_val:]
-
-
-def fingerprint(arrays: Sequence[np.ndarray]) -> str:
-    """sha256 of the training data (shape, dtype and bytes): recorded in the model file."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.shape, a.dtype.str)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+__all__ = [
+    "BLANK_STD", "CrappifiedPatches", "PairedPatches", "PlaneStack", "UnitSpace", "as_planes",
+    "augment", "blank_planes", "check_pair", "fingerprint", "make_dataloaders", "make_stacks",
+    "normalize", "percentile_norm", "save_stack", "seeded_rng", "split_planes", "write_pairs",
+]
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -387,101 +258,6 @@ class PairedPatches(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(lr)), torch.from_numpy(np.ascontiguousarray(hr))
 
 
-def check_pair(lr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """Check that an LR/HR pair is consistent with ``scale`` and return ``(n, y, x)`` stacks.
-
-    HR is cropped to ``scale`` times the LR (HR may be up to ``scale - 1`` pixels larger on each
-    axis); any other mismatch, NaN/inf or a different number of planes is a ValueError naming it.
-    """
-    scale = check_scale(scale)
-    lr = as_planes(check_image(lr, "LR image"))
-    hr = as_planes(check_image(hr, "HR image"))
-    if lr.shape[0] != hr.shape[0]:
-        raise ValueError(f"LR has {lr.shape[0]} planes but HR has {hr.shape[0]}")
-    infer_scale(lr.shape[-2:], hr.shape[-2:], scale)
-    ly, lx = lr.shape[-2:]
-    return lr, hr[..., : ly * scale, : lx * scale]
-
-
-def _frame_stacks(images: Sequence[np.ndarray], axis: int) -> list[np.ndarray]:
-    """Each image as ``(n, Y, X)`` stacks along ``axis``. An image of more than 3 dimensions
-    (e.g. T, Z, Y, X) gives one stack per index of its other leading axes, so that a
-    multi-frame window only ever holds neighbours along ``axis`` (flattening would make the
-    last leading axis the neighbours and jump between blocks)."""
-    out = []
-    for im in images:
-        a = check_image(im)
-        if a.ndim <= 3:
-            out.append(as_planes(a, axis))
-            continue
-        a = np.moveaxis(a, axis, 0)
-        out.extend(a[(slice(None), *idx)] for idx in np.ndindex(*a.shape[1:-2]))
-    return out
-
-
-def make_stacks(images: Sequence[np.ndarray], norm: NormConfig, axis: int = 0,
-                val_fraction: float = 0.15, train_planes: Sequence[int] | None = None,
-                valid_planes: Sequence[int] | None = None, min_rows: int = 0,
-                ) -> tuple[list[PlaneStack], list[PlaneStack], dict]:
-    """Normalise HR images, drop blank planes, split each stack by plane into train/validation.
-
-    With explicit ``train_planes`` / ``valid_planes`` (the same for every stack) the split is
-    exactly those planes (minus blank ones); they must not overlap. Images of more than 3
-    dimensions are split into one stack per index of their other leading axes; plane indices
-    count along ``axis``. A single image with one non-blank plane is split by rows instead:
-    its bottom ``max(val_fraction, 0.2)`` validates (``info["rows_valid"]``), at least
-    ``min_rows`` rows (one HR patch) when the image is tall enough for both parts.
-    """
-    if (train_planes is None) != (valid_planes is None):
-        raise ValueError("an explicit split needs both train_planes and valid_planes (planes in "
-                         "neither are held out); give both, or neither for a val_fraction split")
-    if train_planes is not None and valid_planes is not None:
-        overlap = set(train_planes) & set(valid_planes)
-        if overlap:
-            raise ValueError(f"planes {sorted(overlap)} are in both training and validation")
-    train, valid = [], []
-    info = {"planes_train": [], "planes_valid": [], "blank": []}
-    for k, im in enumerate(_frame_stacks(images, axis)):
-        planes = normalize(im, norm)
-        blank = blank_planes(planes)
-        if len(blank) == len(planes):
-            raise ValueError(f"HR stack {k} (shape {np.shape(im)}) is constant: every plane is "
-                             "blank, nothing to learn from")
-        if train_planes is not None and valid_planes is not None:
-            n = len(planes)
-            bad = [i for i in list(train_planes) + list(valid_planes) if not 0 <= i < n]
-            if bad:
-                raise ValueError(f"plane indices {bad} are outside 0..{n - 1}")
-            tr = [i for i in train_planes if i not in blank]
-            va = [i for i in valid_planes if i not in blank]
-            if not tr or not va:
-                raise ValueError("the explicit train/validation planes are all blank")
-        elif len(planes) - len(blank) == 1 and len(images) == 1:
-            # one 2-D image (a single SEM frame is common): the bottom rows validate, so a
-            # user with one plane can train; rows next to the cut are alike, a small leak
-            (i,) = [j for j in range(len(planes)) if j not in blank]
-            h = planes.shape[-2]
-            cut = min(int(round(h * (1 - max(val_fraction, 0.2)))), h - min_rows)
-            if cut < max(1, min_rows) or cut >= h:
-                raise ValueError(f"the image of shape {np.shape(im)} is too small to split into "
-                                 "training and validation rows")
-            train.append(PlaneStack(planes[i:i + 1, :cut], [0], split_bounded=True))
-            valid.append(PlaneStack(planes[i:i + 1, cut:], [0], split_bounded=True))
-            info["planes_train"].append([i])
-            info["planes_valid"].append([])
-            info["rows_valid"] = [cut, h]
-            info["blank"].append(blank)
-            continue
-        else:
-            tr, va = split_planes(len(planes), val_fraction, exclude=blank)
-        train.append(PlaneStack(planes, tr, split_bounded=True))
-        valid.append(PlaneStack(planes, va, split_bounded=True))
-        info["planes_train"].append(tr)
-        info["planes_valid"].append(va)
-        info["blank"].append(blank)
-    return train, valid, info
-
-
 def make_dataloaders(train_ds, valid_ds, batch_size: int = 8, device=None, num_workers: int = 0):
     """fastai ``DataLoaders`` from a training and a validation dataset."""
     from fastai.data.core import DataLoaders
@@ -496,160 +272,3 @@ def make_dataloaders(train_ds, valid_ds, batch_size: int = 8, device=None, num_w
 
 def seeded_rng(seed: RngLike) -> np.random.Generator:
     return _rng(seed)
-
-
-# --------------------------------------------------------------------------- writing stacks and pairs
-
-
-def save_stack(path, data, axes: str, scale=None, translate=None, units=None, *,
-               overwrite: bool = False, progress=None, cancel=None, name: str | None = None,
-               metadata: dict | None = None):
-    """Write ``data`` (numpy or lazy dask) as a TIFF (``*.tif``/``*.tiff``) or an OME-Zarr
-    (anything else), chunk by chunk with bounded memory.
-
-    A thin dispatch to :func:`napari_decrappify.io.write_tiff` (OME-TIFF, plane by plane; the
-    origin as OME plane positions) and :func:`napari_decrappify.io.write_ome_zarr` (resumable: rerunning
-    the same computation finishes an interrupted store). ``progress`` receives their event
-    dicts; setting ``cancel`` (a ``threading.Event``) raises ``io.RestoreCancelled``.
-
-    Returns
-    -------
-    Path
-    """
-    from pathlib import Path
-
-    from . import io
-
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return io.write_tiff(path, data, axes=axes, scale=scale, translate=translate, units=units,
-                             overwrite=overwrite, progress=progress, cancel=cancel)
-    return io.write_ome_zarr(path, data, axes=axes, scale=scale, translate=translate, units=units,
-                             overwrite=overwrite, progress=progress, cancel=cancel, name=name,
-                             metadata=metadata)
-
-
-def _plane_count(shape) -> int:
-    return int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-
-
-def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, scale=None,
-                translate=None, units=None, fmt: str = "tif", name: str = "pair",
-                overwrite: bool = False, progress=None, cancel=None) -> dict:
-    """Crappify every plane of ``hr`` and write the LR/HR training pair to ``out_dir``.
-
-    Writes ``<name>_lr.<ext>`` (float32 in the HR's intensity units: 0..255 for uint8 HR,
-    [0, 1] for float HR; LR geometry from
-    :func:`napari_decrappify.io.downscale_geometry`), ``<name>_hr.<ext>`` (the HR as given,
-    cropped to a multiple of the scale so that the pair is registered exactly) and
-    ``<name>.json`` (degradation, seed, geometry). Plane ``i`` of the LR is
-    ``Crappifier(config)(hr[i], seed=plane_rng(seed, i))`` in those units: what the Crappify
-    dock previews.
-
-    Parameters
-    ----------
-    hr : array-like
-        numpy / dask / zarr, Y, X last.
-    out_dir : str or Path
-    config : CrappifyConfig or Crappifier
-    seed : int
-    axes : str, optional
-        Default: guessed from the number of dimensions.
-    scale, translate, units : sequence, optional
-        The HR's geometry per axis.
-    fmt : {"tif", "zarr"}
-    name : str
-        File name stem.
-    overwrite : bool
-        Replace existing files of that name; otherwise they are an error (checked first).
-    progress : callable, optional
-        Receives ``{"event": "pairs", "stage": "lr" | "hr", "done", "total"}`` (planes of both
-        files together).
-    cancel : threading.Event, optional
-        Stops between chunks (raises ``io.RestoreCancelled``); a cancelled or failed call
-        removes what it wrote, so no LR is left without its HR.
-
-    Returns
-    -------
-    dict
-        ``{"lr": path, "hr": path, "json": path, "lr_shape", "hr_shape"}``.
-    """
-    import json
-    import os
-    import shutil
-    from concurrent.futures import ThreadPoolExecutor
-    from pathlib import Path
-
-    import dask
-    import dask.array as da
-
-    from . import __version__
-    from .config import CrappifyConfig
-    from .crappify import crappify_lazy, from_unit
-    from .io import check_axes, downscale_geometry, guess_axes
-
-    if fmt not in ("tif", "zarr"):
-        raise ValueError(f"unknown pair format {fmt!r} (tif or zarr)")
-    config = config if isinstance(config, CrappifyConfig) else config.config
-    hr_d = hr if isinstance(hr, da.Array) else da.asarray(hr)
-    axes = check_axes(axes or guess_axes(hr_d.ndim), hr_d.ndim)
-    n = hr_d.ndim
-    scale = tuple(float(v) for v in (scale if scale is not None else (1.0,) * n))
-    translate = tuple(float(v) for v in (translate if translate is not None else (0.0,) * n))
-    units = tuple(str(u) for u in (units if units is not None else ("pixel",) * n))
-    s = config.scale
-    h, w = hr_d.shape[-2:]
-    hr_d = hr_d[..., : h - h % s, : w - w % s].rechunk((1,) * (n - 2) + (-1, -1))
-    # the LR in the HR's intensity units (float32, not rounded): a model trained on this kind of
-    # data restores it, and it shares the HR's contrast ([0, 1] restored to garbage with uint8
-    # models)
-    lr_d = from_unit(crappify_lazy(hr_d, config, seed=seed), hr_d.dtype)
-    lr_scale, lr_translate = downscale_geometry(scale, translate, axes, s)
-    out_dir = Path(out_dir)
-    ext = ".tif" if fmt == "tif" else ".zarr"
-    paths = {"lr": out_dir / f"{name}_lr{ext}", "hr": out_dir / f"{name}_hr{ext}",
-             "json": out_dir / f"{name}.json"}
-    existing = [p.name for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exists in {out_dir}: choose another name or "
-                              "allow overwriting")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    planes = _plane_count(hr_d.shape)
-    total = 2 * planes
-    meta = {"napari_decrappify": __version__, "crappify": config.model_dump(mode="json"),
-            "seed": seed, "plane_seed": "crappify.plane_rng(seed, plane index)", "axes": axes,
-            "units": list(units),
-            "hr": {"file": paths["hr"].name, "shape": list(hr_d.shape), "dtype": str(hr_d.dtype),
-                   "scale": list(scale), "translate": list(translate)},
-            "lr": {"file": paths["lr"].name, "shape": list(lr_d.shape), "dtype": "float32",
-                   "range": list(intensity_range(hr_d.dtype)), "scale": list(lr_scale),
-                   "translate": list(lr_translate)}}
-    complete = False
-    # Our own thread pool (dask's threaded scheduler takes it from the config): when a cancel
-    # stops the computation, chunk writes already running finish in the background; shutting
-    # the pool down waits for them, so the clean-up below is not undone by a late chunk.
-    pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="write-pairs")
-    try:
-        with dask.config.set(pool=pool):
-            for k, (stage, data, geo) in enumerate((("lr", lr_d, (lr_scale, lr_translate)),
-                                                    ("hr", hr_d, (scale, translate)))):
-                def relay(ev, k=k, stage=stage):
-                    if progress is not None and ev.get("total"):
-                        done = k * planes + round(planes * ev["done"] / ev["total"])
-                        progress({"event": "pairs", "stage": stage, "done": done, "total": total})
-
-                save_stack(paths[stage], data, axes, geo[0], geo[1], units, overwrite=overwrite,
-                           progress=relay, cancel=cancel, name=f"{name} {stage.upper()}",
-                           metadata=meta)
-        paths["json"].write_text(json.dumps(meta, indent=2))
-        complete = True
-    finally:
-        pool.shutdown(wait=True)
-        if not complete:  # cancelled or failed: nothing half-written, no LR without its HR
-            for p in paths.values():
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-    return {**{k: str(v) for k, v in paths.items()}, "lr_shape": tuple(lr_d.shape),
-            "hr_shape": tuple(hr_d.shape)}
