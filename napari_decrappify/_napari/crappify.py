@@ -5,7 +5,7 @@ runs :class:`~napari_decrappify.crappify.Crappifier` on the current plane in a t
 (latest request wins, the UI never waits) and shows the result as ``"<name> crappified"``: a
 layer with the LR geometry of :func:`napari_decrappify.io.downscale_geometry` (it overlays the HR
 layer) placed at the current plane along the other axes. "Save pairs…" writes every plane
-with :func:`napari_decrappify.data.write_pairs` in a cancellable :class:`._workers.CoreJob`.
+with :func:`napari_decrappify.pair_files.write_pairs` in a cancellable :class:`._workers.CoreJob`.
 
 Plane ``i`` is seeded with ``crappify.plane_rng(seed, i)`` everywhere, so the preview of a plane
 is exactly that plane of the saved LR (and of ``decrappify crappify --seed``).
@@ -35,7 +35,7 @@ from qtpy.QtCore import QTimer
 from .. import io
 from ..config import CrappifyConfig, Downsample, choices
 from ..crappify import Crappifier, check_unit_float, from_unit, plane_rng
-from ..data import write_pairs
+from ..pair_files import write_pairs  # (not ..data: that imports torch)
 from ._layers import BLENDING
 from ._progress import JobProgress
 from ._workers import CoreJob
@@ -303,7 +303,7 @@ class CrappifyWidget(Container):
 
     def save_pairs(self, *_args):
         """Write LR/HR pairs of every plane to the chosen folder
-        (:func:`napari_decrappify.data.write_pairs` in a :class:`CoreJob`: a progress bar, and
+        (:func:`napari_decrappify.pair_files.write_pairs` in a :class:`CoreJob`: a progress bar, and
         Cancel removes what was written). Returns the job, or None when nothing was started."""
         if self._save_job is not None:
             self.status.value = "already saving"
