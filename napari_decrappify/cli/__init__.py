@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import (
+from ..config import (
     FINE_TUNE_LOSS,
     FINE_TUNE_LR_MAX,
     FINE_TUNE_PCT_START,
@@ -35,7 +35,7 @@ from .config import (
     TrainConfig,
     choices,
 )
-from .pixel_size import POLICIES
+from ..pixel_size import POLICIES
 
 EXIT_NOT_BUILT = 2
 
@@ -67,7 +67,7 @@ SAMPLE_FORM = "sample:KEY or sample:KEY[START:STOP], e.g. sample:cremi[0:20]"
 
 def parse_sample(spec: str):
     """``"sample:KEY"`` or ``"sample:KEY[a:b]"`` -> ``(Sample, slice or None)``."""
-    from .samples import SAMPLES
+    from ..samples import SAMPLES
 
     text = spec[len("sample:"):]
     m = re.fullmatch(r"([^\[\]]+)(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?", text)
@@ -84,7 +84,7 @@ def parse_sample(spec: str):
 
 def _load_sample(spec: str):
     """``(array, Sample, first plane)`` of a ``sample:KEY[a:b]`` argument."""
-    from .samples import load_sample
+    from ..samples import load_sample
 
     sample, sl = parse_sample(spec)
     data, _ = load_sample(sample.key)
@@ -103,7 +103,7 @@ def read_input(spec: str):
 
     if spec.startswith("sample:"):
         return _load_sample(spec)[0]
-    from .io import open_image
+    from ..io import open_image
 
     return np.asarray(open_image(spec).data)
 
@@ -112,7 +112,7 @@ def _lazy_input(spec: str):
     """An image argument as a lazy (dask) array; a sample as numpy."""
     if spec.startswith("sample:"):
         return read_input(spec)
-    from .io import open_image
+    from ..io import open_image
 
     return open_image(spec).data
 
@@ -121,7 +121,7 @@ def open_input(spec: str, axes: str | None = None, scale=None):
     """An image argument as :class:`~napari_decrappify.io.ImageData` (lazy for files), with the
     sample's axes and pixel size for ``sample:KEY``; a plane range ``[a:b]`` puts the origin
     of the first axis at ``a`` x its pixel size (``metadata["first_plane"] = a``)."""
-    from .io import open_image
+    from ..io import open_image
 
     if not spec.startswith("sample:"):
         return open_image(spec, axes=axes, scale=scale)
@@ -229,7 +229,7 @@ def _model_output(path, overwrite: bool) -> None:
     """Refuse, before training, an ``--out`` that cannot take the model: a file, a file name
     (``m.tif``), a folder that is not a model, or an existing model without ``--overwrite``
     (a finished run must never be thrown away at the end, nor replace a model silently)."""
-    from .models import CONFIG_FILE
+    from ..models import CONFIG_FILE
 
     out = Path(path)
     if out.suffix.lower() in (".tif", ".tiff", ".zarr", ".json", ".png", ".npy", ".h5"):
@@ -252,7 +252,7 @@ def _model_output(path, overwrite: bool) -> None:
 def _training_pixel_size(images) -> tuple[float, float] | None:
     """The HR pixel size (Y, X, nm) the model records: that of the training images (all
     alike), or None when they have none (then restore does not check inputs)."""
-    from .pixel_size import image_pixel_size_nm
+    from ..pixel_size import image_pixel_size_nm
 
     sizes = [image_pixel_size_nm(im.scale, im.units, im.axes) for im in images]
     known = [s for s in sizes if s is not None]
@@ -272,9 +272,9 @@ def cmd_train(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .config import GENERAL_AUGMENT, ArchConfig, AugmentConfig, CrappifyConfig, TrainConfig
-    from .crappify import check_image
-    from .train import train
+    from ..config import GENERAL_AUGMENT, ArchConfig, AugmentConfig, CrappifyConfig, TrainConfig
+    from ..crappify import check_image
+    from ..train import train
 
     for option, values in (("--photons", args.photons), ("--read-noise", args.read_noise),
                            ("--blur", args.blur)):
@@ -294,8 +294,8 @@ def cmd_train(args) -> int:
             parse_sample(spec)  # a malformed or unknown sample fails before any training
     init = None
     if args.resume:  # a model that cannot be fine-tuned is refused before the data is read
-        from .models import load_model
-        from .train import check_fine_tune_start
+        from ..models import load_model
+        from ..train import check_fine_tune_start
 
         init = load_model(args.resume)
         check_fine_tune_start(init, args.scale)
@@ -339,7 +339,7 @@ def cmd_train(args) -> int:
               for im, spec in zip(opened, args.hr, strict=True)]
     pixel_size = _training_pixel_size(opened)
     if args.lr_find:
-        from .train import find_lr
+        from ..train import find_lr
 
         found = find_lr(images, config)
         print(f"learning-rate finder: valley at {found['valley']:.2e} (use --lr-max near it)")
@@ -386,8 +386,8 @@ def cmd_demo(args) -> int:
     import importlib
     import os
 
-    from .demo import metrics_table, run_demo
-    from .io import write_text_atomic
+    from ..demo import metrics_table, run_demo
+    from ..io import write_text_atomic
 
     t0 = time.monotonic()
     result = run_demo(args.out, args.model)
@@ -413,8 +413,8 @@ def cmd_demo(args) -> int:
 def cmd_crappify(args) -> int:
     from tqdm import tqdm
 
-    from .config import CrappifyConfig, check_scale
-    from .crappify import crappify_file
+    from ..config import CrappifyConfig, check_scale
+    from ..crappify import crappify_file
 
     # the extension decides the format: out.png became a Zarr folder named out.png
     if not Path(args.out).name.lower().endswith((".tif", ".tiff", ".zarr")):
@@ -451,8 +451,8 @@ def cmd_evaluate(args) -> int:
     truth's range, a float prediction in [0, 1] beside an integer ground truth first put back
     into the ground truth's units (``crappify.from_unit``), any other taken to be in them."""
 
-    from .io import write_text_atomic
-    from .metrics import evaluate, prediction_units
+    from ..io import write_text_atomic
+    from ..metrics import evaluate, prediction_units
 
     _json_output(args.json, "--json", args.overwrite)
     # lazy: scored plane by plane (large planes tile by tile), never read whole
@@ -475,10 +475,10 @@ def cmd_evaluate(args) -> int:
 def cmd_restore(args) -> int:
     from tqdm import tqdm
 
-    from .config import TileConfig
-    from .io import write_ome_zarr, write_tiff
-    from .models import load_model
-    from .tiling import restore_image, use_scheduler
+    from ..config import TileConfig
+    from ..io import write_ome_zarr, write_tiff
+    from ..models import load_model
+    from ..tiling import restore_image, use_scheduler
 
     out = Path(args.output)
     name = out.name.lower()
@@ -561,8 +561,8 @@ def cmd_restore(args) -> int:
 def _write_report(args, model, image, out: Path, result) -> None:
     """``--report``: what restore did and found, and the LR consistency of the written result
     (read back plane by plane) with its input."""
-    from .consistency import stack_lr_consistency
-    from .io import open_image, write_text_atomic
+    from ..consistency import stack_lr_consistency
+    from ..io import open_image, write_text_atomic
 
     if model.scale > 1 and result.axes == image.axes:
         written = open_image(out).data
@@ -595,10 +595,10 @@ def cmd_segment(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .io import write_ome_zarr, write_tiff
-    from .models import load_model
-    from .segment import SegmentConfig, measure, predict, segmentation_arch, train_segmenter
-    from .segment import instances as split_instances
+    from ..io import write_ome_zarr, write_tiff
+    from ..models import load_model
+    from ..segment import SegmentConfig, measure, predict, segmentation_arch, train_segmenter
+    from ..segment import instances as split_instances
 
     out = Path(args.output)
     images = [out] + [Path(p) for p in (args.semantic, args.probabilities) if p]
@@ -720,7 +720,7 @@ def cmd_segment(args) -> int:
 def cmd_bench(args) -> int:
     import inspect
 
-    from . import bench
+    from .. import bench
 
     options = {}
     for kv in args.option or []:
@@ -751,7 +751,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_models
+    from ..models import list_models
 
     models = list_models()
     if args.json:
@@ -773,7 +773,7 @@ def cmd_models(args) -> int:
 def cmd_export(args) -> int:
     import numpy as np
 
-    from .bioimageio import export_bioimageio
+    from ..bioimageio import export_bioimageio
 
     # one format so far; the option keeps room for others (e.g. ONNX) without a new command
     test_image = None
