@@ -685,7 +685,7 @@ def cmd_segment(args) -> int:
                        overwrite=args.overwrite)
         else:
             write_ome_zarr(path, data, axes=axes, scale=scale, translate=translate, units=units,
-                           overwrite=args.overwrite,
+                           overwrite=args.overwrite, labels=True,
                            metadata={"model": model.name, "weights_sha256": model.weights_hash,
                                      "classes": seg.classes, "input": args.input})
 
@@ -715,6 +715,20 @@ def cmd_segment(args) -> int:
             table.to_csv(args.csv)
             print(f"wrote {args.csv}: {len(table.rows)} objects ({', '.join(columns)})")
     return 0
+
+
+def _levels(text: str):
+    """``--levels``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") \
+            from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def cmd_bench(args) -> int:
@@ -936,7 +950,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: average the 8 rotations/flips of each tile "
                         "(8x slower, usually a little better)")
     s.add_argument("--output-dtype", default="float32", choices=choices(OutputDtype))
-    s.add_argument("--levels", type=int, default=1, help="OME-Zarr resolution levels (2x each)")
+    s.add_argument("--levels", type=_levels, default="auto", metavar="N|auto",
+                   help="OME-Zarr resolution levels, each halving Y and X (default auto: a "
+                        "pyramid when the output is larger than 2 x 2 chunks)")
     _geometry_arguments(s, "IN")
     s.add_argument("--report", metavar="JSON",
                    help="write what was done and found: normalisation, pixel size, the "
