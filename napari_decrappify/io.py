@@ -631,8 +631,11 @@ def _zarr_array(store: str, level: str):
     return arr
 
 
-def _write_chunk(block, store: str, level: str, idx: tuple, chunks: tuple, run_id: str, pid: int):
-    """dask task: write one chunk, then its marker (the marker never precedes the data)."""
+def _write_chunk(block, store: str, level: str, idx: tuple, chunks: tuple, run_id: str, pid: int,
+                 pyramid: tuple | None = None):
+    """dask task: write one chunk and, with ``pyramid = (axes, levels, labels)``, its block of every
+    lower resolution level (:func:`pyramid_block`), then its marker (the marker never precedes
+    the data)."""
     import numpy as np
 
     # progress is reported here only in the caller's process (threads); on distributed
@@ -644,6 +647,16 @@ def _write_chunk(block, store: str, level: str, idx: tuple, chunks: tuple, run_i
     marker = os.path.join(store, DONE_DIR, level, ".".join(map(str, idx)))
     try:
         _zarr_array(store, level)[region] = block
+        if pyramid is not None:
+            axes, levels, labels = pyramid
+            for lower in range(1, levels):
+                f = 2**lower
+                down = pyramid_block(block, axes, lower, labels)
+                # the chunk starts on a multiple of 2**lower (the chunks are), so its block
+                # lands on whole pixels of the lower level, and no two chunks share one
+                where = tuple(slice(r.start // f, r.start // f + n) if a in "YX" else r
+                              for r, n, a in zip(region, down.shape, axes, strict=True))
+                _zarr_array(store, str(lower))[where] = down
         with open(marker, "wb"):
             pass
     except OSError as e:
@@ -653,8 +666,9 @@ def _write_chunk(block, store: str, level: str, idx: tuple, chunks: tuple, run_i
     return np.ones(1, dtype=np.int8)
 
 
-def _store_level(data, store: Path, level: str, progress, cancel) -> None:
-    """Compute and write every chunk of ``data`` that has no marker yet."""
+def _store_level(data, store: Path, level: str, progress, cancel, pyramid=None) -> None:
+    """Compute and write every chunk of ``data`` that has no marker yet (with ``pyramid``,
+    each chunk's blocks of the lower resolution levels too: :func:`_write_chunk`)."""
     import uuid
 
     import dask.array as da
@@ -683,7 +697,7 @@ def _store_level(data, store: Path, level: str, progress, cancel) -> None:
             batch = missing[start:start + WRITE_BATCH]
             name = f"write-ome-zarr-{run_id}-{start}"
             layer = {(name, n): (_write_chunk, (data.name, *idx), str(store), level, idx, chunks,
-                                 run_id, pid) for n, idx in enumerate(batch)}
+                                 run_id, pid, pyramid) for n, idx in enumerate(batch)}
             graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
             out = da.Array(graph, name, chunks=((1,) * len(batch),), dtype=np.int8,
                            meta=np.empty((0,), np.int8))
@@ -757,8 +771,9 @@ def _exclusive(write):
 @_exclusive
 def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate=None, units=None,
                    overwrite: bool = False, progress=None, cancel=None, chunks=None,
-                   name: str | None = None, levels: int = 1, fingerprint: str | None = None,
-                   metadata: dict | None = None):
+                   name: str | None = None, levels: int | str = "auto",
+                   fingerprint: str | None = None,
+                   metadata: dict | None = None, labels: bool = False):
     """Stream a (lazy) array into an OME-Zarr store, chunk by chunk, resumably.
 
     Parameters
@@ -787,14 +802,23 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
         Chunk shape of the store (in ``axes`` order); default: the dask chunks of ``data``.
     name : str, optional
         Name recorded in the multiscales metadata.
-    levels : int
-        Resolution levels: 1 (default) writes full resolution only; each further level halves
-        Y and X (2x2 mean), written after level 0 and resumable the same way.
+    levels : int or "auto"
+        Resolution levels: 1 writes full resolution only; each further level halves Y and X
+        (the mean of each 2x2, 4x4 ... block of full-resolution pixels, trailing rows and
+        columns that do not fill a block dropped; integers rounded). ``"auto"`` (default): as
+        many as keep every level at least one chunk across (:func:`auto_levels`), so an output
+        of a few chunks has one level and a large one a pyramid. The lower levels are written
+        with each full-resolution chunk, as it finishes, in the same pass (no second read of
+        the data); their chunks are the full-resolution chunk halved per level, so the chunk's
+        Y and X are rounded up to a multiple of ``2 ** (levels - 1)``.
     fingerprint : str, optional
         Identifies the computation, to decide whether an unfinished store can be resumed;
         default: the dask name of ``data`` (deterministic for file-backed inputs).
     metadata : dict, optional
         JSON-serialisable provenance stored under the ``decrappify`` attribute.
+    labels : bool
+        ``data`` is a label image: its lower resolution levels take each square's first pixel
+        instead of the mean (:func:`pyramid_block`).
 
     Returns
     -------
@@ -828,8 +852,9 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
         data = data.data
     if not isinstance(data, da.Array):
         data = da.from_zarr(data) if _is_zarr_array(data) else da.asarray(data)
-    if levels < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
+    if levels != "auto" and (isinstance(levels, bool) or not isinstance(levels, int)
+                             or levels < 1):
+        raise ValueError(f"levels must be an integer >= 1 or 'auto', got {levels!r}")
     axes = check_axes(axes or guess_axes(data.ndim), data.ndim)
     n = data.ndim
     scale = tuple(float(s) for s in (scale if scale is not None else (1.0,) * n))
@@ -853,12 +878,22 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
         data = data.transpose(order)
         scale, translate, units = ([v[i] for i in order] for v in (scale, translate, units))
     shape = tuple(int(s) for s in data.shape)
+    if levels == "auto":
+        levels = auto_levels(shape, tuple(int(c[0]) for c in data.chunks), ngff_axes)
     if min(_level_shape(shape, ngff_axes, levels - 1)) < 1:
         raise ValueError(f"levels={levels} is too many for shape {shape}: Y and X halve per level")
+    if levels > 1:  # each chunk's lower-level blocks must start on whole pixels there
+        step = 2 ** (levels - 1)
+        aligned = tuple(min(-(-int(c[0]) // step) * step, n) if a in "YX" and n > c[0]
+                        else int(c[0]) for c, n, a in zip(data.chunks, shape, ngff_axes,
+                                                          strict=True))
+        if aligned != tuple(int(c[0]) for c in data.chunks):
+            data = data.rechunk(aligned)
     chunk_shape = tuple(int(c[0]) for c in data.chunks)
     dtype = np.dtype(data.dtype)
     ours = {"complete": False, "fingerprint": fingerprint, "shape": list(shape),
             "dtype": dtype.str, "chunks": list(chunk_shape), "levels": levels,
+            "pyramid": "first pixel" if labels else "block mean",
             "axes": ngff_axes, "units": list(units), **({"metadata": metadata} if metadata else {})}
 
     _refuse_source_as_output(path, data)  # before anything is removed
@@ -875,7 +910,8 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
             if previous.get("complete"):
                 raise FileExistsError(f"output {path} exists and is complete: pass overwrite=True "
                                       "(--overwrite) to replace it")
-            differs = [k for k in ("fingerprint", "shape", "dtype", "chunks", "levels", "axes")
+            differs = [k for k in ("fingerprint", "shape", "dtype", "chunks", "levels", "axes",
+                                   "pyramid")
                        if previous.get(k) != ours[k]]
             if differs:
                 raise FileExistsError(
@@ -901,13 +937,9 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
         except OSError as e:
             raise _output_error(e, path) from e
 
-    level_data = data
     try:
-        for level in range(levels):
-            if level:
-                level_data = _downsample(da.from_zarr(str(path / str(level - 1))), ngff_axes,
-                                         dtype, chunk_shape)
-            _store_level(level_data, path, str(level), progress, cancel)
+        _store_level(data, path, "0", progress, cancel,
+                     pyramid=(ngff_axes, levels, labels) if levels > 1 else None)
     except ValueError:
         # the data itself is bad (NaN in a tile, ...): no rerun can resume it, since fixing the
         # input changes its fingerprint. A store this run created goes, not left unfinished;
@@ -1002,8 +1034,11 @@ def _create_store(path, shape, chunk_shape, dtype, levels, axes, scale, translat
     datasets = []
     for level in range(levels):
         lshape = _level_shape(shape, axes, level)
+        # a full-resolution chunk's block of this level is exactly one chunk of it
+        lchunks = tuple(max(1, c // 2**level) if a in "YX" else c
+                        for c, a in zip(chunk_shape, axes, strict=True))
         # NGFF 0.5 requires each array's dimension_names to be the multiscales axes' names
-        group.create_array(str(level), shape=lshape, chunks=chunk_shape, dtype=dtype,
+        group.create_array(str(level), shape=lshape, chunks=lchunks, dtype=dtype,
                            fill_value=0, dimension_names=[a.lower() for a in axes])
         f = 2**level
         lscale = [s * f if a in "YX" else s for s, a in zip(scale, axes, strict=True)]
@@ -1039,17 +1074,62 @@ def ome_attributes(attrs: dict) -> dict:
     return pending if isinstance(pending, dict) else attrs
 
 
-def _downsample(src, axes: str, dtype, chunk_shape):
-    """2x2 block mean on Y, X (trailing odd rows/columns dropped), in ``dtype``."""
-    import dask.array as da
+MAX_AUTO_LEVELS = 6  # auto pyramids stop at 1/32 of full resolution
+MIN_LEVEL_CHUNK = 32  # px: lower levels' chunks (the full-resolution chunk halved) stay this big
+
+
+def auto_levels(shape, chunks, axes: str) -> int:
+    """The resolution levels of ``levels="auto"``: as many as keep every level's Y and X at
+    least one full-resolution chunk across, and its chunks (halved per level) at least
+    :data:`MIN_LEVEL_CHUNK` px, up to :data:`MAX_AUTO_LEVELS`. An output of at most 2 x 2 chunks
+    gets one level; 1 GB of 8-bit EM in 512 px chunks gets 5.
+
+    Parameters
+    ----------
+    shape, chunks : tuple of int
+        The full-resolution shape and chunk shape, in ``axes`` order.
+    axes : str
+        One letter per axis; the pyramid halves ``Y`` and ``X``.
+    """
+    yx = [(n, c) for n, c, a in zip(shape, chunks, axes, strict=True) if a in "YX"]
+    levels = 1
+    while levels < MAX_AUTO_LEVELS:
+        f = 2**levels
+        if any(n // f < c or c // f < MIN_LEVEL_CHUNK for n, c in yx):
+            break
+        levels += 1
+    return levels
+
+
+def pyramid_block(block, axes: str, level: int, labels: bool = False):
+    """``block`` at resolution ``level`` (Y and X divided by ``2**level``; trailing rows and
+    columns that do not fill a ``2**level`` square dropped), in ``block``'s dtype.
+
+    Images: the mean of each square (integers rounded and clipped), the same as halving
+    ``level`` times with 2x2 means up to rounding. ``labels``: each square's first pixel, so
+    that a label image's lower levels hold labels, not averages of them.
+    """
     import numpy as np
 
-    factors = {i: 2 for i, a in enumerate(axes) if a in "YX"}
-    out = da.coarsen(np.mean, src.astype(np.float32), factors, trim_excess=True)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        out = da.clip(da.round(out), info.min, info.max)
-    return out.astype(dtype).rechunk(chunk_shape)
+    f = 2**level
+    block = np.asarray(block)
+    cut = tuple(slice(0, n // f * f) if a in "YX" else slice(None)
+                for n, a in zip(block.shape, axes, strict=True))
+    if labels:
+        return np.ascontiguousarray(block[tuple(slice(0, c.stop, f) if a in "YX" else c
+                                                for c, a in zip(cut, axes, strict=True))])
+    shape, squares = [], []  # each of Y, X split into (blocks, f): the f axes are averaged
+    for n, a in zip(block.shape, axes, strict=True):
+        if a in "YX":
+            shape += [n // f, f]
+            squares.append(len(shape) - 1)
+        else:
+            shape.append(n)
+    out = block[cut].astype(np.float32).reshape(shape).mean(axis=tuple(squares))
+    if np.issubdtype(block.dtype, np.integer):
+        info = np.iinfo(block.dtype)
+        out = np.clip(np.round(out), info.min, info.max)
+    return out.astype(block.dtype)
 
 
 MAX_TIFF_PLANE = 2**30  # bytes of one plane that write_tiff holds in memory at most

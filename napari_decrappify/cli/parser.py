@@ -44,6 +44,20 @@ def _count(text: str) -> int:
     return value
 
 
+def _levels(text: str):
+    """``--levels``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") \
+            from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _geometry_arguments(parser, what: str) -> None:
     """``--pixel-size`` (Y and X at least) and ``--units`` of an image argument."""
     parser.add_argument("--pixel-size", type=_pixel_size, nargs="+", metavar="S",
@@ -215,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: average the 8 rotations/flips of each tile "
                         "(8x slower, usually a little better)")
     s.add_argument("--output-dtype", default="float32", choices=choices(OutputDtype))
-    s.add_argument("--levels", type=int, default=1, help="OME-Zarr resolution levels (2x each)")
+    s.add_argument("--levels", type=_levels, default="auto", metavar="N|auto",
+                   help="OME-Zarr resolution levels, each halving Y and X (default auto: a "
+                        "pyramid when the output is larger than 2 x 2 chunks)")
     _geometry_arguments(s, "IN")
     s.add_argument("--report", metavar="JSON",
                    help="write what was done and found: normalisation, pixel size, the "

@@ -104,7 +104,7 @@ def cmd_segment(args) -> int:
                        overwrite=args.overwrite)
         else:
             write_ome_zarr(path, data, axes=axes, scale=scale, translate=translate, units=units,
-                           overwrite=args.overwrite,
+                           overwrite=args.overwrite, labels=True,
                            metadata={"model": model.name, "weights_sha256": model.weights_hash,
                                      "classes": seg.classes, "input": args.input})
 

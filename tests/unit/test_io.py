@@ -705,3 +705,68 @@ def test_an_unfinished_store_is_no_image_to_other_readers(tmp_path):
     assert attrs["decrappify"]["complete"] and "ome" not in attrs["decrappify"]
     Image.from_zarr(zarr.open_group(str(out), mode="r"))
     np.testing.assert_array_equal(open_image(out).data.compute(), expected)
+
+
+def test_auto_levels_give_a_pyramid_only_to_outputs_of_more_than_a_few_chunks():
+    from napari_decrappify.io import MAX_AUTO_LEVELS, auto_levels
+
+    assert auto_levels((3, 1024, 1024), (1, 512, 512), "ZYX") == 2  # 2 x 2 chunks -> 1/2 too
+    assert auto_levels((3, 1000, 1000), (1, 512, 512), "ZYX") == 1  # a level < one chunk
+    assert auto_levels((512, 512), (512, 512), "YX") == 1
+    assert auto_levels((40, 8192, 8192), (1, 512, 512), "ZYX") == 5  # chunks 512 .. 32 px
+    assert auto_levels((2**17, 2**17), (2048, 2048), "YX") == MAX_AUTO_LEVELS
+
+
+def test_a_pyramid_is_written_with_each_chunk_in_one_pass(tmp_path, monkeypatch):
+    """levels="auto" (the default) on an output of many chunks: every lower level is the
+    block mean of full resolution, written as each chunk finishes (level 0 is never read
+    back), its chunks the full-resolution chunk halved; the store validates as NGFF 0.5."""
+    import zarr
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, (2, 600, 700), dtype=np.uint8)
+    lazy = da.from_array(data, chunks=(1, 128, 128))
+    reads = []
+    real_from_zarr = da.from_zarr
+    monkeypatch.setattr(da, "from_zarr", lambda *a, **k: reads.append(a) or real_from_zarr(*a, **k))
+    path = write_ome_zarr(tmp_path / "p.ome.zarr", lazy, axes="ZYX", scale=(40, 4, 4),
+                          translate=(0, 10, 20))
+    assert reads == []  # one pass: no level was computed from a stored one
+    group = zarr.open_group(str(path), mode="r")
+    assert sorted(group.array_keys()) == ["0", "1", "2"]  # 600 / 4 = 150 >= one 128 px chunk
+    for level, f in ((1, 2), (2, 4)):
+        arr = group[str(level)]
+        assert arr.chunks == (1, 128 // f, 128 // f)
+        h, w = 600 // f, 700 // f
+        expected = np.round(data[:, : h * f, : w * f].astype(np.float32)
+                            .reshape(2, h, f, w, f).mean(axis=(2, 4))).astype(np.uint8)
+        np.testing.assert_array_equal(arr[...], expected)
+    np.testing.assert_array_equal(group["0"][...], data)
+    ms = group.attrs["ome"]["multiscales"][0]["datasets"]
+    assert ms[2]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [40.0, 16.0, 16.0]},
+        {"type": "translation", "translation": [0.0, 16.0, 26.0]}]
+    assert group.attrs["decrappify"]["levels"] == 3
+    from ome_zarr_models.v05.image import Image
+
+    Image.from_zarr(zarr.open_group(str(path), mode="r"))  # a maintained validator agrees
+
+
+def test_label_pyramids_keep_labels_and_odd_chunks_are_aligned(tmp_path):
+    import zarr
+
+    labels = np.zeros((300, 260), np.uint16)
+    labels[:150, :] = 7
+    labels[150:, 130:] = 3
+    path = write_ome_zarr(tmp_path / "l.ome.zarr", da.from_array(labels, chunks=(100, 100)),
+                          axes="YX", levels=3, labels=True)
+    group = zarr.open_group(str(path), mode="r")
+    assert group["0"].chunks == (100, 100)  # already a multiple of 2**(3 - 1)
+    np.testing.assert_array_equal(group["2"][...], labels[:300:4, :260:4][:75, :65])
+    assert set(np.unique(group["1"][...])) == {0, 3, 7}  # labels, never their averages
+    odd = write_ome_zarr(tmp_path / "o.ome.zarr", da.from_array(labels, chunks=(90, 90)),
+                         axes="YX", levels=3)
+    assert zarr.open_array(str(odd / "0")).chunks == (92, 92)  # rounded up to a multiple of 4
+    assert zarr.open_array(str(odd / "2")).chunks == (23, 23)
+    with pytest.raises(ValueError, match="'auto'"):
+        write_ome_zarr(tmp_path / "x.ome.zarr", labels, axes="YX", levels=0)
