@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine.distributed import compute_distributed, distributed_client, in_distributed_worker
-from .tiff_metadata import (
+from ..engine.distributed import compute_distributed, distributed_client, in_distributed_worker
+from ..tiff_metadata import (
     axis_origins,
     axis_sizes,
     geometry_for_axes,
