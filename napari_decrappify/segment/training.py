@@ -3,16 +3,15 @@ class weighting of its loss."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from .. import training_runner as runner
 from .classes import check_classes
 from .config import ProgressFn, SegmentConfig
 from .loss import SparseSegLoss, seg_accuracy, seg_dice
@@ -42,7 +41,8 @@ def _sample_weights(ds: LabelledPatches, k: int, config: SegmentConfig) -> list[
 def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfig | None = None, *,
                     out: str | os.PathLike | None = None, name: str = "segmenter", axis: int = 0,
                     progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                    init_from=None, command: str = "", pixel_size_nm: Sequence[float] | None = None):
+                    init_from=None, command: str = "",
+                    pixel_size_nm: Sequence[float] | None = None) -> runner.TrainResult:
     """Train a semantic segmentation model from sparse labels.
 
     Parameters
@@ -70,27 +70,11 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
 
     Returns
     -------
-    napari_decrappify.train.TrainResult
+    napari_decrappify.training_runner.TrainResult
         ``result.model.config.training`` records the split, class weights and history.
     """
-    import fastai.callback.fp16  # noqa: F401 - patches Learner.to_fp16 / to_bf16
-    import fastai.callback.schedule  # noqa: F401 - patches Learner.fit_one_cycle
-    from fastai.learner import Learner
-    from fastai.optimizer import Adam
-
     from ..data import fingerprint, make_dataloaders, normalize, percentile_norm
     from ..models import build_model, measure_receptive_field, save_model
-    from ..train import (
-        TrainResult,
-        _callbacks,
-        fit_learner,
-        hardware_description,
-        pick_device,
-        record_warnings,
-        resumed_chain,
-        run_divergence_warning,
-        training_precision,
-    )
 
     config = config or SegmentConfig()
     classes = check_classes(classes)
@@ -109,7 +93,7 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
         raise ValueError(f"no labelled pixels for class(es) {', '.join(missing)}: paint some, or "
                          "remove those names")
     torch.manual_seed(config.seed)
-    device = pick_device(config.device)
+    device = runner.pick_device(config.device)
     norm = percentile_norm(raw_images)
     planes = [p for im in plane_imgs for p in normalize(im, norm)]
     labs = [lab for ls in plane_labs for lab in ls]
@@ -142,32 +126,19 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
                            num_workers=config.num_workers)
     previous: dict[str, Any] = {}
     if init_from is not None:
-        # recorded before training: saving re-points the model's path
-        previous = {"weights_from": str(init_from.path), **init_from.config.training}
+        previous = runner.start_from(init_from, name, norm)
         model = init_from
-        model.config.norm = norm
-        # the new weights are a new model: its own name, and no scores of the old weights
-        model.config.name = name
-        model.config.metrics = {}
-        model.config.training = {}  # the old run's record lives on in "resumed_from"
     else:
         model = build_model(arch, kind="segmentation", name=name, norm=norm, classes=classes,
                             seed=config.seed, measure_rf=False)
-    net = model.net.to(device).train()
-    EventsCallback, _, WallClockScheduleCallback = _callbacks()
-    deadline = time.monotonic() + config.minutes * 60 if config.minutes else None
-    events = EventsCallback(progress, cancel, deadline, [train_ds])
-    cbs = [events]
-    if config.minutes and not config.epochs:
-        cbs.append(WallClockScheduleCallback(config.minutes * 60))
+    net = model.net
+    events = runner.training_events(config, progress, cancel, [train_ds])
     loss = SparseSegLoss(weights, config.dice_weight if config.loss == "dice_ce" else 0.0)
     # train on logits (log-softmax inside the loss is stable); the saved net ends in softmax
     net.head = "identity"
     try:
-        learn = Learner(dls, net, loss_func=loss, opt_func=Adam, metrics=[seg_accuracy, seg_dice],
-                        wd=config.weight_decay, cbs=cbs)
-        learn.recorder.train_metrics = False
-        seconds, iterations = fit_learner(learn, config, device, events)
+        seconds, iterations = runner.fit_model(net, dls, events, loss, [seg_accuracy, seg_dice],
+                                               config, device)
         net.eval().cpu()
         # measured on the logits: the softmax outputs sum to 1, so their summed gradient is 0
         model.config.receptive_field = measure_receptive_field(net, model.config.arch)
@@ -176,34 +147,18 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
         net.eval().cpu()
     if pixel_size_nm is not None:
         model.config.pixel_size_nm = [float(v) for v in pixel_size_nm]
-    model.config.training.update({
-        "command": command, "task": "semantic segmentation from sparse labels",
-        "config": json.loads(config.model_dump_json()),
-        "label_convention": "0 = unlabelled (ignored), k = classes[k-1]; output channel k = label k",
-        "class_weights": weights, "data_fingerprint": fingerprint(raw_images + raw_labels),
-        "labelled_pixels": {classes[c - 1]: int(sum(int((lab == c).sum()) for lab in labs))
-                            for c in range(1, k + 1)},
-        "split": split, "seconds": round(seconds, 1), "iterations": iterations,
-        "epochs_run": len(events.history), "stop_reason": events.stop_reason,
-        "hardware": hardware_description(device),
-        "precision": training_precision(config.precision, device), "best_epoch": events.best[2],
-        "history": events.history,
-    })
-    record_warnings(model.config.training, [run_divergence_warning(events, config.lr_max)])
-    if previous:
-        # a resumed run: keep the record of the runs it started from (as train.train does)
-        model.config.training["resumed_from"] = resumed_chain(previous)
-    best = events.best_scores()  # an epoch's, or the unfinished last epoch's if it was kept
-    if best is not None:
-        model.config.metrics.update({"valid_loss": best.get("valid_loss"),
-                                     "valid_accuracy": best.get("seg_accuracy"),
-                                     "valid_dice": best.get("seg_dice")})
-    if best is not None and best.get("partial"):
-        model.config.training["best_epoch_unfinished"] = True
-    model._hash = None
+    model.config.training = runner.run_record(
+        events, config, device, command=command,
+        data_fingerprint=fingerprint(raw_images + raw_labels), split=split,
+        stop_reason=events.stop_reason, seconds=seconds, iterations=iterations,
+        previous=previous, task="semantic segmentation from sparse labels",
+        label_convention="0 = unlabelled (ignored), k = classes[k-1]; output channel k = label k",
+        class_weights=weights,
+        labelled_pixels={classes[c - 1]: int(sum(int((lab == c).sum()) for lab in labs))
+                         for c in range(1, k + 1)})
+    runner.record_warnings(model.config.training,
+                           [runner.run_divergence_warning(events, config.lr_max)])
+    runner.keep_best_scores(model, events,
+                            {"valid_accuracy": "seg_accuracy", "valid_dice": "seg_dice"})
     path = save_model(model, out) if out is not None else None
-    if progress is not None:
-        progress({"event": "done", "stop_reason": events.stop_reason, "seconds": seconds,
-                  "path": str(path) if path else None})
-    return TrainResult(model=model, history=events.history, stop_reason=events.stop_reason,
-                       seconds=seconds, iterations=iterations, path=path)
+    return runner.finish_run(model, events, seconds, iterations, path, progress)

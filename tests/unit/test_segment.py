@@ -459,6 +459,23 @@ def test_train_segmenter_rejects_bad_labels():
         S.SegmentConfig(patch_size=40)
 
 
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("minutes", math.inf),
+                                          ("lr_max", -1), ("val_fraction", 1.5)])
+def test_segment_config_refuses_what_train_config_refuses_with_the_same_one_line(field, value):
+    """SegmentConfig used to accept these, then failed inside fastai or misbehaved; it now
+    refuses them with the ValueError TrainConfig gives, one line naming the field."""
+    from napari_decrappify.cli import error_message
+    from napari_decrappify.config import TrainConfig
+
+    with pytest.raises(ValueError) as segmentation:
+        S.SegmentConfig(**{field: value})
+    with pytest.raises(ValueError) as restoration:
+        TrainConfig(**{field: value})
+    line = error_message(segmentation.value)
+    assert line == error_message(restoration.value)
+    assert line.startswith(f"{field}: Input should be") and "\n" not in line
+
+
 def test_train_segmenter_init_from_needs_the_same_classes_and_records_the_start(tmp_path):
     from napari_decrappify.models import load_model
 
