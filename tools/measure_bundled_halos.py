@@ -3,7 +3,8 @@
 :func:`napari_decrappify.engine.halo.measure_halo` on the CREMI validation planes 18 and 19
 (never trained on; the test planes 20-24 stay unseen), degraded as the models see them (the
 DATA.md protocol: block mean by the scale, Poisson + read noise, seed 0), in the model's input
-units. A multi-frame model gets the planes 17-20 as one stack (its neighbours). Only
+units, centre-cropped to 160 x 160 LR px (em-4x's whole LR plane; 64 px tiles: 9 tiles, 4
+seams, per plane and halo). A multi-frame model gets the planes 17-20 as one stack (its neighbours). Only
 ``halo_px`` and ``halo_measurement`` are written, after ``alignment``; every other key, and the
 weights, stay as they are. Run from the repository root::
 
@@ -27,13 +28,22 @@ ZOO = Path(__file__).resolve().parents[1] / "napari_decrappify" / "zoo"
 VALIDATION_PLANES = (18, 19)
 
 
+CROP = 160  # LR px per side: em-4x's whole plane (156); larger LR planes are centre-cropped
+
+
+def _centre(a: np.ndarray) -> np.ndarray:
+    h, w = a.shape[-2:]
+    y0, x0 = max(0, (h - CROP) // 2), max(0, (w - CROP) // 2)
+    return a[..., y0:y0 + CROP, x0:x0 + CROP]
+
+
 def measurement_images(model, stack: np.ndarray) -> list[np.ndarray]:
     n = model.config.norm
     if model.frames > 1:
         lr, _ = protocol_pairs(stack, model.scale, noisy=True, planes=range(17, 21))
-        return [(lr * (n.high - n.low) + n.low).astype(np.float32)]
+        return [_centre(lr * (n.high - n.low) + n.low).astype(np.float32)]
     lr, _ = protocol_pairs(stack, model.scale, noisy=True, planes=VALIDATION_PLANES)
-    return [(p * (n.high - n.low) + n.low).astype(np.float32) for p in lr]
+    return [_centre(p * (n.high - n.low) + n.low).astype(np.float32) for p in lr]
 
 
 def record(folder: Path, stack: np.ndarray) -> dict:
@@ -41,6 +51,7 @@ def record(folder: Path, stack: np.ndarray) -> dict:
     doc = json.loads(path.read_text())
     model = load_model(folder)
     planes = "17-20 (one stack)" if model.frames > 1 else "18, 19"
+    planes += f", LR centre {CROP} x {CROP} px"
     result = measure_halo(model, measurement_images(model, stack),
                           source=f"CREMI planes {planes} (validation), DATA.md noisy LR, seed 0")
     result["halo_measurement"]["weights_sha256"] = doc["weights_sha256"]
