@@ -256,8 +256,8 @@ def _memory_child(args_json: str) -> None:
     proc = psutil.Process()
     baseline = proc.memory_info().rss
     # tile 0: the engine's own choice (with a tolerance halo: the largest that fits memory)
-    cfg = TileConfig(tile=a["tile"], output_dtype=a["output_dtype"]) if a["tile"] else \
-        TileConfig(output_dtype=a["output_dtype"])
+    options = {"output_dtype": a["output_dtype"], "exact": a.get("exact", False)}
+    cfg = TileConfig(tile=a["tile"], **options) if a["tile"] else TileConfig(**options)
     t0 = time.perf_counter()
     img = restore_image(m, a["input"], cfg, axes="ZYX")
     if a["sink"] == "zarr":
@@ -296,13 +296,13 @@ def _peak_rss_bytes() -> int:
 @benchmark("memory")
 def bench_memory(sizes_gb: str = "1,4", model: str = "conv", tile: str = "256", side: str = "2048",
                  chunk: str = "512", sink: str = "zarr", output_dtype: str = "input",
-                 dir: str = "", threads: str = "") -> dict:  # noqa: A002 - option name
+                 dir: str = "", threads: str = "", exact: str = "") -> dict:  # noqa: A002
     """Peak RSS restoring uint8 Zarr stacks of ``sizes_gb`` GB (module docstring). Options:
     ``sizes_gb`` ("1,4"; "0.25,1" is quicker), ``model`` (conv, tiny, or a model folder or
     name, e.g. em-4x), ``tile`` (empty: the engine's choice), ``side`` (plane side),
     ``chunk`` (input Zarr chunk side), ``sink`` (zarr: write OME-Zarr; none: compute and
     discard), ``output_dtype`` (input: uint8 output; float32), ``dir`` (scratch folder,
-    default a temp folder), ``threads``."""
+    default a temp folder), ``threads``, ``exact`` (true: the receptive-field halo)."""
     side_i, chunk_i = int(side), int(chunk)
     scratch = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="decrappify-bench-memory-"))
     scratch.mkdir(parents=True, exist_ok=True)
@@ -316,7 +316,8 @@ def bench_memory(sizes_gb: str = "1,4", model: str = "conv", tile: str = "256", 
             gen_s = time.perf_counter() - t0
             args = {"input": str(inp), "output": str(out), "model": model,
                     "tile": int(tile) if tile else 0,
-                    "sink": sink, "output_dtype": output_dtype, "threads": threads}
+                    "sink": sink, "output_dtype": output_dtype, "threads": threads,
+                    "exact": exact.lower() in ("1", "true", "yes")}
             cmd = [sys.executable, "-c", "import sys; from napari_decrappify._bench_engine import "
                    "_memory_child; _memory_child(sys.argv[1])", json.dumps(args)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
