@@ -156,8 +156,9 @@ def bench_throughput(model: str = "em-4x", scale: str = "4", tile: str = "", hal
         t0 = time.perf_counter()
         out = np.empty((n_planes, size * s, size * s), np.float32)
         pad = h + max(ty.window, tx.window)
+        norm = m.input_norm(img)  # the stack's own mapping (percentile models), as the engine's
         for p in range(n_planes):
-            padded = np.pad(m.normalize(img[p]), pad, mode="reflect")
+            padded = np.pad(m.normalize(img[p], norm), pad, mode="reflect")
             for ky in range(ty.n):
                 for kx in range(tx.n):
                     y0, x0 = ty.window_start(ky) + pad, tx.window_start(kx) + pad
@@ -168,7 +169,7 @@ def bench_throughput(model: str = "em-4x", scale: str = "4", tile: str = "", hal
                     yy = worker._forward(win)[0, 0].cpu().numpy()
                     (a, b), (c, d) = ty.core_range(ky), tx.core_range(kx)
                     out[p, a * s:b * s, c * s:d * s] = m.denormalize(
-                        yy[h * s:h * s + (b - a) * s, h * s:h * s + (d - c) * s])
+                        yy[h * s:h * s + (b - a) * s, h * s:h * s + (d - c) * s], norm)
         return time.perf_counter() - t0
 
     runs = (("raw", raw), ("engine", engine_with(cfg)), ("naive", naive),
