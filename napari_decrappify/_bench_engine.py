@@ -364,10 +364,11 @@ def _tiled_vs_whole(m, img, tile: int, halo: int) -> tuple[float, float]:
     from .config import TileConfig
     from .tiling import restore, restore_whole
 
+    norm = m.input_norm(img)  # the engine's mapping of this image (percentile models)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tiled = m.normalize(restore(m, img, TileConfig(tile=tile, halo=halo), axes="YX"))
-    whole = restore_whole(m, m.normalize(img)[None], halo)[0]
+        tiled = m.normalize(restore(m, img, TileConfig(tile=tile, halo=halo), axes="YX"), norm)
+    whole = restore_whole(m, m.normalize(img, norm)[None], halo)[0]
     return float(np.abs(tiled - whole).max()), float(np.abs(whole).max())
 
 
@@ -381,10 +382,11 @@ def _tiled_vs_exact(m, img, tile: int, halo: int | None) -> float:
     from .tiling import restore, restore_whole
 
     cfg = TileConfig(tile=tile) if halo is None else TileConfig(tile=tile, halo=halo)
+    norm = m.input_norm(img)  # the engine's mapping of this image (percentile models)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tiled = m.normalize(restore(m, img, cfg, axes="YX"))
-    whole = restore_whole(m, m.normalize(img)[None], int(m.receptive_field))[0]
+        tiled = m.normalize(restore(m, img, cfg, axes="YX"), norm)
+    whole = restore_whole(m, m.normalize(img, norm)[None], int(m.receptive_field))[0]
     return float(np.abs(tiled - whole).max())
 
 
