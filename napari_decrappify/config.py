@@ -396,7 +396,9 @@ class TileConfig(_Config):
 
     # default, grown to 2 x halo for models that see further (tiling.default_tile)
     tile: int = 512
-    halo: int | None = None  # None: the model's receptive field
+    # None: the model's measured tolerance halo (model.json halo_px) if it has one, else its
+    # receptive field; with a tolerance halo and no tile given, the engine picks the tile
+    halo: int | None = None
     batch_size: int = 0  # 0: automatic (1 on CPU, fits memory on GPU)
     device: str = "auto"
     precision: Precision = "auto"
@@ -407,6 +409,9 @@ class TileConfig(_Config):
     # the input intensities a data-normalised model maps to its training percentiles; None:
     # measured on the whole input (set it to restore a crop exactly as in the whole result)
     input_range: tuple[float, float] | None = None
+    # the receptive-field halo (tiled = whole-image output to ~1e-6) and the fixed default
+    # tile, as before halo_px existed, instead of the faster tolerance halo
+    exact: bool = False
 
     @field_validator("tile")
     @classmethod

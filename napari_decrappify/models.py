@@ -67,8 +67,13 @@ class ModelFile(BaseModel):
     description: str = ""
     arch: ArchConfig = Field(default_factory=ArchConfig)
     norm: NormConfig = Field(default_factory=NormConfig)
-    receptive_field: int = Field(0, ge=0, le=MAX_HALO)  # measured; used as the tiling halo
+    receptive_field: int = Field(0, ge=0, le=MAX_HALO)  # measured; the exact tiling halo
     alignment: int = Field(32, ge=1)
+    # the default tiling halo: the smallest that keeps tiled output within a measured
+    # tolerance of the exact output (engine.halo.measure_halo); None (older files): the
+    # receptive field. How it was measured goes in halo_measurement.
+    halo_px: int | None = Field(None, ge=0, le=MAX_HALO)
+    halo_measurement: dict[str, Any] = Field(default_factory=dict)
     classes: list[str] = Field(default_factory=list)
     crappifier: CrappifyConfig | None = None
     pixel_size_nm: list[float] | None = None  # the HR's (Y, X): inputs are expected at x scale
@@ -308,6 +313,18 @@ class RestorationModel:
     @property
     def alignment(self) -> int:
         return self.config.alignment
+
+    @property
+    def default_halo(self) -> int:
+        """The halo the engine uses when none is given: the measured tolerance halo
+        (``halo_px`` in ``model.json``) if recorded, else the receptive field (exact)."""
+        c = self.config
+        # measured on other weights (a fine-tune starts from a copy of its start's config):
+        # stale, so the exact halo
+        measured_on = c.halo_measurement.get("weights_sha256")
+        if c.halo_px is None or measured_on not in (None, c.weights_sha256):
+            return self.receptive_field
+        return int(c.halo_px)
 
     @property
     def weights_hash(self) -> str:
@@ -590,6 +607,9 @@ def save_model(model: RestorationModel, path: str | os.PathLike, *, fp16: bool =
         dtype = "float16"
     model.config.weights_sha256 = state_dict_sha256(state)
     model.config.weights_dtype = dtype
+    if model.config.halo_px is not None and "weights_sha256" not in model.config.halo_measurement:
+        # measured on the weights in memory (engine.halo.measure_halo): these weights
+        model.config.halo_measurement["weights_sha256"] = model.config.weights_sha256
     model._hash = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

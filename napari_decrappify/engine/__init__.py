@@ -7,6 +7,9 @@ only what is on screen), and :func:`napari_decrappify.io.write_ome_zarr` streams
 Modules, one concern each:
 
 - :mod:`.geometry`: tiles, halos, reflection and alignment (pure arithmetic).
+- :mod:`.halo`: the tolerance halo, measured on real images and recorded in the model: the
+  default halo (``exact=True``: the receptive field).
+- :mod:`.memory`: what a window costs in memory; the largest tile that fits the bound.
 - :mod:`.registry`: the one cache of loaded models, the models dask graphs refer to
   (:class:`~.registry.ModelRef`), and their device workers.
 - :mod:`.device`: :class:`~.device.DeviceWorker`, the one thread that runs a model's network

@@ -89,6 +89,39 @@ def tile_axis(size: int, tile: int, halo: int, align: int = ALIGN) -> AxisTiling
     return AxisTiling(size=size, core=core, halo=halo, window=round_up(core + 2 * halo, align))
 
 
+def balanced_tile(size: int, max_core: int, align: int = ALIGN) -> int:
+    """The tile for an axis of ``size`` px cut in as few tiles of at most ``max_core`` px as
+    possible, all about equal (not ``max_core`` and a sliver: a last core of a few pixels
+    computes a whole window)."""
+    max_core = max(align, max_core // align * align)
+    n = -(-size // max_core)
+    return min(max_core, round_up(-(-size // n), align))
+
+
+def fit_tiles(size_y: int, size_x: int, halo: int, max_window_px: float,
+              align: int = ALIGN) -> tuple[int, int]:
+    """(tile_y, tile_x): the largest tiles whose windows (core + 2 halo, aligned) have at most
+    ``max_window_px`` pixels, balanced over each axis (:func:`balanced_tile`); at least
+    ``align``. Largest, because each window computes ``2 * halo`` of context per axis however
+    small its core: the kept fraction grows with the core."""
+    margin = round_up(2 * int(halo), align)  # window - core, for an aligned core
+    side = int(np.sqrt(max(0.0, float(max_window_px))))
+    max_core = max(align, (side // align) * align - margin)
+    # an axis smaller than the square tile gives its pixels to the other one
+    ty = balanced_tile(size_y, max_core, align)
+    wy = ty + margin
+    rest = int(max(0.0, float(max_window_px)) // wy)
+    max_core_x = max(max_core, (rest // align) * align - margin)
+    tx = balanced_tile(size_x, max_core_x, align)
+    return ty, tx
+
+
+def useful_fraction(ty: AxisTiling, tx: AxisTiling) -> float:
+    """Output pixels kept / input-window pixels computed over the whole plane: the share of
+    the network's work that becomes output (the rest is halo, alignment and overhang)."""
+    return (ty.size * tx.size) / (ty.n * ty.window * tx.n * tx.window)
+
+
 def output_axes(model, axes: str) -> str:
     """Axes of :func:`restore_lazy`'s output for an input with ``axes`` (module docstring)."""
     if model.kind == "segmentation":

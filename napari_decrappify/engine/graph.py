@@ -31,7 +31,16 @@ from ..config import NormConfig, TileConfig
 from ..io import ImageData, RestoreCancelled, check_axes, open_image
 from ..normalization import denormalize, input_range, normalize, resolve
 from .distributed import distributed_client, in_distributed_worker
-from .geometry import ALIGN, AxisTiling, default_tile, output_axes, reflect_index, round_up, tile_axis
+from .geometry import (
+    ALIGN,
+    AxisTiling,
+    default_tile,
+    fit_tiles,
+    output_axes,
+    reflect_index,
+    round_up,
+    tile_axis,
+)
 from .registry import ModelRef, as_model, get_worker, lookup, register
 
 
@@ -274,6 +283,52 @@ def _to_block(plan: Plan, y: np.ndarray) -> np.ndarray:
     return y.reshape(shape)
 
 
+def _tiling(model, config: TileConfig, size_y: int, size_x: int, rf: int,
+            align: int) -> tuple[AxisTiling, AxisTiling]:
+    """The Y and X tilings: the halo given, else the model's measured tolerance halo
+    (``halo_px``; :mod:`.halo`) unless ``exact``, else its receptive field; the tile given,
+    else with a tolerance halo the largest tiles that fit the device's memory
+    (:mod:`.memory`), else :func:`default_tile`."""
+    tolerance_halo = config.halo is None and not config.exact and model.default_halo != rf
+    halo = int(config.halo) if config.halo is not None else \
+        (model.default_halo if tolerance_halo else rf)
+    tile = config.tile
+    if tile % align:
+        raise ValueError(f"tile {tile} must be a multiple of {align} (model alignment)")
+    if "tile" in config.model_fields_set:
+        if tile < halo:
+            raise ValueError(f"tile {tile} is smaller than the halo {halo}: most of each tile's "
+                             f"work would be thrown away; use a tile >= {round_up(halo, align)} "
+                             "or a smaller halo")
+        tile_y = tile_x = tile
+    elif tolerance_halo:
+        tile_y, tile_x = _fitted_tiles(model, config, size_y, size_x, halo, align)
+    else:
+        tile_y = tile_x = default_tile(halo, align)  # grows with the halo
+    if halo < rf and not tolerance_halo:
+        warnings.warn(f"halo {halo} is below the model's receptive field {rf}: seams between tiles "
+                      "may be visible (differences above 1e-4)", stacklevel=4)
+    return (tile_axis(size_y, tile_y, halo, align), tile_axis(size_x, tile_x, halo, align))
+
+
+def _fitted_tiles(model, config: TileConfig, size_y: int, size_x: int, halo: int,
+                  align: int) -> tuple[int, int]:
+    """The largest (balanced) tiles whose windows fit the memory bound of the device that
+    will run them: the more of each window is core, the less is spent on halos."""
+    from ..config import MAX_TILE
+    from .device import resolve_device
+    from .memory import max_window_pixels
+
+    device = resolve_device(config.device)
+    batch = config.batch_size or (8 if device.startswith("cuda") else 1)
+    rf = int(model.receptive_field)
+    former = default_tile(rf, align) + round_up(2 * rf, align)  # the former default window
+    budget = max_window_pixels(model, device, batch, floor_px=former ** 2)
+    ty, tx = fit_tiles(size_y, size_x, halo, budget, align)
+    cap = MAX_TILE // align * align
+    return min(ty, cap), min(tx, cap)
+
+
 @dataclass
 class Built:
     data: object
@@ -319,21 +374,8 @@ def build(model, image, config: TileConfig | None, axes, progress, cancel) -> Bu
     # tiles and halo
     align = math.lcm(ALIGN, int(model.alignment or ALIGN))
     rf = int(model.receptive_field)
-    halo = rf if config.halo is None else int(config.halo)
-    tile = config.tile
-    if tile % align:
-        raise ValueError(f"tile {tile} must be a multiple of {align} (model alignment)")
-    if "tile" not in config.model_fields_set:
-        tile = default_tile(halo, align)  # grows with the halo
-    elif tile < halo:
-        raise ValueError(f"tile {tile} is smaller than the halo {halo}: most of each tile's work "
-                         f"would be thrown away; use a tile >= {round_up(halo, align)} or a "
-                         "smaller halo")
-    if halo < rf:
-        warnings.warn(f"halo {halo} is below the model's receptive field {rf}: seams between tiles "
-                      "may be visible (differences above 1e-4)", stacklevel=3)
-    ty = tile_axis(x.shape[in_axes.index("Y")], tile, halo, align)
-    tx = tile_axis(x.shape[in_axes.index("X")], tile, halo, align)
+    size_y, size_x = x.shape[in_axes.index("Y")], x.shape[in_axes.index("X")]
+    ty, tx = _tiling(model, config, size_y, size_x, rf, align)
     # output
     out_ax = output_axes(model, in_axes)
     s = model.scale

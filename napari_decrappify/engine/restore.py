@@ -41,7 +41,9 @@ def restore_lazy(model, image, config: TileConfig | None = None, *, axes: str | 
     image : numpy, dask or zarr array, ImageData, or a path (TIFF, Zarr, OME-Zarr)
         Files are opened lazily (:func:`napari_decrappify.io.open_image`).
     config : TileConfig, optional
-        Tile size, halo (default: the model's receptive field), device, precision, batch size,
+        Tile size and halo (default: the model's measured tolerance halo, ``halo_px``, and
+        the largest tile whose window fits the device's memory; ``exact=True`` or a model
+        without ``halo_px``: the receptive field and 512 px tiles), device, precision, batch size,
         ``skip_empty`` (constant input tiles are not run: a restoration returns the constant,
         a segmentation class 0), ``output_dtype``, ``tta`` (mean over the 8 rotations and
         flips of each tile: a little better, 8 times slower).
