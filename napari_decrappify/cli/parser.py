@@ -215,9 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", help="output *.zarr (OME-Zarr) or *.tif/*.tiff")
     s.add_argument("--axes", help="axes of IN, e.g. ZYX (default: from the file, else by ndim)")
     s.add_argument("--tile", type=int, help="tile size on the input grid, multiple of 32 "
-                                            "(default 512, or 2 x halo if larger)")
+                                            "(default: the largest that fits memory with the "
+                                            "model's measured halo; 512, or 2 x halo if "
+                                            "larger, with --exact or a model without one)")
     s.add_argument("--halo", type=int, help="context pixels per side (default: the model's "
-                                            "receptive field: exact seams)")
+                                            "measured halo_px, within 2e-3 of exact output; "
+                                            "else its receptive field: exact seams)")
+    s.add_argument("--exact", action="store_true",
+                   help="tile with the receptive field as halo and 512 px tiles (tiled = "
+                        "whole-image output to ~1e-6) instead of the model's measured halo "
+                        "(within 2e-3) and tiles fitted to memory")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--precision", default="auto", choices=choices(Precision))
     s.add_argument("--batch", type=int, default=0, help="tiles per GPU batch (0: automatic)")
