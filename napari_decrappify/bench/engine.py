@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import benchmark
-from .tiling import reflect_index
+from ..tiling import reflect_index
+from . import benchmark
 
 
 def _set_threads(threads) -> None:
@@ -55,8 +55,8 @@ def _set_threads(threads) -> None:
 def _get_model(spec: str, scale: int, seed: int = 0):
     """``tiny``/``resnet18s``/... (random weights, receptive field measured), ``conv``, or a
     model folder / bundled model name."""
-    from .config import ArchConfig
-    from .models import ENCODER_STRIDE, build_model, load_model
+    from ..config import ArchConfig
+    from ..models import ENCODER_STRIDE, build_model, load_model
 
     if spec == "conv":
         return conv_model()
@@ -71,8 +71,8 @@ def conv_model(scale: int = 1, norm_high: float = 255.0):
     import torch
     from torch import nn
 
-    from .config import ArchConfig, NormConfig
-    from .models import ModelFile, RestorationModel
+    from ..config import ArchConfig, NormConfig
+    from ..models import ModelFile, RestorationModel
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1)).eval()
@@ -95,8 +95,8 @@ def bench_throughput(model: str = "tiny", scale: str = "4", tile: str = "", halo
     ``precision``, ``threads`` (torch intra-op threads)."""
     import torch
 
-    from .config import TileConfig
-    from .tiling import DeviceWorker, default_tile, restore_lazy, tile_axis
+    from ..config import TileConfig
+    from ..tiling import DeviceWorker, default_tile, restore_lazy, tile_axis
 
     _set_threads(threads)
     m = _get_model(model, int(scale))
@@ -204,9 +204,9 @@ def _memory_child(args_json: str) -> None:
     import psutil
 
     a = json.loads(args_json)
-    from .config import TileConfig
-    from .io import write_ome_zarr
-    from .tiling import restore_image
+    from ..config import TileConfig
+    from ..io import write_ome_zarr
+    from ..tiling import restore_image
 
     _set_threads(a.get("threads"))
     m = conv_model() if a["model"] == "conv" else _get_model(a["model"], 1)
@@ -271,7 +271,7 @@ def bench_memory(sizes_gb: str = "1,4", model: str = "conv", tile: str = "256", 
             gen_s = time.perf_counter() - t0
             args = {"input": str(inp), "output": str(out), "model": model, "tile": int(tile),
                     "sink": sink, "output_dtype": output_dtype, "threads": threads}
-            cmd = [sys.executable, "-c", "import sys; from napari_decrappify._bench_engine import "
+            cmd = [sys.executable, "-c", "import sys; from napari_decrappify.bench.engine import "
                    "_memory_child; _memory_child(sys.argv[1])", json.dumps(args)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             stdout, stderr = proc.communicate()
@@ -312,8 +312,8 @@ def _tiled_vs_whole(m, img, tile: int, halo: int) -> tuple[float, float]:
     output, so it is normalised back (exact up to one fp32 rounding) before comparing."""
     import warnings
 
-    from .config import TileConfig
-    from .tiling import restore, restore_whole
+    from ..config import TileConfig
+    from ..tiling import restore, restore_whole
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -326,8 +326,8 @@ def _tiled_vs_whole(m, img, tile: int, halo: int) -> tuple[float, float]:
 def _cremi_lr(scale: int) -> np.ndarray:
     """Every CREMI plane as noisy LR in [0, 1] (DATA.md protocol), read-only: built once per
     scale, where each of a run's six seam inputs used to reload and degrade the stack."""
-    from ._bench_quality import protocol_pairs
-    from .samples import load_sample
+    from ..samples import load_sample
+    from .quality import protocol_pairs
 
     stack, _ = load_sample("cremi")
     lr, _ = protocol_pairs(stack, scale, noisy=True, planes=range(len(stack)))
@@ -359,7 +359,7 @@ def _window_scan(m, img, halos: list[int], core: int = 64) -> dict[int, float]:
     alignment phase as in the engine (one whole-plane run per phase, not per halo)."""
     import torch
 
-    from .tiling import ALIGN, restore_whole
+    from ..tiling import ALIGN, restore_whole
 
     hmax = max(halos)
     x = m.normalize(img)
@@ -390,8 +390,8 @@ def bench_seams(encoders: str = "tiny,resnet18s", scale: str = "4", step: str = 
     """Tiled vs whole-image max abs difference (module docstring). Options: ``encoders``
     (comma list: tiny, resnet18s, resnet18, resnet34, resnet50, or model folders), ``scale``,
     ``step`` (halo scan step), ``threads``, ``input`` (``cremi`` or ``noise``)."""
-    from .models import ENCODER_STRIDE
-    from .tiling import ALIGN
+    from ..models import ENCODER_STRIDE
+    from ..tiling import ALIGN
 
     _set_threads(threads)
     results = {}
