@@ -48,7 +48,7 @@ def your_data() -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_decrappify._bench_generalisation import scenario_pair
+    from napari_decrappify.bench.generalisation import scenario_pair
     from napari_decrappify.models import resolve_model_path
     from napari_decrappify.samples import load_sample
 

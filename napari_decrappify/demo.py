@@ -44,10 +44,9 @@ def run_demo(out: str | Path = "demo-output", model_name: str = "em-4x", *, over
 
     Writes ``out/restored.ome.zarr``, ``out/lr.tif`` and ``out/metrics.json``.
     """
-    from ._bench_quality import TEST_PLANES
     from .io import open_image, write_ome_zarr, write_tiff
     from .models import load_model
-    from .samples import load_sample
+    from .samples import CREMI_TEST_PLANES, load_sample
     from .tiling import restore_lazy
 
     t0 = time.perf_counter()
@@ -94,7 +93,7 @@ def run_demo(out: str | Path = "demo-output", model_name: str = "em-4x", *, over
     t0 = time.perf_counter()
     bicubic = bicubic_upsample(lr, scale)
     timings["bicubic_s"] = time.perf_counter() - t0
-    test = list(TEST_PLANES)
+    test = list(CREMI_TEST_PLANES)
     metrics = {
         "model": {"name": model.name, "weights_sha256": model.weights_hash, "scale": scale},
         "data": {"sample": sample.key, "source": sample.source, "pixel_size_nm": list(hr_scale),

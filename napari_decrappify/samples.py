@@ -330,6 +330,16 @@ def load_sample(key: str = "cremi") -> tuple[np.ndarray, Sample]:
     return data, sample
 
 
+# The CREMI sample's protocol split (../shared/DATA.md), fixed by the bundled models' training:
+# planes 0-17 train (the blank plane 14 is skipped), 18-19 validate, 20-24 are held out, never
+# trained or validated on. The benchmarks and the demo score the held-out planes, so the split
+# lives with the sample rather than with any one of them. The train and validation planes are
+# lists (they index a stack as a list of planes), the held-out ones a tuple, as they always were.
+CREMI_TRAIN_PLANES = list(range(18))
+CREMI_VALID_PLANES = [18, 19]
+CREMI_TEST_PLANES = (20, 21, 22, 23, 24)
+
+
 def synthetic_em(shape: tuple[int, ...] = (4, 128, 128), seed: int = 0) -> np.ndarray:
     """An EM-like uint8 stack (membranes, vesicles, texture) for fast unit tests only.
 

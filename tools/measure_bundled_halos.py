@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_decrappify._bench_quality import protocol_pairs
+from napari_decrappify.bench.quality import protocol_pairs
 from napari_decrappify.engine.halo import measure_halo
 from napari_decrappify.models import ModelFile, load_model
 from napari_decrappify.samples import load_sample

@@ -1,7 +1,8 @@
-"""The napari side of ``decrappify bench napari`` (:mod:`napari_decrappify._bench_napari`): a
-window, a 10 ms QTimer recording the UI thread's stalls, and the inspection replayed on a lazy
-result shown two ways (the plain dask layer, the plugin's live layer). Looked up at run time by
-the benchmark so that the core never imports napari."""
+"""The napari side of ``decrappify bench napari``
+(:mod:`napari_decrappify.bench.napari_stalls`): a window, a 10 ms QTimer recording the UI
+thread's stalls, and the inspection replayed on a lazy result shown two ways (the plain dask
+layer, the plugin's live layer). Looked up at run time by the benchmark, so that the benchmark
+package stays free of napari imports like the rest of the headless side."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def test_restore_dock_scores_cremi_4x_like_the_bench(make_napari_viewer, qtbot, 
     restored = viewer.layers["CREMI 4x LR restored (tiny-4x)"].data
     stack = dock.metrics["stack"]
 
-    # the bench protocol (_bench_quality.protocol_pairs / score_model): HR and LR in [0, 1]
+    # the bench protocol (bench.quality.protocol_pairs / score_model): HR and LR in [0, 1]
     # (uint8 / 255), Y, X cropped to a multiple of the scale, metrics.evaluate on [0, 1] data.
     # The sample seeds plane i with i where the bench draws one rng over its planes: the same
     # functions on the sample's own planes

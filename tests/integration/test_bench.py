@@ -30,7 +30,7 @@ def test_seams_json_records_command_and_meets_target(tmp_path):
 
 
 def test_seams_on_real_planes_in_network_units(cremi):
-    from napari_decrappify._bench_engine import _tiled_vs_whole, seam_input
+    from napari_decrappify.bench.engine import _tiled_vs_whole, seam_input
     from napari_decrappify.models import load_model
 
     result = bench.run("seams", encoders="tiny", scale="2", step="16", threads="1")
@@ -74,11 +74,11 @@ def test_peak_rss_is_this_process_high_water_mark_not_the_parents():
     import subprocess
     import sys
 
-    from napari_decrappify._bench_engine import _peak_rss_bytes
+    from napari_decrappify.bench.engine import _peak_rss_bytes
 
     ballast = np.ones(300 * 2**20, np.uint8)  # the parent is big whatever ran before
     parent = _peak_rss_bytes()
-    code = ("from napari_decrappify._bench_engine import _peak_rss_bytes as p; a = p(); "
+    code = ("from napari_decrappify.bench.engine import _peak_rss_bytes as p; a = p(); "
             "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); print(a, p())")
     before, after = map(int, subprocess.check_output([sys.executable, "-c", code]).split())
     assert parent > 300 * 2**20
@@ -197,7 +197,7 @@ def test_training_bench_checks_every_recipe_before_training(monkeypatch, options
     """A typo in the second encoder used to surface only after the first had trained for its
     whole budget (and no JSON was written); an empty list "succeeded" with no results; 0 or
     inf minutes failed deep inside fastai's scheduler."""
-    from napari_decrappify import _bench_training
+    from napari_decrappify.bench import training as _bench_training
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("started before every recipe was checked")
@@ -209,7 +209,7 @@ def test_training_bench_checks_every_recipe_before_training(monkeypatch, options
 
 
 def test_training_bench_shows_the_4x_peer_baseline_only_at_4x():
-    from napari_decrappify._bench_training import summary_rows
+    from napari_decrappify.bench.training import summary_rows
 
     bic = {"psnr": 27.3, "ssim": 0.79}
     assert [r["model"] for r in summary_rows([], bic, scale=2)] == ["bicubic (same LR)"]

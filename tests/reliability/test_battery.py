@@ -1,12 +1,13 @@
-"""The reliability battery, one test per case (napari_decrappify._reliability_cases and
-_reliability_process): every bad input, model folder and output path is refused with one clear
+"""The reliability battery, one test per case (napari_decrappify.bench.reliability_cases and
+reliability_process): every bad input, model folder and output path is refused with one clear
 line, good inputs give complete outputs, nothing the user had is changed, and interrupted or
 concurrent runs end as uninterrupted ones. ``decrappify bench reliability`` counts the same."""
 
 import pytest
 
-from napari_decrappify._reliability_cases import cases, run_case
-from napari_decrappify._reliability_process import process_cases
+from napari_decrappify.bench.reliability_cases import cases
+from napari_decrappify.bench.reliability_process import process_cases
+from napari_decrappify.bench.reliability_run import run_case
 
 BATTERY = [*cases(), *process_cases()]
 

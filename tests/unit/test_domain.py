@@ -65,8 +65,8 @@ def test_spread_and_augmentation_spans_are_one_range():
 def your_microscope(cremi):
     """``bench adaptation``'s "your microscope": the training record of a model trained on
     its HR (planes 0-17 but the blank 14, 8 nm) and the 32 nm / 100-photon LR of every plane."""
-    from napari_decrappify._bench_adaptation import _pairs
-    from napari_decrappify._bench_training import TRAIN_PLANES
+    from napari_decrappify.bench.adaptation import _pairs
+    from napari_decrappify.bench.training import TRAIN_PLANES
     from napari_decrappify.data import blank_planes
     from napari_decrappify.train import _crappified_datasets
 

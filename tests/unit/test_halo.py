@@ -118,7 +118,7 @@ def _units(model, y, norm_image):
 
 @pytest.fixture(scope="module")
 def em2x_plane(cremi):
-    from napari_decrappify._bench_quality import protocol_pairs
+    from napari_decrappify.bench.quality import protocol_pairs
 
     hr, _ = cremi
     lr, _ = protocol_pairs(hr, 2, noisy=True, planes=(22,), seed=3)  # a test plane, unseen

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import benchmark
+from . import benchmark
 
 
 def _pairs(hr_stack, photons: float, seed: int = 0):
     """(HR at 8 nm in [0, 1], LR at 32 nm) for every plane, one generator in plane order."""
-    from .crappify import crop_to_multiple, downsample
+    from ..crappify import crop_to_multiple, downsample
 
     hr = crop_to_multiple(downsample(hr_stack.astype(np.float32) / 255, 2, "mean"), 4)
     rng = np.random.default_rng(seed)
@@ -39,9 +39,9 @@ def _pairs(hr_stack, photons: float, seed: int = 0):
 
 
 def _score(model, lr, hr, nm: float) -> dict:
-    from .io import ImageData
-    from .metrics import evaluate
-    from .tiling import restore_image
+    from ..io import ImageData
+    from ..metrics import evaluate
+    from ..tiling import restore_image
 
     img = ImageData(data=lr, axes="ZYX", scale=(40.0, nm, nm), translate=(0.0, 0.0, 0.0),
                     units=("nm", "nm", "nm"))
@@ -65,13 +65,13 @@ def bench_adaptation(budgets: str = "2,5,10", model: str = "em-4x", photons: str
     """
     import tifffile
 
-    from . import cli
-    from ._bench_quality import TEST_PLANES
-    from ._bench_training import TRAIN_PLANES
-    from .data import blank_planes
-    from .metrics import bicubic_upsample, evaluate
-    from .models import load_model
-    from .samples import load_sample
+    from .. import cli
+    from ..data import blank_planes
+    from ..metrics import bicubic_upsample, evaluate
+    from ..models import load_model
+    from ..samples import CREMI_TEST_PLANES as TEST_PLANES
+    from ..samples import CREMI_TRAIN_PLANES as TRAIN_PLANES
+    from ..samples import load_sample
 
     minutes = [float(b) for b in budgets.split(",") if b.strip()]
     chosen = [a.strip() for a in arms.split(",") if a.strip()]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bench import benchmark
+from . import benchmark
 
 # name: (HR transform, downsampling factor of the 4 nm HR before the 4x, photons, blur sigma)
 SCENARIOS = {
@@ -36,9 +36,9 @@ SCENARIOS = {
 
 def scenario_pair(hr_stack: np.ndarray, name: str, seed: int = 0):
     """(HR, LR, HR pixel size in nm) of one scenario on held-out CREMI planes, in [0, 1]."""
-    from ._bench_quality import TEST_PLANES
-    from ._bench_trust import degrade
-    from .crappify import crop_to_multiple, downsample
+    from ..crappify import crop_to_multiple, downsample
+    from ..samples import CREMI_TEST_PLANES as TEST_PLANES
+    from .trust import degrade
 
     transform, factor, photons, sigma = SCENARIOS[name]
     hr = hr_stack[list(TEST_PLANES)].astype(np.float32) / 255
@@ -54,8 +54,8 @@ def scenario_pair(hr_stack: np.ndarray, name: str, seed: int = 0):
 
 
 def _restore(model, lr, nm_lr: float, policy: str):
-    from .io import ImageData
-    from .tiling import restore_image
+    from ..io import ImageData
+    from ..tiling import restore_image
 
     image = ImageData(data=lr, axes="ZYX", scale=(40.0, nm_lr, nm_lr), translate=(0.0, 0.0, 0.0),
                       units=("nm", "nm", "nm"))
@@ -70,9 +70,9 @@ def bench_generalisation(models: str = "em-4x", seed: str = "0") -> dict:
     Options (``-o key=value``): ``models`` (comma-separated names or folders; e.g. the bundled
     em-4x beside an earlier one), ``seed`` (noise).
     """
-    from .metrics import bicubic_upsample, evaluate
-    from .models import load_model
-    from .samples import load_sample
+    from ..metrics import bicubic_upsample, evaluate
+    from ..models import load_model
+    from ..samples import load_sample
 
     hr_stack, _ = load_sample("cremi")
     loaded = [(spec.strip(), load_model(spec.strip())) for spec in models.split(",") if spec.strip()]

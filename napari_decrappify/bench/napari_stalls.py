@@ -2,7 +2,7 @@
 
 Under a screen (``xvfb-run -a -s "-screen 0 1600x1000x24"`` without one), a napari window
 shows the CREMI sample's LR (25 x 156 x 156, the quality protocol's noisy 4x LR of all planes:
-:func:`._bench_quality.protocol_pairs`) restored lazily by a model (em-4x: 25 x 624 x 624), and
+:func:`.quality.protocol_pairs`) restored lazily by a model (em-4x: 25 x 624 x 624), and
 the user's inspection is replayed: the first display, planes stepped through one at a time
 (each until it is fully restored), a quick scroll over several planes (a step every
 ``scroll_ms``) and a return to a plane seen before. A 10 ms QTimer in the UI thread records
@@ -15,9 +15,9 @@ Two ways of showing the same lazy result, side by side in one run, beside a floo
 
 * ``before``: the dask array itself as the layer (napari computes the tiles on screen in its UI
   thread; the plugin's lazy layer until the live arrays);
-* ``after``: the plugin's layer (:func:`._napari.api.add_result_layer` with ``lazy=True``: a
-  :class:`._napari._live_lazy.LiveArray`, tiles restored in a background thread, the input's
-  bicubic upsampling shown until then).
+* ``after``: the plugin's layer (:func:`napari_decrappify._napari.api.add_result_layer` with
+  ``lazy=True``: a :class:`napari_decrappify._napari._live_lazy.LiveArray`, tiles restored in a
+  background thread, the input's bicubic upsampling shown until then).
 
 ``after`` runs before ``before``, so that nothing it computes is cached for ``before``. Reported per mode:
 the stall distribution (max, p95, the count over 100 ms), with and without napari's own cost of
@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from .bench import benchmark, option_true
+from . import benchmark, option_true
 
 
 @benchmark("napari")
@@ -49,9 +49,9 @@ def bench_napari(model: str = "em-4x", sample: str = "cremi", steps: str = "3",
                            '1600x1000x24" decrappify bench napari')
     import importlib
 
-    from ._bench_quality import protocol_pairs
-    from .models import load_model, resolve_model_path
-    from .samples import load_sample
+    from ..models import load_model, resolve_model_path
+    from ..samples import load_sample
+    from .quality import protocol_pairs
 
     # torch before napari (../shared/ENVIRONMENT.md: triton loaded after Qt crashes)
     m = load_model(resolve_model_path(model))

@@ -20,12 +20,11 @@ import time
 
 import numpy as np
 
-from .bench import benchmark, option_true
-from .crappify import crop_to_multiple
-from .metrics import bicubic_upsample, evaluate, unit_range
+from ..crappify import crop_to_multiple, protocol_lr
+from ..metrics import bicubic_upsample, evaluate, unit_range
+from ..samples import CREMI_TEST_PLANES as TEST_PLANES  # the held-out planes 20-24
+from . import benchmark, option_true
 
-# planes 0-17 train, 18-19 validation (the bundled models' split); 20-24 are held out
-TEST_PLANES = (20, 21, 22, 23, 24)
 # the bundled models scored per scale (a scale may have several: one row each)
 DEFAULT_MODELS = {1: ("em-denoise",), 2: ("em-2x",), 4: ("em-4x", "em-4x-z3")}
 
@@ -33,21 +32,15 @@ DEFAULT_MODELS = {1: ("em-denoise",), 2: ("em-2x",), 4: ("em-4x", "em-4x-z3")}
 def protocol_pairs(hr_stack: np.ndarray, scale: int, noisy: bool, planes=TEST_PLANES,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(LR, HR) test stacks in [0, 1] by the DATA.md protocol (one rng over the planes in order):
-    uint8 / 255, other dtypes by the stack's global 0.1/99.9 percentiles, clipped."""
-    from .crappify import downsample
-
+    uint8 / 255, other dtypes by the stack's global 0.1/99.9 percentiles, clipped. Each plane is
+    degraded by :func:`~napari_decrappify.crappify.protocol_lr`."""
     rng = np.random.default_rng(seed)
     # not to_unit: a uint16 stack using a tenth of its range would land in [0, 0.1], where the
     # Poisson(u * 255) noise and data_range=1 lose their meaning (bicubic 35.7 dB for 20.6)
     hr = crop_to_multiple(unit_range(hr_stack[list(planes)], reference=hr_stack), scale)
-    lrs = []
-    for plane in hr:
-        lr = downsample(plane, scale, "mean")
-        if noisy:
-            lr = rng.poisson(lr.astype(np.float64) * 255) / 255.0 + rng.normal(0, 0.01, lr.shape)
-            lr = np.clip(lr, 0, 1).astype(np.float32)
-        lrs.append(lr)
-    return np.stack(lrs), hr
+    # one generator passed on from plane to plane: the noise of the whole test stack is one
+    # draw in plane order, as the published figures were made (not one seed per plane)
+    return np.stack([protocol_lr(plane, scale, noisy, rng) for plane in hr]), hr
 
 
 def score_model(model, lr: np.ndarray, hr: np.ndarray, tile_options: dict | None = None,
@@ -57,8 +50,8 @@ def score_model(model, lr: np.ndarray, hr: np.ndarray, tile_options: dict | None
     With ``clean_lr`` (the noise-free LR), ``lr_psnr`` is also returned: the block mean of the
     output against it, i.e. how well the model removed the noise on the LR grid.
     """
-    from .config import TileConfig
-    from .tiling import restore
+    from ..config import TileConfig
+    from ..tiling import restore
 
     # the model normalises its input; [0, 1] data is put back in the model's input units first
     n = model.config.norm
@@ -76,8 +69,8 @@ def score_model(model, lr: np.ndarray, hr: np.ndarray, tile_options: dict | None
 
 def _lr_psnr(image: np.ndarray, clean_lr: np.ndarray, scale: int) -> float:
     """Mean per-plane PSNR of ``image`` brought to the LR grid (block mean) vs ``clean_lr``."""
-    from .crappify import downsample
-    from .metrics import psnr
+    from ..crappify import downsample
+    from ..metrics import psnr
 
     if image.shape[-1] != clean_lr.shape[-1]:
         image = np.stack([downsample(np.asarray(p, np.float32), scale, "mean") for p in image])
@@ -96,8 +89,8 @@ def bench_quality(scales: str = "1,2,4", noisy: str = "true", models: str = "", 
     the model with test-time augmentation as well; both are reported), ``precision`` (auto:
     fp32 on CPU, bf16/fp16 on CUDA; ``bf16`` measures what the faster CPU inference costs).
     """
-    from .models import ModelFileError, load_model
-    from .samples import load_sample
+    from ..models import ModelFileError, load_model
+    from ..samples import load_sample
 
     hr_stack, meta = load_sample(sample)
     chosen = {k: list(v) for k, v in DEFAULT_MODELS.items()}

@@ -3,7 +3,7 @@
 Each case runs the real command line in a child process (``python -m napari_decrappify``),
 interrupts it the way a batch system, a crash or a full disk would, reruns the same command and
 compares the result bit for bit with an uninterrupted run. Outcomes as in
-:mod:`napari_decrappify._reliability_cases`.
+:mod:`.reliability_run`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._reliability_cases import Case, _good, _save_tiny
+from .reliability_run import Case, _good, _save_tiny
 
 STACK = (12, 384, 384)  # large enough that a restore with the tiny model takes a few seconds
 
@@ -48,7 +48,7 @@ def _zarr_chunks(store: Path) -> int:
 
 
 def _read(path: Path) -> np.ndarray:
-    from .io import open_image
+    from ..io import open_image
 
     return np.asarray(open_image(path).data)
 
@@ -57,10 +57,29 @@ def _in_process(argv: list[str]) -> int:
     import contextlib
     import io
 
-    from . import cli
+    from .. import cli
 
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         return cli.main(argv)
+
+
+def _in_process_with(owner, name: str, replacement, argv: list[str]) -> tuple[int, str]:
+    """Run ``decrappify argv`` in-process with ``owner.name`` replaced (a writer that finds the
+    disk full), put back whatever happens: the exit code and what the command printed to stderr."""
+    import contextlib
+    import io
+
+    from .. import cli
+
+    real = getattr(owner, name)
+    setattr(owner, name, replacement)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(argv)
+    finally:
+        setattr(owner, name, real)
+    return code, err.getvalue()
 
 
 def _interrupted(command: str, how: str):
@@ -133,7 +152,7 @@ def _changed_input_resume(d: Path) -> tuple[str, str]:
     must be that of the new input (not finished chunks of the old one mixed in)."""
     import zarr
 
-    from .io import write_ome_zarr
+    from ..io import write_ome_zarr
 
     rng = np.random.default_rng(11)
     src = d / "in.zarr"
@@ -200,17 +219,11 @@ def _second_run(overwrite: bool):
 def _full_disk_tiff(d: Path) -> tuple[str, str]:
     """A disk that fills up while crappify writes a TIFF: one line saying so, no file and no
     ``.part`` left, and the same command succeeds once there is space."""
-    import contextlib
-    import io as _io
-
     import tifffile
-
-    from . import cli
 
     src = _good(d, "in.tif", (6, 128, 128))
     out = d / "lr.tif"
     argv = ["crappify", str(src), str(out), "--scale", "2", "--quiet"]
-    real = tifffile.TiffWriter.write
 
     def filling(self, data=None, *a, **k):
         for k_plane, _ in enumerate(data):
@@ -218,14 +231,8 @@ def _full_disk_tiff(d: Path) -> tuple[str, str]:
                 raise OSError(errno.ENOSPC, "No space left on device")
         raise AssertionError("unreachable")
 
-    tifffile.TiffWriter.write = filling
-    err = _io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_io.StringIO()):
-            code = cli.main(argv)
-    finally:
-        tifffile.TiffWriter.write = real
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    code, stderr = _in_process_with(tifffile.TiffWriter, "write", filling, argv)
+    lines = [line for line in stderr.splitlines() if line.strip()]
     if code == 0:
         return "silent wrong", "a full disk was not reported"
     if len(lines) != 1 or "disk is full" not in lines[0]:
@@ -240,14 +247,10 @@ def _full_disk_tiff(d: Path) -> tuple[str, str]:
 def _full_disk_training(d: Path) -> tuple[str, str]:
     """A disk that fills up as train saves its model: one line that says where the last
     checkpoint is, and that checkpoint loads (the training is not lost)."""
-    import contextlib
-    import io as _io
-
     import safetensors.torch
     from safetensors import SafetensorError
 
-    from . import cli
-    from .models import load_model
+    from ..models import load_model
 
     src = _good(d, "in.tif", (2, 64, 64))
     out, ck = d / "trained", d / "ck"
@@ -262,18 +265,12 @@ def _full_disk_training(d: Path) -> tuple[str, str]:
                                   "(os error 28))")
         return real(tensors, filename, *a, **k)
 
-    safetensors.torch.save_file = filling
-    err = _io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_io.StringIO()):
-            code = cli.main(argv)
-    finally:
-        safetensors.torch.save_file = real
-    lines = [line for line in err.getvalue().splitlines()
+    code, stderr = _in_process_with(safetensors.torch, "save_file", filling, argv)
+    lines = [line for line in stderr.splitlines()
              if line.strip() and not line.startswith("note: ")]
     if code == 0:
         return "silent wrong", "a full disk while saving was not reported"
-    if "Traceback" in err.getvalue():
+    if "Traceback" in stderr:
         return "traceback", lines[-1][:200]
     if len(lines) != 1 or "space" not in lines[0] or str(ck) not in lines[0]:
         return "unclear error", " / ".join(lines)[:300]
@@ -343,11 +340,7 @@ def _bounded_memory(command: str):
 def _full_disk(d: Path) -> tuple[str, str]:
     """A disk that fills up during a restore: one clear error, an unfinished store, and the
     same command resumes it bit-exact once there is space."""
-    import contextlib
-    import io as _io
-
-    from . import cli
-    from . import io as dio
+    from .. import io as dio
 
     src = _good(d, "in.tif", (4, 256, 256))
     _save_tiny(d / "model")
@@ -369,14 +362,9 @@ def _full_disk(d: Path) -> tuple[str, str]:
         def __getattr__(self, name):
             return getattr(self.arr, name)
 
-    dio._zarr_array = lambda *a, **k: Filling(real(*a, **k))
-    err = _io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_io.StringIO()):
-            code = cli.main(argv)
-    finally:
-        dio._zarr_array = real
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    code, stderr = _in_process_with(dio, "_zarr_array", lambda *a, **k: Filling(real(*a, **k)),
+                                    argv)
+    lines = [line for line in stderr.splitlines() if line.strip()]
     if code == 0:
         return "silent wrong", "a full disk was not reported"
     if len(lines) != 1 or "disk is full" not in lines[0]:
@@ -399,7 +387,7 @@ def _threads(entry: str):
     def run(d: Path) -> tuple[str, str]:
         import napari_decrappify as nd
 
-        from .models import load_model
+        from ..models import load_model
 
         model = load_model(_save_tiny(d / "model"))
         rng = np.random.default_rng(7)

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import benchmark
-from .tiling import reflect_index
+from ..tiling import reflect_index
+from . import benchmark
 
 
 def _set_threads(threads) -> None:
@@ -55,8 +55,8 @@ def _set_threads(threads) -> None:
 def _get_model(spec: str, scale: int, seed: int = 0):
     """``tiny``/``resnet18s``/... (random weights, receptive field measured), ``conv``, or a
     model folder / bundled model name."""
-    from .config import ArchConfig
-    from .models import ENCODER_STRIDE, build_model, load_model
+    from ..config import ArchConfig
+    from ..models import ENCODER_STRIDE, build_model, load_model
 
     if spec == "conv":
         return conv_model()
@@ -71,8 +71,8 @@ def conv_model(scale: int = 1, norm_high: float = 255.0):
     import torch
     from torch import nn
 
-    from .config import ArchConfig, NormConfig
-    from .models import ModelFile, RestorationModel
+    from ..config import ArchConfig, NormConfig
+    from ..models import ModelFile, RestorationModel
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1)).eval()
@@ -95,10 +95,10 @@ def bench_throughput(model: str = "em-4x", scale: str = "4", tile: str = "", hal
     ``repeats``, ``device``, ``precision``, ``threads`` (torch intra-op threads)."""
     import torch
 
-    from .config import TileConfig
-    from .engine.geometry import useful_fraction
-    from .engine.graph import RUNS, build
-    from .tiling import DeviceWorker, default_tile, restore_lazy
+    from ..config import TileConfig
+    from ..engine.geometry import useful_fraction
+    from ..engine.graph import RUNS, build
+    from ..tiling import DeviceWorker, default_tile, restore_lazy
 
     _set_threads(threads)
     m = _get_model(model, int(scale))
@@ -214,7 +214,7 @@ def _without_geometry(options: dict) -> dict:
 
 
 def _tiling_row(ty, tx, mpix_per_s: float) -> dict:
-    from .engine.geometry import useful_fraction
+    from ..engine.geometry import useful_fraction
 
     return {"tile": [ty.core, tx.core], "halo": ty.halo, "window": [ty.window, tx.window],
             "tiles_per_plane": ty.n * tx.n, "useful_output_efficiency": useful_fraction(ty, tx),
@@ -246,9 +246,9 @@ def _memory_child(args_json: str) -> None:
     import psutil
 
     a = json.loads(args_json)
-    from .config import TileConfig
-    from .io import write_ome_zarr
-    from .tiling import restore_image
+    from ..config import TileConfig
+    from ..io import write_ome_zarr
+    from ..tiling import restore_image
 
     _set_threads(a.get("threads"))
     m = conv_model() if a["model"] == "conv" else _get_model(a["model"], 1)
@@ -319,7 +319,7 @@ def bench_memory(sizes_gb: str = "1,4", model: str = "conv", tile: str = "256", 
                     "tile": int(tile) if tile else 0,
                     "sink": sink, "output_dtype": output_dtype, "threads": threads,
                     "exact": exact.lower() in ("1", "true", "yes")}
-            cmd = [sys.executable, "-c", "import sys; from napari_decrappify._bench_engine import "
+            cmd = [sys.executable, "-c", "import sys; from napari_decrappify.bench.engine import "
                    "_memory_child; _memory_child(sys.argv[1])", json.dumps(args)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             stdout, stderr = proc.communicate()
@@ -361,8 +361,8 @@ def _tiled_vs_whole(m, img, tile: int, halo: int) -> tuple[float, float]:
     output, so it is normalised back (exact up to one fp32 rounding) before comparing."""
     import warnings
 
-    from .config import TileConfig
-    from .tiling import restore, restore_whole
+    from ..config import TileConfig
+    from ..tiling import restore, restore_whole
 
     norm = m.input_norm(img)  # the engine's mapping of this image (percentile models)
     with warnings.catch_warnings():
@@ -378,8 +378,8 @@ def _tiled_vs_exact(m, img, tile: int, halo: int | None) -> float:
     (what ``exact`` mode reproduces to ~1e-6)."""
     import warnings
 
-    from .config import TileConfig
-    from .tiling import restore, restore_whole
+    from ..config import TileConfig
+    from ..tiling import restore, restore_whole
 
     cfg = TileConfig(tile=tile) if halo is None else TileConfig(tile=tile, halo=halo)
     norm = m.input_norm(img)  # the engine's mapping of this image (percentile models)
@@ -394,8 +394,8 @@ def _tiled_vs_exact(m, img, tile: int, halo: int | None) -> float:
 def _cremi_lr(scale: int) -> np.ndarray:
     """Every CREMI plane as noisy LR in [0, 1] (DATA.md protocol), read-only: built once per
     scale, where each of a run's six seam inputs used to reload and degrade the stack."""
-    from ._bench_quality import protocol_pairs
-    from .samples import load_sample
+    from ..samples import load_sample
+    from .quality import protocol_pairs
 
     stack, _ = load_sample("cremi")
     lr, _ = protocol_pairs(stack, scale, noisy=True, planes=range(len(stack)))
@@ -427,7 +427,7 @@ def _window_scan(m, img, halos: list[int], core: int = 64) -> dict[int, float]:
     alignment phase as in the engine (one whole-plane run per phase, not per halo)."""
     import torch
 
-    from .tiling import ALIGN, restore_whole
+    from ..tiling import ALIGN, restore_whole
 
     hmax = max(halos)
     x = m.normalize(img)
@@ -458,8 +458,8 @@ def bench_seams(encoders: str = "tiny,resnet18s", scale: str = "4", step: str = 
     """Tiled vs whole-image max abs difference (module docstring). Options: ``encoders``
     (comma list: tiny, resnet18s, resnet18, resnet34, resnet50, or model folders), ``scale``,
     ``step`` (halo scan step), ``threads``, ``input`` (``cremi`` or ``noise``)."""
-    from .models import ENCODER_STRIDE
-    from .tiling import ALIGN
+    from ..models import ENCODER_STRIDE
+    from ..tiling import ALIGN
 
     _set_threads(threads)
     results = {}

@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from ._bench_quality import TEST_PLANES
-from .bench import benchmark
+from ..samples import CREMI_TEST_PLANES as TEST_PLANES
+from ..samples import CREMI_TRAIN_PLANES as TRAIN_PLANES
+from ..samples import CREMI_VALID_PLANES as VALID_PLANES
+from . import benchmark
 
-TRAIN_PLANES = list(range(18))
-VALID_PLANES = [18, 19]
 # DATA.md's peer baseline on the same protocol (PSSR2 ResUNet, pssr 2.4.0, 600 s, 2 CPU threads)
 PEER_BASELINE = {"name": "PSSR2 ResUNet (pssr 2.4.0), 600 s, DATA.md", "psnr": 25.34, "ssim": 0.692}
 
@@ -48,9 +48,9 @@ def bench_training(minutes: str = "10", scale: str = "4", encoders: str = "resne
     ``precision`` / ``device`` (auto), ``out`` (keep the trained models in this folder, one
     sub-folder per encoder; by default they are removed).
     """
-    from ._bench_quality import protocol_pairs
-    from .metrics import bicubic_upsample, evaluate
-    from .samples import load_sample
+    from ..metrics import bicubic_upsample, evaluate
+    from ..samples import load_sample
+    from .quality import protocol_pairs
 
     s = int(scale)
     # every recipe is checked before the first one trains: a typo in the second encoder threw
@@ -88,7 +88,7 @@ def bench_training(minutes: str = "10", scale: str = "4", encoders: str = "resne
 def _recipe(encoder: str, *, minutes: float, scale: int, frames: int, loss: str, lr_max: str,
             patch: str, batch: str, seed: int, precision: str, device: str):
     """The default training recipe for ``encoder``, with the benchmark's overrides."""
-    from .config import ArchConfig, CrappifyConfig, TrainConfig
+    from ..config import ArchConfig, CrappifyConfig, TrainConfig
 
     return TrainConfig(
         scale=scale, arch=ArchConfig(encoder=encoder, scale=scale, frames=frames),
@@ -105,7 +105,7 @@ def _recipe(encoder: str, *, minutes: float, scale: int, frames: int, loss: str,
 
 def _train_api(hr_stack, config, folder: str, options: dict):
     """The bundled models' recipe through :func:`napari_decrappify.train.train`."""
-    from .train import train
+    from ..train import train
 
     return train([hr_stack], config, out=folder, name=f"bench-{config.arch.encoder}",
                  command="decrappify bench training").model
@@ -116,9 +116,9 @@ def _train_user_command(hr_stack, config, folder: str, options: dict):
     import numpy as np
     import tifffile
 
-    from . import cli
-    from .data import blank_planes
-    from .models import load_model
+    from .. import cli
+    from ..data import blank_planes
+    from ..models import load_model
 
     planes = [p for p in TRAIN_PLANES if p not in blank_planes(hr_stack[TRAIN_PLANES])]
     tif = Path(f"{folder}.hr.tif")
@@ -140,7 +140,7 @@ def _train_user_command(hr_stack, config, folder: str, options: dict):
 
 
 def _train_and_score(hr_stack, lr, hr, clean_lr, bic, config, *, out: str, train_fn) -> dict:
-    from ._bench_quality import score_model
+    from .quality import score_model
 
     encoder = config.arch.encoder
     with tempfile.TemporaryDirectory(prefix="decrappify-bench-") as tmp:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bench import benchmark
+from . import benchmark
 
 DEGRADATIONS = {
     # name: (downsampling factor, method, photons (None: no noise), blur sigma in HR pixels)
@@ -38,7 +38,7 @@ DEGRADATIONS = {
 
 def degrade(hr: np.ndarray, factor: int, method: str, photons, sigma: float, seed: int = 0):
     """LR planes from [0, 1] HR planes (one generator over the planes in order)."""
-    from .crappify import blur, downsample
+    from ..crappify import blur, downsample
 
     rng = np.random.default_rng(seed)
     out = []
@@ -63,20 +63,20 @@ def bench_trust(models: str = "em-4x,em-4x-z3", seed: str = "0") -> dict:
     Options (``-o key=value``): ``models`` (4x models, comma-separated; bicubic is always a
     restorer too), ``seed`` (noise).
     """
-    from ._bench_quality import TEST_PLANES
-    from .consistency import lr_consistency, model_degradation
-    from .crappify import crop_to_multiple, downsample
-    from .domain import check
-    from .metrics import bicubic_upsample, evaluate
-    from .models import load_model
-    from .normalization import input_range
-    from .samples import load_sample
-    from .tiling import restore
+    from ..consistency import lr_consistency, model_degradation
+    from ..crappify import crop_to_multiple, downsample
+    from ..domain import check
+    from ..metrics import bicubic_upsample, evaluate
+    from ..models import load_model
+    from ..normalization import input_range
+    from ..samples import CREMI_TEST_PLANES as TEST_PLANES
+    from ..samples import load_sample
+    from ..tiling import restore
 
     hr_stack, _ = load_sample("cremi")
     hr = crop_to_multiple(hr_stack[list(TEST_PLANES)].astype(np.float32) / 255, 8)
-    from .config import NormConfig
-    from .models import build_model
+    from ..config import NormConfig
+    from ..models import build_model
 
     loaded = [load_model(m) for m in filter(None, models.split(","))]
     broken = {}

@@ -1,5 +1,13 @@
 """Benchmarks that write JSON: ``decrappify bench NAME`` (quality, throughput, memory, seams,
-segmentation, training, trust, adaptation, napari).
+segmentation, training, trust, adaptation, generalisation, napari, reliability).
+
+This module is the registry and the runner; each benchmark is a module of this package that
+registers itself with :func:`benchmark` when :func:`load_all` imports it: ``engine``
+(throughput, memory, seams), ``quality``, ``segmentation``, ``training``, ``trust``,
+``adaptation``, ``generalisation``, ``napari_stalls`` (napari) and ``reliability`` (the battery
+of ``reliability_run``, ``reliability_cases`` and ``reliability_process``, which
+``tests/reliability`` runs case by case). The library never imports this package, the demo or
+the CLI (an import-linter contract in pyproject.toml): they use the library, not the reverse.
 
 Benchmarks are not tests: they measure speed, memory and quality and write the figures (with
 the machine and library versions) to JSON; nothing here is asserted in the test suite. Figures
@@ -35,7 +43,7 @@ def machine_info() -> dict:
     import numpy as np
     import torch
 
-    from .models import library_versions
+    from ..models import library_versions
 
     info = {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -58,7 +66,7 @@ def run(name: str, json_path: str | os.PathLike | None = None, **options) -> dic
     result = {"benchmark": name, "command": command, "options": dict(options),
               "machine": machine_info(), **body}
     if json_path is not None:
-        from .io import write_text_atomic
+        from ..io import write_text_atomic
 
         write_text_atomic(json_path, json.dumps(result, indent=2))
     return result
@@ -68,11 +76,10 @@ def load_all() -> None:
     """Import the modules that define benchmarks (each registers itself with @benchmark)."""
     import importlib
 
-    for mod in ("_bench_engine", "_bench_quality", "_bench_segmentation", "_bench_training",
-                "_bench_trust", "_bench_adaptation", "_bench_generalisation",
-                "_bench_napari", "_bench_reliability"):
+    for mod in ("engine", "quality", "segmentation", "training", "trust", "adaptation",
+                "generalisation", "napari_stalls", "reliability"):
         try:
-            importlib.import_module(f"napari_decrappify.{mod}")
+            importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:
-            if e.name != f"napari_decrappify.{mod}":
+            if e.name != f"{__name__}.{mod}":
                 raise

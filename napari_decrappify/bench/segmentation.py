@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import benchmark, option_true
+from . import benchmark, option_true
 
 TRAIN_ROWS = slice(0, 256)
 TEST_ROWS = slice(256, 512)
@@ -46,7 +46,7 @@ def _tiles(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def _scores(objects: np.ndarray, gt: np.ndarray, rows: slice) -> dict:
-    from .segment import match
+    from ..segment import match
 
     r = match(objects[rows], gt[rows], 0.5)
     keep = ("n_pred", "n_gt", "tp", "fp", "fn", "precision", "recall", "f1", "fp_rate",
@@ -58,8 +58,8 @@ def _scores(objects: np.ndarray, gt: np.ndarray, rows: slice) -> dict:
 
 def _train_restorer(hr_planes: np.ndarray, minutes: float, epochs: int, out: Path, encoder: str,
                     seed: int, loss: str = "l1", feature_weights: str | None = None):
-    from .config import ArchConfig, TrainConfig
-    from .train import train
+    from ..config import ArchConfig, TrainConfig
+    from ..train import train
 
     config = TrainConfig(scale=4, arch=ArchConfig(encoder=encoder, scale=4), loss=loss,
                          feature_weights=feature_weights, patch_size=32, batch_size=8,
@@ -98,12 +98,12 @@ def bench_segmentation(minutes: str = "1.5", restore_minutes: str = "3", restore
     (watershed/cc), ``min_size``, ``seed``, ``encoder`` (segmenter), ``restore_encoder``,
     ``out`` (folder to keep the trained models; default a temporary folder).
     """
-    from .crappify import protocol_lr
-    from .metrics import bicubic_upsample, evaluate, unit_range
-    from .models import load_model
-    from .samples import load_sample
-    from .segment import SegmentConfig, instances, predict, segmentation_arch, train_segmenter
-    from .tiling import restore
+    from ..crappify import protocol_lr
+    from ..metrics import bicubic_upsample, evaluate, unit_range
+    from ..models import load_model
+    from ..samples import load_sample
+    from ..segment import SegmentConfig, instances, predict, segmentation_arch, train_segmenter
+    from ..tiling import restore
 
     t_start = time.monotonic()
     seed_i, min_size_i = int(seed), int(min_size)

@@ -1,7 +1,7 @@
 """``decrappify bench reliability``: run the reliability battery and count its outcomes.
 
-The battery (:mod:`napari_decrappify._reliability_cases` and
-:mod:`napari_decrappify._reliability_process`) is the one ``tests/reliability`` runs case by
+The battery (:mod:`.reliability_cases` and :mod:`.reliability_process`, run one case at a time
+by :func:`.reliability_run.run_case`) is the one ``tests/reliability`` runs case by
 case: bad inputs, bad model folders and output paths for every command that takes them, a
 crafted pickle, interruptions (SIGTERM, kill -9, a full disk) resumed and compared bit for bit,
 two processes on one output and several threads on one model. The promise (docs/reliability.md)
@@ -15,13 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bench import benchmark
+from . import benchmark
 
 
 def run_battery(select: str = "", progress=None) -> list[dict]:
     """Run every case (whose id contains ``select``), each in a fresh folder."""
-    from ._reliability_cases import cases, run_case
-    from ._reliability_process import process_cases
+    from .reliability_cases import cases
+    from .reliability_process import process_cases
+    from .reliability_run import run_case
 
     results = []
     with tempfile.TemporaryDirectory(prefix="decrappify-reliability-") as tmp:
@@ -41,7 +42,7 @@ def bench_reliability(select: str = "") -> dict:
     """Counts of outcomes over the battery: cases, clear errors, tracebacks, silent wrong
     results, data loss. Option (``-o key=value``): ``select`` (only cases whose id contains it).
     """
-    from ._reliability_cases import BAD_OUTCOMES, OUTCOMES
+    from .reliability_run import BAD_OUTCOMES, OUTCOMES
 
     results = run_battery(select)
     counts = collections.Counter(r["outcome"] for r in results)
