@@ -73,6 +73,10 @@ def test_writer_round_trip_keeps_geometry(make_napari_viewer, tmp_path, stack):
     np.testing.assert_allclose(kwargs["scale"], (40, 4, 4))
     np.testing.assert_allclose(kwargs["translate"], (0, 98, 48))
     assert [str(u) for u in kwargs["units"]] == ["nanometer"] * 3
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    Image.from_zarr(zarr.open_group(written, mode="r"))  # NGFF 0.5 to a maintained validator
     # through napari's own open/save with this plugin
     viewer.layers.save(str(tmp_path / "saved.ome.zarr"), selected=False, plugin="napari-decrappify")
     [opened] = viewer.open(str(tmp_path / "saved.ome.zarr"), plugin="napari-decrappify")

@@ -101,6 +101,15 @@ def test_cli_segment_trains_segments_counts_and_writes(tmp_path, capsys):
     prob = open_image(tmp_path / "prob.zarr")
     assert prob.axes == "CYX" and prob.data.shape == (3, *gt.shape)
     np.testing.assert_array_equal(np.asarray(prob.data).argmax(0), sem)
+    # both stores are NGFF 0.5 to a maintained validator; the labels' lower levels (if any)
+    # would hold labels, not their averages
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    for store in ("lab.zarr", "prob.zarr"):
+        Image.from_zarr(zarr.open_group(str(tmp_path / store), mode="r"))
+    assert zarr.open_group(str(tmp_path / "lab.zarr"), mode="r").attrs["decrappify"][
+        "pyramid"] == "first pixel"
 
 
 def test_cli_segment_errors(tmp_path, capsys, tiny_model_dir):
