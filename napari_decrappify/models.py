@@ -85,6 +85,17 @@ class ModelFile(BaseModel):
     weights_sha256: str = ""
     weights_dtype: Literal["float32", "float16"] = "float32"
 
+    @property
+    def default_halo(self) -> int:
+        """The halo the engine uses when none is given: the measured tolerance halo
+        (``halo_px``) if recorded for these weights, else the receptive field (exact)."""
+        # measured on other weights (a fine-tune starts from a copy of its start's config):
+        # stale, so the exact halo
+        measured_on = self.halo_measurement.get("weights_sha256")
+        if self.halo_px is None or measured_on not in (None, self.weights_sha256):
+            return self.receptive_field
+        return int(self.halo_px)
+
     @model_validator(mode="after")
     def _alignment_fits_encoder(self):
         # tiles are cut at multiples of the alignment: it must be a multiple of the encoder's
@@ -318,13 +329,7 @@ class RestorationModel:
     def default_halo(self) -> int:
         """The halo the engine uses when none is given: the measured tolerance halo
         (``halo_px`` in ``model.json``) if recorded, else the receptive field (exact)."""
-        c = self.config
-        # measured on other weights (a fine-tune starts from a copy of its start's config):
-        # stale, so the exact halo
-        measured_on = c.halo_measurement.get("weights_sha256")
-        if c.halo_px is None or measured_on not in (None, c.weights_sha256):
-            return self.receptive_field
-        return int(c.halo_px)
+        return self.config.default_halo  # (the rule lives with model.json's fields)
 
     @property
     def weights_hash(self) -> str:

@@ -531,7 +531,7 @@ class RestoreWidget(LoadsModelFirst, JobDock, DockBody):
             self.mode.value = f"⚠ {e}"
             return
         parts = [f"<b>{mode_text(cfg.arch.scale, cfg.kind)}</b>", cfg.arch.encoder,
-                 f"halo {cfg.halo_px if cfg.halo_px is not None else cfg.receptive_field} px"]
+                 f"halo {cfg.default_halo} px"]
         if cfg.arch.frames > 1:
             parts.append(f"{cfg.arch.frames} frames")
         if cfg.metrics.get("valid_psnr") is not None:

@@ -41,6 +41,17 @@ class ImageData:
     metadata: dict = field(default_factory=dict)
 
 
+def unpack_image(data, axes, scale, translate, units, name=None):
+    """``(array, axes, scale, translate, units, name)``: for an :class:`ImageData`, its own
+    array and geometry wherever the caller gave none (the writers' defaults); anything else is
+    returned as given."""
+    if not isinstance(data, ImageData):
+        return data, axes, scale, translate, units, name
+    return (data.data, axes or data.axes, scale if scale is not None else data.scale,
+            translate if translate is not None else data.translate,
+            units if units is not None else data.units, name or data.name)
+
+
 def check_axes(axes: str, ndim: int) -> str:
     """Validate an axes string such as ``"ZYX"`` for an array of ``ndim`` dimensions."""
     if not isinstance(axes, str):

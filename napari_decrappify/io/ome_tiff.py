@@ -16,7 +16,7 @@ import numpy as np
 from ..engine.distributed import distributed_client
 from ..tiff_metadata import ome_unit, unit_name
 from .errors import RestoreCancelled, output_error
-from .image import ImageData, check_axes, ngff_axis_order
+from .image import check_axes, ngff_axis_order, unpack_image
 from .outputs import check_writable, exclusive_output
 
 MAX_TIFF_PLANE = 2**30  # bytes of one plane that write_tiff holds in memory at most
@@ -65,12 +65,7 @@ def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=Non
     import tifffile
 
     path = Path(path)
-    if isinstance(data, ImageData):
-        axes = axes or data.axes
-        scale = scale if scale is not None else data.scale
-        translate = translate if translate is not None else data.translate
-        units = units if units is not None else data.units
-        data = data.data
+    data, axes, scale, translate, units, _ = unpack_image(data, axes, scale, translate, units)
     if not isinstance(data, da.Array):
         data = da.asarray(data)
     if axes is None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..tiff_metadata import unit_name
 from .chunk_writing import DONE_DIR, forget_arrays, write_missing_chunks
 from .errors import output_error
-from .image import ImageData, check_axes, guess_axes, ngff_axis_order
+from .image import check_axes, guess_axes, ngff_axis_order, unpack_image
 from .ngff import ngff_unit, ome_attributes
 from .outputs import check_writable, exclusive_output, refuse_source_as_output, remove_output
 from .pyramid import auto_levels
@@ -106,13 +106,8 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
     import numpy as np
 
     path = Path(path)
-    if isinstance(data, ImageData):
-        axes = axes or data.axes
-        scale = scale if scale is not None else data.scale
-        translate = translate if translate is not None else data.translate
-        units = units if units is not None else data.units
-        name = name or data.name
-        data = data.data
+    data, axes, scale, translate, units, name = unpack_image(data, axes, scale, translate, units,
+                                                            name)
     if not isinstance(data, da.Array):
         data = da.from_zarr(data) if is_zarr_array(data) else da.asarray(data)
     if levels != "auto" and (isinstance(levels, bool) or not isinstance(levels, int)
