@@ -1300,7 +1300,7 @@ def _export_test_image(model, source: _ExportSource | None, folder: Path, name: 
     """Cut the package's test image from ``source`` (its centre, the smallest size the
     package's halo allows, and the model's frames around the plane on screen) into a ``.npy``
     in ``folder``; (path, what it is), or (None, why CREMI is used instead)."""
-    from ..bioimageio import min_input_size
+    from ..bioimageio import _given_test_input, min_input_size
     from ..engine.registry import load_cached
 
     cremi = "a held-out CREMI plane"
@@ -1326,12 +1326,15 @@ def _export_test_image(model, source: _ExportSource | None, folder: Path, name: 
             return None, f"{cremi} (the model takes {m.frames} planes; the input has {shape[0]})"
         lead, where = (slice(z0, z0 + m.frames),), f"plane {source.z}"
     y0, x0 = (h - size) // 2, (w - size) // 2
-    crop = np.asarray(source.data[(*lead, slice(y0, y0 + size), slice(x0, x0 + size))],
-                      dtype=np.float32)
-    if not np.isfinite(crop).all():
-        return None, f"{cremi} (the input layer {source.name!r} has NaN or inf values there)"
+    # only the crop is read (the layer may be lazy and larger than memory); the export's own
+    # check of a given test image then decides whether it will do (NaN, frames ...)
+    crop = np.asarray(source.data[(*lead, slice(y0, y0 + size), slice(x0, x0 + size))])
+    try:
+        checked, _ = _given_test_input(m, size, crop)  # (1, frames, size, size) float32
+    except ValueError as e:
+        return None, f"{cremi} (the input layer {source.name!r}: {e})"
     path = folder / f"{name}.test-image.npy"
-    np.save(path, crop, allow_pickle=False)
+    np.save(path, checked[0, 0] if source.z is None else checked[0], allow_pickle=False)
     return path, f"{source.name!r}, {where}, centre {size} x {size} px"
 
 
