@@ -373,6 +373,20 @@ class TrainConfig(BaseTrainConfig):
     def _scale(cls, v):
         return check_scale(v)
 
+    def for_fine_tune(self) -> TrainConfig:
+        """This config with the fine-tune schedule for every option not given explicitly.
+
+        A run that starts from trained weights (``init_from``, ``--resume``, the Train dock's
+        *start from*) takes :data:`FINE_TUNE_LR_MAX`, :data:`FINE_TUNE_PCT_START` and
+        :data:`FINE_TUNE_LOSS` unless its ``lr_max``, ``pct_start`` or ``loss`` was set: the
+        API, the CLI and the dock share this one rule (the API used to fine-tune with the
+        from-scratch peak rate and loss).
+        """
+        tuned = {"lr_max": FINE_TUNE_LR_MAX, "pct_start": FINE_TUNE_PCT_START,
+                 "loss": FINE_TUNE_LOSS}
+        update = {k: v for k, v in tuned.items() if k not in self.model_fields_set}
+        return self.model_copy(update=update) if update else self
+
     @model_validator(mode="after")
     def _explicit_split_is_whole(self):
         # one side alone used to fall back on the val_fraction split, which could train on

@@ -122,6 +122,9 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         start a multi-frame run (``config.arch.frames > 1``): it is widened with
         :func:`~napari_decrappify.models.inflate_frames` (its weights on the centre frame,
         zeros on the neighbours), so training starts from what it already computes.
+        Options of ``config`` not set explicitly take the fine-tune schedule
+        (:meth:`~napari_decrappify.config.TrainConfig.for_fine_tune`: a lower peak rate, a
+        short warm-up, MSE), as ``--resume`` and the dock's *start from* do.
     fp16 : bool
         Store the weights as float16 (half the file size).
     checkpoint_dir : path, optional
@@ -140,6 +143,7 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
     arch = config.arch.model_copy(update={"scale": config.scale})
     if init_from is not None:
         check_fine_tune_start(init_from, config.scale)
+        config = config.for_fine_tune()  # the fine-tune schedule where none was given
         # the weights decide the network; only the number of input frames may grow (widening)
         arch = init_from.config.arch.model_copy(update={"frames": arch.frames})
         config = config.model_copy(update={"arch": arch})
@@ -235,11 +239,17 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
 
 
 def find_lr(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *, axis: int = 0,
-            start_lr: float = 1e-6, end_lr: float = 1e-1, num_it: int = 60) -> dict:
+            start_lr: float = 1e-6, end_lr: float = 1e-1, num_it: int = 60,
+            init_from: RestorationModel | None = None) -> dict:
     """fastai's learning-rate finder on the same data and model :func:`train` would use.
 
     Returns ``{"valley": lr, "lrs": [...], "losses": [...]}``; pass ``valley`` (or a value a bit
     below the loss minimum) as ``TrainConfig.lr_max``. The weights are not kept.
+
+    ``init_from``: the model a fine-tune would start from (``--lr-find --resume``): the finder
+    then runs on a copy of its weights, with its architecture, the fine-tune's loss and the data
+    normalised as a fine-tune normalises it, as :func:`train` would (it used to probe a new
+    network, whose best rate says nothing about a fine-tune's).
     """
     import fastai.callback.schedule  # noqa: F401 - patches Learner.lr_find
     from fastai.callback.schedule import valley
@@ -248,15 +258,31 @@ def find_lr(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, 
 
     config = config or TrainConfig()
     arch = config.arch.model_copy(update={"scale": config.scale})
+    start_levels = None
+    if init_from is not None:
+        check_fine_tune_start(init_from, config.scale)
+        if init_from.frames != arch.frames:
+            if init_from.frames != 1:
+                raise ValueError(f"cannot start a {arch.frames}-frame model from "
+                                 f"{init_from.name!r}, which takes {init_from.frames} frames")
+            init_from = inflate_frames(init_from, arch.frames)
+        arch = init_from.config.arch.model_copy(update={"frames": arch.frames})
+        config = config.for_fine_tune().model_copy(update={"arch": arch})
+        if init_from.config.norm.mode == "percentile":
+            start_levels = init_from.config.norm.input_levels
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     hr_images = [np.asarray(im) for im in hr_images]
+    # the weights are not kept: no levels or statistics to record, except that a fine-tune's
+    # data must be normalised the way its start model maps it
     norm, _, train_ds, valid_ds, _, _ = _crappified_datasets(
         hr_images, config, arch, axis, num_it * config.batch_size, config.batch_size,
-        measure_inputs=False)  # the weights are not kept: no levels or statistics to record
+        measure_inputs=start_levels is not None, start_levels=start_levels)
     dls = make_dataloaders(train_ds, valid_ds, config.batch_size, device=device)
-    model = build_model(arch, norm=norm, seed=config.seed, measure_rf=False)
-    learn = Learner(dls, model.net.to(device).train(), loss_func=make_loss(config), opt_func=Adam,
+    net = build_model(arch, norm=norm, seed=config.seed, measure_rf=False).net.float()
+    if init_from is not None:  # a copy of the start's weights (a deepcopy trips weight norm)
+        net.load_state_dict({k: v.float() for k, v in init_from.net.state_dict().items()})
+    learn = Learner(dls, net.to(device).train(), loss_func=make_loss(config), opt_func=Adam,
                     wd=config.weight_decay)
     if hasattr(learn, "progress"):
         learn.remove_cb(learn.progress)

@@ -195,7 +195,7 @@ class TrainWidget(JobDock, DockBody):
     # ------------------------------------------------------------------ parameters
     def config(self):
         """The :class:`TrainConfig` described by the dock (raises ValueError on bad input)."""
-        from ..config import FINE_TUNE_PCT_START, ArchConfig, CrappifyConfig, TrainConfig
+        from ..config import ArchConfig, CrappifyConfig, TrainConfig
 
         scale = int(self.scale.value)
         minutes = epochs = None
@@ -214,8 +214,7 @@ class TrainWidget(JobDock, DockBody):
             batch_size=int(self.batch_size.value), iterations_per_epoch=int(self.iterations.value),
             epochs=epochs, minutes=minutes, lr_max=float(self.lr_max.value),
             device=self.device.value, seed=int(self.seed.value),
-            **({"pct_start": FINE_TUNE_PCT_START} if self.start_from.value is not None else {}),
-        )
+        )  # a fine-tune's short warm-up: train() applies TrainConfig.for_fine_tune
 
     def out_path(self) -> Path:
         name = self.model_name.value.strip()

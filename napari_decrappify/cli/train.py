@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..config import FINE_TUNE_LOSS, FINE_TUNE_LR_MAX, FINE_TUNE_PCT_START
 from .inputs import _with_geometry, open_input, parse_planes, parse_sample, read_input
 from .outputs import _command, _model_output
 
@@ -71,11 +70,6 @@ def cmd_train(args) -> int:
     augment = AugmentConfig.model_validate({**augment.model_dump(), **ranges})
     if photons == 0:
         photons = None
-    fine_tune = {}
-    if args.resume and args.lr_max is None:
-        # a fine-tune starts from trained weights: a lower peak and a short warm-up
-        fine_tune = {"lr_max": FINE_TUNE_LR_MAX, "pct_start": FINE_TUNE_PCT_START}
-    loss = args.loss or (FINE_TUNE_LOSS if args.resume else TrainConfig.model_fields["loss"].default)
     config = TrainConfig(
         scale=args.scale,
         arch=ArchConfig(encoder=args.encoder, strategy=args.strategy, frames=args.frames,
@@ -85,14 +79,15 @@ def cmd_train(args) -> int:
         crappify=CrappifyConfig(scale=args.scale, photons=photons, read_noise=read,
                                 blur_sigma=blur),
         augment=augment,
-        loss=loss, feature_weights=args.feature_loss, patch_size=args.patch,
+        # no --loss / --lr-max on a --resume: the fine-tune schedule (TrainConfig.for_fine_tune)
+        **({"loss": args.loss} if args.loss else {}),
+        feature_weights=args.feature_loss, patch_size=args.patch,
         batch_size=args.batch, epochs=args.epochs, minutes=args.minutes,
         iterations_per_epoch=args.iters, seed=args.seed, device=args.device,
         precision=args.precision, train_planes=parse_planes(args.train_planes),
         normalisation=args.normalisation,
         valid_planes=parse_planes(args.valid_planes, "--valid-planes"),
         **({} if args.lr_max is None else {"lr_max": args.lr_max}),
-        **fine_tune,
         **({} if args.any_offset is None else {"any_offset": args.any_offset}),
     )
     opened = [_with_geometry(open_input(p), args.pixel_size, args.units, yx_alone=True)
@@ -104,7 +99,7 @@ def cmd_train(args) -> int:
     if args.lr_find:
         from ..train import find_lr
 
-        found = find_lr(images, config)
+        found = find_lr(images, config, init_from=init)
         print(f"learning-rate finder: valley at {found['valley']:.2e} (use --lr-max near it)")
         return 0
     pairs = None

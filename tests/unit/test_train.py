@@ -361,6 +361,23 @@ def test_a_fine_tune_no_epoch_of_which_beats_its_start_keeps_the_start(hr, tmp_p
     assert all(torch.equal(saved.net.state_dict()[k], weights[k].float()) for k in weights)
 
 
+def test_the_api_fine_tunes_with_the_schedule_the_cli_and_dock_use(hr):
+    """``train(init_from=...)`` takes the fine-tune schedule for what the config leaves unset,
+    as ``--resume`` and the dock's *start from* do; what is set explicitly is kept."""
+    from napari_decrappify.config import FINE_TUNE_LOSS, FINE_TUNE_LR_MAX, FINE_TUNE_PCT_START
+
+    tuned = TrainConfig().for_fine_tune()
+    assert (tuned.lr_max, tuned.pct_start, tuned.loss) == (
+        FINE_TUNE_LR_MAX, FINE_TUNE_PCT_START, FINE_TUNE_LOSS)
+    mine = TrainConfig(lr_max=5e-4, loss="l1").for_fine_tune()
+    assert (mine.lr_max, mine.pct_start, mine.loss) == (5e-4, FINE_TUNE_PCT_START, "l1")
+    start = train([hr], tiny_config(epochs=1)).model
+    assert start.config.training["config"]["lr_max"] == TrainConfig().lr_max  # from scratch
+    record = train([hr], tiny_config(epochs=1), init_from=start).model.config.training["config"]
+    assert (record["lr_max"], record["pct_start"], record["loss"]) == (
+        FINE_TUNE_LR_MAX, FINE_TUNE_PCT_START, FINE_TUNE_LOSS)
+
+
 def test_a_fine_tune_maps_new_data_as_its_start_model_does(hr, tmp_path):
     """Another intensity scale (the HR x 7 + 100, float): the fine-tune's inputs land on the
     start's input levels instead of the new data's own percentiles (which handed the start's
@@ -522,6 +539,19 @@ def test_lr_find_suggests_a_learning_rate(hr):
     assert 1e-6 <= found["valley"] <= 1e-1
     assert len(found["lrs"]) == len(found["losses"]) >= 5
     assert found["lrs"] == sorted(found["lrs"])  # an increasing sweep
+
+
+def test_lr_find_for_a_fine_tune_probes_the_start_weights_and_leaves_them(hr):
+    """``--lr-find --resume``: the sweep starts from the start model (its first losses are a
+    trained network's, well below a new one's), on a copy: the start's weights are unchanged."""
+    from napari_decrappify.train import find_lr
+
+    start = train([hr], tiny_config(epochs=4)).model
+    weights = {k: v.clone() for k, v in start.net.state_dict().items()}
+    tuned = find_lr([hr], tiny_config(), num_it=12, init_from=start)
+    new = find_lr([hr], tiny_config(), num_it=12)
+    assert tuned["losses"][0] < 0.5 * new["losses"][0]
+    assert all(torch.equal(start.net.state_dict()[k], weights[k]) for k in weights)
 
 
 @pytest.mark.parametrize("field, value", [("minutes", 0), ("minutes", float("inf")),
