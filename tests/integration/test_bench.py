@@ -234,3 +234,6 @@ def test_adaptation_bench_runs_the_users_fine_tune_and_scratch_commands(cremi, t
     assert scratch["training"]["config"]["lr_max"] == 3e-3
     assert all(abs(r["gain_db"] - (r["psnr"] - result["bicubic"]["psnr"])) < 1e-9
                for r in result["results"])
+    # each arm is scored as restored and with --tta (the 8 flips and rotations averaged)
+    assert all(abs(r["tta_gain_db"] - (r["tta_psnr"] - result["bicubic"]["psnr"])) < 1e-9
+               and 0 < r["tta_ssim"] <= 1 for r in result["results"])
