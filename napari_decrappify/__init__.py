@@ -99,9 +99,10 @@ def restore(image, model, axes=None, lazy=True, *, progress=None, cancel=None, *
         True: return a dask array whose tiles are computed when read. False: compute now and
         return a numpy array.
     progress, cancel : optional
-        A callable receiving progress event dicts (``{"event": "tiles", "done", "total",
-        "mpix_per_s", "eta"}``, from worker threads), and a ``threading.Event`` that stops the
-        computation (raising :class:`~napari_decrappify.io.RestoreCancelled`).
+        A callable receiving progress events (:class:`~napari_decrappify.progress.RateProgress`,
+        read as dicts: ``{"event": "tiles", "done", "total", "mpix_per_s", "eta"}``, from
+        worker threads), and a ``threading.Event`` that stops the computation (raising
+        :class:`~napari_decrappify.io.RestoreCancelled`).
     **tile_options
         Fields of :class:`~napari_decrappify.config.TileConfig`: ``tile``, ``halo``,
         ``batch_size``, ``device``, ``precision``, ``skip_empty``, ``output_dtype``,

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import metrics
 from .crappify import blur, downsample
+from .progress import Progress
 
 
 def degrade(restored: np.ndarray, scale: int, method: str = "mean", blur_sigma: float = 0.0,
@@ -107,7 +108,7 @@ def stack_lr_consistency(model, restored, lr, axes: str, progress=None) -> dict:
             continue
         rows.append({"plane": k, "psnr": one["psnr"], "ssim": one["ssim"]})
         if progress is not None:
-            progress({"event": "consistency", "done": k + 1, "total": n})
+            progress(Progress("consistency", k + 1, n))
     if not rows:
         raise ValueError("every input plane is blank: no LR consistency")
     return {"psnr": float(np.mean([r["psnr"] for r in rows])),

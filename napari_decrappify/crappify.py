@@ -251,8 +251,8 @@ def crappify_file(source, out, config: CrappifyConfig, *, seed: int = 0, axes: s
         OME-Zarr of the same computation (same input file, parameters and seed), which is
         resumed: finished chunks are not recomputed.
     progress : callable, optional
-        Receives the writer's event dicts (``{"event": "chunks" | "planes", "done", "total",
-        ...}``).
+        Receives the writer's events (:class:`~napari_decrappify.progress.RateProgress`, read
+        as ``{"event": "chunks" | "planes", "done", "total", ...}``).
     cancel : threading.Event, optional
         Stops the write between chunks (``io.RestoreCancelled``).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .intensity_scale import intensity_range
+from .progress import Progress
 
 
 def save_stack(path, data, axes: str, scale=None, translate=None, units=None, *,
@@ -20,8 +21,9 @@ def save_stack(path, data, axes: str, scale=None, translate=None, units=None, *,
 
     A thin dispatch to :func:`napari_decrappify.io.write_tiff` (OME-TIFF, plane by plane; the
     origin as OME plane positions) and :func:`napari_decrappify.io.write_ome_zarr` (resumable: rerunning
-    the same computation finishes an interrupted store). ``progress`` receives their event
-    dicts; setting ``cancel`` (a ``threading.Event``) raises ``io.RestoreCancelled``.
+    the same computation finishes an interrupted store). ``progress`` receives their events
+    (:class:`~napari_decrappify.progress.RateProgress`); setting ``cancel`` (a
+    ``threading.Event``) raises ``io.RestoreCancelled``.
 
     Returns
     -------
@@ -74,8 +76,8 @@ def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, 
     overwrite : bool
         Replace existing files of that name; otherwise they are an error (checked first).
     progress : callable, optional
-        Receives ``{"event": "pairs", "stage": "lr" | "hr", "done", "total"}`` (planes of both
-        files together).
+        Receives :class:`~napari_decrappify.progress.Progress` events, read as ``{"event":
+        "pairs", "stage": "lr" | "hr", "done", "total"}`` (planes of both files together).
     cancel : threading.Event, optional
         Stops between chunks (raises ``io.RestoreCancelled``); a cancelled or failed call
         removes what it wrote, so no LR is left without its HR.
@@ -147,7 +149,7 @@ def write_pairs(hr, out_dir, config, *, seed: int = 0, axes: str | None = None, 
                 def relay(ev, k=k, stage=stage):
                     if progress is not None and ev.get("total"):
                         done = k * planes + round(planes * ev["done"] / ev["total"])
-                        progress({"event": "pairs", "stage": stage, "done": done, "total": total})
+                        progress(Progress("pairs", done, total, extra={"stage": stage}))
 
                 save_stack(paths[stage], data, axes, geo[0], geo[1], units, overwrite=overwrite,
                            progress=relay, cancel=cancel, name=f"{name} {stage.upper()}",

@@ -46,6 +46,7 @@ from .restoration_loss import load_feature_encoder as load_feature_encoder
 from .training_callbacks import DIVERGENCE_FACTOR as DIVERGENCE_FACTOR
 from .training_callbacks import NONFINITE_BATCHES as NONFINITE_BATCHES
 from .training_callbacks import ProgressFn, cpu_callbacks, fit_callbacks
+from .training_callbacks import TrainingCancelled as TrainingCancelled
 from .training_runner import MAX_RECOVERIES as MAX_RECOVERIES
 from .training_runner import MIN_RECOVERY_SECONDS as MIN_RECOVERY_SECONDS
 from .training_runner import (
@@ -71,11 +72,6 @@ from .training_runner import training_precision as training_precision
 _callbacks, _cpu_callbacks, _epochs_for_budget = fit_callbacks, cpu_callbacks, epochs_for_budget
 _crappified_datasets, _fine_tune_norm = crappified_datasets, fine_tune_norm
 _plane_spread, _probe_inputs = plane_spread, probe_inputs
-
-
-class TrainingCancelled(Exception):
-    """Raised inside fastai to stop between batches (caught by :func:`train`)."""
-
 
 
 def check_fine_tune_start(model, scale: int) -> None:
@@ -113,7 +109,9 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
         A real registered LR/HR pair, mixed into training: a fifth of the samples (one for every
         four crappified ones; an epoch is then 1.25 x ``iterations_per_epoch``).
     progress : callable, optional
-        Receives event dicts: ``{"event": "batch", ...}`` and ``{"event": "epoch", ...}``.
+        Receives typed events (:mod:`napari_decrappify.progress`: ``Batch``, ``Epoch``,
+        ``Recovered``, ``Stopped``, ``Done``), which read as dicts: ``{"event": "batch", ...}``,
+        ``{"event": "epoch", ...}``.
     cancel : threading.Event, optional
         Set it from another thread to stop cleanly between batches; best weights are kept.
     init_from : RestorationModel, optional

@@ -12,12 +12,21 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-ProgressFn = Callable[[dict[str, Any]], None]
+from .progress import Batch, Cancelled, Epoch, Recovered
+
+ProgressFn = Callable[[Mapping[str, Any]], None]  # receives napari_decrappify.progress events
+
+
+class TrainingCancelled(Cancelled):
+    """Raised inside fastai to stop a training run between batches when its ``cancel`` is
+    set. fastai ends the fit on it (its concrete class is also fastai's
+    ``CancelFitException``: :func:`fit_callbacks`); :func:`~napari_decrappify.train.train`
+    then returns normally, ``stop_reason == "cancelled"``, with the best weights kept."""
 
 #: an epoch whose mean training loss exceeds this many times the lowest so far has diverged
 DIVERGENCE_FACTOR = 100.0
@@ -30,6 +39,9 @@ def fit_callbacks():
     """The classes ``(EventsCallback, CancelFitException, WallClockScheduleCallback)``, defined
     on the first call so that importing this module stays cheap (no fastai)."""
     from fastai.callback.core import Callback, CancelFitException
+
+    class FitCancelled(TrainingCancelled, CancelFitException):
+        """The cancel of a run, as fastai's stop of a fit (caught by ``Learner.fit``)."""
 
     class EventsCallback(Callback):
         """Emit progress events and honour cancel / wall-clock budget between batches."""
@@ -68,8 +80,8 @@ def fit_callbacks():
             epoch, loss = self.diverged_at
             self.recoveries.append({"epoch": epoch, "train_loss": loss, "back_to_epoch": self.best[2],
                                     "lr_max": lr_max})
-            self._emit({"event": "recovered", "epoch": epoch, "train_loss": loss,
-                        "back_to_epoch": self.best[2], "lr_max": lr_max})
+            self._emit(Recovered(epoch=epoch, train_loss=loss, back_to_epoch=self.best[2],
+                                 lr_max=lr_max))
             self.stop_reason, self.diverged_at = "completed", None
             self.epoch_offset = len(self.history)
             self.iterations_before += iterations
@@ -114,7 +126,7 @@ def fit_callbacks():
                 # after the fit (recording off) is bounded by fit_learner instead.
                 if self.recording and self.cancel is not None and self.cancel.is_set():
                     self.stop_reason = "cancelled"
-                    raise CancelFitException()
+                    raise FitCancelled()
                 return
             done = self.iterations_before + self.epoch * len(self.dls.train) + self.iter + 1
             now = time.monotonic()
@@ -127,9 +139,8 @@ def fit_callbacks():
                 total = min(self.total, done + round(eta * done / max(elapsed, 1e-9)))
             else:
                 eta, total = elapsed / done * (self.total - done), self.total
-            self._emit({"event": "batch", "epoch": self.run_epoch, "batch": self.iter,
-                        "iteration": done, "total": total, "loss": loss,
-                        "elapsed": elapsed, "eta": eta})
+            self._emit(Batch(epoch=self.run_epoch, batch=self.iter, iteration=done, total=total,
+                             loss=loss, elapsed=elapsed, eta=eta))
             # weights gone NaN/inf keep every later loss non-finite: stop, the best weights
             # are kept (one fp16 overflow, which the grad scaler skips, is not a divergence)
             self.nonfinite_batches = 0 if math.isfinite(loss) else self.nonfinite_batches + 1
@@ -138,7 +149,7 @@ def fit_callbacks():
                 raise CancelFitException()
             if self.cancel is not None and self.cancel.is_set():
                 self.stop_reason = "cancelled"
-                raise CancelFitException()
+                raise FitCancelled()
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self.stop_reason = "budget"
                 raise CancelFitException()
@@ -152,8 +163,10 @@ def fit_callbacks():
             row = dict(zip(names, [float(v) for v in vals], strict=False))
             row.update({"event": "epoch", "epoch": self.run_epoch,
                         "elapsed": time.monotonic() - self.t0})
-            self.history.append(row)
-            self._emit(row)
+            self.history.append(row)  # a dict: the history is saved in model.json
+            self._emit(Epoch(epoch=row["epoch"], elapsed=row["elapsed"],
+                             extra={k: v for k, v in row.items()
+                                    if k not in ("event", "epoch", "elapsed")}))
             vloss = row.get("valid_loss", math.inf)
             if vloss < self.best[0]:
                 self.best = (vloss, self._weights(), self.run_epoch)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .config import BaseTrainConfig
+from .progress import Done, Stopped
 from .training_callbacks import ProgressFn, cpu_callbacks, fit_callbacks
 
 if TYPE_CHECKING:
@@ -219,8 +220,8 @@ def finish_run(model: RestorationModel, events, seconds: float, iterations: int,
     model was saved, or None)."""
     model._hash = None  # the weights changed: their hash is measured again when asked for
     if progress is not None:
-        progress({"event": "done", "stop_reason": events.stop_reason, "seconds": seconds,
-                  "path": str(path) if path else None})
+        progress(Done(stop_reason=events.stop_reason, seconds=seconds,
+                      path=str(path) if path else None))
     return TrainResult(model=model, history=events.history, stop_reason=events.stop_reason,
                        seconds=seconds, iterations=iterations, path=path)
 
@@ -324,8 +325,7 @@ def fit_learner(learn, config: BaseTrainConfig, device: torch.device, events, *,
         net.load_state_dict(events.best[1])
     net.eval().cpu().to(memory_format=torch.contiguous_format)
     # training is over (a Cancel is answered here): what follows is the model's saving
-    events._emit({"event": "stopped", "stop_reason": events.stop_reason, "seconds": seconds,
-                  "iterations": iterations})
+    events._emit(Stopped(stop_reason=events.stop_reason, seconds=seconds, iterations=iterations))
     return seconds, iterations
 
 

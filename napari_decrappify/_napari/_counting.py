@@ -32,6 +32,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
+from ..progress import Progress
 from ._job_dock import JobDock
 from ._layers import BLENDING, base_data, current_plane, layer_axes
 from ._ui import DockBody, layer_choices
@@ -370,7 +371,7 @@ def _collect_job(plan: dict, *, progress=None, cancel=None) -> dict[str, np.ndar
 
             raise RestoreCancelled("cancelled")
         if progress is not None:
-            progress({"event": f"reading {name}", "done": k, "total": len(plan)})
+            progress(Progress(f"reading {name}", k, len(plan)))
         img = np.asarray(compute_array(plane, cancel), dtype=np.float32)
         out[name] = bicubic_upsample(img, factor) if factor != 1 else img
     return out

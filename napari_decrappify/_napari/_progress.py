@@ -12,6 +12,7 @@ spent. Between jobs it shows nothing but the dock's last message.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QSizePolicy, QVBoxLayout, QWidget
 
@@ -93,7 +94,7 @@ class JobProgress(QWidget):
         self.label.setText(f"{job.description} …")
 
     def job_event(self, job, event: dict) -> None:
-        if job is not self.job or not isinstance(event, dict):
+        if job is not self.job or not isinstance(event, Mapping):
             return
         elapsed = time.monotonic() - self._t0
         done, total = event.get("done", event.get("iteration")), event.get("total")
@@ -163,7 +164,7 @@ class InlineProgress:
         self.show(f"{job.description} …")
 
     def job_event(self, job, event: dict) -> None:
-        if job is not self.job or job.cancel_event.is_set() or not isinstance(event, dict):
+        if job is not self.job or job.cancel_event.is_set() or not isinstance(event, Mapping):
             return
         self.show(f"{job.description}: {describe(event)}", event.get("done"), event.get("total"))
 

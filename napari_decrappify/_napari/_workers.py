@@ -1,15 +1,18 @@
 """Run core functions in napari thread workers: progress events to a progress bar, cancellation.
 
-The core reports progress through a callback (``progress(event_dict)``) and stops when a
-``threading.Event`` is set. A napari ``GeneratorWorker`` wants a generator that *yields* its
-progress, so :class:`CoreJob` runs the core call in a helper thread and its generator yields
-the events as they arrive (the stardist-napari pattern: the generator's ``yielded`` signal
-reaches the UI thread through Qt's queued connections). The UI thread never waits on the core.
+The core reports progress through a callback (``progress(event)``: the typed events of
+:mod:`napari_decrappify.progress`, which read as dicts; plain dicts, which tests and scripts
+send, work the same) and stops when a ``threading.Event`` is set. A napari
+``GeneratorWorker`` wants a generator that *yields* its progress, so :class:`CoreJob` runs the
+core call in a helper thread and its generator yields the events as they arrive (the
+stardist-napari pattern: the generator's ``yielded`` signal reaches the UI thread through Qt's
+queued connections). The UI thread never waits on the core.
 
 Cancelling sets the event; the core stops at its next check (between tiles, batches or
-chunks) and raises its ``...Cancelled`` exception (or, for training, returns with
-``stop_reason == "cancelled"``). Either way the job reports it through ``on_cancelled`` and never
-through ``on_result``, so a dock cannot add a half-computed layer by mistake.
+chunks) and raises a :class:`~napari_decrappify.progress.Cancelled` (or, for training,
+returns with ``stop_reason == "cancelled"``). Either way the job reports it through
+``on_cancelled`` and never through ``on_result``, so a dock cannot add a half-computed layer
+by mistake.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker
 from napari.utils import progress as napari_progress
 from psygnal import Signal
+
+from ..progress import Cancelled
 
 _DONE = object()
 # events whose every occurrence matters (plots); other kinds are coalesced to the latest one
@@ -50,8 +55,10 @@ def warm_imports(*modules: str) -> None:
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    """True for the core's cancellation exceptions (``RestoreCancelled``, ``TrainingCancelled`` ...)."""
-    return type(exc).__name__.endswith(("Cancelled", "Canceled"))
+    """True for the core's cancellation exceptions (``RestoreCancelled``,
+    ``TrainingCancelled``: every :class:`~napari_decrappify.progress.Cancelled`), by class:
+    another library's ``...Cancelled`` is a failure to report, not a cancel."""
+    return isinstance(exc, Cancelled)
 
 
 def compute_array(arr, cancel: threading.Event | None = None):
@@ -119,7 +126,7 @@ def _relay(fn: Callable, args, kwargs, cancel: threading.Event):
             if ev is _DONE:
                 finished = True
                 break
-            if isinstance(ev, dict) and ev.get("event") not in _KEEP_ALL:
+            if isinstance(ev, Mapping) and ev.get("event") not in _KEEP_ALL:
                 if pending is not None and pending.get("event") != ev.get("event"):
                     yield pending
                 pending = ev
@@ -262,7 +269,7 @@ class CoreJob:
 
     # -- slots (UI thread)
     def _event(self, event) -> None:
-        if not isinstance(event, dict) or self.abandoned:
+        if not isinstance(event, Mapping) or self.abandoned:
             return
         # Updating napari's progress bar can process Qt events, which delivers the next queued
         # event *inside* this call: hand the event on first (so consumers see events in order),

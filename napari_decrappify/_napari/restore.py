@@ -68,6 +68,7 @@ from magicgui.widgets import (
 )
 
 from ..pixel_size import POLICIES
+from ..progress import Progress
 from . import _compare, _live_lazy, api
 from ._job_dock import JobDock, model_first
 from ._layers import (
@@ -1357,7 +1358,7 @@ def _export_job(model, out: Path, *, overwrite: bool = False, authors=(), source
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder: give the package a file name ending in .zip")
     if progress is not None:
-        progress({"event": "tracing the network, test tensors, packaging"})
+        progress(Progress("tracing the network, test tensors, packaging"))
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = f".{out.stem}.{os.getpid()}-{threading.get_ident()}"
     part = out.with_name(f"{stem}.part.zip")
@@ -1457,7 +1458,7 @@ def _measure(model, lr, axes: str, resample: dict | None, known: dict, *, domain
     source = np.asarray(source) if len(source.shape) == 2 else _Planes(source, cancel)
     if need_range:
         if progress is not None:  # (the restore's tile events follow)
-            progress({"event": "measuring the input", "done": 0, "total": 1})
+            progress(Progress("measuring the input", 0, 1))
         out["range"] = normalization.input_range(model.config.norm, source)
     if need_domain:
         try:
@@ -1573,7 +1574,7 @@ def _score_planes(restored, lr, model, gt, lr_range=None, *, progress, cancel) -
     lead = tuple(restored.shape[:-2])
     n = int(np.prod(lead)) if lead else 1
     planes: dict[str, list] = {"restored": [], "bicubic": [], "consistency": []}
-    progress({"event": "scoring", "done": 0, "total": n})
+    progress(Progress("scoring", 0, n))
     for flat, idx in enumerate(np.ndindex(*lead)):
         _check_cancel(cancel)
         r = compute_array(restored[idx], cancel)
@@ -1588,7 +1589,7 @@ def _score_planes(restored, lr, model, gt, lr_range=None, *, progress, cancel) -
             cons = _plane_consistency(model, r, low, lr_range)
             if cons is not None:
                 planes["consistency"].append({**cons, "plane": flat})
-        progress({"event": "scoring", "done": flat + 1, "total": n})
+        progress(Progress("scoring", flat + 1, n))
     out = {k: _compare.combine(planes[k]) for k in ("restored", "bicubic")} if gt is not None else {}
     rows = planes["consistency"]
     out["consistency"] = None if not rows else {
@@ -1605,14 +1606,14 @@ def _score_job(restored, lr, model, gt, index, lr_range, *, progress=None, cance
     if index is None:
         out = _score_planes(restored, lr, model, gt, lr_range, progress=progress, cancel=cancel)
         return out, out.pop("consistency"), lr_range
-    progress({"event": "scoring", "done": 0, "total": 2})
+    progress(Progress("scoring", 0, 2))
     r, low = compute_array(restored[index], cancel), np.asarray(lr[index])
     out = {"restored": _compare.score(r, gt, index)}
-    progress({"event": "scoring", "done": 1, "total": 2})
+    progress(Progress("scoring", 1, 2))
     _check_cancel(cancel)
     out["bicubic"] = _compare.score(_compare.bicubic(low, model.scale), gt, index)
     cons = _plane_consistency(model, r, low, lr_range)
-    progress({"event": "scoring", "done": 2, "total": 2})
+    progress(Progress("scoring", 2, 2))
     return {k: _summary(v) for k, v in out.items()}, cons, lr_range
 
 

@@ -32,6 +32,7 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ..io import RestoreCancelled
+from ..progress import Progress
 from ._job_dock import JobDock, model_first
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._model_picker import ModelPicker
@@ -658,7 +659,7 @@ def _split_job(sem, image, *, method, classes, min_size, axes, scale, translate,
         if cancel is not None and cancel.is_set():
             raise RestoreCancelled("cancelled")
         if progress is not None:
-            progress({"event": what, "done": k, "total": 3})
+            progress(Progress(what, k, 3))
 
     step(0, "splitting into objects")
     objects = segment.instances(sem, method, classes=classes, min_size=min_size, axes=axes,
@@ -708,7 +709,7 @@ def _compare_counts_job(sources, reference, norm, *, progress=None, cancel=None,
         if cancel is not None and cancel.is_set():
             raise RestoreCancelled("cancelled")
         if progress is not None:
-            progress({"event": "reading", "done": k, "total": len(sources), "source": name})
+            progress(Progress("reading", k, len(sources), extra={"source": name}))
         on_grid[name] = _on_grid(data, factor, norm, cancel)
     return segment.compare_counts(on_grid, reference, progress=progress, cancel=cancel, **kwargs)
 

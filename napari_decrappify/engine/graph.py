@@ -18,18 +18,17 @@ import functools
 import itertools
 import math
 import os
-import threading
-import time
 import uuid
 import warnings
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import NormConfig, TileConfig
 from ..io import ImageData, RestoreCancelled, check_axes, open_image
 from ..normalization import denormalize, input_range, normalize, resolve
+from ..progress import RateCounter
 from .distributed import distributed_client, in_distributed_worker
 from .geometry import (
     ALIGN,
@@ -44,29 +43,13 @@ from .geometry import (
 from .registry import ModelRef, as_model, get_worker, lookup, register
 
 
-@dataclass
-class Run:
-    progress: object
-    cancel: object
-    total: int
-    done: int = 0
-    pixels: int = 0
-    t0: float | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class Run(RateCounter):
+    """One restoration's progress callback, cancel event and tile count (its events'
+    rate and ETA: :class:`~napari_decrappify.progress.RateCounter`, whose clock starts at the
+    first tile: a lazy array is built long before it is computed)."""
 
-    def tick(self, pixels: int) -> None:
-        with self.lock:
-            if self.t0 is None:
-                self.t0 = time.monotonic()
-            self.done += 1
-            self.pixels += pixels
-            done, px, t0 = self.done, self.pixels, self.t0
-        if self.progress is not None:
-            dt = max(time.monotonic() - t0, 1e-6)
-            rate = done / dt
-            self.progress({"event": "tiles", "done": min(done, self.total), "total": self.total,
-                           "mpix_per_s": px / dt / 1e6,
-                           "eta": max(0.0, (self.total - done) / rate)})
+    def __init__(self, progress, cancel, total: int):
+        super().__init__("tiles", total, progress, cancel, clock_from_first_tick=True)
 
 
 RUNS: dict[str, Run] = {}

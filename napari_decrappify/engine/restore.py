@@ -51,8 +51,9 @@ def restore_lazy(model, image, config: TileConfig | None = None, *, axes: str | 
         Axes of ``image`` (``"ZYX"``...); default: from the file, else guessed from ndim.
         Multi-frame models take their neighbouring frames along T when T > 1, else along Z.
     progress : callable, optional
-        Called from worker threads after each tile with ``{"event": "tiles", "done",
-        "total", "mpix_per_s", "eta"}`` (output megapixels per second, seconds left). Under
+        Called from worker threads after each tile with a
+        :class:`~napari_decrappify.progress.RateProgress` (read as ``{"event": "tiles",
+        "done", "total", "mpix_per_s", "eta"}``: output megapixels per second, seconds left). Under
         dask.distributed the tiles run elsewhere and this is not called from them: use
         :func:`restore` or :func:`~napari_decrappify.io.write_ome_zarr`, which report there.
     cancel : threading.Event, optional

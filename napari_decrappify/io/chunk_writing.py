@@ -1,5 +1,5 @@
 """Writing a lazy array into an existing Zarr array chunk by chunk, resumably: the write run
-and its rate/ETA bookkeeping.
+(its rate/ETA: :class:`napari_decrappify.progress.RateCounter`).
 
 :func:`write_missing_chunks` computes every chunk of one level that has no marker file yet
 (``DONE_DIR/<level>/<chunk index>``) and writes it, then its marker, so a rerun after a crash
@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine.distributed import compute_distributed, distributed_client, in_distributed_worker
+from ..progress import RateCounter
 from .errors import RestoreCancelled, output_error
 from .pyramid import pyramid_block
 
@@ -29,30 +28,13 @@ WRITE_BATCH = 2048  # chunks per dask computation in write_ome_zarr
 DONE_DIR = ".decrappify-done"  # inside a store being written: one empty file per finished chunk
 
 
-@dataclass
-class _WriteRun:
+class _WriteRun(RateCounter):
     """One call of :func:`write_missing_chunks`: its progress callback and cancel event, and
-    the chunks and pixels written so far, from which each progress event's rate and ETA come."""
+    the chunks and pixels written so far, from which each progress event's rate and ETA come
+    (:class:`~napari_decrappify.progress.RateCounter`, its clock started with the write)."""
 
-    progress: object
-    cancel: object
-    total: int
-    done: int = 0
-    pixels: int = 0
-    t0: float = field(default_factory=time.monotonic)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def tick(self, pixels: int) -> None:
-        with self.lock:
-            self.done += 1
-            self.pixels += pixels
-            done, px = self.done, self.pixels
-        if self.progress is not None:
-            dt = max(time.monotonic() - self.t0, 1e-9)
-            rate = done / dt
-            self.progress({"event": "chunks", "done": done, "total": self.total,
-                           "mpix_per_s": px / dt / 1e6,
-                           "eta": (self.total - done) / rate if rate > 0 else float("inf")})
+    def __init__(self, progress, cancel, total: int):
+        super().__init__("chunks", total, progress, cancel)
 
 
 _WRITE_RUNS: dict[str, _WriteRun] = {}

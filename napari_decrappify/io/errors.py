@@ -11,9 +11,14 @@ import errno
 import shutil
 from pathlib import Path
 
+from ..progress import Cancelled
 
-class RestoreCancelled(RuntimeError):
+
+class RestoreCancelled(Cancelled, RuntimeError):
     """A restore or a write was stopped through its ``cancel`` event.
+
+    A :class:`~napari_decrappify.progress.Cancelled` (the core's cancellations), and a
+    ``RuntimeError`` as it always was (scripts catch it as one).
 
     Nothing is presented as complete: a cancelled :func:`~napari_decrappify.io.write_ome_zarr`
     leaves its store marked unfinished (rerun the same call to resume it).

@@ -7,13 +7,13 @@ finished. Not resumable: OME-Zarr (:mod:`~napari_decrappify.io.ome_zarr`) is, fo
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..engine.distributed import distributed_client
+from ..progress import RateCounter
 from ..tiff_metadata import ome_unit, unit_name
 from .errors import RestoreCancelled, output_error
 from .image import check_axes, ngff_axis_order, unpack_image
@@ -51,7 +51,8 @@ def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=Non
     overwrite : bool
         Replace an existing file.
     progress : callable, optional
-        Receives ``{"event": "planes", "done", "total", "eta"}`` after each plane.
+        Receives a :class:`~napari_decrappify.progress.RateProgress` after each plane (read as
+        ``{"event": "planes", "done", "total", "mpix_per_s", "eta"}``).
     cancel : threading.Event, optional
         Set it to stop; raises :class:`RestoreCancelled` and leaves no file.
 
@@ -95,17 +96,15 @@ def write_tiff(path, data, *, axes: str | None = None, scale=None, translate=Non
     scale, translate, units = ([v[i] for i in order] for v in (scale, translate, units))
     lead = data.shape[:-2]
     total = int(np.prod(lead)) if lead else 1
-    t0 = time.monotonic()
+    counter = RateCounter("planes", total, progress, cancel)
+    plane_pixels = int(np.prod(data.shape[-2:], dtype=np.int64))
 
     def planes():
-        for done, idx in enumerate(np.ndindex(*lead) if lead else [()], start=1):
+        for idx in np.ndindex(*lead) if lead else [()]:
             if cancel is not None and cancel.is_set():
                 raise RestoreCancelled("write cancelled")
             yield np.asarray(data[idx].compute(scheduler=None if distributed_client() else "threads"))
-            if progress is not None:
-                dt = time.monotonic() - t0
-                progress({"event": "planes", "done": done, "total": total,
-                          "eta": dt / done * (total - done)})
+            counter.tick(plane_pixels)
 
     meta = _ome_metadata(ngff_axes, tuple(int(v) for v in lead), scale, translate, units)
     part = path.with_name(path.name + ".part")

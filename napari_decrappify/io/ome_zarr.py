@@ -56,8 +56,9 @@ def write_ome_zarr(path, data, *, axes: str | None = None, scale=None, translate
         Replace an existing store. Without it an existing path is refused, except an
         unfinished store of the same computation and geometry, which is resumed.
     progress : callable, optional
-        Called (from worker threads) with ``{"event": "chunks", "done", "total",
-        "mpix_per_s", "eta"}`` after each chunk.
+        Called (from worker threads) with a :class:`~napari_decrappify.progress.RateProgress`
+        (read as ``{"event": "chunks", "done", "total", "mpix_per_s", "eta"}``) after each
+        chunk.
     cancel : threading.Event, optional
         Set it to stop promptly; raises :class:`RestoreCancelled` and leaves the store marked
         unfinished (rerun to resume).

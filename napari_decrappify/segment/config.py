@@ -4,14 +4,14 @@ progress callbacks that training, prediction and count comparison take."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from ..config import ArchConfig, BaseTrainConfig, LearningRate, PositiveInt, SegmentationLoss
 
-ProgressFn = Callable[[dict[str, Any]], None]
+ProgressFn = Callable[[Mapping[str, Any]], None]  # receives napari_decrappify.progress events
 
 
 def segmentation_arch(encoder: str = "resnet18s") -> ArchConfig:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import Progress
 from .config import ProgressFn
 from .matching import match
 from .prediction import Segmentation, segment
@@ -67,7 +68,7 @@ def compare_counts(sources: Mapping[str, np.ndarray], reference: np.ndarray | st
         else:
             objects[name] = np.asarray(src)
         if progress is not None:
-            progress({"event": "sources", "done": n + 1, "total": len(names), "source": name})
+            progress(Progress("sources", n + 1, len(names), extra={"source": name}))
     if isinstance(reference, str):
         if reference not in objects:
             raise ValueError(f"reference {reference!r} is not one of the sources {names}")

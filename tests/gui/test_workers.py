@@ -4,11 +4,14 @@ import time
 
 import pytest
 
+from napari_decrappify.progress import Cancelled
+
 pytestmark = pytest.mark.gui
 
 
-class _Cancelled(RuntimeError):
-    """Like tiling.RestoreCancelled: a RuntimeError, which superqt would otherwise swallow."""
+class _Cancelled(Cancelled, RuntimeError):
+    """Like tiling.RestoreCancelled: a Cancelled (a cancellation is known by its class), and a
+    RuntimeError, which superqt would otherwise swallow."""
 
 
 def _count(n, *, progress, cancel, fail_at=None):
