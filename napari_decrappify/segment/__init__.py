@@ -21,7 +21,8 @@ Pipeline::
 One module per concern; every name is imported from here (``from napari_decrappify.segment
 import predict``):
 
-* :mod:`.config`: :func:`segmentation_arch`, :class:`SegmentConfig`
+* :mod:`.segment_config`: :func:`segmentation_arch`, :class:`SegmentConfig` (not
+  :mod:`napari_decrappify.config`, the library's own settings, which it builds on)
 * :mod:`.classes`: class names and which labels are objects
 * :mod:`.loss`: :class:`SparseSegLoss` and the validation metrics
 * :mod:`.training_data`: checks of the training data, :class:`LabelledPatches`
@@ -40,8 +41,6 @@ from __future__ import annotations
 # importable from here
 from .classes import BACKGROUND_NAMES, check_classes, object_class_ids
 from .classes import class_name as class_name
-from .config import ProgressFn as ProgressFn
-from .config import SegmentConfig, segmentation_arch
 from .counts import compare_counts, segment_objects
 from .loss import SparseSegLoss
 from .loss import seg_accuracy as seg_accuracy
@@ -50,6 +49,8 @@ from .loss import soft_dice_loss as soft_dice_loss
 from .matching import match
 from .measurements import Measurements, measure, write_csv
 from .prediction import Segmentation, predict, segment
+from .segment_config import ProgressFn as ProgressFn
+from .segment_config import SegmentConfig, segmentation_arch
 from .splitting import instances, object_classes
 from .study import STUDY_VERSION as STUDY_VERSION
 from .study import CountingStudy, annotator_agreement, match_points, new_session

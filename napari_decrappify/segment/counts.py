@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from ..progress import Progress
-from .config import ProgressFn
 from .matching import match
 from .prediction import Segmentation, segment
+from .segment_config import ProgressFn
 
 
 def segment_objects(model, image, *, method: str = "watershed", min_size: int = 0, h: float = 2.0,

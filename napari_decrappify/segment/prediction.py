@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..config import TileConfig
-from .config import ProgressFn
+from .segment_config import ProgressFn
 from .splitting import instances
 
 

@@ -13,8 +13,8 @@ import torch
 
 from .. import training_runner as runner
 from .classes import check_classes
-from .config import ProgressFn, SegmentConfig
 from .loss import SparseSegLoss, seg_accuracy, seg_dice
+from .segment_config import ProgressFn, SegmentConfig
 from .training_data import LabelledPatches, _check_init_from, _check_training_data
 
 
