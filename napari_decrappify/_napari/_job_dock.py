@@ -42,9 +42,13 @@ class JobDock:
     Class attributes word the dock's messages: ``BUSY_TEXT`` (a click while a job runs),
     ``CANCEL_TEXT`` (on Cancel; None: none), ``FAILED_STATUS`` and ``FAILED_NOTICE`` (format
     strings of ``{exc}``: the status line and the napari notification of a failed job).
+
+    A dock that sets ``_closed`` when its widget is destroyed (the Crappify dock) is left
+    alone by its jobs' ends: their Qt widgets are gone.
     """
 
     job: CoreJob | None = None
+    _closed = False
     BUSY_TEXT = "⚠ busy: wait for the running job or cancel it"
     CANCEL_TEXT: str | None = "cancelling ..."
     FAILED_STATUS = "⚠ failed: {exc}"
@@ -70,7 +74,8 @@ class JobDock:
         return [self.progress]
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text
+        if not self._closed:
+            self.status.value = text
 
     @property
     def running(self) -> bool:
@@ -98,7 +103,9 @@ class JobDock:
         return self.job
 
     def _job_finished(self) -> None:
-        if self.running:  # a job chained from the one that ended (a model loaded, then used)
+        # a job chained from the one that ended (a model loaded, then used) runs on; a closed
+        # dock has no widgets left
+        if self.running or self._closed:
             return
         for button in self._job_buttons():
             button.enabled = True

@@ -35,7 +35,7 @@ from ..io import RestoreCancelled
 from ._job_dock import JobDock, model_first
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._model_picker import ModelPicker
-from ._ui import STOP_TEXT, DefaultChoice, DockBody, layer_choices
+from ._ui import STOP_TEXT, DefaultChoice, DockBody, devices, layer_choices
 from ._units import display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
@@ -109,7 +109,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
         self.patch_size = SpinBox(label="patch size (px)", value=128, min=32, max=1024, step=32)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
         self.iterations = SpinBox(label="iterations / epoch", value=50, min=1, max=1_000_000)
-        self.device = ComboBox(label="device", choices=_devices(), value="auto")
+        self.device = ComboBox(label="device", choices=devices(), value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.model_name = LineEdit(label="model name", value="my-segmenter")
         self.folder = FileEdit(label="save in", mode="d", value=_default_model_dir())
@@ -733,7 +733,4 @@ def _default_model_dir() -> Path:
     return default_model_dir()
 
 
-def _devices() -> list[str]:
-    import torch
-
-    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+_devices = devices  # the old name of the shared device choices (:func:`._ui.devices`)
