@@ -89,12 +89,15 @@ class JobDock:
             return True
         return False
 
-    def _start_job(self, fn, *args, **kwargs) -> CoreJob:
+    def _start_job(self, fn, *args, cancelled: str | None = None, **kwargs) -> CoreJob:
         """Run ``fn`` in a :class:`CoreJob` (its keyword arguments as CoreJob's), followed by
         the dock's progress line; a failure goes to :meth:`_failed` unless ``on_error`` is
-        given."""
+        given; ``cancelled`` is what the status line says when the job is cancelled (instead of
+        an ``on_cancelled``)."""
         if kwargs.get("on_error") is None:
             kwargs["on_error"] = self._failed
+        if cancelled is not None:
+            kwargs["on_cancelled"] = lambda: self._set_status(cancelled)
         self.job = CoreJob(fn, *args, on_finished=self._job_finished, watchers=self._job_watchers(),
                            **kwargs)
         for button in self._job_buttons():

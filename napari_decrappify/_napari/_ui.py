@@ -170,6 +170,23 @@ def layer_choices(viewer, kind=None, optional: bool = False):
     return choices
 
 
+def budget_widgets(minutes: float):
+    """A training dock's budget: ``(unit, amount)``, a "budget in" minutes / epochs combo box
+    and the amount (``minutes`` by default); :func:`budget` reads them."""
+    from magicgui.widgets import ComboBox, FloatSpinBox
+
+    return (ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes"),
+            FloatSpinBox(label="budget", value=minutes, min=0.01, max=100_000, step=1.0))
+
+
+def budget(unit, amount) -> tuple[float | None, int | None]:
+    """``(minutes, epochs)`` of the budget widgets of :func:`budget_widgets`: the one chosen is
+    set (epochs: a whole number, at least one), the other is None."""
+    if unit.value == "minutes":
+        return float(amount.value), None
+    return None, max(1, int(round(amount.value)))
+
+
 def devices() -> list[str]:
     """Device choices: auto, cpu and each CUDA device."""
     import torch

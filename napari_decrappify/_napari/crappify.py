@@ -347,16 +347,11 @@ class CrappifyWidget(JobDock, Container):
         self.status.value = f"saving {name} to {folder}…"
         return self._start_job(
             write_pairs, layer.data, folder, config, description=f"saving pairs {name}",
-            on_result=self._saved, on_cancelled=self._save_cancelled, **kwargs)
+            on_result=self._saved, cancelled="saving cancelled: nothing written", **kwargs)
 
     def _saved(self, result: dict) -> None:
         self.last_pairs = result
-        if not self._closed:
-            self.status.value = f"saved {Path(result['lr']).name}, {Path(result['hr']).name}"
-
-    def _save_cancelled(self) -> None:
-        if not self._closed:
-            self.status.value = "saving cancelled: nothing written"
+        self._set_status(f"saved {Path(result['lr']).name}, {Path(result['hr']).name}")
 
     def cancel(self, *_args) -> None:
         """Stop saving at the next chunk; what was written is removed."""

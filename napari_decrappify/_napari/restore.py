@@ -646,7 +646,7 @@ class RestoreWidget(LoadsModelFirst, JobDock, DockBody):
         the status line says ``cancelled_text``."""
         return self._start_job(
             fn, *args, description=description, on_result=on_result,
-            on_cancelled=lambda: self._set_status(f"{description}: {cancelled_text}"), **kwargs)
+            cancelled=f"{description}: {cancelled_text}", **kwargs)
 
     def _job_buttons(self) -> tuple:
         return (self.restore_button,)

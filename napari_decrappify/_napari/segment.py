@@ -22,7 +22,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     PushButton,
@@ -35,7 +34,7 @@ from ..io import RestoreCancelled
 from ._job_dock import JobDock, model_first
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._model_picker import ModelPicker
-from ._ui import STOP_TEXT, DefaultChoice, DockBody, devices, layer_choices
+from ._ui import STOP_TEXT, DefaultChoice, DockBody, budget, budget_widgets, devices, layer_choices
 from ._units import display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
@@ -104,8 +103,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
         self.loss = ComboBox(label="loss", choices=LOSSES, value="dice_ce")
         self.weighting = ComboBox(label="class weights", choices=["balanced", "none"],
                                   value="balanced", tooltip="balanced: rare classes weigh more")
-        self.budget_unit = ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes")
-        self.budget = FloatSpinBox(label="budget", value=2.0, min=0.01, max=100_000, step=1.0)
+        self.budget_unit, self.budget = budget_widgets(minutes=2.0)
         self.patch_size = SpinBox(label="patch size (px)", value=128, min=32, max=1024, step=32)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
         self.iterations = SpinBox(label="iterations / epoch", value=50, min=1, max=1_000_000)
@@ -234,7 +232,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
         """The loading job when the chosen model is not loaded yet (:class:`LoadsModelFirst`)."""
         return self._load_then(
             self.model_choice.value, action, self._start_job,
-            on_cancelled=lambda: self._set_status("cancelled before the model was loaded"))
+            cancelled="cancelled before the model was loaded")
 
     def current_model(self):
         """The chosen segmentation model, loaded by :meth:`_load_model_first` (in a worker):
@@ -253,11 +251,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
     def config(self):
         from ..segment import SegmentConfig, segmentation_arch
 
-        minutes = epochs = None
-        if self.budget_unit.value == "minutes":
-            minutes = float(self.budget.value)
-        else:
-            epochs = max(1, int(round(self.budget.value)))
+        minutes, epochs = budget(self.budget_unit, self.budget)
         return SegmentConfig(
             arch=segmentation_arch(self.encoder.value),
             loss=self.loss.value, class_weights=self.weighting.value,
@@ -471,7 +465,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
             translate=translate, unit=unit, description=f"Splitting {sem_layer.name}",
             on_result=lambda res: self._split_done(*res, where),
             on_error=lambda e: self._set_status(f"⚠ {e}"),
-            on_cancelled=lambda: self._set_status("splitting cancelled"),
+            cancelled="splitting cancelled",
             abandon_on_cancel=True)  # a volume's watershed is one step of seconds
 
     def _split_done(self, objects, measurements, where) -> None:

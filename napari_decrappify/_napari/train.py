@@ -29,7 +29,7 @@ from ._job_dock import JobDock
 from ._layers import base_data, mode_text
 from ._model_picker import ModelPicker
 from ._plot import LossPlot
-from ._ui import STOP_TEXT, DockBody, devices, layer_choices, note
+from ._ui import STOP_TEXT, DockBody, budget, budget_widgets, devices, layer_choices, note
 from ._workers import CoreJob, model_events
 
 SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
@@ -84,8 +84,7 @@ class TrainWidget(JobDock, DockBody):
             tooltip="a new network, or fine-tune a trained restoration model on these layers "
                     "(its architecture and scale are kept; a 1-frame model can be widened to "
                     "3 or 5 frames)")
-        self.budget_unit = ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes")
-        self.budget = FloatSpinBox(label="budget", value=10.0, min=0.01, max=100_000, step=1.0)
+        self.budget_unit, self.budget = budget_widgets(minutes=10.0)
         self.main = Container(widgets=[self.hr_layers, self.scale, self.encoder, self.loss,
                                        self.start_from, self.budget_unit, self.budget])
 
@@ -198,11 +197,7 @@ class TrainWidget(JobDock, DockBody):
         from ..config import FINE_TUNE_PCT_START, ArchConfig, CrappifyConfig, TrainConfig
 
         scale = int(self.scale.value)
-        minutes = epochs = None
-        if self.budget_unit.value == "minutes":
-            minutes = float(self.budget.value)
-        else:
-            epochs = max(1, int(round(self.budget.value)))
+        minutes, epochs = budget(self.budget_unit, self.budget)
         return TrainConfig(
             scale=scale,
             arch=ArchConfig(encoder=self.encoder.value, scale=scale, frames=int(self.frames.value),
