@@ -6,6 +6,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 from magicgui.widgets import Container
 from qtpy.QtCore import QSize, Qt
@@ -185,6 +186,24 @@ def budget(unit, amount) -> tuple[float | None, int | None]:
     if unit.value == "minutes":
         return float(amount.value), None
     return None, max(1, int(round(amount.value)))
+
+
+def model_folder(folder, name: str, *, replace: bool = True) -> Path:
+    """Where a training dock saves a model: ``folder / name`` (``~`` expanded).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a folder name; or, unless ``replace``, the folder exists.
+    """
+    name = name.strip()
+    if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+        raise ValueError(f"model name {name!r} is not a valid folder name")
+    out = Path(folder).expanduser() / name
+    if out.exists() and not replace:
+        raise ValueError(f"model folder {out} exists: choose another name or tick "
+                         "'replace an existing model'")
+    return out
 
 
 def devices() -> list[str]:

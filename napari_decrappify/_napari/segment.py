@@ -34,7 +34,16 @@ from ..io import RestoreCancelled
 from ._job_dock import JobDock, model_first
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._model_picker import ModelPicker
-from ._ui import STOP_TEXT, DefaultChoice, DockBody, budget, budget_widgets, devices, layer_choices
+from ._ui import (
+    STOP_TEXT,
+    DefaultChoice,
+    DockBody,
+    budget,
+    budget_widgets,
+    devices,
+    layer_choices,
+    model_folder,
+)
 from ._units import display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
@@ -260,10 +269,8 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
             device=self.device.value, seed=int(self.seed.value))
 
     def out_path(self) -> Path:
-        name = self.model_name.value.strip()
-        if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
-            raise ValueError(f"model name {name!r} is not a valid folder name")
-        return Path(self.folder.value).expanduser() / name
+        """Where the model is saved (:func:`._ui.model_folder`)."""
+        return model_folder(self.folder.value, self.model_name.value)
 
     def _job_buttons(self) -> tuple:
         return (self.train_button, self.predict_button, self.split_button, self.compare_button)
@@ -312,10 +319,8 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
             if not lab.any():
                 raise ValueError(f"labels {labels.name!r} are empty: paint a few strokes per class")
             config = self.config()
-            out = self.out_path()
-            if out.exists() and not self.overwrite.value:
-                raise ValueError(f"model folder {out} exists: choose another name or tick "
-                                 "'replace an existing model'")
+            out = model_folder(self.folder.value, self.model_name.value,
+                               replace=bool(self.overwrite.value))
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None

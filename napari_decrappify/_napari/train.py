@@ -29,7 +29,16 @@ from ._job_dock import JobDock
 from ._layers import base_data, mode_text
 from ._model_picker import ModelPicker
 from ._plot import LossPlot
-from ._ui import STOP_TEXT, DockBody, budget, budget_widgets, devices, layer_choices, note
+from ._ui import (
+    STOP_TEXT,
+    DockBody,
+    budget,
+    budget_widgets,
+    devices,
+    layer_choices,
+    model_folder,
+    note,
+)
 from ._workers import CoreJob, model_events
 
 SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
@@ -213,10 +222,8 @@ class TrainWidget(JobDock, DockBody):
         )
 
     def out_path(self) -> Path:
-        name = self.model_name.value.strip()
-        if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
-            raise ValueError(f"model name {name!r} is not a valid folder name")
-        return Path(self.folder.value).expanduser() / name
+        """Where the model is saved (:func:`._ui.model_folder`)."""
+        return model_folder(self.folder.value, self.model_name.value)
 
     # ------------------------------------------------------------------ actions
     def start(self, *_args) -> CoreJob | None:
@@ -231,10 +238,8 @@ class TrainWidget(JobDock, DockBody):
                 if getattr(layer, "rgb", False):
                     raise ValueError(f"layer {layer.name!r} is RGB: split its channels first")
             config = self.config()
-            out = self.out_path()
-            if out.exists() and not self.overwrite.value:
-                raise ValueError(f"model folder {out} exists: choose another name or tick "
-                                 "'replace an existing model'")
+            out = model_folder(self.folder.value, self.model_name.value,
+                               replace=bool(self.overwrite.value))
             pairs = None
             if (self.pair_lr.value is None) != (self.pair_hr.value is None):
                 raise ValueError("a real pair needs both an LR and an HR layer")
