@@ -31,19 +31,11 @@ from magicgui.widgets import (
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ..io import RestoreCancelled
+from . import _ui
 from ._job_dock import JobDock, model_first
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._model_picker import ModelPicker
-from ._ui import (
-    STOP_TEXT,
-    DefaultChoice,
-    DockBody,
-    budget,
-    budget_widgets,
-    devices,
-    layer_choices,
-    model_folder,
-)
+from ._ui import STOP_TEXT, DefaultChoice, DockBody, devices, layer_choices
 from ._units import display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
@@ -112,7 +104,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
         self.loss = ComboBox(label="loss", choices=LOSSES, value="dice_ce")
         self.weighting = ComboBox(label="class weights", choices=["balanced", "none"],
                                   value="balanced", tooltip="balanced: rare classes weigh more")
-        self.budget_unit, self.budget = budget_widgets(minutes=2.0)
+        self.budget_unit, self.budget = _ui.budget_widgets(minutes=2.0)
         self.patch_size = SpinBox(label="patch size (px)", value=128, min=32, max=1024, step=32)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
         self.iterations = SpinBox(label="iterations / epoch", value=50, min=1, max=1_000_000)
@@ -260,7 +252,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
     def config(self):
         from ..segment import SegmentConfig, segmentation_arch
 
-        minutes, epochs = budget(self.budget_unit, self.budget)
+        minutes, epochs = _ui.budget(self.budget_unit, self.budget)
         return SegmentConfig(
             arch=segmentation_arch(self.encoder.value),
             loss=self.loss.value, class_weights=self.weighting.value,
@@ -270,7 +262,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
 
     def out_path(self) -> Path:
         """Where the model is saved (:func:`._ui.model_folder`)."""
-        return model_folder(self.folder.value, self.model_name.value)
+        return _ui.model_folder(self.folder.value, self.model_name.value)
 
     def _job_buttons(self) -> tuple:
         return (self.train_button, self.predict_button, self.split_button, self.compare_button)
@@ -319,8 +311,8 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
             if not lab.any():
                 raise ValueError(f"labels {labels.name!r} are empty: paint a few strokes per class")
             config = self.config()
-            out = model_folder(self.folder.value, self.model_name.value,
-                               replace=bool(self.overwrite.value))
+            out = _ui.model_folder(self.folder.value, self.model_name.value,
+                                   replace=bool(self.overwrite.value))
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None

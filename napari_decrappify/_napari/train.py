@@ -25,20 +25,12 @@ from magicgui.widgets import (
 )
 
 from ..config import Downsample, Encoder, choices
+from . import _ui
 from ._job_dock import JobDock
 from ._layers import base_data, mode_text
 from ._model_picker import ModelPicker
 from ._plot import LossPlot
-from ._ui import (
-    STOP_TEXT,
-    DockBody,
-    budget,
-    budget_widgets,
-    devices,
-    layer_choices,
-    model_folder,
-    note,
-)
+from ._ui import STOP_TEXT, DockBody, devices, layer_choices, note
 from ._workers import CoreJob, model_events
 
 SCALE_CHOICES = [("denoise (1x)", 1), ("2x", 2), ("4x", 4), ("8x", 8)]
@@ -93,7 +85,7 @@ class TrainWidget(JobDock, DockBody):
             tooltip="a new network, or fine-tune a trained restoration model on these layers "
                     "(its architecture and scale are kept; a 1-frame model can be widened to "
                     "3 or 5 frames)")
-        self.budget_unit, self.budget = budget_widgets(minutes=10.0)
+        self.budget_unit, self.budget = _ui.budget_widgets(minutes=10.0)
         self.main = Container(widgets=[self.hr_layers, self.scale, self.encoder, self.loss,
                                        self.start_from, self.budget_unit, self.budget])
 
@@ -206,7 +198,7 @@ class TrainWidget(JobDock, DockBody):
         from ..config import FINE_TUNE_PCT_START, ArchConfig, CrappifyConfig, TrainConfig
 
         scale = int(self.scale.value)
-        minutes, epochs = budget(self.budget_unit, self.budget)
+        minutes, epochs = _ui.budget(self.budget_unit, self.budget)
         return TrainConfig(
             scale=scale,
             arch=ArchConfig(encoder=self.encoder.value, scale=scale, frames=int(self.frames.value),
@@ -223,7 +215,7 @@ class TrainWidget(JobDock, DockBody):
 
     def out_path(self) -> Path:
         """Where the model is saved (:func:`._ui.model_folder`)."""
-        return model_folder(self.folder.value, self.model_name.value)
+        return _ui.model_folder(self.folder.value, self.model_name.value)
 
     # ------------------------------------------------------------------ actions
     def start(self, *_args) -> CoreJob | None:
@@ -238,8 +230,8 @@ class TrainWidget(JobDock, DockBody):
                 if getattr(layer, "rgb", False):
                     raise ValueError(f"layer {layer.name!r} is RGB: split its channels first")
             config = self.config()
-            out = model_folder(self.folder.value, self.model_name.value,
-                               replace=bool(self.overwrite.value))
+            out = _ui.model_folder(self.folder.value, self.model_name.value,
+                                   replace=bool(self.overwrite.value))
             pairs = None
             if (self.pair_lr.value is None) != (self.pair_hr.value is None):
                 raise ValueError("a real pair needs both an LR and an HR layer")
