@@ -161,7 +161,7 @@ class CountingStudyWidget(JobDock, DockBody):
     def _start(self, plan: dict, then, description: str) -> CoreJob:
         """Read the planes of ``plan`` in a worker; ``then(images)`` in the UI thread."""
         return self._start_job(_collect_job, plan, description=description, on_result=then,
-                               on_cancelled=lambda: self._set_status("cancelled"),
+                               cancelled="cancelled",
                                on_error=lambda e: self._set_status(f"⚠ {e}"),
                                abandon_on_cancel=True)  # an upsampling is one step
 

@@ -42,9 +42,13 @@ class JobDock:
     Class attributes word the dock's messages: ``BUSY_TEXT`` (a click while a job runs),
     ``CANCEL_TEXT`` (on Cancel; None: none), ``FAILED_STATUS`` and ``FAILED_NOTICE`` (format
     strings of ``{exc}``: the status line and the napari notification of a failed job).
+
+    A dock that sets ``_closed`` when its widget is destroyed (the Crappify dock) is left
+    alone by its jobs' ends: their Qt widgets are gone.
     """
 
     job: CoreJob | None = None
+    _closed = False
     BUSY_TEXT = "⚠ busy: wait for the running job or cancel it"
     CANCEL_TEXT: str | None = "cancelling ..."
     FAILED_STATUS = "⚠ failed: {exc}"
@@ -70,7 +74,8 @@ class JobDock:
         return [self.progress]
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text
+        if not self._closed:
+            self.status.value = text
 
     @property
     def running(self) -> bool:
@@ -84,12 +89,15 @@ class JobDock:
             return True
         return False
 
-    def _start_job(self, fn, *args, **kwargs) -> CoreJob:
+    def _start_job(self, fn, *args, cancelled: str | None = None, **kwargs) -> CoreJob:
         """Run ``fn`` in a :class:`CoreJob` (its keyword arguments as CoreJob's), followed by
         the dock's progress line; a failure goes to :meth:`_failed` unless ``on_error`` is
-        given."""
+        given; ``cancelled`` is what the status line says when the job is cancelled (instead of
+        an ``on_cancelled``)."""
         if kwargs.get("on_error") is None:
             kwargs["on_error"] = self._failed
+        if cancelled is not None:
+            kwargs["on_cancelled"] = lambda: self._set_status(cancelled)
         self.job = CoreJob(fn, *args, on_finished=self._job_finished, watchers=self._job_watchers(),
                            **kwargs)
         for button in self._job_buttons():
@@ -98,7 +106,9 @@ class JobDock:
         return self.job
 
     def _job_finished(self) -> None:
-        if self.running:  # a job chained from the one that ended (a model loaded, then used)
+        # a job chained from the one that ended (a model loaded, then used) runs on; a closed
+        # dock has no widgets left
+        if self.running or self._closed:
             return
         for button in self._job_buttons():
             button.enabled = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 from magicgui.widgets import Container
 from qtpy.QtCore import QSize, Qt
@@ -168,6 +169,41 @@ def layer_choices(viewer, kind=None, optional: bool = False):
         return ([("(none)", None)] if optional else []) + items
 
     return choices
+
+
+def budget_widgets(minutes: float):
+    """A training dock's budget: ``(unit, amount)``, a "budget in" minutes / epochs combo box
+    and the amount (``minutes`` by default); :func:`budget` reads them."""
+    from magicgui.widgets import ComboBox, FloatSpinBox
+
+    return (ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes"),
+            FloatSpinBox(label="budget", value=minutes, min=0.01, max=100_000, step=1.0))
+
+
+def budget(unit, amount) -> tuple[float | None, int | None]:
+    """``(minutes, epochs)`` of the budget widgets of :func:`budget_widgets`: the one chosen is
+    set (epochs: a whole number, at least one), the other is None."""
+    if unit.value == "minutes":
+        return float(amount.value), None
+    return None, max(1, int(round(amount.value)))
+
+
+def model_folder(folder, name: str, *, replace: bool = True) -> Path:
+    """Where a training dock saves a model: ``folder / name`` (``~`` expanded).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a folder name; or, unless ``replace``, the folder exists.
+    """
+    name = name.strip()
+    if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+        raise ValueError(f"model name {name!r} is not a valid folder name")
+    out = Path(folder).expanduser() / name
+    if out.exists() and not replace:
+        raise ValueError(f"model folder {out} exists: choose another name or tick "
+                         "'replace an existing model'")
+    return out
 
 
 def devices() -> list[str]:

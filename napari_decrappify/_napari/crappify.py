@@ -5,7 +5,9 @@ runs :class:`~napari_decrappify.crappify.Crappifier` on the current plane in a t
 (latest request wins, the UI never waits) and shows the result as ``"<name> crappified"``: a
 layer with the LR geometry of :func:`napari_decrappify.io.downscale_geometry` (it overlays the HR
 layer) placed at the current plane along the other axes. "Save pairs…" writes every plane
-with :func:`napari_decrappify.pair_files.write_pairs` in a cancellable :class:`._workers.CoreJob`.
+with :func:`napari_decrappify.pair_files.write_pairs` in a cancellable :class:`._workers.CoreJob`,
+followed like every dock's job (:class:`._job_dock.JobDock`: busy, Cancel, progress line, the
+failure on the status line).
 
 Plane ``i`` is seeded with ``crappify.plane_rng(seed, i)`` everywhere, so the preview of a plane
 is exactly that plane of the saved LR (and of ``decrappify crappify --seed``).
@@ -36,9 +38,9 @@ from .. import io
 from ..config import CrappifyConfig, Downsample, choices
 from ..crappify import Crappifier, check_unit_float, from_unit, plane_rng
 from ..pair_files import write_pairs  # (not ..data: that imports torch)
+from ._job_dock import JobDock
 from ._layers import BLENDING
 from ._progress import JobProgress
-from ._workers import CoreJob
 
 # the folder the user chose for pairs in this session: used again for layers without a file
 _CHOSEN_FOLDER: list[Path] = []
@@ -79,13 +81,21 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "pair"
 
 
-class CrappifyWidget(Container):
+class CrappifyWidget(JobDock, Container):
     """Crappify dock: parameters, live preview of the current plane, "Save pairs…".
+
+    The previews are not jobs (the latest request wins, nothing to cancel); saving is the
+    dock's one :class:`._job_dock.JobDock` job.
 
     Parameters
     ----------
     napari_viewer : napari.Viewer
     """
+
+    BUSY_TEXT = "already saving"
+    CANCEL_TEXT = "cancelling…"
+    FAILED_STATUS = "save failed: {exc}"
+    FAILED_NOTICE = "Decrappify: saving pairs failed: {exc}"
 
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
@@ -127,7 +137,6 @@ class CrappifyWidget(Container):
 
         self._preview_worker = None
         self._preview_pending = False
-        self._save_job = None
         self.last_pairs: dict | None = None
 
         self.preview_button.changed.connect(self.preview)
@@ -155,8 +164,7 @@ class CrappifyWidget(Container):
                               (self.viewer.layers.events.removed, self._refresh_layers),
                               (self.viewer.dims.events.current_step, self._live_update)):
             emitter.disconnect(slot)
-        if self._save_job is not None:
-            self._save_job.cancel()
+        self._cancel_job()
 
     # ------------------------------------------------------------------ parameters
 
@@ -300,13 +308,21 @@ class CrappifyWidget(Container):
                              f"LR pixels")
 
     # ------------------------------------------------------------------ save pairs
+    def _job_buttons(self) -> tuple:
+        return (self.save_button,)
+
+    @property
+    def _save_job(self):
+        """The saving job until it has finished (its buttons back), else None."""
+        job = self.job
+        return None if job is None or job.finished else job
+
 
     def save_pairs(self, *_args):
         """Write LR/HR pairs of every plane to the chosen folder
-        (:func:`napari_decrappify.pair_files.write_pairs` in a :class:`CoreJob`: a progress bar, and
+        (:func:`napari_decrappify.pair_files.write_pairs` in a :class:`._workers.CoreJob`: a progress bar, and
         Cancel removes what was written). Returns the job, or None when nothing was started."""
-        if self._save_job is not None:
-            self.status.value = "already saving"
+        if self._busy():
             return None
         try:
             layer = self._source()
@@ -328,34 +344,15 @@ class CrappifyWidget(Container):
             self.status.value = (f"save: {', '.join(existing)} exists in {folder}; tick "
                                  "'overwrite' or change the name")
             return None
-        self.save_button.enabled = False
-        self.cancel_button.enabled = True
         self.status.value = f"saving {name} to {folder}…"
-        self._save_job = CoreJob(
+        return self._start_job(
             write_pairs, layer.data, folder, config, description=f"saving pairs {name}",
-            on_result=self._saved, on_cancelled=self._save_cancelled,
-            on_error=lambda e: self._report("save failed", e), on_finished=self._save_done,
-            watchers=[self.progress], **kwargs)
-        return self._save_job
+            on_result=self._saved, cancelled="saving cancelled: nothing written", **kwargs)
 
     def _saved(self, result: dict) -> None:
         self.last_pairs = result
-        if not self._closed:
-            self.status.value = f"saved {Path(result['lr']).name}, {Path(result['hr']).name}"
-
-    def _save_cancelled(self) -> None:
-        if not self._closed:
-            self.status.value = "saving cancelled: nothing written"
-
-    def _save_done(self) -> None:
-        self._save_job = None
-        if self._closed:
-            return
-        self.save_button.enabled = True
-        self.cancel_button.enabled = False
+        self._set_status(f"saved {Path(result['lr']).name}, {Path(result['hr']).name}")
 
     def cancel(self, *_args) -> None:
         """Stop saving at the next chunk; what was written is removed."""
-        if self._save_job is not None:
-            self._save_job.cancel()
-            self.status.value = "cancelling…"
+        self._cancel_job()

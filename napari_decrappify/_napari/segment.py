@@ -22,7 +22,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     PushButton,
@@ -33,10 +32,11 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from ..io import RestoreCancelled
 from ..progress import Progress
+from . import _ui
 from ._job_dock import JobDock, model_first
 from ._layers import base_data, current_plane, layer_axes, layer_geometry, segmentation_input
 from ._model_picker import ModelPicker
-from ._ui import STOP_TEXT, DefaultChoice, DockBody, layer_choices
+from ._ui import STOP_TEXT, DefaultChoice, DockBody, devices, layer_choices
 from ._units import display_unit, number, size_word, to_display
 from ._workers import CoreJob, LoadsModelFirst, compute_array, model_events, warm_imports
 
@@ -105,12 +105,11 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
         self.loss = ComboBox(label="loss", choices=LOSSES, value="dice_ce")
         self.weighting = ComboBox(label="class weights", choices=["balanced", "none"],
                                   value="balanced", tooltip="balanced: rare classes weigh more")
-        self.budget_unit = ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes")
-        self.budget = FloatSpinBox(label="budget", value=2.0, min=0.01, max=100_000, step=1.0)
+        self.budget_unit, self.budget = _ui.budget_widgets(minutes=2.0)
         self.patch_size = SpinBox(label="patch size (px)", value=128, min=32, max=1024, step=32)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
         self.iterations = SpinBox(label="iterations / epoch", value=50, min=1, max=1_000_000)
-        self.device = ComboBox(label="device", choices=_devices(), value="auto")
+        self.device = ComboBox(label="device", choices=devices(), value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.model_name = LineEdit(label="model name", value="my-segmenter")
         self.folder = FileEdit(label="save in", mode="d", value=_default_model_dir())
@@ -235,7 +234,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
         """The loading job when the chosen model is not loaded yet (:class:`LoadsModelFirst`)."""
         return self._load_then(
             self.model_choice.value, action, self._start_job,
-            on_cancelled=lambda: self._set_status("cancelled before the model was loaded"))
+            cancelled="cancelled before the model was loaded")
 
     def current_model(self):
         """The chosen segmentation model, loaded by :meth:`_load_model_first` (in a worker):
@@ -254,11 +253,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
     def config(self):
         from ..segment import SegmentConfig, segmentation_arch
 
-        minutes = epochs = None
-        if self.budget_unit.value == "minutes":
-            minutes = float(self.budget.value)
-        else:
-            epochs = max(1, int(round(self.budget.value)))
+        minutes, epochs = _ui.budget(self.budget_unit, self.budget)
         return SegmentConfig(
             arch=segmentation_arch(self.encoder.value),
             loss=self.loss.value, class_weights=self.weighting.value,
@@ -267,10 +262,8 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
             device=self.device.value, seed=int(self.seed.value))
 
     def out_path(self) -> Path:
-        name = self.model_name.value.strip()
-        if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
-            raise ValueError(f"model name {name!r} is not a valid folder name")
-        return Path(self.folder.value).expanduser() / name
+        """Where the model is saved (:func:`._ui.model_folder`)."""
+        return _ui.model_folder(self.folder.value, self.model_name.value)
 
     def _job_buttons(self) -> tuple:
         return (self.train_button, self.predict_button, self.split_button, self.compare_button)
@@ -319,10 +312,8 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
             if not lab.any():
                 raise ValueError(f"labels {labels.name!r} are empty: paint a few strokes per class")
             config = self.config()
-            out = self.out_path()
-            if out.exists() and not self.overwrite.value:
-                raise ValueError(f"model folder {out} exists: choose another name or tick "
-                                 "'replace an existing model'")
+            out = _ui.model_folder(self.folder.value, self.model_name.value,
+                                   replace=bool(self.overwrite.value))
         except ValueError as e:
             self._set_status(f"⚠ {e}")
             return None
@@ -472,7 +463,7 @@ class SegmentWidget(LoadsModelFirst, JobDock, DockBody):
             translate=translate, unit=unit, description=f"Splitting {sem_layer.name}",
             on_result=lambda res: self._split_done(*res, where),
             on_error=lambda e: self._set_status(f"⚠ {e}"),
-            on_cancelled=lambda: self._set_status("splitting cancelled"),
+            cancelled="splitting cancelled",
             abandon_on_cancel=True)  # a volume's watershed is one step of seconds
 
     def _split_done(self, objects, measurements, where) -> None:
@@ -734,7 +725,4 @@ def _default_model_dir() -> Path:
     return default_model_dir()
 
 
-def _devices() -> list[str]:
-    import torch
-
-    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+_devices = devices  # the old name of the shared device choices (:func:`._ui.devices`)

@@ -25,6 +25,7 @@ from magicgui.widgets import (
 )
 
 from ..config import Downsample, Encoder, choices
+from . import _ui
 from ._job_dock import JobDock
 from ._layers import base_data, mode_text
 from ._model_picker import ModelPicker
@@ -84,8 +85,7 @@ class TrainWidget(JobDock, DockBody):
             tooltip="a new network, or fine-tune a trained restoration model on these layers "
                     "(its architecture and scale are kept; a 1-frame model can be widened to "
                     "3 or 5 frames)")
-        self.budget_unit = ComboBox(label="budget in", choices=["minutes", "epochs"], value="minutes")
-        self.budget = FloatSpinBox(label="budget", value=10.0, min=0.01, max=100_000, step=1.0)
+        self.budget_unit, self.budget = _ui.budget_widgets(minutes=10.0)
         self.main = Container(widgets=[self.hr_layers, self.scale, self.encoder, self.loss,
                                        self.start_from, self.budget_unit, self.budget])
 
@@ -198,11 +198,7 @@ class TrainWidget(JobDock, DockBody):
         from ..config import ArchConfig, CrappifyConfig, TrainConfig
 
         scale = int(self.scale.value)
-        minutes = epochs = None
-        if self.budget_unit.value == "minutes":
-            minutes = float(self.budget.value)
-        else:
-            epochs = max(1, int(round(self.budget.value)))
+        minutes, epochs = _ui.budget(self.budget_unit, self.budget)
         return TrainConfig(
             scale=scale,
             arch=ArchConfig(encoder=self.encoder.value, scale=scale, frames=int(self.frames.value),
@@ -217,10 +213,8 @@ class TrainWidget(JobDock, DockBody):
         )  # a fine-tune's short warm-up: train() applies TrainConfig.for_fine_tune
 
     def out_path(self) -> Path:
-        name = self.model_name.value.strip()
-        if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
-            raise ValueError(f"model name {name!r} is not a valid folder name")
-        return Path(self.folder.value).expanduser() / name
+        """Where the model is saved (:func:`._ui.model_folder`)."""
+        return _ui.model_folder(self.folder.value, self.model_name.value)
 
     # ------------------------------------------------------------------ actions
     def start(self, *_args) -> CoreJob | None:
@@ -235,10 +229,8 @@ class TrainWidget(JobDock, DockBody):
                 if getattr(layer, "rgb", False):
                     raise ValueError(f"layer {layer.name!r} is RGB: split its channels first")
             config = self.config()
-            out = self.out_path()
-            if out.exists() and not self.overwrite.value:
-                raise ValueError(f"model folder {out} exists: choose another name or tick "
-                                 "'replace an existing model'")
+            out = _ui.model_folder(self.folder.value, self.model_name.value,
+                                   replace=bool(self.overwrite.value))
             pairs = None
             if (self.pair_lr.value is None) != (self.pair_hr.value is None):
                 raise ValueError("a real pair needs both an LR and an HR layer")
