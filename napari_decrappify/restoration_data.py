@@ -131,3 +131,41 @@ def plane_spread(stacks, crappifier: Crappifier, config: TrainConfig,
         inputs += [probe[k][0] for k in range(SPREAD_GROUP)]
     return training_spans(inputs, SPREAD_GROUP)
 
+
+
+
+def halo_inputs(valid_ds: CrappifiedPatches, norm: NormConfig, seed: int = 0) -> list[np.ndarray]:
+    """Whole crappified validation planes in the model's input units, to measure its halo on
+    (:func:`~napari_decrappify.training_runner.record_trained_halo`).
+
+    Up to :data:`~napari_decrappify.engine.halo.TRAINED_PLANES` validation planes (the first
+    and the last: apart along z), each a centre crop of at most ``TRAINED_CROP`` LR px,
+    crappified like the validation patches (one fixed acquisition per plane, from ``seed``) and
+    mapped from the network's units back to the data's (``norm``). A multi-frame model gets
+    ``(frames, Y, X)`` stacks, a plane and its neighbours. Planes under ``TRAINED_MIN_SIDE`` LR
+    px are left out.
+    """
+    from .engine.halo import TRAINED_CROP, TRAINED_MIN_SIDE, TRAINED_PLANES
+
+    s = valid_ds.crappifier.scale
+    choices = valid_ds.choices
+    picks = [choices[0], choices[-1]] if len(choices) > 1 else choices[:1]
+    rng = np.random.default_rng(seed)
+    out = []
+    for si, i in picks[:TRAINED_PLANES]:
+        stack = valid_ds.stacks[si]
+        h, w = (v // s for v in stack.planes.shape[-2:])
+        ch, cw = min(h, TRAINED_CROP), min(w, TRAINED_CROP)
+        if min(ch, cw) < TRAINED_MIN_SIDE:
+            continue
+        y0, x0 = (h - ch) // 2 * s, (w - cw) // 2 * s  # on the LR grid: block means line up
+        hr = stack.window(i, valid_ds.frames)[:, y0:y0 + ch * s, x0:x0 + cw * s]
+        space = valid_ds.unit_space
+        frames = hr if space is None else space.to_unit(hr)
+        crappify = valid_ds.crappifier.fixed(rng)
+        lr = np.stack([crappify(p, seed=rng) for p in frames])
+        if space is not None:
+            lr = space.from_unit(lr)
+        lr = (lr * (norm.high - norm.low) + norm.low).astype(np.float32)
+        out.append(lr[0] if valid_ds.frames == 1 else lr)
+    return out

@@ -37,7 +37,8 @@ from .restoration_data import SPAN_GROUP as SPAN_GROUP
 from .restoration_data import SPAN_GROUPS as SPAN_GROUPS
 from .restoration_data import SPREAD_GROUP as SPREAD_GROUP
 from .restoration_data import SPREAD_GROUPS as SPREAD_GROUPS
-from .restoration_data import crappified_datasets, fine_tune_norm, plane_spread, probe_inputs
+from .restoration_data import crappified_datasets, fine_tune_norm, halo_inputs, plane_spread
+from .restoration_data import probe_inputs as probe_inputs
 from .restoration_loss import FeatureLoss as FeatureLoss
 from .restoration_loss import MSSSIML1Loss as MSSSIML1Loss
 from .restoration_loss import batch_psnr, batch_ssim, make_loss
@@ -56,6 +57,7 @@ from .training_runner import (
     fit_model,
     keep_best_scores,
     pick_device,
+    record_trained_halo,
     record_warnings,
     run_divergence_warning,
     run_record,
@@ -221,6 +223,9 @@ def train(hr_images: Sequence[np.ndarray], config: TrainConfig | None = None, *,
                                     config, device, score_start=init_from is not None)
     model.config.receptive_field = measure_receptive_field(net, arch)
     model.config.training = record(events.stop_reason, seconds, iterations)
+    record_trained_halo(model, events.stop_reason, lambda: halo_inputs(valid_ds, norm),
+                        "validation plane(s) of the training data, crappified as in training, "
+                        "seed 0 (LR)")
     record_warnings(model.config.training,
                     [dead_encoder_warning(model.config.receptive_field, arch),
                      run_divergence_warning(events, config.lr_max)])

@@ -30,6 +30,10 @@ HALO_TOLERANCE = 2e-3  # of the output range (network units): half an 8-bit grey
 HALO_MARGIN = 0.75  # the measured error must stay below tolerance x margin (unseen data varies)
 EXACT_TOLERANCE = 1e-4  # what the receptive-field halo (exact mode) keeps
 MEASURE_TILE = 64  # small tiles in the measurement: many seams per image, the worst case seen
+# a trained model's halo is measured when it is saved, on this many validation planes, each a
+# centre crop of at most this many input px per side (as the bundled models':
+# tools/measure_bundled_halos.py); planes under MIN_SIDE px are left out (too few seams)
+TRAINED_PLANES, TRAINED_CROP, TRAINED_MIN_SIDE = 2, 160, 64
 
 
 def model_alignment(model) -> int:
@@ -151,3 +155,10 @@ def record_halo(model, images: Sequence[np.ndarray], **options) -> dict:
     model.config.halo_px = result["halo_px"]
     model.config.halo_measurement = result["halo_measurement"]
     return result
+
+
+def centre_crop(image: np.ndarray, side: int = TRAINED_CROP) -> np.ndarray:
+    """The centre ``side`` x ``side`` px of ``image``'s last two axes (all of a smaller one)."""
+    h, w = image.shape[-2:]
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return image[..., y0:y0 + side, x0:x0 + side]

@@ -160,5 +160,18 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
                            [runner.run_divergence_warning(events, config.lr_max)])
     runner.keep_best_scores(model, events,
                             {"valid_accuracy": "seg_accuracy", "valid_dice": "seg_dice"})
+    runner.record_trained_halo(model, events.stop_reason,
+                               lambda: _halo_images(planes, valid_idx, norm),
+                               "labelled validation plane(s)")
     path = save_model(model, out) if out is not None else None
     return runner.finish_run(model, events, seconds, iterations, path, progress)
+
+
+def _halo_images(planes, valid_idx: Sequence[int], norm) -> list[np.ndarray]:
+    """The first and last validation planes, centre-cropped and back in the data's units: what
+    :func:`~napari_decrappify.training_runner.record_trained_halo` measures the halo on."""
+    from ..engine.halo import TRAINED_MIN_SIDE, TRAINED_PLANES, centre_crop
+
+    picks = [valid_idx[0], valid_idx[-1]] if len(valid_idx) > 1 else list(valid_idx[:1])
+    return [(centre_crop(planes[i]) * (norm.high - norm.low) + norm.low).astype(np.float32)
+            for i in picks[:TRAINED_PLANES] if min(planes[i].shape[-2:]) >= TRAINED_MIN_SIDE]

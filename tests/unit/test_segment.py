@@ -410,6 +410,11 @@ def test_train_segmenter_saves_a_segmentation_model_that_predicts(tmp_path):
     assert model.kind == "segmentation" and model.config.classes == ["background", "disc"]
     assert model.out_channels == 3 and model.scale == 1
     assert model.receptive_field > 8  # measured on logits (softmax outputs sum to 1)
+    # its tiling halo is measured on saving (the validation plane), for these weights
+    halo = model.config.halo_measurement
+    assert model.default_halo == model.config.halo_px <= model.receptive_field
+    assert halo["weights_sha256"] == model.config.weights_sha256 and halo["images"] == [[64, 64]]
+    assert halo["max_abs_diff"][str(model.config.halo_px)] <= halo["bound"]
     tr = model.config.training
     assert tr["split"]["validation_held_out"] is False and "note" in tr["split"]
     assert len(tr["class_weights"]) == 3
@@ -441,6 +446,7 @@ def test_train_segmenter_splits_planes_and_honours_cancel(tmp_path):
     assert split["validation_held_out"] is True
     assert split["planes_train"] == [0, 1, 2] and split["planes_valid"] == [3]
     assert (tmp_path / "seg" / "model.safetensors").exists()
+    assert res.model.config.halo_px is None  # a cancelled run is saved at once, unmeasured
 
 
 def test_train_segmenter_rejects_bad_labels():

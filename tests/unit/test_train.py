@@ -171,6 +171,32 @@ def test_a_multi_frame_run_starts_from_a_single_frame_model(hr, tmp_path):
         train([hr], five, init_from=saved)
 
 
+def test_a_trained_model_records_its_tolerance_halo_and_a_fine_tune_its_own(hr, tmp_path):
+    """Training measures the tolerance halo on its validation planes (without it a trained model
+    restored with the slower exact halo); a fine-tune measures its own weights (its start's
+    measurement is stale); a cancelled run is saved at once, unmeasured."""
+    train([hr], tiny_config(epochs=1), out=tmp_path / "m")
+    first = load_model(tmp_path / "m")
+    m = first.config
+    assert m.halo_px is not None and m.halo_measurement["weights_sha256"] == m.weights_sha256
+    assert first.default_halo == m.halo_px <= m.receptive_field
+    assert m.halo_measurement["images"] == [[64, 64]]  # validation plane 5, LR of 128 px
+    assert m.halo_measurement["max_abs_diff"][str(m.halo_px)] <= m.halo_measurement["bound"]
+    assert "validation plane" in m.halo_measurement["source"]
+    measured_on = m.weights_sha256  # (a fine-tune trains the start model's own object)
+    with torch.no_grad():  # other weights than measured, whether or not an epoch beats them
+        next(first.net.parameters()).add_(1e-3)
+    train([hr], tiny_config(epochs=1), init_from=first, out=tmp_path / "tuned")
+    tuned = load_model(tmp_path / "tuned").config
+    assert tuned.weights_sha256 != measured_on
+    assert tuned.halo_measurement["weights_sha256"] == tuned.weights_sha256
+    assert tuned.default_halo == tuned.halo_px
+    cancel = threading.Event()
+    cancel.set()
+    train([hr], tiny_config(epochs=1), cancel=cancel, out=tmp_path / "cancelled")
+    assert load_model(tmp_path / "cancelled").config.halo_px is None
+
+
 def test_fine_tuning_keeps_the_models_architecture_and_refuses_another_scale(hr, tmp_path):
     """Whatever architecture the run's config names, fine-tuning trains the given model's
     network (and records that); a model of another scale is refused before any work."""
