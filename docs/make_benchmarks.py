@@ -32,8 +32,19 @@ def _machine(d: dict) -> str:
 
 def _fmt(v, nd=3):
     if isinstance(v, float):
-        return f"{v:.{nd}f}"
+        # a seam of 8.9e-07 is not "0.000"
+        return f"{v:.2g}" if v and abs(v) < 10 ** -nd else f"{v:.{nd}f}"
     return str(v)
+
+
+def _flat(summary: dict, prefix: str = ""):
+    """(key, value) rows of a summary, a nested dict's keys as ``outer.inner`` (one figure per
+    row, not a JSON blob in a cell)."""
+    for k, v in summary.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def _generic(d: dict) -> list[str]:
@@ -51,7 +62,7 @@ def _generic(d: dict) -> list[str]:
     elif isinstance(summary, dict):
         lines.append("| figure | value |")
         lines.append("|---|---|")
-        for k, v in summary.items():
+        for k, v in _flat(summary):
             lines.append(f"| {k} | {_fmt(v) if not isinstance(v, dict | list) else json.dumps(v)} |")
     return lines
 
