@@ -219,8 +219,8 @@ def record_trained_halo(model: RestorationModel, stop_reason: str,
     """Measure the tolerance halo of freshly trained weights and record it in ``model.config``.
 
     Without it a trained model (a fine-tune too: its start's measurement was made on other
-    weights) is tiled with its receptive field as halo, the exact mode, about 1.2x slower than
-    a bundled model on CPU (``bench throughput``). Measured as the bundled models' are
+    weights) is tiled with its receptive field as halo, the exact mode, 1.4x slower than
+    a bundled model on CPU (em-4x, ``bench throughput``). Measured as the bundled models' are
     (:func:`~napari_decrappify.engine.halo.measure_halo`) on ``images_of()``: validation planes
     the run never trained on, in the model's input units; ``source`` says what they are. The
     seconds it took are recorded with it. A cancelled run is saved at once, unmeasured.
