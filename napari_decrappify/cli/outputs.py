@@ -72,3 +72,13 @@ def _command(args) -> str:
     """The command line that ran (recorded in models and outputs): ``main``'s own ``argv``
     when it was called with one (a script, a benchmark), else the process's."""
     return "decrappify " + shlex.join(args.argv)
+
+
+def _halo_said(model) -> str:
+    """What the user is told of a trained model's tiling halo (measured when it was saved,
+    after the budget: the line says why saving took a few seconds), or "" when unmeasured."""
+    halo = model.config.halo_measurement
+    if model.config.halo_px is None or "seconds" not in halo:
+        return ""
+    return (f"; tiling halo {model.config.halo_px} px (receptive field "
+            f"{model.receptive_field}), measured in {halo['seconds']:.0f} s")

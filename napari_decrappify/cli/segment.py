@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .inputs import _with_geometry, open_input, read_input
-from .outputs import _command, _not_a_folder
+from .outputs import _command, _halo_said, _not_a_folder
 
 
 def cmd_segment(args) -> int:
@@ -68,7 +68,8 @@ def cmd_segment(args) -> int:
                                  command=_command(args))
         bar.close()
         print(f"saved segmentation model {result.path} ({result.stop_reason}, "
-              f"{result.seconds:.0f} s, {result.iterations} iterations)")
+              f"{result.seconds:.0f} s, {result.iterations} iterations)"
+              f"{_halo_said(result.model)}")
         model = result.model
     else:
         model = load_model(args.model)

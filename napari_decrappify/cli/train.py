@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .inputs import _with_geometry, open_input, parse_planes, parse_sample, read_input
-from .outputs import _command, _model_output
+from .outputs import _command, _halo_said, _model_output
 
 
 def _training_pixel_size(images) -> tuple[float, float] | None:
@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
                    checkpoint_dir=args.checkpoint_dir, pixel_size_nm=pixel_size)
     bar.close()
     print(f"saved {result.path} ({result.stop_reason}, {result.seconds:.0f} s, "
-          f"{result.iterations} iterations)")
+          f"{result.iterations} iterations){_halo_said(result.model)}")
     if init is not None and result.model.config.training.get("best_epoch") == -1:
         print(f"no epoch scored better than {args.resume} on the validation planes: the model "
               "keeps its starting weights (train longer, or give more HR data)")

@@ -22,6 +22,9 @@ def test_cli_train_writes_a_loadable_model(tmp_path, monkeypatch, capsys):
     assert meta["training"]["config"]["any_offset"] is True
     assert meta["arch"]["scale"] == 2 and meta["training"]["iterations"] > 0
     assert meta["training"]["data_fingerprint"]
+    # the halo measured on saving is said (why saving took a few seconds after the budget)
+    said = capsys.readouterr().out
+    assert f"tiling halo {meta['halo_px']} px (receptive field {meta['receptive_field']})" in said
     model = load_model(out)
     y = model.predict_plane(model.normalize(hr[0, ::2, ::2])[None])
     assert y.shape == (1, 128, 128) and np.isfinite(y).all()
