@@ -132,8 +132,6 @@ def plane_spread(stacks, crappifier: Crappifier, config: TrainConfig,
     return training_spans(inputs, SPREAD_GROUP)
 
 
-
-
 def halo_inputs(valid_ds: CrappifiedPatches, norm: NormConfig, seed: int = 0) -> list[np.ndarray]:
     """Whole crappified validation planes in the model's input units, to measure its halo on
     (:func:`~napari_decrappify.training_runner.record_trained_halo`).
@@ -145,14 +143,12 @@ def halo_inputs(valid_ds: CrappifiedPatches, norm: NormConfig, seed: int = 0) ->
     ``(frames, Y, X)`` stacks, a plane and its neighbours. Planes under ``TRAINED_MIN_SIDE`` LR
     px are left out.
     """
-    from .engine.halo import TRAINED_CROP, TRAINED_MIN_SIDE, TRAINED_PLANES
+    from .engine.halo import TRAINED_CROP, TRAINED_MIN_SIDE, measurement_picks
 
     s = valid_ds.crappifier.scale
-    choices = valid_ds.choices
-    picks = [choices[0], choices[-1]] if len(choices) > 1 else choices[:1]
     rng = np.random.default_rng(seed)
     out = []
-    for si, i in picks[:TRAINED_PLANES]:
+    for si, i in measurement_picks(valid_ds.choices):
         stack = valid_ds.stacks[si]
         h, w = (v // s for v in stack.planes.shape[-2:])
         ch, cw = min(h, TRAINED_CROP), min(w, TRAINED_CROP)

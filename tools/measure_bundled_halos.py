@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_decrappify.bench.quality import protocol_pairs
-from napari_decrappify.engine.halo import measure_halo
+from napari_decrappify.engine.halo import TRAINED_CROP, centre_crop, measure_halo
 from napari_decrappify.models import ModelFile, load_model
 from napari_decrappify.samples import load_sample
 
@@ -28,13 +28,12 @@ ZOO = Path(__file__).resolve().parents[1] / "napari_decrappify" / "zoo"
 VALIDATION_PLANES = (18, 19)
 
 
-CROP = 160  # LR px per side: em-4x's whole plane (156); larger LR planes are centre-cropped
+CROP = TRAINED_CROP  # LR px per side (160): em-4x's whole plane (156); larger LR planes are
+# centre-cropped, as a trained model's measurement is
 
 
 def _centre(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape[-2:]
-    y0, x0 = max(0, (h - CROP) // 2), max(0, (w - CROP) // 2)
-    return a[..., y0:y0 + CROP, x0:x0 + CROP]
+    return centre_crop(a, CROP)
 
 
 def measurement_images(model, stack: np.ndarray) -> list[np.ndarray]:

@@ -157,6 +157,15 @@ def record_halo(model, images: Sequence[np.ndarray], **options) -> dict:
     return result
 
 
+def measurement_picks(items: Sequence) -> list:
+    """Which of ``items`` (validation planes, in order) a trained model's halo is measured on:
+    up to :data:`TRAINED_PLANES`, spread evenly from the first to the last (apart along z)."""
+    n = min(TRAINED_PLANES, len(items))
+    if n <= 1:
+        return list(items[:n])
+    return [items[round(k * (len(items) - 1) / (n - 1))] for k in range(n)]
+
+
 def centre_crop(image: np.ndarray, side: int = TRAINED_CROP) -> np.ndarray:
     """The centre ``side`` x ``side`` px of ``image``'s last two axes (all of a smaller one)."""
     h, w = image.shape[-2:]

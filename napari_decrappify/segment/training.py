@@ -170,8 +170,8 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
 def _halo_images(planes, valid_idx: Sequence[int], norm) -> list[np.ndarray]:
     """The first and last validation planes, centre-cropped and back in the data's units: what
     :func:`~napari_decrappify.training_runner.record_trained_halo` measures the halo on."""
-    from ..engine.halo import TRAINED_MIN_SIDE, TRAINED_PLANES, centre_crop
+    from ..engine.halo import TRAINED_MIN_SIDE, centre_crop, measurement_picks
 
-    picks = [valid_idx[0], valid_idx[-1]] if len(valid_idx) > 1 else list(valid_idx[:1])
     return [(centre_crop(planes[i]) * (norm.high - norm.low) + norm.low).astype(np.float32)
-            for i in picks[:TRAINED_PLANES] if min(planes[i].shape[-2:]) >= TRAINED_MIN_SIDE]
+            for i in measurement_picks(valid_idx)
+            if min(planes[i].shape[-2:]) >= TRAINED_MIN_SIDE]
