@@ -426,6 +426,10 @@ class TileConfig(_Config):
     # the receptive-field halo (tiled = whole-image output to ~1e-6) and the fixed default
     # tile, as before halo_px existed, instead of the faster tolerance halo
     exact: bool = False
+    # "image": tiles at an edge of the image stop there, as the whole image run in one go
+    # does (the faster default: no context outside the image is computed); "reflect": each
+    # edge gets `halo` px of reflected context first (the engine's former geometry)
+    border: Literal["image", "reflect"] = "image"
 
     @field_validator("tile")
     @classmethod

@@ -6,9 +6,11 @@ throughput
     tensors already in memory, one window of the same size per tile, counting the same useful
     (core) output pixels. So the ratio is the engine's overhead (reading, reflecting,
     normalising, queueing, trimming, assembling); the price of the halo is reported apart
-    (``halo_efficiency`` = core pixels / window pixels). Also: the engine vs a naive loop
-    without dask (pad the plane, cut windows, run, trim, write into a numpy array). Runs are
-    interleaved and repeated; the best time of each is compared (the machine may be shared).
+    (``useful_output_efficiency`` = output pixels / window pixels computed). Also: the engine
+    vs a naive loop without dask (cut the windows, run, trim, write into a numpy array), and
+    the engine's former default (receptive-field halo, 512 px tiles, reflected borders:
+    ``TileConfig(exact=True, border="reflect")``) in the same run. Runs are interleaved and
+    repeated; the best time of each is compared (the machine may be shared).
 memory
     Peak RSS (the kernel's high-water mark ``VmHWM`` of the child's own address space, so no
     spike between samples is missed and nothing of the parent counts) while a child process
@@ -18,8 +20,8 @@ memory
     would need hours for 4 GB on a 2-core CPU; ``-o model=tiny`` uses the tiny U-Net.
 seams
     Max abs difference, in network units (the fp32 output of the network, where real data
-    lies in about [0, 1]), between tiled and whole-image output (the whole plane
-    reflect-padded by the same halo) for several tile/halo settings, per encoder; plus a fine
+    lies in about [0, 1]), between tiled and whole-image output (the whole plane run in one
+    go, extended to the alignment) for several tile/halo settings, per encoder; plus a fine
     halo scan on one interior window to find the smallest halo that gives <= 1e-4, next to the
     measured receptive field. The input (``-o input=``) is ``cremi`` by default: a mosaic of
     real CREMI planes, mean-downsampled by the model's scale with the DATA.md noise (what the
@@ -110,8 +112,10 @@ def bench_throughput(model: str = "em-4x", scale: str = "4", tile: str = "", hal
         options["tile"] = int(tile)
     cfg = TileConfig(**options)
     rf = int(m.receptive_field)
-    # the engine's default before the tolerance halo: the receptive field, 512 px (or 2 x halo)
-    before = TileConfig(tile=default_tile(rf), halo=rf, exact=True, **_without_geometry(options))
+    # the engine's default before the tolerance halo: the receptive field, 512 px (or 2 x
+    # halo), and a reflected halo around the image
+    before = TileConfig(tile=default_tile(rf), halo=rf, exact=True, border="reflect",
+                        **_without_geometry(options))
     s = m.scale
     out_mp = n_planes * (size * s) ** 2 / 1e6
     rng = np.random.default_rng(0)
@@ -129,17 +133,19 @@ def bench_throughput(model: str = "em-4x", scale: str = "4", tile: str = "", hal
     n_tiles = n_planes * ty.n * tx.n
 
     worker = DeviceWorker(m, device=device, precision=precision)
-    x = torch.from_numpy(rng.random((1, m.in_channels * m.frames, ty.window, tx.window),
-                                    dtype=np.float32))
-    if worker.cuda:
-        x = x.to(worker.device)
-    else:
-        x = x.contiguous(memory_format=torch.channels_last)
+    shapes = [(ty.window_length(ky), tx.window_length(kx)) for ky in range(ty.n)
+              for kx in range(tx.n)]
+    inputs = {}
+    for shape in set(shapes):
+        x = torch.from_numpy(rng.random((1, m.in_channels * m.frames) + shape, dtype=np.float32))
+        inputs[shape] = x.to(worker.device) if worker.cuda else \
+            x.contiguous(memory_format=torch.channels_last)
 
     def raw() -> float:
         t0 = time.perf_counter()
-        for _ in range(n_tiles):
-            y = worker._forward(x)
+        for _ in range(n_planes):
+            for shape in shapes:
+                y = worker._forward(inputs[shape])
         if worker.cuda:
             torch.cuda.synchronize()
         del y
@@ -155,21 +161,20 @@ def bench_throughput(model: str = "em-4x", scale: str = "4", tile: str = "", hal
     def naive() -> float:
         t0 = time.perf_counter()
         out = np.empty((n_planes, size * s, size * s), np.float32)
-        pad = h + max(ty.window, tx.window)
         norm = m.input_norm(img)  # the stack's own mapping (percentile models), as the engine's
         for p in range(n_planes):
-            padded = np.pad(m.normalize(img[p], norm), pad, mode="reflect")
+            plane = m.normalize(img[p], norm)
             for ky in range(ty.n):
                 for kx in range(tx.n):
-                    y0, x0 = ty.window_start(ky) + pad, tx.window_start(kx) + pad
                     win = torch.from_numpy(np.ascontiguousarray(
-                        padded[None, None, y0:y0 + ty.window, x0:x0 + tx.window]))
+                        plane[np.ix_(ty.source_index(ky), tx.source_index(kx))][None, None]))
                     win = win.to(worker.device) if worker.cuda else \
                         win.contiguous(memory_format=torch.channels_last)
                     yy = worker._forward(win)[0, 0].cpu().numpy()
                     (a, b), (c, d) = ty.core_range(ky), tx.core_range(kx)
+                    oy, ox = ty.core_offset(ky) * s, tx.core_offset(kx) * s
                     out[p, a * s:b * s, c * s:d * s] = m.denormalize(
-                        yy[h * s:h * s + (b - a) * s, h * s:h * s + (d - c) * s], norm)
+                        yy[oy:oy + (b - a) * s, ox:ox + (d - c) * s], norm)
         return time.perf_counter() - t0
 
     runs = (("raw", raw), ("engine", engine_with(cfg)), ("naive", naive),
@@ -185,15 +190,14 @@ def bench_throughput(model: str = "em-4x", scale: str = "4", tile: str = "", hal
     worker.close()
     best = {k: min(v) for k, v in times.items()}
     rate = {k: out_mp / v for k, v in best.items()}
-    core_px, win_px = ty.core * tx.core, ty.window * tx.window
+    useful = useful_fraction(ty, tx)
     summary = {
         "ratio_engine_vs_raw": rate["engine"] / rate["raw"],
         "ratio_engine_vs_naive": rate["engine"] / rate["naive"],
         "engine_mpix_per_s": rate["engine"], "raw_mpix_per_s": rate["raw"],
         "naive_mpix_per_s": rate["naive"],
-        "raw_network_mpix_per_s_full_windows": rate["raw"] * win_px / core_px,
-        "halo_efficiency": core_px / win_px,
-        "useful_output_efficiency": useful_fraction(ty, tx),
+        "raw_network_mpix_per_s_full_windows": rate["raw"] / useful,
+        "useful_output_efficiency": useful,
         "default_before": _tiling_row(by, bx, rate["engine_default_before"]),
         "default_after" if not (tile or halo) else "engine_as_asked":
             _tiling_row(ty, tx, rate["engine"]),
@@ -368,7 +372,7 @@ def _tiled_vs_whole(m, img, tile: int, halo: int) -> tuple[float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tiled = m.normalize(restore(m, img, TileConfig(tile=tile, halo=halo), axes="YX"), norm)
-    whole = restore_whole(m, m.normalize(img, norm)[None], halo)[0]
+    whole = restore_whole(m, m.normalize(img, norm)[None])[0]
     return float(np.abs(tiled - whole).max()), float(np.abs(whole).max())
 
 
@@ -386,7 +390,7 @@ def _tiled_vs_exact(m, img, tile: int, halo: int | None) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tiled = m.normalize(restore(m, img, cfg, axes="YX"), norm)
-    whole = restore_whole(m, m.normalize(img, norm)[None], int(m.receptive_field))[0]
+    whole = restore_whole(m, m.normalize(img, norm)[None])[0]
     return float(np.abs(tiled - whole).max())
 
 
@@ -421,34 +425,29 @@ def seam_input(m, side: int, kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _window_scan(m, img, halos: list[int], core: int = 64) -> dict[int, float]:
-    """For each halo: one interior window (core + halo, aligned) vs the whole plane: the seam
-    error of an interior tile, at a fraction of the cost of a full tiling. The reference is
-    padded by ``p >= max(halos)`` with ``p = halo (mod 32)``, so the window has the same
-    alignment phase as in the engine (one whole-plane run per phase, not per halo)."""
+    """For each halo: one interior window (the engine's: the core with the halo each side,
+    aligned from the image's origin) vs the whole plane: the seam error of an interior tile,
+    at a fraction of the cost of a full tiling (one whole-plane run for every halo)."""
     import torch
 
+    from ..engine.geometry import round_up
     from ..tiling import ALIGN, restore_whole
 
-    hmax = max(halos)
     x = m.normalize(img)
     s = m.scale
     c0 = (img.shape[0] - core) // 2 // ALIGN * ALIGN
-    refs: dict[int, np.ndarray] = {}
+    ref = restore_whole(m, x[None])[0][c0 * s:(c0 + core) * s, c0 * s:(c0 + core) * s]
     out = {}
     for h in halos:
-        phase = h % ALIGN
-        if phase not in refs:
-            p = phase + ALIGN * -(-(hmax - phase) // ALIGN)
-            refs[phase] = restore_whole(m, x[None], p)[0]
-        w = -(-(core + 2 * h) // ALIGN) * ALIGN
-        idx = np.arange(c0 - h, c0 - h + w)
-        idx = reflect_index(idx, img.shape[0])
+        # the window the engine gives a core at c0 (as AxisTiling.window_range)
+        start = max(0, (c0 - h) // ALIGN * ALIGN)
+        stop = min(round_up(img.shape[0], ALIGN), round_up(c0 + core + h, ALIGN))
+        idx = reflect_index(np.arange(start, stop), img.shape[0])
         win = x[np.ix_(idx, idx)]
         with torch.inference_mode():
             y = m.net(torch.from_numpy(np.ascontiguousarray(win))[None, None]).float().numpy()[0, 0]
-        core_out = y[h * s:(h + core) * s, h * s:(h + core) * s]
-        ref = refs[phase][c0 * s:(c0 + core) * s, c0 * s:(c0 + core) * s]
-        out[h] = float(np.abs(core_out - ref).max())
+        o = (c0 - start) * s
+        out[h] = float(np.abs(y[o:o + core * s, o:o + core * s] - ref).max())
     return out
 
 

@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tile with the receptive field as halo and 512 px tiles (tiled = "
                         "whole-image output to ~1e-6) instead of the model's measured halo "
                         "(within 2e-3) and tiles fitted to memory")
+    s.add_argument("--border", default="image", choices=("image", "reflect"),
+                   help="at the image's edges, tiles stop as the whole image run in one go "
+                        "does (image, the default: faster); reflect: each edge gets the halo "
+                        "reflected first (the engine's former geometry)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--precision", default="auto", choices=choices(Precision))
     s.add_argument("--batch", type=int, default=0, help="tiles per GPU batch (0: automatic)")

@@ -39,7 +39,8 @@ def cmd_restore(args) -> int:
             raise ValueError(f"--report {args.report} is the input or the output: give it its own path")
     options = {"halo": args.halo, "device": args.device, "precision": args.precision,
                "batch_size": args.batch, "skip_empty": args.skip_empty,
-               "output_dtype": args.output_dtype, "tta": args.tta, "exact": args.exact}
+               "output_dtype": args.output_dtype, "tta": args.tta, "exact": args.exact,
+               "border": args.border}
     if args.tile is not None:  # unset: TileConfig may grow the default tile to fit the halo
         options["tile"] = args.tile
     config = TileConfig(**options)

@@ -96,7 +96,7 @@ def resolve_precision(precision: str, device: str) -> str:
 @dataclass
 class _Item:
     x: np.ndarray  # (channels, h, w) normalised float32
-    geom: tuple[int, int, int]  # (halo, core_y, core_x): lets an OOM split a tile exactly
+    geom: tuple[int, ...]  # (halo, core_y, core_x, offset_y, offset_x): lets an OOM split a tile
     future: Future
     cancel: object
 
@@ -148,7 +148,7 @@ class DeviceWorker:
         self._thread.start()
 
     # -- public
-    def submit(self, x: np.ndarray, geom: tuple[int, int, int] = (0, 0, 0), cancel=None) -> Future:
+    def submit(self, x: np.ndarray, geom: tuple[int, ...] = (0, 0, 0), cancel=None) -> Future:
         """Queue one tile ``(channels, h, w)``; the future gives ``(out_channels, h*s, w*s)``."""
         fut: Future = Future()
         item = _Item(np.ascontiguousarray(x, dtype=np.float32), geom, fut, cancel)
@@ -351,29 +351,44 @@ class DeviceWorker:
                       f"{2 ** self.split} x {2 ** self.split}", RuntimeWarning, stacklevel=2)
 
     def _forward_split(self, x, geom, depth: int):
-        """Run one window ``(1, C, H, W)`` (core ``cy x cx`` at offset ``halo``) as 2 x 2
-        sub-windows, each with the same halo and alignment phase, so the core of the output
-        is the same as in one piece. Rows/columns outside the core are left zero."""
+        """Run one window ``(1, C, H, W)`` as 2 x 2 sub-windows: each half of the core with
+        ``halo`` px of context inside this window, aligned from its origin (the window's
+        origin is aligned in the image), so the core of the output is the same as in one
+        piece. ``geom``: ``(halo, core_y, core_x[, offset_y, offset_x])``, the core at
+        ``offset`` in the window (default ``halo``). Pixels outside the core are left zero."""
         import torch
 
         if depth == 0:
             return self._forward(x)
-        halo, cy, cx = geom
+        halo, cy, cx = geom[:3]
+        oy, ox = geom[3:5] if len(geom) >= 5 else (halo, halo)
         s = self.scale
-        hy, hx = cy // 2, cx // 2
-        wy = round_up(hy + 2 * halo, self.align)
-        wx = round_up(hx + 2 * halo, self.align)
         out = None
-        for oy, ox in itertools.product((0, hy), (0, hx)):
-            sub = x[..., oy:oy + wy, ox:ox + wx]
-            y = self._forward_split(sub, (halo, hy, hx), depth - 1)
+        for (y0, y1), (x0, x1) in itertools.product(_halves(oy, cy), _halves(ox, cx)):
+            wy0, wy1 = _sub_window(y0, y1, halo, x.shape[-2], self.align)
+            wx0, wx1 = _sub_window(x0, x1, halo, x.shape[-1], self.align)
+            sub = x[..., wy0:wy1, wx0:wx1]
+            y = self._forward_split(sub, (halo, y1 - y0, x1 - x0, y0 - wy0, x0 - wx0), depth - 1)
             if out is None:
                 out = torch.zeros((1, y.shape[1], x.shape[-2] * s, x.shape[-1] * s),
                                   dtype=y.dtype, device=y.device)
-            ys, xs = (halo + oy) * s, (halo + ox) * s
-            out[..., ys:ys + hy * s, xs:xs + hx * s] = y[..., halo * s:(halo + hy) * s,
-                                                         halo * s:(halo + hx) * s]
+            out[..., y0 * s:y1 * s, x0 * s:x1 * s] = y[..., (y0 - wy0) * s:(y1 - wy0) * s,
+                                                       (x0 - wx0) * s:(x1 - wx0) * s]
         return out
+
+
+def _halves(offset: int, core: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The two halves of a core ``[offset, offset + core)``."""
+    mid = offset + core // 2
+    return (offset, mid), (mid, offset + core)
+
+
+def _sub_window(a: int, b: int, halo: int, length: int, align: int) -> tuple[int, int]:
+    """The window of the sub-core ``[a, b)`` inside a window of ``length`` px: ``halo`` px of
+    context each side, aligned from the window's origin, cut at its edges (as the engine's
+    windows are cut at the image's)."""
+    start = max(0, (a - halo) // align * align)
+    return start, min(length, round_up(b + halo, align))
 
 
 def _private_net(model):

@@ -1,14 +1,21 @@
 """Tile geometry of the engine: how an image axis is cut into tiles, halos and aligned windows.
 
 Per axis, on the input grid: the image is cut into *cores* of ``tile`` pixels (the last one
-may stick out of the image). Each core is run with ``halo`` pixels of context on both sides,
-in a *window* rounded up to a multiple of the model's alignment (32: the U-Net downsamples 5
-times); the extra alignment pixels go on the far side. Outside the image the window is filled
-by reflection (``numpy.pad(mode="reflect")``, repeated for tiny images). The network output is
-trimmed back to the core after upscaling. All window origins are multiples of the alignment in
-the reflect-padded image, so with ``halo >=`` the receptive field the tiled result equals the
-whole plane reflect-padded by ``halo`` and run in one go
-(:func:`napari_decrappify.engine.restore.restore_whole`) to ~1e-6.
+may stick out of the image). Each core is run in a *window* with ``halo`` pixels of context
+on each side that has a neighbour, cut at the image's own borders: the image's edge is the
+window's edge, as it is for the whole plane run in one go. Windows start and end on multiples
+of the model's alignment (32: the U-Net downsamples 5 times) counted from the image's origin,
+so every window sits on the same pooling grid as the whole plane. Past the far edge the image
+is extended to the alignment by reflection (``numpy.pad(mode="reflect")``, repeated for tiny
+images). The network output is trimmed back to the core after upscaling. With ``halo >=`` the
+receptive field the tiled result equals the whole plane (extended to the alignment) run in one
+go (:func:`napari_decrappify.engine.restore.restore_whole`) to ~1e-6.
+
+Why the image's border and not a reflected halo around it: a window never computes context
+that is not in the image, so a plane that fits in one or two windows per axis keeps most of
+what it computes (1024 px em-4x plane: 80% kept instead of 48%), and the network sees the
+borders as in training, where every crop's edge is a real edge. On CREMI's held-out planes
+em-4x scores 25.75 dB this way against 25.62 dB with a 105 px reflected border (bench quality).
 
 Pure arithmetic on sizes (numpy only): no model, no dask, no torch.
 """
@@ -56,37 +63,88 @@ class AxisTiling:
     """How one image axis of ``size`` pixels is cut (all on the input grid).
 
     Tile ``k`` restores the core ``[k * core, min((k + 1) * core, size))`` from the window
-    ``[k * core - halo, k * core - halo + window)`` (reflected outside the image).
+    :meth:`window_range` ``(k)``: the core with ``halo`` px of context on each side, cut at
+    the image's edges, both ends aligned. With ``reflect`` (the engine's former geometry,
+    ``TileConfig(border="reflect")``) every window is ``core + 2 * halo`` px, aligned, from
+    ``k * core - halo``: the image is reflected past its edges, and windows are aligned from
+    ``-halo``, as the plane reflect-padded by the halo would be.
     """
 
     size: int
     core: int
     halo: int
-    window: int
+    align: int = ALIGN
+    reflect: bool = False
 
     @property
     def n(self) -> int:
         return -(-self.size // self.core)
 
+    @property
+    def extent(self) -> int:
+        """The axis extended to the alignment: windows cut at the edges never reach past it."""
+        return round_up(self.size, self.align)
+
     def core_range(self, k: int) -> tuple[int, int]:
         return k * self.core, min((k + 1) * self.core, self.size)
 
+    def window_range(self, k: int) -> tuple[int, int]:
+        """``(start, stop)`` of window ``k``: aligned, in ``[0, extent]`` (with ``reflect``:
+        ``core + 2 * halo`` px, aligned, from ``k * core - halo``)."""
+        a, b = self.core_range(k)
+        if self.reflect:
+            return a - self.halo, a - self.halo + round_up(self.core + 2 * self.halo, self.align)
+        start = max(0, (a - self.halo) // self.align * self.align)
+        return start, min(self.extent, round_up(b + self.halo, self.align))
+
     def window_start(self, k: int) -> int:
-        return k * self.core - self.halo
+        return self.window_range(k)[0]
+
+    def core_offset(self, k: int) -> int:
+        """Where core ``k`` starts in its window."""
+        return self.core_range(k)[0] - self.window_start(k)
+
+    def window_length(self, k: int) -> int:
+        start, stop = self.window_range(k)
+        return stop - start
+
+    def _kinds(self) -> tuple[list[int], int | None]:
+        """The tiles whose windows an edge of the image cuts (those within a halo and an
+        alignment of it), and one of the others, if any: those are all alike (their cores
+        start on aligned positions)."""
+        n = self.n
+        reach = -(-(self.halo + self.align) // self.core) + 1
+        edges = sorted(set(range(min(n, reach))) | set(range(max(0, n - reach), n)))
+        inner = next((k for k in range(reach, n - reach)), None)
+        return edges, inner
+
+    @property
+    def window(self) -> int:
+        """The longest window."""
+        edges, inner = self._kinds()
+        return max(self.window_length(k) for k in edges + ([] if inner is None else [inner]))
+
+    @property
+    def computed(self) -> int:
+        """Pixels of all windows together (what the network computes along this axis)."""
+        edges, inner = self._kinds()
+        total = sum(self.window_length(k) for k in edges)
+        return total if inner is None else total + (self.n - len(edges)) * self.window_length(inner)
 
     def source_index(self, k: int) -> np.ndarray:
-        """Image indices of window ``k`` (reflected at the borders)."""
-        s = self.window_start(k)
-        return reflect_index(np.arange(s, s + self.window), self.size)
+        """Image indices of window ``k`` (reflected past the edges)."""
+        start, stop = self.window_range(k)
+        return reflect_index(np.arange(start, stop), self.size)
 
 
-def tile_axis(size: int, tile: int, halo: int, align: int = ALIGN) -> AxisTiling:
+def tile_axis(size: int, tile: int, halo: int, align: int = ALIGN,
+              reflect: bool = False) -> AxisTiling:
     """Tiling of an axis: cores of ``tile`` pixels (less for a small image, rounded up to
-    ``align``), windows of ``core + 2 * halo`` rounded up to ``align``."""
+    ``align``), each in a window with ``halo`` px of context (:class:`AxisTiling`)."""
     if tile % align:
         raise ValueError(f"tile {tile} must be a multiple of {align} (the model's alignment)")
     core = min(tile, round_up(size, align))
-    return AxisTiling(size=size, core=core, halo=halo, window=round_up(core + 2 * halo, align))
+    return AxisTiling(size=size, core=core, halo=halo, align=align, reflect=reflect)
 
 
 def balanced_tile(size: int, max_core: int, align: int = ALIGN) -> int:
@@ -99,27 +157,48 @@ def balanced_tile(size: int, max_core: int, align: int = ALIGN) -> int:
 
 
 def fit_tiles(size_y: int, size_x: int, halo: int, max_window_px: float,
-              align: int = ALIGN) -> tuple[int, int]:
-    """(tile_y, tile_x): the largest tiles whose windows (core + 2 halo, aligned) have at most
-    ``max_window_px`` pixels, balanced over each axis (:func:`balanced_tile`); at least
-    ``align``. Largest, because each window computes ``2 * halo`` of context per axis however
-    small its core: the kept fraction grows with the core."""
-    margin = round_up(2 * int(halo), align)  # window - core, for an aligned core
-    side = int(np.sqrt(max(0.0, float(max_window_px))))
-    max_core = max(align, (side // align) * align - margin)
-    # an axis smaller than the square tile gives its pixels to the other one
-    ty = balanced_tile(size_y, max_core, align)
-    wy = ty + margin
-    rest = int(max(0.0, float(max_window_px)) // wy)
-    max_core_x = max(max_core, (rest // align) * align - margin)
-    tx = balanced_tile(size_x, max_core_x, align)
-    return ty, tx
+              align: int = ALIGN, max_tile: int | None = None,
+              reflect: bool = False) -> tuple[int, int]:
+    """(tile_y, tile_x): the tiles that compute the fewest window pixels over the plane with
+    no window above ``max_window_px`` pixels (ties: fewer tiles), balanced over each axis
+    (:func:`balanced_tile`); at least ``align``, at most ``max_tile``. A plane of 1024 px
+    with a 105 px halo: one tile along Y and two along X (windows 1024 x 640, 80% kept)
+    beats 2 x 2 (640 x 640, 64% kept) when the larger window fits."""
+    ys = _axis_options(size_y, halo, align, max_tile, reflect)
+    xs = _axis_options(size_x, halo, align, max_tile, reflect)
+    area = np.outer(ys[:, 1], xs[:, 1]).astype(float)
+    cost = np.outer(ys[:, 2], xs[:, 2]).astype(float)
+    tiles = np.outer(ys[:, 3], xs[:, 3]).astype(float)
+    fits = area <= max(0.0, float(max_window_px))
+    if not fits.any():  # nothing fits: the smallest windows there are
+        fits = area == area.min()
+    key = np.where(fits, cost + tiles / (tiles.max() + 1.0), np.inf)
+    iy, ix = np.unravel_index(int(np.argmin(key)), key.shape)
+    return int(ys[iy, 0]), int(xs[ix, 0])
+
+
+def _axis_options(size: int, halo: int, align: int, max_tile: int | None,
+                  reflect: bool) -> np.ndarray:
+    """Rows ``(tile, longest window, pixels computed, tiles)`` for every balanced tile count
+    of an axis (each count once: the balanced tile for it)."""
+    rows, seen = [], set()
+    top = round_up(size, align) if max_tile is None else min(round_up(size, align),
+                                                            max(align, max_tile // align * align))
+    n_min = -(-size // top)
+    for n in range(n_min, -(-size // align) + 1):
+        tile = min(top, round_up(-(-size // n), align))
+        if tile in seen:
+            continue
+        seen.add(tile)
+        t = tile_axis(size, tile, halo, align, reflect)
+        rows.append((tile, t.window, t.computed, t.n))
+    return np.array(rows, dtype=np.int64)
 
 
 def useful_fraction(ty: AxisTiling, tx: AxisTiling) -> float:
     """Output pixels kept / input-window pixels computed over the whole plane: the share of
     the network's work that becomes output (the rest is halo, alignment and overhang)."""
-    return (ty.size * tx.size) / (ty.n * ty.window * tx.n * tx.window)
+    return (ty.size * tx.size) / (ty.computed * tx.computed)
 
 
 def output_axes(model, axes: str) -> str:
@@ -133,6 +212,7 @@ def output_axes(model, axes: str) -> str:
 
 
 def can_split(core: int, depth: int, align: int) -> bool:
-    """Whether a core of ``core`` pixels halves ``depth`` times into aligned sub-cores (the
-    device worker's out-of-memory fallback splits a tile in 2 x 2, exactly)."""
-    return core % (align * 2**depth) == 0
+    """Whether a core of ``core`` pixels halves ``depth`` times into sub-cores of at least
+    ``align`` pixels (the device worker's out-of-memory fallback splits a tile in 2 x 2; each
+    sub-core keeps its halo, so the result is the same)."""
+    return core >= align * 2**depth

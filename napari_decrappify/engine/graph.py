@@ -198,6 +198,7 @@ def _tile_task(plan: Plan, out_idx: tuple[int, ...], parts: list) -> np.ndarray:
     ys, ye = plan.ty.core_range(ky)
     xs, xe = plan.tx.core_range(kx)
     s, h = plan.scale, plan.ty.halo
+    oy, ox = plan.ty.core_offset(ky), plan.tx.core_offset(kx)  # where the core sits in the window
     oh, ow = (ye - ys) * s, (xe - xs) * s
     if plan.skip_empty and (lo := raw.min()) == raw.max():
         # constant input: restoration keeps the value, segmentation says background (class 0)
@@ -209,9 +210,9 @@ def _tile_task(plan: Plan, out_idx: tuple[int, ...], parts: list) -> np.ndarray:
     else:
         x = normalize(raw, plan.norm)
         worker = get_worker(plan.ref, plan.device, plan.precision, plan.batch_size, plan.tta)
-        geom = (h, plan.ty.core, plan.tx.core)
+        geom = (h, ye - ys, xe - xs, oy, ox)
         y = worker.submit(x, geom, run.cancel if run is not None else None).result()
-        y = y[:, h * s:h * s + oh, h * s:h * s + ow]
+        y = y[:, oy * s:oy * s + oh, ox * s:ox * s + ow]
         y = denormalize(y, plan.norm) if plan.kind == "restoration" else y
     y = _cast(y, plan.out_dtype)
     if run is not None:
@@ -291,7 +292,9 @@ def _tiling(model, config: TileConfig, size_y: int, size_x: int, rf: int,
     if halo < rf and not tolerance_halo:
         warnings.warn(f"halo {halo} is below the model's receptive field {rf}: seams between tiles "
                       "may be visible (differences above 1e-4)", stacklevel=4)
-    return (tile_axis(size_y, tile_y, halo, align), tile_axis(size_x, tile_x, halo, align))
+    reflect = config.border == "reflect"
+    return (tile_axis(size_y, tile_y, halo, align, reflect),
+            tile_axis(size_x, tile_x, halo, align, reflect))
 
 
 def _fitted_tiles(model, config: TileConfig, size_y: int, size_x: int, halo: int,
@@ -307,9 +310,8 @@ def _fitted_tiles(model, config: TileConfig, size_y: int, size_x: int, halo: int
     rf = int(model.receptive_field)
     former = default_tile(rf, align) + round_up(2 * rf, align)  # the former default window
     budget = max_window_pixels(model, device, batch, floor_px=former ** 2)
-    ty, tx = fit_tiles(size_y, size_x, halo, budget, align)
-    cap = MAX_TILE // align * align
-    return min(ty, cap), min(tx, cap)
+    return fit_tiles(size_y, size_x, halo, budget, align, max_tile=MAX_TILE,
+                     reflect=config.border == "reflect")
 
 
 @dataclass

@@ -8,23 +8,23 @@ halo keeps tiled output within half an 8-bit grey level of the exact output.
 ``model.json`` (``halo_px``, with ``halo_measurement`` saying how) and becomes the engine's
 default; ``TileConfig(exact=True)`` keeps the receptive field.
 
-Why only some halos are tried: a strided U-Net is not shift-invariant, and a tile's window
-starts ``halo`` pixels before its core, so the halo modulo the alignment decides how the
-image sits on the encoder's pooling grid. The exact output puts the image at
-``receptive_field`` modulo the alignment; a halo with another phase changes every output pixel
-(em-4x: by up to 0.08), however large. So the candidates are ``receptive_field - k *
-alignment``: the same phase as the exact output, differing only by the context cut off.
+Why only multiples of the alignment are tried: a strided U-Net is not shift-invariant, so
+every window starts on the whole plane's pooling grid (a multiple of the alignment from the
+image's origin: :mod:`.geometry`), and the context a window gets before an aligned core is the
+halo rounded up to the alignment. Halos between two multiples compute the same windows.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from .geometry import ALIGN, round_up
+from .geometry import ALIGN, reflect_index, round_up, tile_axis
 
 HALO_TOLERANCE = 2e-3  # of the output range (network units): half an 8-bit grey level
 HALO_MARGIN = 0.75  # the measured error must stay below tolerance x margin (unseen data varies)
@@ -42,25 +42,83 @@ def model_alignment(model) -> int:
 
 
 def candidate_halos(model) -> list[int]:
-    """Halos with the exact output's alignment phase, smallest first, up to the receptive
-    field (module docstring)."""
+    """The multiples of the alignment below the receptive field, smallest first, then the
+    receptive field itself (module docstring)."""
     rf, a = int(model.receptive_field), model_alignment(model)
-    return list(range(rf % a, rf + 1, a))
+    return list(range(a, rf, a)) + [rf]
 
 
-def _network_units(model, image, config, axes: str) -> np.ndarray:
-    """The engine's output for ``image`` in network units (real data: about [0, 1])."""
+def _network_input(model, image: np.ndarray, axes: str):
+    """What the engine feeds the network for ``image`` (its middle plane for a multi-frame
+    stack): ``(frames * channels, H, W)``, normalised as the engine normalises this image."""
+    from .graph import RUNS, _gather, build
+
+    built = build(model, image, None, axes, None, None)
+    RUNS.pop(built.plan.run_id, None)
+    plan = built.plan
+    shape = image.shape
+    # one tile holding the whole plane, read from the array itself (a single chunk)
+    plan = dataclasses.replace(plan, in_chunks=tuple((n,) for n in shape),
+                               ty=tile_axis(shape[-2], round_up(shape[-2], plan.ty.align), 0,
+                                            plan.ty.align),
+                               tx=tile_axis(shape[-1], round_up(shape[-1], plan.tx.align), 0,
+                                            plan.tx.align))
+    plane = {i: shape[i] // 2 for i, a in enumerate(axes) if a not in "CYX"}
+    raw = _gather(plan, plan.box(plane, 0, 0), [image])[..., :shape[-2], :shape[-1]]
     from ..normalization import normalize
-    from .graph import RUNS, build
 
-    built = build(model, image, config, axes, None, None)
-    try:
-        y = np.asarray(built.data.compute(scheduler="threads"), dtype=np.float32)
-    finally:
-        RUNS.pop(built.plan.run_id, None)
-    if model.kind != "restoration":
-        return y  # probabilities: already in [0, 1]
-    return normalize(y, built.plan.norm)
+    return normalize(raw, plan.norm).astype(np.float32)
+
+
+def _run(net, x: np.ndarray, device: str) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return net(torch.from_numpy(np.ascontiguousarray(x))[None].to(device)).float().cpu() \
+            .numpy()[0]
+
+
+def _window_errors(net, x: np.ndarray, scale: int, halos: Sequence[int], align: int,
+                   core: int, device: str) -> dict[int, float | None]:
+    """Per halo, the max abs difference between the engine's windows for a 3 x 3 grid of
+    ``core`` px cores and the whole plane (in one go), over the cores; ``None`` where every
+    window holds the whole plane (the halo reaches past its edges: nothing measured).
+
+    A plane too small for windows that stop short of its edges at the largest halo (em-4x:
+    CREMI's LR planes are 156 px) is first extended by mirroring it (continuous content, no
+    new edges) to ``2 * halo + 3 * core`` px."""
+    need = 2 * round_up(max(halos), align) + 3 * core
+    _, h, w = x.shape
+    py, px = max(0, need - h), max(0, need - w)
+    if py or px:
+        x = x[:, reflect_index(np.arange(-(py // 2), h + py - py // 2), h)]
+        x = x[:, :, reflect_index(np.arange(-(px // 2), w + px - px // 2), w)]
+    _, h, w = x.shape
+    ext = (round_up(h, align), round_up(w, align))
+    whole = _run(net, np.pad(x, ((0, 0), (0, ext[0] - h), (0, ext[1] - w)), mode="reflect"),
+                 device)
+    starts = [[max(0, min(n - core, round(f * (n - core)) // align * align))
+               for f in (0.25, 0.5, 0.75)] for n in (h, w)]
+    out: dict[int, float | None] = {}
+    for halo in halos:
+        worst, cut = 0.0, False
+        for y0, x0 in itertools.product(*starts):
+            box = []
+            for c0, e in ((y0, ext[0]), (x0, ext[1])):
+                a0 = max(0, (c0 - halo) // align * align)
+                box.append((a0, min(e, round_up(c0 + core + halo, align))))
+            (ya, yb), (xa, xb) = box
+            if (ya, yb, xa, xb) == (0, ext[0], 0, ext[1]):
+                continue  # the whole plane: exact by construction, nothing learnt
+            cut = True
+            win = x[:, reflect_index(np.arange(ya, yb), h)][:, :, reflect_index(np.arange(xa, xb), w)]
+            y = _run(net, win, device)
+            oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
+            got = y[:, oy:oy + core * scale, ox:ox + core * scale]
+            ref = whole[:, y0 * scale:(y0 + core) * scale, x0 * scale:(x0 + core) * scale]
+            worst = max(worst, float(np.abs(got - ref).max()))
+        out[halo] = worst if cut else None
+    return out
 
 
 def _axes(model, image: np.ndarray) -> str:
@@ -77,11 +135,14 @@ def measure_halo(model, images: Sequence[np.ndarray], *, tolerance: float = HALO
                  source: str = "") -> dict:
     """The smallest halo whose tiled output stays within ``tolerance`` of the exact output.
 
-    Each image is restored once exactly (receptive-field halo, one tile) and once per
-    candidate halo (:func:`candidate_halos`) in ``tile`` px tiles, through the engine, in fp32;
-    the error is the max abs difference in network units (the output range of real data is
-    about [0, 1], so 2e-3 is half an 8-bit grey level). The halo picked is the smallest for
-    which it and every larger candidate stay within ``tolerance * margin`` on every image.
+    Each image, normalised as the engine normalises it, is run through the network whole
+    (the exact output) and, per candidate halo (:func:`candidate_halos`), in the windows the
+    engine would give a 3 x 3 grid of ``tile`` px cores (the halo each side, aligned, cut at
+    the image's edges), in fp32; the error is the max abs difference over the cores, in
+    network units (the output range of real data is about [0, 1], so 2e-3 is half an 8-bit
+    grey level). A halo whose windows all hold the whole image measures nothing (``None``).
+    The halo picked is the smallest measured one for which it and every larger measured
+    candidate stay within ``tolerance * margin`` on every image; else the receptive field.
 
     Parameters
     ----------
@@ -106,42 +167,41 @@ def measure_halo(model, images: Sequence[np.ndarray], *, tolerance: float = HALO
         ``{"halo_px": int, "halo_measurement": {...}}``: the two ``model.json`` fields
         (:func:`record_halo` sets them on the model).
     """
-    from ..config import TileConfig
+    from .device import _private_net
 
     rf = int(model.receptive_field)
     a = model_alignment(model)
     tile = max(a, round_up(int(tile), a))
     halos = candidate_halos(model)
-    errors = dict.fromkeys(halos, 0.0)
+    errors: dict[int, float | None] = dict.fromkeys(halos)
+    net = _private_net(model).to(device).float().eval()
     shapes = []
     for image in images:
         image = np.asarray(image)
-        axes = _axes(model, image)
-        side = max(image.shape[-2:])
-        exact = TileConfig(tile=min(round_up(max(side, rf), a), 16384), halo=rf, device=device,
-                           precision="fp32", exact=True)
-        ref = _network_units(model, image, exact, axes)
-        for h in halos:
-            cfg = TileConfig(tile=max(tile, round_up(h, a)), halo=h, device=device,
-                             precision="fp32", exact=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # halos below the receptive field, on purpose
-                y = _network_units(model, image, cfg, axes)
-            errors[h] = max(errors[h], float(np.abs(y - ref).max()))
+        x = _network_input(model, image, _axes(model, image))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = _window_errors(net, x, model.scale, halos, a, tile, device)
+        for h, e in found.items():
+            if e is not None:
+                errors[h] = max(errors[h] or 0.0, e)
         shapes.append(list(image.shape))
     bound = tolerance * margin
     picked = rf
-    for h in reversed(halos):  # the smallest halo from which on every larger one is in bound
+    for h in reversed(halos):  # the smallest measured halo from which on all are in bound
+        if errors[h] is None:
+            continue  # windows as large as the images: exact here, but not a measurement
         if errors[h] > bound:
             break
         picked = h
     return {"halo_px": int(picked), "halo_measurement": {
         "tolerance": tolerance, "margin": margin, "bound": bound,
-        "units": "network output units (real data about [0, 1]); max abs tiled - exact",
-        "criterion": "smallest halo with the exact output's alignment phase (receptive field "
-                     "minus multiples of the alignment) whose error, and every larger one's, "
-                     "is within tolerance x margin on every image",
-        "receptive_field": rf, "alignment": a, "tile": tile,
+        "units": "network output units (real data about [0, 1]); max abs tiled - exact "
+                 "(null: every window held the whole image, nothing measured)",
+        "criterion": "smallest multiple of the alignment whose error, and every larger "
+                     "one's up to the receptive field, is within tolerance x margin on every "
+                     "image (windows cut at the image's edges)",
+        "receptive_field": rf, "alignment": a, "tile": tile, "cores": "3 x 3 per image",
         "max_abs_diff": {str(h): errors[h] for h in halos},
         "images": shapes, "source": source, "device": device, "precision": "fp32",
     }}

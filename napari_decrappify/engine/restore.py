@@ -162,21 +162,25 @@ def restore(model, image, config: TileConfig | None = None, *, axes: str | None 
 
 
 
-def restore_whole(model, plane: np.ndarray, halo: int) -> np.ndarray:
+def restore_whole(model, plane: np.ndarray, border: int = 0) -> np.ndarray:
     """The reference that tiling must reproduce: one normalised ``(channels, h, w)`` plane,
-    reflect-padded by ``halo`` (and on the far side up to the alignment), run through
-    ``model.net`` in one piece (fp32, calling thread), trimmed. Returns ``(out_channels, h*s,
-    w*s)`` in network units. Small images only (tests and the seams benchmark)."""
+    extended to the alignment past its far edges by reflection (and reflect-padded by
+    ``border`` px first, the reference of ``TileConfig(border="reflect")`` with ``border =
+    halo``), run through ``model.net`` in one piece (fp32, calling thread), trimmed. Returns
+    ``(out_channels, h*s, w*s)`` in network units. Small images only (tests and the seams
+    benchmark)."""
     import torch
 
     x = np.asarray(plane, dtype=np.float32)
     _, h, w = x.shape
     a = math.lcm(ALIGN, int(model.alignment or ALIGN))
-    py = round_up(h + 2 * halo, a) - h - halo
-    px = round_up(w + 2 * halo, a) - w - halo
-    xp = np.pad(x, ((0, 0), (halo, py), (halo, px)), mode="reflect")
+    b = int(border)
+    py = round_up(h + 2 * b, a) - h - b
+    px = round_up(w + 2 * b, a) - w - b
+    xp = np.pad(x, ((0, 0), (b, py), (b, px)), mode="reflect")
     s = model.scale
     with torch.inference_mode():
         device = next(model.net.parameters()).device
         y = model.net(torch.from_numpy(xp)[None].to(device)).float().cpu().numpy()[0]
-    return y[:, halo * s:(halo + h) * s, halo * s:(halo + w) * s]
+    return y[:, b * s:(b + h) * s, b * s:(b + w) * s]
+

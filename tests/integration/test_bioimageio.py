@@ -116,12 +116,13 @@ def test_bioimageio_core_prediction_agrees_with_the_native_engine(em4x_zip):
     pre/postprocessing, the halo reflect-padded) is what this library's engine computes with
     the package's halo.
 
-    The halo must be the same: a strided U-Net is not shift-invariant, and the engine's windows
-    start ``halo`` pixels before the image, so a 169 px halo (em-4x's receptive field, the
-    engine's default) and the package's 176 px differ by up to 0.077 in these units (10 grey
-    levels of 255). The package's output is in the input's percentile units; bioimageio.core
-    measures the percentiles after padding the halo, which moves them a little (66.91..195.57
-    instead of 66.96..195.56 here): hence the tolerance of 1e-3."""
+    The halo and the borders must be the same: a strided U-Net is not shift-invariant, and with
+    ``border="reflect"`` the engine's windows start ``halo`` pixels before the image, as
+    bioimageio.core's padding does, so a 169 px halo (em-4x's receptive field) and the
+    package's 176 px differ by up to 0.077 in these units (10 grey levels of 255). The
+    package's output is in the input's percentile units; bioimageio.core measures the
+    percentiles after padding the halo, which moves them a little (66.91..195.57 instead of
+    66.96..195.56 here): hence the tolerance of 1e-3."""
     from bioimageio.core import predict
     from bioimageio.spec import load_model_description
 
@@ -134,7 +135,7 @@ def test_bioimageio_core_prediction_agrees_with_the_native_engine(em4x_zip):
         descr = load_model_description(em4x_zip)
         theirs = np.asarray(predict(model=descr, inputs=x).members["output"].data)[0, 0]
     model = load_model("em-4x")
-    ours = restore_image(model, x[0, 0], TileConfig(halo=input_halo(model)))
+    ours = restore_image(model, x[0, 0], TileConfig(halo=input_halo(model), border="reflect"))
     q0, q1 = np.percentile(x, model.config.norm.input_percentiles)
     ours = (np.asarray(ours.data, dtype=np.float64) - q0) / (q1 - q0)  # -> the package's units
     assert theirs.shape == ours.shape == (4 * x.shape[-2], 4 * x.shape[-1])

@@ -64,7 +64,7 @@ def test_an_ome_zarr_reads_back_as_written_with_its_geometry(tmp_path, image, pi
 @given(size=st.integers(1, 5000), tile=st.integers(1, 40).map(lambda k: k * ALIGN),
        halo=st.integers(0, 200))
 def test_tiles_cut_an_axis_exactly_once(size, tile, halo):
-    t = tile_axis(size, tile, halo)
+    t = tile_axis(size, tile, halo, reflect=True)  # TileConfig(border="reflect")
     covered = np.zeros(size, int)
     for k in range(t.n):
         a, b = t.core_range(k)
@@ -76,6 +76,27 @@ def test_tiles_cut_an_axis_exactly_once(size, tile, halo):
         # the window holds the core and its halo on both sides (before reflection)
         assert t.window_start(k) <= a - halo and t.window_start(k) + t.window >= b + halo
     assert (covered == 1).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(1, 5000), tile=st.integers(1, 40).map(lambda k: k * ALIGN),
+       halo=st.integers(0, 200))
+def test_windows_inside_the_image_give_each_core_its_halo(size, tile, halo):
+    t = tile_axis(size, tile, halo)  # the default: windows stop at the image's edges
+    covered = np.zeros(size, int)
+    for k in range(t.n):
+        a, b = t.core_range(k)
+        covered[a:b] += 1
+        start, stop = t.window_range(k)
+        assert start % ALIGN == 0 and stop % ALIGN == 0 and t.window_length(k) <= t.window
+        assert 0 <= start <= a and stop <= -(-size // ALIGN) * ALIGN
+        # the halo before and after the core, unless the image ends first
+        assert start <= a - halo or start == 0
+        assert stop >= b + halo or stop >= size
+        src = t.source_index(k)
+        assert src.min() >= 0 and src.max() < size
+    assert (covered == 1).all()
+    assert t.computed == sum(t.window_length(k) for k in range(t.n))
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +114,6 @@ def test_tiled_restoration_equals_whole_image(tiny, h, w, seed):
     rf = tiny.receptive_field
     img = np.random.default_rng(seed).random((h, w), dtype=np.float32)
     out = restore(tiny, img, TileConfig(tile=64, halo=rf), axes="YX")
-    ref = tiny.denormalize(restore_whole(tiny, tiny.normalize(img)[None], rf))[0]
+    ref = tiny.denormalize(restore_whole(tiny, tiny.normalize(img)[None]))[0]
     assert out.shape == (2 * h, 2 * w)
     assert np.abs(out - ref).max() <= 1e-4

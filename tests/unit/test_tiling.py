@@ -41,10 +41,10 @@ def model1x():
     return _model(scale=1)
 
 
-def _whole(model, image, halo):
+def _whole(model, image):
     """Reference per plane (last two axes), in input units."""
     planes = image.reshape((-1,) + image.shape[-2:])
-    out = [model.denormalize(restore_whole(model, model.normalize(p)[None], halo))[0] for p in planes]
+    out = [model.denormalize(restore_whole(model, model.normalize(p)[None]))[0] for p in planes]
     return np.stack(out).reshape(image.shape[:-2] + out[0].shape)
 
 
@@ -61,7 +61,7 @@ def test_reflect_index_is_numpy_reflect_padding(n):
 
 @pytest.mark.parametrize("size,tile,halo", [(300, 64, 41), (64, 64, 0), (10, 256, 48), (257, 128, 13)])
 def test_tile_axis_covers_the_image_with_aligned_windows(size, tile, halo):
-    t = tile_axis(size, tile, halo)
+    t = tile_axis(size, tile, halo, reflect=True)  # TileConfig(border="reflect")
     assert t.core % 32 == 0 and t.window % 32 == 0
     assert t.window >= t.core + 2 * halo
     covered = np.zeros(size, int)
@@ -75,6 +75,27 @@ def test_tile_axis_covers_the_image_with_aligned_windows(size, tile, halo):
     np.testing.assert_array_equal(covered, 1)
     if size < tile:
         assert t.core == -(-size // 32) * 32  # small image: one small tile, not a huge one
+
+
+@pytest.mark.parametrize("size,tile,halo", [(300, 64, 41), (64, 64, 0), (10, 256, 48), (257, 128, 13),
+                                            (1024, 512, 105)])
+def test_windows_stop_at_the_image_edges_and_sit_on_its_pooling_grid(size, tile, halo):
+    t = tile_axis(size, tile, halo)  # the default: border="image"
+    covered = np.zeros(size, int)
+    for k in range(t.n):
+        a, b = t.core_range(k)
+        covered[a:b] += 1
+        start, stop = t.window_range(k)
+        assert start % 32 == 0 and stop % 32 == 0  # on the whole plane's pooling grid
+        assert start == max(0, a - halo) // 32 * 32 and 0 <= start  # nothing before the image
+        assert stop == min(-(-size // 32) * 32, -(-(b + halo) // 32) * 32)  # nor past it
+        assert t.core_offset(k) == a - start
+        idx = t.source_index(k)
+        assert len(idx) == stop - start and idx.min() >= 0 and idx.max() < size
+    np.testing.assert_array_equal(covered, 1)
+    if size == 1024:  # two windows of 640 px: 80% of the computed pixels are kept
+        assert [t.window_range(k) for k in range(t.n)] == [(0, 640), (384, 1024)]
+        assert t.computed == 1280
 
 
 def test_tile_must_be_aligned():
@@ -93,13 +114,13 @@ def test_tiled_equals_whole_image_when_halo_covers_receptive_field(tiny_model_4x
     assert rf > 0
     img = np.random.default_rng(1).random((70, 90), dtype=np.float32)
     out = restore(m, img, TileConfig(tile=64, halo=rf), axes="YX")  # 2 x 2 tiles
-    ref = _whole(m, img, rf)
+    ref = _whole(m, img)
     assert out.shape == (280, 360) and out.dtype == np.float32
     assert np.abs(out - ref).max() <= 1e-4
     # with no halo the seams are real: the comparison above can fail
     with pytest.warns(UserWarning, match="receptive field"):
         bad = restore(m, img, TileConfig(tile=64, halo=0), axes="YX")
-    assert np.abs(bad - _whole(m, img, 0)).max() > 1e-2
+    assert np.abs(bad - _whole(m, img)).max() > 1e-2
 
 
 def _dihedral(a, k, flip):
@@ -120,7 +141,7 @@ def test_test_time_augmentation_is_the_mean_of_the_8_symmetries_and_tiles_exactl
     out = restore(m, img, TileConfig(tile=64, halo=rf, tta=True), axes="YX")  # 1 x 2 tiles
     assert len(calls) == 2 * 8
     # reference: each symmetry of the whole image restored, mapped back, averaged
-    ref = np.mean([_dihedral(_dihedral(_whole(m, np.ascontiguousarray(_dihedral(img, k, f)), rf),
+    ref = np.mean([_dihedral(_dihedral(_whole(m, np.ascontiguousarray(_dihedral(img, k, f))),
                                        0, f), -k, False)
                    for f in (False, True) for k in range(4)], axis=0)
     assert out.shape == (256, 512)
@@ -133,7 +154,7 @@ def test_reflect_borders_for_an_image_smaller_than_the_halo(model1x):
     img = np.random.default_rng(2).random((20, 13), dtype=np.float32)
     out = restore(model1x, img, TileConfig(tile=64, halo=48), axes="YX")
     assert out.shape == (20, 13)
-    np.testing.assert_allclose(out, _whole(model1x, img, 48), atol=1e-5)
+    np.testing.assert_allclose(out, _whole(model1x, img), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -161,7 +182,7 @@ def test_only_what_is_read_is_computed(model1x, monkeypatch):
     assert calls == []  # nothing computed when building
     plane = lazy[2, :32, :32].compute()
     assert len(calls) == 1
-    np.testing.assert_allclose(plane, _whole(model1x, img[2], 48)[:32, :32], atol=1e-5)
+    np.testing.assert_allclose(plane, _whole(model1x, img[2])[:32, :32], atol=1e-5)
 
 
 def test_input_dtype_output_and_skip_empty(model1x, monkeypatch):
@@ -196,7 +217,7 @@ def test_segmentation_probabilities_on_a_leading_class_axis():
     p = np.asarray(res.data)
     assert res.axes == "CZYX" and p.shape == (3, 2, 40, 40)
     np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
-    ref = seg.denormalize(restore_whole(seg, seg.normalize(img[1])[None], 48))
+    ref = seg.denormalize(restore_whole(seg, seg.normalize(img[1])[None]))
     np.testing.assert_allclose(p[:, 1], ref, atol=1e-5)
     assert res.scale[0] == 1.0 and res.units[0] == "pixel"
 
@@ -206,7 +227,7 @@ def test_multichannel_input_and_channel_mismatch():
     img = np.random.default_rng(7).random((2, 40, 50), dtype=np.float32)
     out = restore(m2, img, TileConfig(tile=64, halo=48), axes="CYX")
     assert out.shape == (2, 80, 100)
-    np.testing.assert_allclose(out, m2.denormalize(restore_whole(m2, m2.normalize(img), 48)), atol=1e-5)
+    np.testing.assert_allclose(out, m2.denormalize(restore_whole(m2, m2.normalize(img))), atol=1e-5)
     with pytest.raises(ValueError, match="2 input channel"):
         restore_lazy(m2, img[0], axes="YX")
     with pytest.raises(ValueError, match="C axis of 3"):
@@ -219,7 +240,7 @@ def test_multiframe_window_along_t_reflected_at_the_ends():
     out = restore(m3, img, TileConfig(tile=64, halo=48), axes="TYX")
     assert out.shape == (4, 72, 72)
     for t, window in [(0, [1, 0, 1]), (2, [1, 2, 3]), (3, [2, 3, 2])]:
-        ref = m3.denormalize(restore_whole(m3, m3.normalize(img[window]), 48))[0]
+        ref = m3.denormalize(restore_whole(m3, m3.normalize(img[window])))[0]
         np.testing.assert_allclose(out[t], ref, atol=1e-5)
     with pytest.raises(ValueError, match="along T or Z"):
         restore_lazy(m3, img[0], axes="YX")
@@ -236,7 +257,7 @@ def test_many_dask_threads_give_the_serial_result(model1x):
     with dask.config.set(num_workers=8):
         threaded = restore_lazy(model1x, img, cfg, axes="ZYX").compute(scheduler="threads")
     np.testing.assert_array_equal(threaded, serial)
-    np.testing.assert_allclose(serial, _whole(model1x, img, 48), atol=1e-5)
+    np.testing.assert_allclose(serial, _whole(model1x, img), atol=1e-5)
 
 
 def test_the_model_is_not_captured_in_the_graph(model1x):
@@ -358,7 +379,7 @@ def test_model_and_image_by_path(tmp_path, model1x):
     img = np.random.default_rng(12).random((2, 40, 40), dtype=np.float32)
     tifffile.imwrite(tmp_path / "in.tif", img, metadata={"axes": "ZYX"})
     out = restore(str(path), tmp_path / "in.tif", TileConfig(tile=64, halo=48))
-    np.testing.assert_allclose(out, _whole(model1x, img, 48), atol=1e-5)
+    np.testing.assert_allclose(out, _whole(model1x, img), atol=1e-5)
 
 
 def test_bad_input_is_refused_clearly(model1x):
@@ -414,7 +435,7 @@ def test_weights_changed_in_place_are_picked_up():
     after = restore(m, img, cfg, axes="YX")
     assert m.weights_hash != first_hash
     assert np.abs(after - before).max() > 1e-3
-    np.testing.assert_allclose(after, _whole(m, img, 48), atol=1e-5)
+    np.testing.assert_allclose(after, _whole(m, img), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- review fixes
@@ -428,14 +449,14 @@ def test_multiframe_neighbours_come_from_z_when_t_has_size_1():
     out = restore(m3, img[None, None], cfg, axes="TCZYX")[0, 0]
     np.testing.assert_allclose(out, restore(m3, img, cfg, axes="ZYX"), atol=1e-6)
     for z, window in [(0, [1, 0, 1]), (1, [0, 1, 2]), (2, [1, 2, 1])]:
-        ref = m3.denormalize(restore_whole(m3, m3.normalize(img[window]), 48))[0]
+        ref = m3.denormalize(restore_whole(m3, m3.normalize(img[window])))[0]
         np.testing.assert_allclose(out[z], ref, atol=1e-5)
-    copies = m3.denormalize(restore_whole(m3, m3.normalize(img[[1, 1, 1]]), 48))[0]
+    copies = m3.denormalize(restore_whole(m3, m3.normalize(img[[1, 1, 1]])))[0]
     assert np.abs(out[1] - copies).max() > 1e-3  # the old result differs: the test can fail
     # a real time series still takes its neighbours from T
     tz = np.random.default_rng(16).random((3, 2, 36, 36), dtype=np.float32)
     out = restore(m3, tz, cfg, axes="TZYX")
-    ref = m3.denormalize(restore_whole(m3, m3.normalize(tz[[0, 1, 2], 1]), 48))[0]
+    ref = m3.denormalize(restore_whole(m3, m3.normalize(tz[[0, 1, 2], 1])))[0]
     np.testing.assert_allclose(out[1, 1], ref, atol=1e-5)
 
 
@@ -468,7 +489,7 @@ def test_restoring_by_path_loads_once_and_keeps_one_worker(tmp_path, model1x):
     save_model(changed, path)
     (old_key,) = set(registry._MODELS) - models
     after = restore(str(path), img, cfg, axes="YX")
-    np.testing.assert_allclose(after, _whole(changed, img, 48), atol=1e-5)
+    np.testing.assert_allclose(after, _whole(changed, img), atol=1e-5)
     assert np.abs(after - outs[0]).max() > 1e-3
     assert old_key not in registry._MODELS and not any(k[0] == old_key for k in registry._WORKERS)
     assert len(set(registry._WORKERS) - workers) == 1
@@ -614,4 +635,4 @@ def test_restoring_a_store_into_itself_is_refused_and_the_input_kept(tmp_path, m
         write_ome_zarr(src, result, overwrite=True)
     np.testing.assert_array_equal(open_image(src).data.compute(), img)
     out = write_ome_zarr(tmp_path / "out.ome.zarr", result)
-    np.testing.assert_allclose(open_image(out).data.compute(), _whole(model1x, img, 48), atol=1e-5)
+    np.testing.assert_allclose(open_image(out).data.compute(), _whole(model1x, img), atol=1e-5)
