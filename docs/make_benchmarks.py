@@ -79,6 +79,9 @@ SECTIONS = [
     ("memory", "Memory", "`decrappify bench memory`: peak RSS (the child process's kernel "
      "high-water mark, VmHWM) while restoring a uint8 Zarr stack of growing size into OME-Zarr "
      "with a two-layer CNN (the network's speed is irrelevant to memory)."),
+    ("memory-em4x", "Memory restoring with em-4x", "`decrappify bench memory -o model=em-4x`: "
+     "the same with the bundled em-4x at the engine's default tiling (1024 px LR planes, 4x "
+     "output, uint8, OME-Zarr): the bound is 1.5 GB."),
     ("seams", "Seams", "`decrappify bench seams`: max |tiled - whole-image| in fp32, network "
      "units (real EM restores to about [0, 1]), for tile/halo settings, on a mosaic of real CREMI "
      "planes at the model's input pixel size."),

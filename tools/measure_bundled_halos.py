@@ -73,7 +73,8 @@ def main(names: list[str]) -> None:
         if names and folder.name not in names:
             continue
         r = record(folder, stack)
-        errs = {h: f"{e:.1e}" for h, e in r["halo_measurement"]["max_abs_diff"].items()}
+        errs = {h: "not run" if e is None else f"{e:.1e}"
+                for h, e in r["halo_measurement"]["max_abs_diff"].items()}
         print(f"{folder.name}: halo {r['halo_px']} (receptive field "
               f"{r['halo_measurement']['receptive_field']}); max abs diff by halo {errs}", flush=True)
 

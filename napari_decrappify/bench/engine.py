@@ -251,9 +251,11 @@ def _memory_child(args_json: str) -> None:
 
     a = json.loads(args_json)
     from ..config import TileConfig
+    from ..engine.memory import return_freed_blocks
     from ..io import write_ome_zarr
     from ..tiling import restore_image
 
+    return_freed_blocks()  # as `decrappify restore` does
     _set_threads(a.get("threads"))
     m = conv_model() if a["model"] == "conv" else _get_model(a["model"], 1)
     if a["model"] != "conv":

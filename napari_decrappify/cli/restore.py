@@ -16,10 +16,12 @@ def cmd_restore(args) -> int:
     from tqdm import tqdm
 
     from ..config import TileConfig
+    from ..engine.memory import return_freed_blocks
     from ..io import write_ome_zarr, write_tiff
     from ..models import load_model
     from ..tiling import restore_image, use_scheduler
 
+    return_freed_blocks()  # this process exists to restore: a lower peak (engine.memory)
     out = Path(args.output)
     name = out.name.lower()
     is_tiff = name.endswith((".tif", ".tiff"))

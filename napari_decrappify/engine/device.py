@@ -400,7 +400,7 @@ def _private_net(model):
     net = model.net
     if isinstance(net, RestorationNet):
         # rebuilt, not deep-copied: fastai hooks may hold non-leaf tensors that deepcopy refuses
-        copy_ = RestorationNet(net.arch, head=net.head)
+        copy_ = RestorationNet(net.arch, head=net.head, lean=net.lean)
         with torch.no_grad():
             copy_.load_state_dict(net.state_dict())
         return copy_.eval()

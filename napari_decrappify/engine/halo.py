@@ -17,7 +17,6 @@ halo rounded up to the alignment. Halos between two multiples compute the same w
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from .geometry import ALIGN, reflect_index, round_up, tile_axis
 HALO_TOLERANCE = 2e-3  # of the output range (network units): half an 8-bit grey level
 HALO_MARGIN = 0.75  # the measured error must stay below tolerance x margin (unseen data varies)
 EXACT_TOLERANCE = 1e-4  # what the receptive-field halo (exact mode) keeps
-MEASURE_TILE = 64  # small tiles in the measurement: many seams per image, the worst case seen
+MEASURE_TILE = 64  # px: the cores measured, 3 x 3 per plane and halo (_Windows)
 # a trained model's halo is measured when it is saved, on this many validation planes, each a
 # centre crop of at most this many input px per side (as the bundled models':
 # tools/measure_bundled_halos.py); planes under MIN_SIDE px are left out (too few seams)
@@ -73,52 +72,62 @@ def _network_input(model, image: np.ndarray, axes: str):
 def _run(net, x: np.ndarray, device: str) -> np.ndarray:
     import torch
 
+    t = torch.from_numpy(np.ascontiguousarray(x))[None].to(device)
+    if device == "cpu":  # as the engine runs it on CPU (oneDNN's faster layout)
+        t = t.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        return net(torch.from_numpy(np.ascontiguousarray(x))[None].to(device)).float().cpu() \
-            .numpy()[0]
+        return net(t).float().cpu().numpy()[0]
 
 
-def _window_errors(net, x: np.ndarray, scale: int, halos: Sequence[int], align: int,
-                   core: int, device: str) -> dict[int, float | None]:
-    """Per halo, the max abs difference between the engine's windows for a 3 x 3 grid of
-    ``core`` px cores and the whole plane (in one go), over the cores; ``None`` where every
-    window holds the whole plane (the halo reaches past its edges: nothing measured).
+class _Windows:
+    """One plane's whole-plane output and, per halo, the error of the windows the engine would
+    give a 3 x 3 grid of ``core`` px cores (:meth:`error`).
 
-    A plane too small for windows that stop short of its edges at the largest halo (em-4x:
-    CREMI's LR planes are 156 px) is first extended by mirroring it (continuous content, no
-    new edges) to ``2 * halo + 3 * core`` px."""
-    need = 2 * round_up(max(halos), align) + 3 * core
-    _, h, w = x.shape
-    py, px = max(0, need - h), max(0, need - w)
-    if py or px:
-        x = x[:, reflect_index(np.arange(-(py // 2), h + py - py // 2), h)]
-        x = x[:, :, reflect_index(np.arange(-(px // 2), w + px - px // 2), w)]
-    _, h, w = x.shape
-    ext = (round_up(h, align), round_up(w, align))
-    whole = _run(net, np.pad(x, ((0, 0), (0, ext[0] - h), (0, ext[1] - w)), mode="reflect"),
-                 device)
-    starts = [[max(0, min(n - core, round(f * (n - core)) // align * align))
-               for f in (0.25, 0.5, 0.75)] for n in (h, w)]
-    out: dict[int, float | None] = {}
-    for halo in halos:
+    A core's four edges are where a tile's output has the least context; the grid gives 2304
+    edge pixels per plane and halo (one central 256 px core, 1024, picked 96 px for em-4x
+    where the seams benchmark finds 2.7e-3 on other planes). A plane too small for windows cut
+    on every side at the largest halo (em-4x: CREMI's LR planes are 156 px) is first extended
+    by mirroring it (continuous content, no new edges)."""
+
+    def __init__(self, net, x: np.ndarray, scale: int, largest_halo: int, align: int, core: int,
+                 device: str):
+        need = 2 * round_up(largest_halo, align) + 3 * core
+        _, h, w = x.shape
+        py, px = max(0, need - h), max(0, need - w)
+        if py or px:
+            x = x[:, reflect_index(np.arange(-(py // 2), h + py - py // 2), h)]
+            x = x[:, :, reflect_index(np.arange(-(px // 2), w + px - px // 2), w)]
+        self.x, self.net, self.scale, self.align, self.core, self.device = \
+            x, net, scale, align, core, device
+        _, h, w = x.shape
+        self.ext = (round_up(h, align), round_up(w, align))
+        self.whole = _run(net, np.pad(x, ((0, 0), (0, self.ext[0] - h), (0, self.ext[1] - w)),
+                                      mode="reflect"), device)
+        self.starts = [[max(0, min(n - core, round(f * (n - core)) // align * align))
+                        for f in (0.25, 0.5, 0.75)] for n in (h, w)]
+
+    def error(self, halo: int) -> float | None:
+        """Max abs difference over the cores, windows against the whole plane; ``None`` where
+        every window holds the whole plane (nothing measured)."""
+        x, s, a, c = self.x, self.scale, self.align, self.core
+        _, h, w = x.shape
         worst, cut = 0.0, False
-        for y0, x0 in itertools.product(*starts):
-            box = []
-            for c0, e in ((y0, ext[0]), (x0, ext[1])):
-                a0 = max(0, (c0 - halo) // align * align)
-                box.append((a0, min(e, round_up(c0 + core + halo, align))))
-            (ya, yb), (xa, xb) = box
-            if (ya, yb, xa, xb) == (0, ext[0], 0, ext[1]):
-                continue  # the whole plane: exact by construction, nothing learnt
-            cut = True
-            win = x[:, reflect_index(np.arange(ya, yb), h)][:, :, reflect_index(np.arange(xa, xb), w)]
-            y = _run(net, win, device)
-            oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
-            got = y[:, oy:oy + core * scale, ox:ox + core * scale]
-            ref = whole[:, y0 * scale:(y0 + core) * scale, x0 * scale:(x0 + core) * scale]
-            worst = max(worst, float(np.abs(got - ref).max()))
-        out[halo] = worst if cut else None
-    return out
+        for y0 in self.starts[0]:
+            for x0 in self.starts[1]:
+                (ya, yb), (xa, xb) = ((max(0, (c0 - halo) // a * a),
+                                       min(e, round_up(c0 + c + halo, a)))
+                                      for c0, e in ((y0, self.ext[0]), (x0, self.ext[1])))
+                if (ya, yb, xa, xb) == (0, self.ext[0], 0, self.ext[1]):
+                    continue  # the whole plane: exact by construction, nothing learnt
+                cut = True
+                win = x[:, reflect_index(np.arange(ya, yb), h)][:, :,
+                                                                 reflect_index(np.arange(xa, xb), w)]
+                y = _run(self.net, win, self.device)
+                oy, ox = (y0 - ya) * s, (x0 - xa) * s
+                got = y[:, oy:oy + c * s, ox:ox + c * s]
+                ref = self.whole[:, y0 * s:(y0 + c) * s, x0 * s:(x0 + c) * s]
+                worst = max(worst, float(np.abs(got - ref).max()))
+        return worst if cut else None
 
 
 def _axes(model, image: np.ndarray) -> str:
@@ -136,13 +145,13 @@ def measure_halo(model, images: Sequence[np.ndarray], *, tolerance: float = HALO
     """The smallest halo whose tiled output stays within ``tolerance`` of the exact output.
 
     Each image, normalised as the engine normalises it, is run through the network whole
-    (the exact output) and, per candidate halo (:func:`candidate_halos`), in the windows the
-    engine would give a 3 x 3 grid of ``tile`` px cores (the halo each side, aligned, cut at
-    the image's edges), in fp32; the error is the max abs difference over the cores, in
-    network units (the output range of real data is about [0, 1], so 2e-3 is half an 8-bit
-    grey level). A halo whose windows all hold the whole image measures nothing (``None``).
-    The halo picked is the smallest measured one for which it and every larger measured
-    candidate stay within ``tolerance * margin`` on every image; else the receptive field.
+    (the exact output) and, per candidate halo (:func:`candidate_halos`, smallest first), in
+    the windows the engine would give a 3 x 3 grid of ``tile`` px cores (the halo each side,
+    aligned), in fp32 (:class:`_Windows`); the error is the max abs difference over the cores,
+    in network units (the output range of real data is about [0, 1], so 2e-3 is half an 8-bit
+    grey level). The halo picked is the smallest for which it and the next larger candidate
+    stay within ``tolerance * margin`` on every image (errors fall with the halo; larger
+    candidates are not run: ``None`` in the record), else the receptive field.
 
     Parameters
     ----------
@@ -155,7 +164,7 @@ def measure_halo(model, images: Sequence[np.ndarray], *, tolerance: float = HALO
     tolerance, margin : float
         The bound (network units) and the fraction of it the measurement must keep.
     tile : int
-        Tile size of the measurement (small: many seams).
+        Side of the measured cores (their edges are the seams measured).
     device : str
         Where to run (fp32); ``"cpu"`` by default, so GPU precision does not enter the figure.
     source : str
@@ -167,6 +176,8 @@ def measure_halo(model, images: Sequence[np.ndarray], *, tolerance: float = HALO
         ``{"halo_px": int, "halo_measurement": {...}}``: the two ``model.json`` fields
         (:func:`record_halo` sets them on the model).
     """
+    import torch
+
     from .device import _private_net
 
     rf = int(model.receptive_field)
@@ -175,32 +186,38 @@ def measure_halo(model, images: Sequence[np.ndarray], *, tolerance: float = HALO
     halos = candidate_halos(model)
     errors: dict[int, float | None] = dict.fromkeys(halos)
     net = _private_net(model).to(device).float().eval()
+    if device == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    planes = []
     shapes = []
     for image in images:
         image = np.asarray(image)
         x = _network_input(model, image, _axes(model, image))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = _window_errors(net, x, model.scale, halos, a, tile, device)
-        for h, e in found.items():
-            if e is not None:
-                errors[h] = max(errors[h] or 0.0, e)
+        planes.append(_Windows(net, x, model.scale, max(halos), a, tile, device))
         shapes.append(list(image.shape))
     bound = tolerance * margin
-    picked = rf
-    for h in reversed(halos):  # the smallest measured halo from which on all are in bound
-        if errors[h] is None:
-            continue  # windows as large as the images: exact here, but not a measurement
-        if errors[h] > bound:
+    picked, passed = rf, 0
+    for h in halos:  # smallest first: stop once a halo and the next one are within bound
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = [e for e in (p.error(h) for p in planes) if e is not None]
+        errors[h] = max(found) if found else None
+        if errors[h] is not None and errors[h] > bound:
+            picked, passed = rf, 0
+            continue
+        if errors[h] is not None and passed == 0:
+            picked = h
+        passed += errors[h] is not None
+        if passed >= 2:
             break
-        picked = h
     return {"halo_px": int(picked), "halo_measurement": {
         "tolerance": tolerance, "margin": margin, "bound": bound,
         "units": "network output units (real data about [0, 1]); max abs tiled - exact "
-                 "(null: every window held the whole image, nothing measured)",
-        "criterion": "smallest multiple of the alignment whose error, and every larger "
-                     "one's up to the receptive field, is within tolerance x margin on every "
-                     "image (windows cut at the image's edges)",
+                 "(null: not run, or every window held the whole image)",
+        "criterion": "smallest multiple of the alignment whose error and the next larger "
+                     "candidate's are within tolerance x margin on every image (larger ones "
+                     "not run), else the receptive field; windows aligned from the image's "
+                     "origin, cut at its edges",
         "receptive_field": rf, "alignment": a, "tile": tile, "cores": "3 x 3 per image",
         "max_abs_diff": {str(h): errors[h] for h in halos},
         "images": shapes, "source": source, "device": device, "precision": "fp32",

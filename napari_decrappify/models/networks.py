@@ -63,6 +63,9 @@ def build_encoder(encoder: str, n_in: int) -> nn.Sequential:
     raise ModelFileError(f"unknown encoder architecture {encoder!r}")
 
 
+# input pixels per band of the U-Net's full-resolution tail when restoring with a lean net
+# (models.lean_unet.LeanUnet.run): 1024 x 640 px em-4x windows run in 3 bands
+BAND_PX = 2**18
 ENCODER_STRIDE = {"tiny": 8, "resnet18s": 16, "resnet18": 32, "resnet34": 32, "resnet50": 32}
 LEAKY_SLOPE = 0.1
 
@@ -114,13 +117,19 @@ class RestorationNet(nn.Module):
     normalised intensity units. ``h`` and ``w`` must be multiples of the encoder stride.
     """
 
-    def __init__(self, arch: ArchConfig, head: Literal["identity", "softmax"] = "identity"):
+    def __init__(self, arch: ArchConfig, head: Literal["identity", "softmax"] = "identity",
+                 lean: bool = False):
         super().__init__()
+        self.arch = arch
+        self.head = head
+        # the same network without importing fastai (models.lean_unet): for restoring
+        self.lean = bool(lean)
+        if self.lean:
+            self._build_lean()
+            return
         from fastai.layers import NormType
         from fastai.vision.models.unet import DynamicUnet
 
-        self.arch = arch
-        self.head = head
         n_in = arch.frames * arch.in_channels
         encoder = build_encoder(arch.encoder, n_in)
         norm_type = NormType.Spectral if arch.spectral_norm else None
@@ -142,11 +151,38 @@ class RestorationNet(nn.Module):
                 self_attention=arch.self_attention, norm_type=norm_type, act_cls=act_cls,
             )
 
+    def _build_lean(self) -> None:
+        from . import lean_unet
+
+        arch = self.arch
+        if not lean_unet.supported(arch):
+            raise ValueError(f"no fastai-free build of {arch.encoder} with self-attention or "
+                             "spectral norm: build it with lean=False")
+        n_in = arch.frames * arch.in_channels
+        img_size = ENCODER_STRIDE[arch.encoder] * 4
+        act = decoder_activation(arch.activation)
+        encoder = lean_unet.resnet_body(arch.encoder, n_in)
+        self.upsample = None
+        if arch.strategy == "lr_grid" and arch.scale > 1:
+            self.unet = lean_unet.LeanUnet(encoder, n_in, arch.head_features, img_size,
+                                           arch.blur, act)
+            self.upsample = lean_unet.pixel_shuffle(arch.head_features, arch.out_channels,
+                                                    arch.scale, arch.blur, weight_norm=True)
+        else:
+            self.unet = lean_unet.LeanUnet(encoder, n_in, arch.out_channels, img_size,
+                                           arch.blur, act)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         arch = self.arch
         if arch.strategy == "pre_upsample" and arch.scale > 1:
             x = F.interpolate(x, scale_factor=arch.scale, mode="bicubic", align_corners=False)
-        y = self.unet(x)
+        if self.lean and not torch.is_grad_enabled():  # restoring: the tail in bands
+            return self.unet.run(x, self._finish, band_px=BAND_PX)
+        return self._finish(x, self.unet(x))
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """After the U-Net: upsampling, the residual base, the softmax head."""
+        arch = self.arch
         if self.upsample is not None:
             y = self.upsample(y)
         if arch.residual and self.head == "identity" and arch.out_channels == arch.in_channels:
@@ -159,3 +195,14 @@ class RestorationNet(nn.Module):
         if self.head == "softmax":
             y = torch.softmax(y, dim=1)
         return y
+
+
+def trainable(net: nn.Module) -> nn.Module:
+    """``net`` as training builds it: a network loaded for restoring without fastai
+    (``lean``, :mod:`.lean_unet`) is rebuilt with fastai's modules and the same weights."""
+    if not getattr(net, "lean", False):
+        return net
+    fastai_net = RestorationNet(net.arch, head=net.head)
+    fastai_net.load_state_dict(net.state_dict())
+    device = next(net.parameters()).device
+    return fastai_net.to(device).train(net.training)

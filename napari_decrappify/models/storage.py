@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelFileError
+from .lean_unet import supported as lean_supported
 from .model_file import CONFIG_FILE, SCHEMA_VERSION, WEIGHTS_FILE, read_model_config
 from .networks import RestorationNet
 from .restoration_model import RestorationModel, state_dict_sha256
@@ -127,7 +128,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     if state_dict_sha256(state) != config.weights_sha256:
         raise ModelFileError(f"{wpath}: weights do not match the sha256 recorded in {CONFIG_FILE}")
     head = "softmax" if config.kind == "segmentation" else "identity"
-    net = RestorationNet(config.arch, head=head)
+    # the same network without fastai where it can (models.lean_unet): a restoring process
+    # then never imports fastai or torchvision (~310 MB); training rebuilds fastai's
+    net = RestorationNet(config.arch, head=head, lean=lean_supported(config.arch))
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -75,6 +75,7 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
     """
     from ..data import fingerprint, make_dataloaders, normalize, percentile_norm
     from ..models import build_model, measure_receptive_field, save_model
+    from ..models.networks import trainable
 
     config = config or SegmentConfig()
     classes = check_classes(classes)
@@ -131,7 +132,7 @@ def train_segmenter(images, labels, classes: Sequence[str], config: SegmentConfi
     else:
         model = build_model(arch, kind="segmentation", name=name, norm=norm, classes=classes,
                             seed=config.seed, measure_rf=False)
-    net = model.net
+    net = model.net = trainable(model.net)
     events = runner.training_events(config, progress, cancel, [train_ds])
     loss = SparseSegLoss(weights, config.dice_weight if config.loss == "dice_ce" else 0.0)
     # train on logits (log-softmax inside the loss is stable); the saved net ends in softmax

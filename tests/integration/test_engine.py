@@ -77,7 +77,10 @@ def test_cli_restore_tiff_to_ome_zarr(saved_model, tmp_path, capsys):
     scale, translate = upscale_geometry((1.0,) * 3, (0.0,) * 3, "ZYX", 2)
     assert res.scale == scale and res.translate == translate
     expected = tiling.restore(model, img, TileConfig(tile=64, halo=48), axes="ZYX")
-    np.testing.assert_allclose(res.data.compute(), expected, rtol=1e-6, atol=1e-5)
+    # 2e-6: the CLI's model runs on its own device thread, with the process's thread count;
+    # `model`'s worker started under test_distributed's one thread, and convolutions split
+    # their sums by thread (seen: 15 float32 ulps on one pixel of 42000, 2.3e-4 of 214)
+    np.testing.assert_allclose(res.data.compute(), expected, rtol=2e-6, atol=1e-5)
     attrs = json.loads((out / "zarr.json").read_text())["attributes"]["decrappify"]
     assert attrs["complete"] and attrs["metadata"]["weights_sha256"] == model.weights_hash
     import zarr
@@ -93,7 +96,8 @@ def test_cli_restore_tiff_to_ome_zarr(saved_model, tmp_path, capsys):
 
     assert cli.main(["restore", str(path), str(src), str(tmp_path / "o.tif"), "--tile", "64",
                      "--halo", "48", "--quiet"]) == 0
-    np.testing.assert_allclose(tifffile.imread(tmp_path / "o.tif"), expected, rtol=1e-6, atol=1e-5)
+    # 2e-6: as above (the CLI's model on its own device thread)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "o.tif"), expected, rtol=2e-6, atol=1e-5)
 
     capsys.readouterr()
     assert cli.main(["restore", str(path), str(src), str(tmp_path / "x.zarr"), "--axes", "ZQX"]) == 1
