@@ -432,7 +432,7 @@ def _window_scan(m, img, halos: list[int], core: int = 64) -> dict[int, float]:
     at a fraction of the cost of a full tiling (one whole-plane run for every halo)."""
     import torch
 
-    from ..engine.geometry import round_up
+    from ..engine.geometry import cut_window, round_up
     from ..tiling import ALIGN, restore_whole
 
     x = m.normalize(img)
@@ -441,9 +441,8 @@ def _window_scan(m, img, halos: list[int], core: int = 64) -> dict[int, float]:
     ref = restore_whole(m, x[None])[0][c0 * s:(c0 + core) * s, c0 * s:(c0 + core) * s]
     out = {}
     for h in halos:
-        # the window the engine gives a core at c0 (as AxisTiling.window_range)
-        start = max(0, (c0 - h) // ALIGN * ALIGN)
-        stop = min(round_up(img.shape[0], ALIGN), round_up(c0 + core + h, ALIGN))
+        # the window the engine gives a core at c0
+        start, stop = cut_window(c0, c0 + core, h, round_up(img.shape[0], ALIGN), ALIGN)
         idx = reflect_index(np.arange(start, stop), img.shape[0])
         win = x[np.ix_(idx, idx)]
         with torch.inference_mode():

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io import RestoreCancelled
-from .geometry import ALIGN, can_split, round_up
+from .geometry import ALIGN, can_split, cut_window
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -365,8 +365,9 @@ class DeviceWorker:
         s = self.scale
         out = None
         for (y0, y1), (x0, x1) in itertools.product(_halves(oy, cy), _halves(ox, cx)):
-            wy0, wy1 = _sub_window(y0, y1, halo, x.shape[-2], self.align)
-            wx0, wx1 = _sub_window(x0, x1, halo, x.shape[-1], self.align)
+            # as the engine cuts windows at the image's edges, at this window's edges
+            wy0, wy1 = cut_window(y0, y1, halo, x.shape[-2], self.align)
+            wx0, wx1 = cut_window(x0, x1, halo, x.shape[-1], self.align)
             sub = x[..., wy0:wy1, wx0:wx1]
             y = self._forward_split(sub, (halo, y1 - y0, x1 - x0, y0 - wy0, x0 - wx0), depth - 1)
             if out is None:
@@ -381,14 +382,6 @@ def _halves(offset: int, core: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """The two halves of a core ``[offset, offset + core)``."""
     mid = offset + core // 2
     return (offset, mid), (mid, offset + core)
-
-
-def _sub_window(a: int, b: int, halo: int, length: int, align: int) -> tuple[int, int]:
-    """The window of the sub-core ``[a, b)`` inside a window of ``length`` px: ``halo`` px of
-    context each side, aligned from the window's origin, cut at its edges (as the engine's
-    windows are cut at the image's)."""
-    start = max(0, (a - halo) // align * align)
-    return start, min(length, round_up(b + halo, align))
 
 
 def _private_net(model):

@@ -45,6 +45,12 @@ def round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
+def cut_window(a: int, b: int, halo: int, extent: int, align: int = ALIGN) -> tuple[int, int]:
+    """``(start, stop)``: the window of the core ``[a, b)``, ``halo`` px of context each side,
+    both ends on multiples of ``align`` (from 0), cut at 0 and at ``extent`` (the edges)."""
+    return max(0, (a - halo) // align * align), min(extent, round_up(b + halo, align))
+
+
 def default_tile(halo: int, align: int = ALIGN) -> int:
     """The tile (input px) used when none is given: ``TileConfig().tile`` or 2 x halo if larger.
 
@@ -94,8 +100,7 @@ class AxisTiling:
         a, b = self.core_range(k)
         if self.reflect:
             return a - self.halo, a - self.halo + round_up(self.core + 2 * self.halo, self.align)
-        start = max(0, (a - self.halo) // self.align * self.align)
-        return start, min(self.extent, round_up(b + self.halo, self.align))
+        return cut_window(a, b, self.halo, self.extent, self.align)
 
     def window_start(self, k: int) -> int:
         return self.window_range(k)[0]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .geometry import ALIGN, reflect_index, round_up, tile_axis
+from .geometry import ALIGN, cut_window, reflect_index, round_up, tile_axis
 
 HALO_TOLERANCE = 2e-3  # of the output range (network units): half an 8-bit grey level
 HALO_MARGIN = 0.75  # the measured error must stay below tolerance x margin (unseen data varies)
@@ -114,8 +114,7 @@ class _Windows:
         worst, cut = 0.0, False
         for y0 in self.starts[0]:
             for x0 in self.starts[1]:
-                (ya, yb), (xa, xb) = ((max(0, (c0 - halo) // a * a),
-                                       min(e, round_up(c0 + c + halo, a)))
+                (ya, yb), (xa, xb) = (cut_window(c0, c0 + c, halo, e, a)
                                       for c0, e in ((y0, self.ext[0]), (x0, self.ext[1])))
                 if (ya, yb, xa, xb) == (0, self.ext[0], 0, self.ext[1]):
                     continue  # the whole plane: exact by construction, nothing learnt
